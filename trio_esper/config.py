@@ -1,0 +1,148 @@
+"""Settings: one frozen dataclass, filled from the environment and the command line.
+
+Pure: no trio, no quart. Every setting has a command-line flag and an
+``ESPER_*`` environment variable; the flag wins. Units are in the names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from .auth import DEFAULT_ALGORITHMS
+
+#: esper's defaults.
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_PORT = 3000
+#: Often enough that proxies with a 30-60 s idle timeout keep the stream open.
+DEFAULT_HEARTBEAT_SECONDS = 15.0
+#: A published event is a notification, not a file upload.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+#: Per-subscriber queue; a subscriber this far behind is disconnected (it can resume).
+DEFAULT_QUEUE_EVENTS = 1000
+#: How long open streams get to finish on SIGINT/SIGTERM before sockets are closed.
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
+#: Unacknowledged bytes older than this abort the connection (TCP_USER_TIMEOUT),
+#: so a peer that stopped reading cannot hold a write, or shutdown, forever.
+DEFAULT_WRITE_TIMEOUT_SECONDS = 10.0
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the broker cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the broker can be told. Build with :meth:`from_env` or directly."""
+
+    bind: str = DEFAULT_BIND
+    port: int = DEFAULT_PORT
+    #: esper's worker-thread count; trio_esper runs one Trio process (see README).
+    threads: int = 1
+    #: HS256 secret for subscribers; ``None`` leaves subscribing open.
+    subscriber_secret: str | None = field(default=None, repr=False)
+    #: HS256 secret for publishers and /stats; ``None`` leaves them open.
+    publisher_secret: str | None = field(default=None, repr=False)
+    jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    queue_events: int = DEFAULT_QUEUE_EVENTS
+    #: Origins allowed to subscribe/publish from a browser; ``("*",)`` for any.
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.threads > 1:
+            raise ConfigError(
+                "--threads > 1 needs a shared backplane between worker processes, "
+                "which this version does not have; run one process per topic set "
+                "or use --threads 1"
+            )
+        for name in ("heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_body_bytes < 1:
+            raise ConfigError("max_body_bytes must be positive")
+        if self.queue_events < 1:
+            raise ConfigError("queue_events must be positive")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):
+            raise ConfigError("jwt algorithms must be a non-empty list without 'none'")
+
+    @property
+    def subscriber_auth(self) -> bool:
+        return self.subscriber_secret is not None
+
+    @property
+    def publisher_auth(self) -> bool:
+        return self.publisher_secret is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
+        """Build from ``ESPER_*`` variables, then apply ``overrides`` (CLI flags).
+
+        ``ESPER_SUBSCRIBER_SECRET`` / ``ESPER_PUBLISHER_SECRET`` unset or empty
+        leave that side open. ``ESPER_NO_AUTH`` (or ``no_auth=True``) turns both off.
+
+        Raises:
+            ConfigError: a variable does not parse or a value is out of range.
+        """
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name in ("subscriber_secret", "publisher_secret"):
+                continue
+            values[f.name] = _parse(f.name, raw)
+        for side in ("subscriber", "publisher"):
+            secret = environ.get(f"{ENV_PREFIX}{side.upper()}_SECRET")
+            values[f"{side}_secret"] = secret or None
+        no_auth = overrides.pop("no_auth", None)
+        if no_auth is None:
+            no_auth = _parse_bool("ESPER_NO_AUTH", environ.get("ESPER_NO_AUTH", "0"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if no_auth:
+            values["subscriber_secret"] = values["publisher_secret"] = None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+ENV_PREFIX = "ESPER_"
+_TUPLES = frozenset({"jwt_algorithms", "cors_origins"})
+_INTS = frozenset({"port", "threads", "max_body_bytes", "queue_events"})
+_FLOATS = frozenset(
+    {"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"}
+)
+
+
+def _parse(name: str, raw: str) -> object:
+    env = ENV_PREFIX + name.upper()
+    try:
+        if name in _INTS:
+            return int(raw)
+        if name in _FLOATS:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r} is not a number") from None
+    if name in _TUPLES:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _parse_bool(env: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{env}={raw!r} is not a boolean")

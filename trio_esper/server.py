@@ -1,0 +1,119 @@
+"""Run the broker: listening sockets, the hub, and Hypercorn's HTTP protocol.
+
+We drive Hypercorn's per-connection ``TCPServer`` ourselves rather than calling
+``hypercorn.trio.serve``: that lets us bind port 0 and report the address, set
+socket options on the listener, and -- the reason that matters -- keep a handle
+on every connection, so shutdown can close the sockets of peers that stopped
+reading (Hypercorn shields its socket writes from cancellation, so without this
+one stalled client would hold shutdown forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+from .app import create_app
+from .config import Config
+from .hub import Hub, open_hub
+
+log = logging.getLogger("trio_esper")
+
+#: Linux's TCP_USER_TIMEOUT option number (the socket module lacks it before 3.12).
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+#: Listen backlog: 10k subscribers may connect in a burst.
+LISTEN_BACKLOG = 4096
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the broker until ``shutdown`` is set (forever if ``None``).
+
+    Reports the bound ``(host, port)`` through ``task_status`` once listening,
+    so ``await nursery.start(serve, config)`` works with ``port=0``.
+
+    Shutdown: new subscriptions are refused, every open stream ends cleanly
+    (its terminating chunk is written), idle keep-alive connections close;
+    after ``config.shutdown_grace_seconds`` any connection still open (a peer
+    that stopped reading) has its socket closed. Returns once all are gone.
+    """
+    listeners = await trio.open_tcp_listeners(
+        config.port, host=config.bind, backlog=LISTEN_BACKLOG
+    )
+    for listener in listeners:
+        _tune_listener(listener.socket, config)
+    address = listeners[0].socket.getsockname()[:2]
+    hyper = HypercornConfig()
+    hyper.keep_alive_timeout = 5.0
+    context = WorkerContext(None)
+    connections: set[trio.SocketStream] = set()
+
+    async with open_hub(
+        heartbeat_seconds=config.heartbeat_seconds, queue_events=config.queue_events
+    ) as hub:
+        app = wrap_app(create_app(config, hub), hyper.wsgi_max_body_size, "asgi")
+
+        async def handle(stream: trio.SocketStream) -> None:
+            connections.add(stream)
+            try:
+                await TCPServer(app, hyper, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+            finally:
+                connections.discard(stream)
+
+        async with trio.open_nursery() as connection_nursery:
+            async with trio.open_nursery() as listen_nursery:
+                listen_nursery.start_soon(
+                    partial(trio.serve_listeners, handle, listeners, handler_nursery=connection_nursery)
+                )
+                log.info("listening on http://%s:%d", *address)
+                task_status.started((str(address[0]), int(address[1])))
+                await (trio.Event() if shutdown is None else shutdown).wait()
+                listen_nursery.cancel_scope.cancel()
+            await _shut_down(hub, context, connections, config.shutdown_grace_seconds)
+
+
+async def _shut_down(
+    hub: Hub,
+    context: WorkerContext,
+    connections: set[trio.SocketStream],
+    grace_seconds: float,
+) -> None:
+    log.info("shutting down: %d connections open", len(connections))
+    hub.close()
+    # Hypercorn closes a connection after its current response once
+    # `terminated` is set, and wakes idle keep-alive ones.
+    await context.terminated.set()
+    with trio.move_on_after(grace_seconds):
+        while connections:
+            await trio.sleep(0.05)
+    for stream in list(connections):
+        # Closing the socket wakes a write blocked on a peer that stopped
+        # reading (trio.lowlevel.notify_closing), even a shielded one.
+        stream.socket.close()
+    if connections:
+        log.warning("closed %d connections still open after the grace period", len(connections))
+
+
+def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:
+    # Accepted sockets inherit these. TCP_NODELAY: an event is one small
+    # write and must not wait for Nagle. TCP_USER_TIMEOUT: a write nobody
+    # acknowledges for this long aborts the connection (dead peer).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.setsockopt(
+            socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(config.write_timeout_seconds * 1000)
+        )
+    except OSError:  # not Linux
+        log.debug("TCP_USER_TIMEOUT is not available here")

@@ -1,0 +1,166 @@
+"""Server-Sent Events, sans I/O: the :class:`Event` value, its wire encoding,
+and the parser for bodies that publishers POST.
+
+Nothing here imports trio or quart. Parsing follows the WHATWG HTML standard,
+section 9.2.6 "Interpreting an event stream"; where that algorithm would
+silently ignore a malformed field we reject it instead, because a publisher is
+better served by a 400 than by an event that quietly lost its id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import InvalidEvent
+
+# WHATWG: "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A
+# LINE FEED (CRLF) character pair, a single U+000A LINE FEED (LF) character,
+# or a single U+000D CARRIAGE RETURN (CR) character."
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_DIGITS = re.compile(r"[0-9]+")
+_BOM = "\ufeff"
+
+#: The comment line a stream starts with, so clients know the subscription is live.
+SUBSCRIBED_FRAME = b": subscribed\n\n"
+#: The comment line sent on idle streams so proxies and dead peers are noticed.
+HEARTBEAT_FRAME = b": heartbeat\n\n"
+
+#: Fields a published body may carry; anything else is a publisher bug.
+KNOWN_FIELDS = frozenset({"data", "event", "id", "retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event, validated on construction.
+
+    Attributes:
+        data: the payload; lines are separated by LF. May be empty.
+        event: the event type, or ``None`` for the default ``message``.
+        id: the event id, or ``None``.
+        retry: the reconnection delay hint in milliseconds, or ``None``.
+
+    Raises:
+        InvalidEvent: if a field could change the meaning of the stream.
+    """
+
+    data: str
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        # WHATWG splits the stream on CR, LF and CRLF, so a CR or LF inside a
+        # single-line field would end that field and start a new, attacker-
+        # chosen one (event-stream injection). For "id", the standard also
+        # says: "If the field value does not contain U+0000 NULL, then set the
+        # last event ID buffer to the field value. Otherwise, ignore the
+        # field." -- a NUL would silently drop the id, so refuse it.
+        for name, value in (("event", self.event), ("id", self.id)):
+            if value is not None and ("\r" in value or "\n" in value or "\0" in value):
+                raise InvalidEvent(f"{name} must not contain CR, LF or NUL")
+        if "\r" in self.data:
+            raise InvalidEvent("data must not contain CR (lines are separated by LF)")
+        if self.retry is not None and self.retry < 0:
+            raise InvalidEvent("retry must be a non-negative integer")
+
+
+def _field(name: str, value: str) -> str:
+    # One space after the colon: the parser strips exactly one, so a value
+    # that itself starts with a space survives the round trip.
+    return f"{name}: {value}\n" if value else f"{name}:\n"
+
+
+def encode(event: Event) -> bytes:
+    """Encode ``event`` canonically: ``id``, ``event``, ``retry``, then one
+    ``data`` line per line of data, then a blank line."""
+    parts: list[str] = []
+    if event.id is not None:
+        parts.append(_field("id", event.id))
+    if event.event is not None:
+        parts.append(_field("event", event.event))
+    if event.retry is not None:
+        parts.append(f"retry: {event.retry}\n")
+    parts.extend(_field("data", line) for line in event.data.split("\n"))
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+def _split_fields(text: str) -> Iterator[tuple[str, str] | None]:
+    """Yield ``(field, value)`` per line, ``None`` for a blank line."""
+    lines = _LINE_END.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line end does not start another line
+    for line in lines:
+        if line == "":
+            yield None
+        elif line.startswith(":"):
+            continue  # WHATWG: a line starting with a colon is a comment
+        else:
+            # WHATWG: "Collect the characters on the line before the first
+            # U+003A COLON character (:) ... If value starts with a U+0020
+            # SPACE character, remove it from value."
+            name, colon, value = line.partition(":")
+            if colon and value.startswith(" "):
+                value = value[1:]
+            yield name, value
+
+
+def parse_body(body: bytes) -> list[Event]:
+    """Parse a published body of SSE fields into one or more events.
+
+    Events are separated by blank lines; the end of the body ends the last
+    event (a publisher need not send a trailing blank line).
+
+    Raises:
+        InvalidEvent: if the body is not UTF-8, holds no event, an event has
+            no ``data`` field, a field is unknown, or ``retry`` is not digits.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"body is not valid UTF-8 (byte {exc.start})") from None
+    if text.startswith(_BOM):  # WHATWG: "One leading U+FEFF BYTE ORDER MARK ... is ignored"
+        text = text[1:]
+
+    events: list[Event] = []
+    fields: dict[str, str] = {}
+    data: list[str] | None = None
+
+    def dispatch() -> None:
+        nonlocal fields, data
+        if data is None:
+            if fields:
+                raise InvalidEvent("event has no data field")
+            return
+        retry = fields.get("retry")
+        events.append(
+            Event(
+                data="\n".join(data),
+                event=fields.get("event"),
+                id=fields.get("id"),
+                retry=None if retry is None else int(retry),
+            )
+        )
+        fields, data = {}, None
+
+    for item in _split_fields(text):
+        if item is None:
+            dispatch()
+            continue
+        name, value = item
+        if name == "data":
+            if data is None:
+                data = []
+            data.append(value)
+        elif name in KNOWN_FIELDS:
+            if name == "retry" and not _DIGITS.fullmatch(value):
+                raise InvalidEvent("retry must be ASCII digits (milliseconds)")
+            fields[name] = value
+        else:
+            raise InvalidEvent(f"unknown field {name[:32]!r}")
+    dispatch()
+    if not events:
+        raise InvalidEvent("body holds no event (at least one data: line is required)")
+    return events
