@@ -1,0 +1,172 @@
+"""Shared test helpers: a real broker on 127.0.0.1:0 and a real streaming client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import trio
+
+from trio_esper.config import Config
+from trio_esper.server import serve
+
+TOPIC = "testtopic01"
+#: Generous bound for anything that should take milliseconds; a hang fails, not stalls CI.
+STEP_SECONDS = 10.0
+
+
+@dataclass
+class Broker:
+    """A broker served in-process for one test."""
+
+    url: str
+    config: Config
+    shutdown: trio.Event
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.url.removeprefix("http://").partition(":")
+        return host, int(port)
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        with trio.fail_after(STEP_SECONDS):
+            await self.done.wait()
+
+
+async def start_broker(nursery: trio.Nursery, **overrides: Any) -> Broker:
+    """Start ``serve`` on 127.0.0.1:0 with ``overrides`` and return its handle."""
+    config = Config(**{"bind": "127.0.0.1", "port": 0, **overrides})
+    shutdown = trio.Event()
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        try:
+            await serve(config, shutdown=shutdown, task_status=task_status)
+        finally:
+            done.set()
+
+    host, port = await nursery.start(run)
+    return Broker(f"http://{host}:{port}", config, shutdown, done)
+
+
+@pytest.fixture
+async def broker(nursery: trio.Nursery) -> AsyncIterator[Broker]:
+    b = await start_broker(nursery)
+    yield b
+    await b.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as c:
+        yield c
+
+
+class SSEStream:
+    """Reads a ``text/event-stream`` response frame by frame (a frame ends at a
+    blank line), keeping the raw bytes so tests can compare them exactly."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.aiter_raw()
+        self._buffer = b""
+        self.raw = b""
+
+    async def next_frame(self, timeout: float = STEP_SECONDS) -> bytes:
+        with trio.fail_after(timeout):
+            while b"\n\n" not in self._buffer:
+                chunk = await self._chunks.__anext__()
+                self._buffer += chunk
+                self.raw += chunk
+        frame, _, self._buffer = self._buffer.partition(b"\n\n")
+        return frame + b"\n\n"
+
+    async def next_event(self, timeout: float = STEP_SECONDS) -> bytes:
+        """The next frame that is not a comment."""
+        while True:
+            frame = await self.next_frame(timeout)
+            if not frame.startswith(b":"):
+                return frame
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+    async def read_to_end(self, timeout: float = STEP_SECONDS) -> bytes:
+        """Everything until the server ends the stream."""
+        with trio.fail_after(timeout):
+            async for chunk in self._chunks:
+                self._buffer += chunk
+                self.raw += chunk
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+async def open_sse(
+    client: httpx.AsyncClient, url: str, **kwargs: Any
+) -> tuple[SSEStream, Any]:
+    """Start streaming ``url``; return the stream and the context to exit."""
+    ctx = client.stream("GET", url, **kwargs)
+    response = await ctx.__aenter__()
+    return SSEStream(response), ctx
+
+
+@pytest.fixture
+async def subscribe(
+    client: httpx.AsyncClient,
+) -> AsyncIterator[Any]:
+    """``await subscribe(url)`` opens a stream, waits for ``: subscribed``, and
+    closes it when the test ends."""
+    contexts: list[Any] = []
+    streams: list[SSEStream] = []
+
+    async def _subscribe(url: str, *, expect_live: bool = True, **kwargs: Any) -> SSEStream:
+        stream, ctx = await open_sse(client, url, **kwargs)
+        contexts.append(ctx)
+        streams.append(stream)
+        if expect_live:
+            assert stream.response.status_code == 200
+            assert await stream.next_frame() == b": subscribed\n\n"
+        return stream
+
+    yield _subscribe
+    with trio.CancelScope(shield=True):
+        for stream in streams:
+            await stream.aclose()
+        for ctx in reversed(contexts):
+            await ctx.__aexit__(None, None, None)
+
+
+def make_token(
+    secret: str, sub: str | None = TOPIC, *, exp_in: float = 60, alg: str = "HS256", **extra: Any
+) -> str:
+    claims: dict[str, Any] = dict(extra)
+    if sub is not None:
+        claims["sub"] = sub
+    if exp_in is not None:
+        claims["exp"] = int(time.time() + exp_in)
+    return jwt.encode(claims, secret, algorithm=alg)
+
+
+async def wait_for_stats(
+    client: httpx.AsyncClient, broker: Broker, timeout: float = STEP_SECONDS, **expected: int
+) -> dict[str, Any]:
+    """Poll /stats until it shows ``expected``; fail after ``timeout``."""
+    stats: dict[str, Any] = {}
+    with trio.move_on_after(timeout):
+        while True:
+            stats = (await client.get(f"{broker.url}/stats")).json()
+            if all(stats[k] == v for k, v in expected.items()):
+                return stats
+            await trio.sleep(0.02)
+    pytest.fail(f"stats never reached {expected}: {stats}")
+
+
+__all__ = ["STEP_SECONDS", "TOPIC", "Broker", "SSEStream", "make_token", "partial", "start_broker"]

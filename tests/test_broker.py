@@ -1,0 +1,212 @@
+"""Broker behaviour through a real Hypercorn server and a real streaming client."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+import trio
+
+from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker, wait_for_stats
+
+
+async def test_readme_curl_example_byte_for_byte(
+    broker: Broker, client: httpx.AsyncClient, subscribe
+) -> None:
+    # README: curl -N http://127.0.0.1:3000/subscribe/myTopic123
+    #         curl -X POST http://127.0.0.1:3000/publish/myTopic123 \
+    #              --data-binary $'event: greeting\nid: 42\ndata: hello\ndata: world\n'
+    stream = await subscribe(f"{broker.url}/subscribe/myTopic123")
+    headers = stream.response.headers
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["x-accel-buffering"] == "no"
+    reply = await client.post(
+        f"{broker.url}/publish/myTopic123",
+        content=b"event: greeting\nid: 42\ndata: hello\ndata: world\n",
+    )
+    assert reply.status_code == 200
+    assert reply.json() == {"id": "42", "events": 1, "subscribers": 1}
+    assert await stream.next_frame() == b"id: 42\nevent: greeting\ndata: hello\ndata: world\n\n"
+    assert stream.raw == (
+        b": subscribed\n\nid: 42\nevent: greeting\ndata: hello\ndata: world\n\n"
+    )
+
+
+async def test_headers_arrive_before_any_event(broker: Broker, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(STEP_SECONDS):
+        async with client.stream("GET", f"{broker.url}/subscribe/{TOPIC}") as response:
+            assert response.status_code == 200  # headers were flushed: nothing published yet
+
+
+async def test_many_subscribers_several_topics_in_order(
+    broker: Broker, client: httpx.AsyncClient, subscribe
+) -> None:
+    topics = [f"fanouttopic{i}" for i in range(3)]
+    streams = {t: [await subscribe(f"{broker.url}/subscribe/{t}") for _ in range(20)] for t in topics}
+    for n in range(50):
+        for t in topics:
+            reply = await client.post(f"{broker.url}/publish/{t}", content=f"data: {t} {n}\n")
+            assert reply.json()["subscribers"] == 20
+    for t, subscribers in streams.items():
+        for stream in subscribers:
+            received = [await stream.next_event() for _ in range(50)]
+            assert received == [f"data: {t} {n}\n\n".encode() for n in range(50)]
+    stats = await wait_for_stats(client, broker, clients=60, topics=3)
+    assert stats["published"] == 150
+    assert stats["delivered"] == 3000
+
+
+async def test_multi_event_body_and_line_endings(
+    broker: Broker, client: httpx.AsyncClient, subscribe
+) -> None:
+    stream = await subscribe(f"{broker.url}/subscribe/{TOPIC}")
+    body = b"data: one\r\n\r\n: a comment\revent:two\rdata:  spaced\r\rid: 3\ndata\n"
+    reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=body)
+    assert reply.json() == {"id": "3", "events": 3, "subscribers": 1}
+    assert await stream.next_event() == b"data: one\n\n"
+    assert await stream.next_event() == b"event: two\ndata:  spaced\n\n"
+    assert await stream.next_event() == b"id: 3\ndata:\n\n"
+
+
+async def test_topic_ids_are_case_insensitive(
+    broker: Broker, client: httpx.AsyncClient, subscribe
+) -> None:
+    stream = await subscribe(f"{broker.url}/subscribe/MixedCase99")
+    reply = await client.post(f"{broker.url}/publish/mixedcase99", content=b"data: x\n")
+    assert reply.json()["subscribers"] == 1
+    assert await stream.next_event() == b"data: x\n\n"
+
+
+async def test_publish_without_subscribers(broker: Broker, client: httpx.AsyncClient) -> None:
+    reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: x\n")
+    assert reply.status_code == 200
+    assert reply.json() == {"id": None, "events": 1, "subscribers": 0}
+
+
+async def test_disconnect_cleanup(broker: Broker, client: httpx.AsyncClient) -> None:
+    async with client.stream("GET", f"{broker.url}/subscribe/{TOPIC}") as response:
+        assert response.status_code == 200
+        await wait_for_stats(client, broker, clients=1, topics=1)
+    # The client is gone: within a second the subscription and its topic are too.
+    await wait_for_stats(client, broker, timeout=1.0, clients=0, topics=0)
+
+
+async def test_slow_subscriber_is_dropped_others_keep_receiving(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+) -> None:
+    broker = await start_broker(nursery, queue_events=4)
+    healthy = await subscribe(f"{broker.url}/subscribe/{TOPIC}")
+    stalled = await _stalled_subscriber(broker, TOPIC)
+    await wait_for_stats(client, broker, clients=2)
+    payload = "x" * 16_000
+    for n in range(200):
+        reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=f"data: {n} {payload}\n")
+        assert reply.status_code == 200
+        assert await healthy.next_event() == f"data: {n} {payload}\n\n".encode()
+    stats = await wait_for_stats(client, broker, clients=1, dropped=1)
+    assert stats["delivered"] >= 200
+    stalled.close()
+    await broker.stop()
+
+
+async def _stalled_subscriber(broker: Broker, topic: str) -> trio.socket.SocketType:
+    """A subscriber that reads the response head, then never reads again."""
+    sock = trio.socket.socket()
+    # A tiny receive buffer fills fast, so the broker's writes block.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(broker.host_port)
+    await sock.send(f"GET /subscribe/{topic} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    with trio.fail_after(STEP_SECONDS):
+        while b": subscribed" not in head:
+            head += await sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    return sock
+
+
+async def test_heartbeat_on_idle_stream(nursery: trio.Nursery, subscribe) -> None:
+    broker = await start_broker(nursery, heartbeat_seconds=0.2)
+    stream = await subscribe(f"{broker.url}/subscribe/{TOPIC}")
+    assert await stream.next_frame(timeout=5) == b": heartbeat\n\n"
+    assert await stream.next_frame(timeout=5) == b": heartbeat\n\n"
+    await broker.stop()
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /publish/%s HTTP/1.0\r\nContent-Length: 8\r\n\r\ndata: x\n",
+        b"POST /publish/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Length: 8\r\n\r\ndata: x\n",
+        b"GET /stats HTTP/1.0\r\n\r\n",
+        b"GET /nope HTTP/1.0\r\n\r\n",
+    ],
+)
+async def test_connection_close_requests_see_eof(broker: Broker, request_head: bytes) -> None:
+    # quart-trio used to cancel hypercorn's tidy-up, leaving these sockets open.
+    data = await _raw_exchange(broker, request_head.replace(b"%s", TOPIC.encode()))
+    assert data.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
+
+
+async def test_idle_keep_alive_connection_is_closed(broker: Broker) -> None:
+    request = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
+    # hypercorn's keep-alive timeout is 5 s; the socket must see EOF after it.
+    data = await _raw_exchange(broker, request, timeout=STEP_SECONDS)
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+async def _raw_exchange(broker: Broker, request: bytes, timeout: float = 3.0) -> bytes:
+    """Send ``request`` on a fresh socket and read until the server closes it."""
+    sock = trio.socket.socket()
+    with sock:
+        await sock.connect(broker.host_port)
+        await sock.send(request)
+        data = b""
+        with trio.fail_after(timeout):
+            while chunk := await sock.recv(65536):
+                data += chunk
+    return data
+
+
+async def test_shutdown_ends_open_streams_cleanly(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+) -> None:
+    broker = await start_broker(nursery, shutdown_grace_seconds=5)
+    streams = [await subscribe(f"{broker.url}/subscribe/{TOPIC}") for _ in range(5)]
+    await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: last\n")
+    with trio.fail_after(2):  # well inside the grace period: nothing had to be forced
+        await broker.stop()
+    for stream in streams:
+        # httpx raises on a chunked body without its terminating chunk.
+        rest = await stream.read_to_end()
+        assert b"data: last\n\n" in stream.raw
+        assert rest == b"" or rest.endswith(b"\n\n")
+
+
+async def test_shutdown_with_stalled_reader_is_bounded(
+    nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    broker = await start_broker(nursery, shutdown_grace_seconds=1)
+    stalled = await _stalled_subscriber(broker, TOPIC)
+    payload = "x" * 16_000
+    for n in range(30):  # fill the socket buffers so the broker's write blocks
+        await client.post(f"{broker.url}/publish/{TOPIC}", content=f"data: {n} {payload}\n")
+    start = trio.current_time()
+    await broker.stop()
+    assert trio.current_time() - start < 1 + 2  # grace plus scheduling slack
+    stalled.close()
+
+
+async def test_subscribe_after_shutdown_started_is_refused(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+) -> None:
+    broker = await start_broker(nursery, shutdown_grace_seconds=1)
+    stalled = await _stalled_subscriber(broker, TOPIC)
+    with trio.fail_after(STEP_SECONDS):
+        broker.shutdown.set()
+        await broker.done.wait()
+    with pytest.raises(httpx.ConnectError):
+        await client.get(f"{broker.url}/subscribe/{TOPIC}")
+    stalled.close()
