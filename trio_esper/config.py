@@ -120,9 +120,7 @@ class Config:
 ENV_PREFIX = "ESPER_"
 _TUPLES = frozenset({"jwt_algorithms", "cors_origins"})
 _INTS = frozenset({"port", "threads", "max_body_bytes", "queue_events"})
-_FLOATS = frozenset(
-    {"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"}
-)
+_FLOATS = frozenset({"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"})
 
 
 def _parse(name: str, raw: str) -> object:

@@ -100,7 +100,7 @@ class Subscription:
         if self.dropped:
             raise StopAsyncIteration
         frames = [first]
-        delivered = first is not HEARTBEAT_FRAME
+        delivered = int(first is not HEARTBEAT_FRAME)
         while len(frames) < MAX_FRAMES_PER_CHUNK:
             try:
                 frame = self._receive.receive_nowait()

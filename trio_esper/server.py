@@ -58,7 +58,7 @@ async def serve(
     hyper = HypercornConfig()
     hyper.keep_alive_timeout = 5.0
     context = WorkerContext(None)
-    connections: set[trio.SocketStream] = set()
+    connections = _Connections()
 
     async with open_hub(
         heartbeat_seconds=config.heartbeat_seconds, queue_events=config.queue_events
@@ -75,7 +75,9 @@ async def serve(
         async with trio.open_nursery() as connection_nursery:
             async with trio.open_nursery() as listen_nursery:
                 listen_nursery.start_soon(
-                    partial(trio.serve_listeners, handle, listeners, handler_nursery=connection_nursery)
+                    partial(
+                        trio.serve_listeners, handle, listeners, handler_nursery=connection_nursery
+                    )
                 )
                 log.info("listening on http://%s:%d", *address)
                 task_status.started((str(address[0]), int(address[1])))
@@ -87,23 +89,45 @@ async def serve(
 async def _shut_down(
     hub: Hub,
     context: WorkerContext,
-    connections: set[trio.SocketStream],
+    connections: _Connections,
     grace_seconds: float,
 ) -> None:
-    log.info("shutting down: %d connections open", len(connections))
+    log.info("shutting down: %d connections open", len(connections.streams))
     hub.close()
     # Hypercorn closes a connection after its current response once
     # `terminated` is set, and wakes idle keep-alive ones.
     await context.terminated.set()
     with trio.move_on_after(grace_seconds):
-        while connections:
-            await trio.sleep(0.05)
-    for stream in list(connections):
+        await connections.wait_empty()
+    for stream in list(connections.streams):
         # Closing the socket wakes a write blocked on a peer that stopped
         # reading (trio.lowlevel.notify_closing), even a shielded one.
         stream.socket.close()
-    if connections:
-        log.warning("closed %d connections still open after the grace period", len(connections))
+    if connections.streams:
+        log.warning(
+            "closed %d connections still open after the grace period", len(connections.streams)
+        )
+
+
+class _Connections:
+    """The open connections, and a way to wait until there are none."""
+
+    def __init__(self) -> None:
+        self.streams: set[trio.SocketStream] = set()
+        self._empty = trio.Event()
+
+    def add(self, stream: trio.SocketStream) -> None:
+        self.streams.add(stream)
+
+    def discard(self, stream: trio.SocketStream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        if self.streams:
+            self._empty = trio.Event()
+            await self._empty.wait()
 
 
 def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:

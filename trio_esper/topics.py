@@ -3,7 +3,8 @@
 Rule (esper's): a topic id is 8 to 64 alphanumeric characters and is
 case-insensitive. We accept ASCII letters and digits only: Unicode
 "alphanumeric" (what esper's ``char::is_alphanumeric`` accepts) admits
-look-alike and differently-normalised spellings of one id (``"ａ"`` vs ``"a"``),
+look-alike and differently-normalised spellings of one id (fullwidth
+U+FF41 vs ``"a"``),
 and case folding outside ASCII is locale-sensitive. ASCII ids are also safe to
 use unescaped in URLs, Redis keys and file names.
 """
@@ -27,8 +28,7 @@ def normalise_topic(topic: str) -> str:
     """
     if not MIN_TOPIC_CHARS <= len(topic) <= MAX_TOPIC_CHARS:
         raise InvalidTopic(
-            f"topic must be {MIN_TOPIC_CHARS} to {MAX_TOPIC_CHARS} characters, "
-            f"got {len(topic)}"
+            f"topic must be {MIN_TOPIC_CHARS} to {MAX_TOPIC_CHARS} characters, got {len(topic)}"
         )
     if not _ALLOWED.issuperset(topic):
         raise InvalidTopic("topic may contain only ASCII letters and digits")
