@@ -1,0 +1,86 @@
+"""Hub core, without HTTP: deterministic with trio's mock clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trio_esper.errors import ServiceUnavailable
+from trio_esper.hub import Hub, open_hub
+from trio_esper.sse import HEARTBEAT_FRAME
+
+
+def topic_tasks(hub: Hub) -> list[str]:
+    return [task.name for task in hub._nursery.child_tasks]
+
+
+async def test_frames_arrive_in_order_and_coalesce() -> None:
+    async with open_hub() as hub, hub.subscribe("topic0001") as sub:
+        assert await hub.publish("topic0001", [b"data: 1\n\n", b"data: 2\n\n"]) == 1
+        assert await hub.publish("topic0001", [b"data: 3\n\n"]) == 1
+        await trio.testing.wait_all_tasks_blocked()
+        # Everything queued by the time the subscriber reads is one write.
+        assert await sub.__anext__() == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+        assert hub.statistics().delivered == 3
+
+
+async def test_topic_task_lives_while_it_has_subscribers() -> None:
+    async with open_hub() as hub:
+        assert topic_tasks(hub) == []
+        async with hub.subscribe("topic0001"), hub.subscribe("topic0001"):
+            assert topic_tasks(hub) == ["topic topic0001"]
+            assert hub.statistics().clients == 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert topic_tasks(hub) == []
+        assert hub.statistics().topics == 0
+        assert await hub.publish("topic0001", [b"data: x\n\n"]) == 0
+
+
+async def test_cancelled_subscriber_is_removed() -> None:
+    async with open_hub() as hub:
+        with trio.move_on_after(1):
+            async with hub.subscribe("topic0001") as sub:
+                await sub.__anext__()  # blocks until the deadline cancels it
+        assert hub.statistics().clients == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert topic_tasks(hub) == []
+
+
+async def test_full_queue_drops_only_that_subscriber(autojump_clock: trio.abc.Clock) -> None:
+    async with open_hub(queue_events=3) as hub:
+        async with hub.subscribe("topic0001") as slow, hub.subscribe("topic0001") as fast:
+            for n in range(5):
+                # Publishing never waits for the slow subscriber.
+                with trio.fail_after(0.001):
+                    await hub.publish("topic0001", [f"data: {n}\n\n".encode()])
+                assert await fast.__anext__() == f"data: {n}\n\n".encode()
+            stats = hub.statistics()
+            assert (stats.clients, stats.dropped) == (1, 1)
+            assert slow.dropped
+            with pytest.raises(StopAsyncIteration):
+                await slow.__anext__()
+
+
+async def test_heartbeat_on_idle_subscribers(autojump_clock: trio.abc.Clock) -> None:
+    async with open_hub(heartbeat_seconds=15) as hub, hub.subscribe("topic0001") as sub:
+        start = trio.current_time()
+        assert await sub.__anext__() == HEARTBEAT_FRAME
+        assert trio.current_time() - start == pytest.approx(15)
+        assert await sub.__anext__() == HEARTBEAT_FRAME
+        assert trio.current_time() - start == pytest.approx(30)
+        assert hub.statistics().delivered == 0  # heartbeats are not events
+
+
+async def test_close_ends_streams_and_refuses_new_subscribers() -> None:
+    async with open_hub() as hub:
+        async with hub.subscribe("topic0001") as sub:
+            await hub.publish("topic0001", [b"data: last\n\n"])
+            await trio.testing.wait_all_tasks_blocked()
+            hub.close()
+            assert await sub.__anext__() == b"data: last\n\n"  # queued frames still go out
+            with pytest.raises(StopAsyncIteration):
+                await sub.__anext__()
+        with pytest.raises(ServiceUnavailable):
+            async with hub.subscribe("topic0002"):
+                pass  # pragma: no cover
