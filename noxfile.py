@@ -61,3 +61,13 @@ def serve(session: nox.Session) -> None:
     """Run the broker: ``python3 -m nox -s serve -- --port 3000``."""
     session.install("-e", ".")
     session.run("trio-esper", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """trio_esper next to Nchan with ../shared/bench/ssebench, in one run.
+
+    ``python3 -m nox -s bench -- --repeat 3 --scenarios fanout,latency``
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/compare.py", *session.posargs)

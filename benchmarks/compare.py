@@ -1,0 +1,284 @@
+"""Fan-out benchmark: trio_esper next to Nchan, one load generator, one run.
+
+Builds ``ssebench`` (the C load generator in ``../shared/bench``), then for
+each scenario and each repeat starts a fresh broker -- trio_esper as a
+subprocess, Nchan as a private nginx with ``../shared/bench/nchan.conf`` --
+runs ssebench against it, stops it, and prints a table with the ratio of
+trio_esper to Nchan. Interleaving the two brokers within one run keeps
+machine noise from favouring either. Loopback only; every run is bounded by
+ssebench's ``--count``/``--duration``/``--drain-max``.
+
+Also measures two latencies of trio_esper directly: subscribe-to-first-byte
+and disconnect-cleanup (client closes -> gone from /stats).
+
+    python3 -m nox -s bench -- --repeat 3 --scenarios fanout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", ROOT.parent / "shared" / "bench"))
+OUT = ROOT / "bench-results"
+ESPER_PORT = 3091
+NCHAN_PORT = 8081  # fixed by nchan.conf
+NGINX_PREFIX = Path("/tmp/trio-esper-bench/nginx")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    args: tuple[str, ...]
+
+
+SCENARIOS = {
+    # The issue's reference: 1000 subscribers, 1 topic, 2000 x 100-byte messages.
+    "fanout": Scenario("fanout", ("-s", "1000", "-t", "1", "-n", "2000", "-z", "100")),
+    "latency": Scenario(
+        "latency", ("-s", "100", "-t", "1", "-n", "2000", "-r", "200", "-z", "100")
+    ),
+    "topics": Scenario(
+        "topics", ("-s", "1000", "-t", "1000", "-c", "16", "-n", "50000", "-z", "100")
+    ),
+}
+
+
+def build_ssebench() -> Path:
+    source = SHARED_BENCH / "ssebench.c"
+    binary = OUT / "ssebench"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        OUT.mkdir(exist_ok=True)
+        subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def wait_listening(port: int, deadline_s: float = 15.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@contextmanager
+def esper() -> Iterator[list[int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_esper", "--port", str(ESPER_PORT), "--log-level", "warning"],
+        env={**os.environ, "ESPER_NO_AUTH": "1"},
+    )
+    try:
+        wait_listening(ESPER_PORT)
+        yield [proc.pid]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ensure_nchan() -> bool:
+    nchan_mod = Path("/usr/share/nginx/modules/ngx_nchan_module.so")
+    if shutil.which("nginx") and nchan_mod.exists():
+        return True
+    if os.geteuid() != 0:
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-nchan"], check=True, env=env
+    )
+    return True
+
+
+@contextmanager
+def nchan() -> Iterator[list[int]]:
+    (NGINX_PREFIX / "logs").mkdir(parents=True, exist_ok=True)
+    (NGINX_PREFIX / "tmp").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            "nginx",
+            "-c",
+            str(SHARED_BENCH / "nchan.conf"),
+            "-p",
+            str(NGINX_PREFIX),
+            "-g",
+            "worker_processes 1;",
+        ],
+        start_new_session=True,
+    )
+    try:
+        wait_listening(NCHAN_PORT)
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        yield [proc.pid, *map(int, children)]
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_ssebench(
+    binary: Path, broker: str, scenario: Scenario, pids: list[int], label: str
+) -> dict[str, object]:
+    port, body = (ESPER_PORT, "sse") if broker == "trio_esper" else (NCHAN_PORT, "raw")
+    cmd = [
+        str(binary),
+        "--port",
+        str(port),
+        *scenario.args,
+        "--body",
+        body,
+        "--topic-prefix",
+        "benchtopic",
+        "--server-pid",
+        ",".join(map(str, pids)),
+        "--drain-max",
+        "60",
+        "--duration",
+        "120",
+        "--label",
+        label,
+        "-q",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["exit_code"] = done.returncode
+    result["broker"] = broker
+    result["scenario"] = scenario.name
+    return result
+
+
+def probe_latencies(samples: int = 50) -> dict[str, float]:
+    """Median subscribe-to-first-byte and disconnect-cleanup times, in ms."""
+    first_byte, cleanup = [], []
+    for n in range(samples):
+        topic = f"probetopic{n}"
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", ESPER_PORT)) as sock:
+            sock.sendall(f"GET /subscribe/{topic} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.recv(1)
+            first_byte.append((time.perf_counter() - start) * 1000)
+            while b": subscribed" not in sock.recv(4096):
+                pass
+            closed = time.perf_counter()
+        while stats()["clients"] != 0:
+            if time.perf_counter() - closed > 5:
+                raise RuntimeError("subscription not cleaned up within 5 s")
+            time.sleep(0.001)
+        cleanup.append((time.perf_counter() - closed) * 1000)
+    return {
+        "subscribe_first_byte_ms_p50": statistics.median(first_byte),
+        "subscribe_first_byte_ms_max": max(first_byte),
+        "disconnect_cleanup_ms_p50": statistics.median(cleanup),
+        "disconnect_cleanup_ms_max": max(cleanup),
+    }
+
+
+def stats() -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ESPER_PORT}/stats", timeout=5) as reply:
+        data: dict[str, int] = json.load(reply)
+        return data
+
+
+COLUMNS = [
+    ("deliv/s", "delivered_per_s", "{:.0f}"),
+    ("pub/s", "publish_per_s", "{:.0f}"),
+    ("p50 ms", "lat_p50_us", "{:.2f}", 1000),
+    ("p99 ms", "lat_p99_us", "{:.2f}", 1000),
+    ("lost", "lost", "{}"),
+    ("reord", "reordered", "{}"),
+    ("srv cpu%", "run_cpu_server_pct", "{:.0f}"),
+    ("KB/sub", "server_bytes_per_sub", "{:.1f}", 1024),
+    ("other%", "run_cpu_other_pct", "{:.0f}"),
+    ("rc", "exit_code", "{}"),
+]
+
+
+def cell(result: dict[str, object], key: str, fmt: str, divisor: float = 1) -> str:
+    value = result.get(key)
+    if isinstance(value, int | float) and divisor != 1:
+        value = value / divisor
+    return fmt.format(value)
+
+
+def print_table(results: list[dict[str, object]]) -> None:
+    header = ["scenario", "broker", *(c[0] for c in COLUMNS)]
+    rows = [header]
+    for r in results:
+        rows.append(
+            [str(r["scenario"]), str(r["broker"]), *(cell(r, *c[1:]) for c in COLUMNS)]  # type: ignore[arg-type]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
+    print()
+    for scenario in dict.fromkeys(str(r["scenario"]) for r in results):
+        medians = {}
+        for broker in ("trio_esper", "nchan"):
+            values = [
+                float(r["delivered_per_s"])  # type: ignore[arg-type]
+                for r in results
+                if r["scenario"] == scenario and r["broker"] == broker
+            ]
+            if values:
+                medians[broker] = statistics.median(values)
+        line = ", ".join(f"{b} median {v:.0f} deliveries/s" for b, v in medians.items())
+        if len(medians) == 2 and medians["nchan"]:
+            line += f"; ratio {medians['trio_esper'] / medians['nchan']:.3f}x"
+        print(f"{scenario}: {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--scenarios", default="fanout", help=f"comma list of {list(SCENARIOS)}")
+    parser.add_argument("--no-nchan", action="store_true", help="trio_esper only")
+    args = parser.parse_args()
+    binary = build_ssebench()
+    with_nchan = not args.no_nchan and ensure_nchan()
+    if not with_nchan and not args.no_nchan:
+        print("Nchan is not installed and cannot be (not root): trio_esper only", file=sys.stderr)
+    results: list[dict[str, object]] = []
+    for name in args.scenarios.split(","):
+        scenario = SCENARIOS[name]
+        for n in range(args.repeat):
+            for broker, start in (("trio_esper", esper), ("nchan", nchan)):
+                if broker == "nchan" and not with_nchan:
+                    continue
+                with start() as pids:
+                    results.append(run_ssebench(binary, broker, scenario, pids, f"{name}#{n}"))
+                print(json.dumps(results[-1]), file=sys.stderr)
+    with esper():
+        probes = probe_latencies()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "compare.json").write_text(json.dumps({"runs": results, "probes": probes}, indent=1))
+    print_table(results)
+    for key, value in probes.items():
+        print(f"{key}: {value:.2f}")
+
+
+if __name__ == "__main__":
+    main()
