@@ -29,9 +29,7 @@ async def test_readme_curl_example_byte_for_byte(
     assert reply.status_code == 200
     assert reply.json() == {"id": "42", "events": 1, "subscribers": 1}
     assert await stream.next_frame() == b"id: 42\nevent: greeting\ndata: hello\ndata: world\n\n"
-    assert stream.raw == (
-        b": subscribed\n\nid: 42\nevent: greeting\ndata: hello\ndata: world\n\n"
-    )
+    assert stream.raw == (b": subscribed\n\nid: 42\nevent: greeting\ndata: hello\ndata: world\n\n")
 
 
 async def test_headers_arrive_before_any_event(broker: Broker, client: httpx.AsyncClient) -> None:
@@ -44,7 +42,9 @@ async def test_many_subscribers_several_topics_in_order(
     broker: Broker, client: httpx.AsyncClient, subscribe
 ) -> None:
     topics = [f"fanouttopic{i}" for i in range(3)]
-    streams = {t: [await subscribe(f"{broker.url}/subscribe/{t}") for _ in range(20)] for t in topics}
+    streams = {
+        t: [await subscribe(f"{broker.url}/subscribe/{t}") for _ in range(20)] for t in topics
+    }
     for n in range(50):
         for t in topics:
             reply = await client.post(f"{broker.url}/publish/{t}", content=f"data: {t} {n}\n")
@@ -102,7 +102,9 @@ async def test_slow_subscriber_is_dropped_others_keep_receiving(
     await wait_for_stats(client, broker, clients=2)
     payload = "x" * 16_000
     for n in range(200):
-        reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=f"data: {n} {payload}\n")
+        reply = await client.post(
+            f"{broker.url}/publish/{TOPIC}", content=f"data: {n} {payload}\n"
+        )
         assert reply.status_code == 200
         assert await healthy.next_event() == f"data: {n} {payload}\n\n".encode()
     stats = await wait_for_stats(client, broker, clients=1, dropped=1)

@@ -48,18 +48,21 @@ async def test_cancelled_subscriber_is_removed() -> None:
 
 
 async def test_full_queue_drops_only_that_subscriber(autojump_clock: trio.abc.Clock) -> None:
-    async with open_hub(queue_events=3) as hub:
-        async with hub.subscribe("topic0001") as slow, hub.subscribe("topic0001") as fast:
-            for n in range(5):
-                # Publishing never waits for the slow subscriber.
-                with trio.fail_after(0.001):
-                    await hub.publish("topic0001", [f"data: {n}\n\n".encode()])
-                assert await fast.__anext__() == f"data: {n}\n\n".encode()
-            stats = hub.statistics()
-            assert (stats.clients, stats.dropped) == (1, 1)
-            assert slow.dropped
-            with pytest.raises(StopAsyncIteration):
-                await slow.__anext__()
+    async with (
+        open_hub(queue_events=3) as hub,
+        hub.subscribe("topic0001") as slow,
+        hub.subscribe("topic0001") as fast,
+    ):
+        for n in range(5):
+            # Publishing never waits for the slow subscriber.
+            with trio.fail_after(0.001):
+                await hub.publish("topic0001", [f"data: {n}\n\n".encode()])
+            assert await fast.__anext__() == f"data: {n}\n\n".encode()
+        stats = hub.statistics()
+        assert (stats.clients, stats.dropped) == (1, 1)
+        assert slow.dropped
+        with pytest.raises(StopAsyncIteration):
+            await slow.__anext__()
 
 
 async def test_heartbeat_on_idle_subscribers(autojump_clock: trio.abc.Clock) -> None:

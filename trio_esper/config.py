@@ -132,6 +132,8 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{env}={raw!r} is not a number") from None
+    if name == "log_level":
+        return raw.strip().lower()
     if name in _TUPLES:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw

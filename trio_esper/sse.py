@@ -135,12 +135,16 @@ def parse_body(body: bytes) -> list[Event]:
                 raise InvalidEvent("event has no data field")
             return
         retry = fields.get("retry")
+        try:
+            retry_ms = None if retry is None else int(retry)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() (4300)
+            raise InvalidEvent("retry has too many digits") from None
         events.append(
             Event(
                 data="\n".join(data),
                 event=fields.get("event"),
                 id=fields.get("id"),
-                retry=None if retry is None else int(retry),
+                retry=retry_ms,
             )
         )
         fields, data = {}, None
