@@ -1,0 +1,262 @@
+"""examples/index.html in a real headless Chromium, subscribed to a real broker.
+
+Needs Chromium and its chromedriver installed system-wide (Debian/Ubuntu:
+``apt-get install chromium chromium-driver``) and the ``selenium`` package; no
+browser is downloaded. Set ``CHROMIUM_BINARY`` / ``CHROMEDRIVER`` to use other
+paths. A missing browser fails these tests: CI installs it, so a skip would
+only hide a broken setup.
+
+Selenium's calls block, so each runs in a worker thread while the broker keeps
+serving in the test's own Trio loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import trio
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from .conftest import STEP_SECONDS, Broker, make_token, start_broker, wait_for_stats
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PAGE = EXAMPLES / "index.html"
+SUBSCRIBER_SECRET = "subscriber-secret-for-the-browser-test"
+#: Chromium's first start in a fresh profile is slow on a loaded CI machine.
+BROWSER_SECONDS = 60.0
+#: Flags for a container running as root: no sandbox (needs user namespaces),
+#: no GPU, and none of the background traffic a test must not depend on.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+)
+#: Every item in the page's event list, as the page shows it.
+READ_EVENTS_JS = """
+return Array.from(document.querySelectorAll('#events li')).map((li) => ({
+  event: li.dataset.event,
+  id: li.dataset.id || null,
+  data: li.querySelector('.data').textContent,
+}));
+"""
+
+T = TypeVar("T")
+
+
+def _find(env: str, *names: str) -> str:
+    override = os.environ.get(env)
+    if override:
+        if not Path(override).is_file():
+            pytest.fail(f"{env}={override} does not exist", pytrace=False)
+        return override
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        f"{names[0]} is not installed (looked for {', '.join(names)} on PATH; set {env} "
+        "to its path). On Debian/Ubuntu: apt-get install -y chromium chromium-driver",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def chrome() -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the module, with a throw-away profile."""
+    binary = _find("CHROMIUM_BINARY", "chromium", "chromium-browser", "google-chrome")
+    driver_path = _find("CHROMEDRIVER", "chromedriver")
+    with tempfile.TemporaryDirectory(prefix="trio-esper-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        # A Service with a path: selenium uses it and never runs Selenium Manager,
+        # which would otherwise try to download a driver.
+        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+        try:
+            driver.set_page_load_timeout(STEP_SECONDS)
+            driver.set_script_timeout(STEP_SECONDS)
+            yield driver
+        finally:
+            driver.quit()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def page_server() -> Iterator[str]:
+    """Serve examples/ over HTTP from its own port: an origin other than the broker's."""
+    handler = functools.partial(_QuietHandler, directory=str(EXAMPLES))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            host, port = server.server_address[:2]
+            yield f"http://{host}:{port}"
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+class Page:
+    """index.html open in ``driver``; every method keeps the Trio loop free."""
+
+    def __init__(self, driver: webdriver.Chrome) -> None:
+        self.driver = driver
+
+    async def open(self, url: str) -> None:
+        await in_thread(self.driver.get, url)
+
+    async def close(self) -> None:
+        # Leaving the page must close its EventSource, even if the page stays
+        # in the back/forward cache, so the broker sees the subscriber go.
+        await in_thread(self.driver.get, "about:blank")
+
+    async def back(self) -> None:
+        await in_thread(self.driver.back)
+
+    async def state(self) -> str:
+        element = await in_thread(self.driver.find_element, By.ID, "state")
+        return await in_thread(element.get_attribute, "data-state")
+
+    async def events(self) -> list[dict[str, Any]]:
+        return await in_thread(self.driver.execute_script, READ_EVENTS_JS)
+
+    async def wait_for_state(self, expected: str) -> None:
+        with trio.move_on_after(STEP_SECONDS):
+            while (state := await self.state()) != expected:
+                await trio.sleep(0.05)
+            return
+        pytest.fail(f"page state stayed {state!r}, expected {expected!r}")
+
+    async def wait_for_events(self, count: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        with trio.move_on_after(STEP_SECONDS):
+            while len(events := await self.events()) < count:
+                await trio.sleep(0.05)
+            return events
+        pytest.fail(f"page shows {len(events)} events, expected {count}: {events}")
+
+
+@pytest.fixture
+def page(chrome: webdriver.Chrome) -> Page:
+    return Page(chrome)
+
+
+def page_url(base: str, broker: Broker, topic: str, **extra: str) -> str:
+    return f"{base}?{urlencode({'broker': broker.url, 'topic': topic, **extra})}"
+
+
+async def publish_two_and_check(
+    page: Page, client: httpx.AsyncClient, broker: Broker, topic: str
+) -> None:
+    await wait_for_stats(client, broker, clients=1)
+    await page.wait_for_state("open")
+    first = await client.post(f"{broker.url}/publish/{topic}", content=b"data: hello <b>\n")
+    second = await client.post(
+        f"{broker.url}/publish/{topic}",
+        content=b"event: greeting\nid: 42\ndata: hi\ndata: there\n",
+    )
+    assert first.json()["subscribers"] == second.json()["subscribers"] == 1
+    assert await page.wait_for_events(2) == [
+        {"event": "message", "id": None, "data": "hello <b>"},
+        {"event": "greeting", "id": "42", "data": "hi\nthere"},
+    ]
+    await page.close()
+    await wait_for_stats(client, broker, clients=0)
+
+
+@pytest.mark.slow
+async def test_page_opened_from_file_receives_events(
+    nursery: trio.Nursery, client: httpx.AsyncClient, page: Page
+) -> None:
+    # A file:// page has the opaque origin "null": only '*' lets it in.
+    broker = await start_broker(nursery, cors_origins=("*",))
+    with trio.fail_after(BROWSER_SECONDS):
+        await page.open(page_url(PAGE.as_uri(), broker, "browsertopic1"))
+        await publish_two_and_check(page, client, broker, "browsertopic1")
+    await broker.stop()
+
+
+@pytest.mark.slow
+async def test_page_from_another_origin_with_subscriber_token(
+    nursery: trio.Nursery, client: httpx.AsyncClient, page: Page, page_server: str
+) -> None:
+    broker = await start_broker(
+        nursery, cors_origins=(page_server,), subscriber_secret=SUBSCRIBER_SECRET
+    )
+    token = make_token(SUBSCRIBER_SECRET, sub="browsertopic2")
+    with trio.fail_after(BROWSER_SECONDS):
+        await page.open(
+            page_url(f"{page_server}/index.html", broker, "browsertopic2", token=token)
+        )
+        await publish_two_and_check(page, client, broker, "browsertopic2")
+        await page.back()  # restored from the back/forward cache or reloaded: either way, live
+        await wait_for_stats(client, broker, clients=1)
+        await page.wait_for_state("open")
+        await page.close()
+        await wait_for_stats(client, broker, clients=0)
+    await broker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("cors_origins", "token"),
+    [
+        pytest.param(("http://elsewhere.example",), None, id="origin-not-allowed"),
+        pytest.param(("*",), "not-a-jwt", id="bad-token"),
+    ],
+)
+async def test_page_shows_a_refused_subscription(
+    nursery: trio.Nursery,
+    client: httpx.AsyncClient,
+    page: Page,
+    page_server: str,
+    cors_origins: tuple[str, ...],
+    token: str | None,
+) -> None:
+    broker = await start_broker(
+        nursery, cors_origins=cors_origins, subscriber_secret=SUBSCRIBER_SECRET
+    )
+    extra = (
+        {"token": token} if token else {"token": make_token(SUBSCRIBER_SECRET, "browsertopic3")}
+    )
+    with trio.fail_after(BROWSER_SECONDS):
+        await page.open(page_url(f"{page_server}/index.html", broker, "browsertopic3", **extra))
+        await page.wait_for_state("closed")
+        await client.post(f"{broker.url}/publish/browsertopic3", content=b"data: unseen\n")
+        assert await page.events() == []
+        await page.close()
+        # EventSource needs no preflight, so the broker did serve the stream; for a
+        # refused CORS check Chromium keeps draining the body for about 5 s (seen
+        # here; its response-body drainer's timeout) before dropping the socket.
+        await wait_for_stats(client, broker, clients=0)
+    await broker.stop()
