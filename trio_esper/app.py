@@ -98,6 +98,9 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         headers = cors_headers()
         if error.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="trio_esper"'
+        elif error.status == 413:
+            # The rest of the body is never read, so the connection cannot be reused.
+            headers["Connection"] = "close"
         return _text(error.status, error.reason, headers)
 
     @app.errorhandler(HTTPException)

@@ -80,6 +80,11 @@ def verify_token(
         raise Forbidden("token signature does not verify") from None
     except jwt.InvalidTokenError as exc:
         raise Forbidden(f"token is invalid: {_first_line(str(exc))}") from None
+    # PyJWT accepts any int()-able exp, "1795351563" included; RFC 7519 says
+    # NumericDate, and we promise an integer.
+    exp = claims["exp"]
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise Forbidden("token exp must be an integer")
     if topic is not None:
         sub = claims["sub"]
         try:

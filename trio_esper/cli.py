@@ -147,5 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for side, on in (("subscriber", config.subscriber_auth), ("publisher", config.publisher_auth)):
         logging.getLogger("trio_esper").info("%s auth: %s", side, "JWT" if on else "open")
+    if config.subscriber_auth and config.subscriber_secret == config.publisher_secret:
+        logging.getLogger("trio_esper").warning(
+            "subscriber and publisher secrets are equal: any subscriber token can publish"
+        )
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
     trio.run(_run, config)
