@@ -109,9 +109,7 @@ class SSEStream:
         return rest
 
 
-async def open_sse(
-    client: httpx.AsyncClient, url: str, **kwargs: Any
-) -> tuple[SSEStream, Any]:
+async def open_sse(client: httpx.AsyncClient, url: str, **kwargs: Any) -> tuple[SSEStream, Any]:
     """Start streaming ``url``; return the stream and the context to exit."""
     ctx = client.stream("GET", url, **kwargs)
     response = await ctx.__aenter__()
