@@ -8,7 +8,11 @@ import trio.testing
 
 from trio_esper.errors import ServiceUnavailable
 from trio_esper.hub import Hub, open_hub
-from trio_esper.sse import HEARTBEAT_FRAME
+from trio_esper.sse import HEARTBEAT_FRAME, Event
+
+
+def ev(*data: str) -> list[Event]:
+    return [Event(d, id=f"i{d}") for d in data]
 
 
 def topic_tasks(hub: Hub) -> list[str]:
@@ -17,11 +21,13 @@ def topic_tasks(hub: Hub) -> list[str]:
 
 async def test_frames_arrive_in_order_and_coalesce() -> None:
     async with open_hub() as hub, hub.subscribe("topic0001") as sub:
-        assert await hub.publish("topic0001", [b"data: 1\n\n", b"data: 2\n\n"]) == 1
-        assert await hub.publish("topic0001", [b"data: 3\n\n"]) == 1
+        assert (await hub.publish("topic0001", ev("1", "2"))).subscribers == 1
+        assert (await hub.publish("topic0001", ev("3"))).subscribers == 1
         await trio.testing.wait_all_tasks_blocked()
         # Everything queued by the time the subscriber reads is one write.
-        assert await sub.__anext__() == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+        assert (
+            await sub.__anext__() == b"id: i1\ndata: 1\n\nid: i2\ndata: 2\n\nid: i3\ndata: 3\n\n"
+        )
         assert hub.statistics().delivered == 3
 
 
@@ -34,7 +40,7 @@ async def test_topic_task_lives_while_it_has_subscribers() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert topic_tasks(hub) == []
         assert hub.statistics().topics == 0
-        assert await hub.publish("topic0001", [b"data: x\n\n"]) == 0
+        assert (await hub.publish("topic0001", ev("x"))).subscribers == 0
 
 
 async def test_cancelled_subscriber_is_removed() -> None:
@@ -56,8 +62,8 @@ async def test_full_queue_drops_only_that_subscriber(autojump_clock: trio.abc.Cl
         for n in range(5):
             # Publishing never waits for the slow subscriber.
             with trio.fail_after(0.001):
-                await hub.publish("topic0001", [f"data: {n}\n\n".encode()])
-            assert await fast.__anext__() == f"data: {n}\n\n".encode()
+                await hub.publish("topic0001", ev(str(n)))
+            assert await fast.__anext__() == f"id: i{n}\ndata: {n}\n\n".encode()
         stats = hub.statistics()
         assert (stats.clients, stats.dropped) == (1, 1)
         assert slow.dropped
@@ -78,12 +84,26 @@ async def test_heartbeat_on_idle_subscribers(autojump_clock: trio.abc.Clock) -> 
 async def test_close_ends_streams_and_refuses_new_subscribers() -> None:
     async with open_hub() as hub:
         async with hub.subscribe("topic0001") as sub:
-            await hub.publish("topic0001", [b"data: last\n\n"])
+            await hub.publish("topic0001", ev("last"))
             await trio.testing.wait_all_tasks_blocked()
             hub.close()
-            assert await sub.__anext__() == b"data: last\n\n"  # queued frames still go out
+            assert await sub.__anext__() == b"id: ilast\ndata: last\n\n"  # queued still goes out
             with pytest.raises(StopAsyncIteration):
                 await sub.__anext__()
         with pytest.raises(ServiceUnavailable):
             async with hub.subscribe("topic0002"):
                 pass  # pragma: no cover
+
+
+async def test_replay_then_live_has_no_duplicate_at_the_seam() -> None:
+    async with open_hub() as hub:
+        first = await hub.publish("topic0001", ev("1", "2"))
+        async with hub.subscribe("topic0001") as sub:
+            # Published after subscribing but before the replay is read:
+            # queued live *and* in history. It must come out once.
+            await hub.publish("topic0001", ev("3"))
+            replay = await hub.replay(sub, first.records[0].id)
+            assert [r.event.data for r in replay.records] == ["2", "3"]
+            await hub.publish("topic0001", ev("4"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await sub.__anext__() == b"id: i4\ndata: 4\n\n"

@@ -20,9 +20,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import __version__
 from .auth import bearer_token, verify_token
 from .config import Config
-from .errors import EsperError, PayloadTooLarge
+from .errors import BadRequest, EsperError, NotAcceptable, NotFound, PayloadTooLarge
+from .history import Record
 from .hub import Hub, Subscription
-from .sse import SUBSCRIBED_FRAME, encode, parse_body
+from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
 log = logging.getLogger("trio_esper")
@@ -34,6 +35,14 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 CORS_MAX_AGE_SECONDS = 600
+NDJSON = "application/x-ndjson"
+TSV = "text/tab-separated-values"
+HISTORY_LIMIT_DEFAULT = 1000
+HISTORY_LIMIT_MAX = 10_000
+#: Sent before a replay when the Last-Event-ID is unknown or expired: the
+#: client missed events it cannot get back, and everything retained follows.
+#: No id field, so the client's last event id is left as it was.
+RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset"))
 
 
 class _ClosingHTTPConnection(TrioASGIHTTPConnection):
@@ -77,6 +86,8 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
+    retry_frame = None if config.retry_ms is None else f"retry: {config.retry_ms}\n\n".encode()
+
     def cors_headers() -> dict[str, str]:
         origin = request.headers.get("Origin")
         if origin is None or not config.cors_origins:
@@ -115,13 +126,21 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     async def subscribe(topic: str) -> Response:
         topic = normalise_topic(topic)
         authorise(config.subscriber_secret, topic)
+        resume, last_id = _resume_point()
+        opening = SUBSCRIBED_FRAME + (b"" if retry_frame is None else retry_frame)
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribing inside the generator: if the client is gone before
             # the body starts, the generator never runs and nothing is
             # registered; once it runs, `async with` unregisters on any exit.
             async with hub.subscribe(topic) as subscription:
-                yield SUBSCRIBED_FRAME
+                yield opening
+                if resume:
+                    replay = await hub.replay(subscription, last_id)
+                    frames = [] if replay.found else [RESET_FRAME]
+                    frames += [record.frame for record in replay.records]
+                    if frames:
+                        yield b"".join(frames)
                 async for chunk in subscription:
                     yield chunk
                 _log_end(topic, subscription)
@@ -141,9 +160,13 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                 f"body is larger than the {config.max_body_bytes}-byte limit"
             ) from None
         assert isinstance(body, bytes)
-        events = parse_body(body)
-        subscribers = await hub.publish(topic, [encode(event) for event in events])
-        payload = {"id": events[-1].id, "events": len(events), "subscribers": subscribers}
+        events = _parse_published(body)
+        published = await hub.publish(topic, events)
+        payload = {
+            "id": published.records[-1].id,
+            "events": len(published.records),
+            "subscribers": published.subscribers,
+        }
         return Response(
             json.dumps(payload) + "\n",
             status=200,
@@ -151,10 +174,31 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             content_type="application/json",
         )
 
+    @app.route("/history/<topic>", methods=["GET"])
+    async def history(topic: str) -> Response:
+        topic = normalise_topic(topic)
+        authorise(config.subscriber_secret, topic)
+        limit = _int_arg("limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        after = request.args.get("after")
+        mimetype = NDJSON
+        if request.headers.get("Accept"):
+            mimetype = request.accept_mimetypes.best_match([NDJSON, TSV], default="")
+        if not mimetype:
+            raise NotAcceptable(f"history is served as {NDJSON} or {TSV}")
+        page = await hub.history.after(topic, after, limit)
+        if not page.found:
+            raise NotFound(f"event id {after!r} is not in this topic's retained history")
+        body = (ndjson_lines if mimetype == NDJSON else tsv_lines)(page.records)
+        return Response(body, headers=cors_headers(), content_type=mimetype)
+
     @app.route("/stats", methods=["GET"])
     async def stats() -> Response:
         authorise(config.publisher_secret, None)
-        payload = {"version": __version__, **asdict(hub.statistics())}
+        payload = {
+            "version": __version__,
+            **asdict(hub.statistics()),
+            "history": asdict(hub.history.statistics()),
+        }
         return Response(
             json.dumps(payload) + "\n", headers=cors_headers(), content_type="application/json"
         )
@@ -173,6 +217,70 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         return Response("", status=204, headers=headers)
 
     return app
+
+
+def _resume_point() -> tuple[bool, str | None]:
+    """Whether and where a subscriber resumes: after the Last-Event-ID header
+    (what EventSource sends when it reconnects), else ``?lastEventId=``; from
+    the start of history with ``?since=earliest`` (``(True, None)``); or not
+    at all, live events only (``(False, None)``)."""
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+    if last_id:
+        return True, last_id
+    since = request.args.get("since")
+    if since is None:
+        return False, None
+    if since != "earliest":
+        raise BadRequest("since must be 'earliest'")
+    return True, None
+
+
+def _parse_published(body: bytes) -> list[Event]:
+    """SSE fields, or with ``Content-Type: text/plain`` one data line per body
+    line, with ``?event=`` and ``?id=`` (eventsource-hub's style)."""
+    content_type = (request.mimetype or "").lower()
+    event_type, event_id = request.args.get("event"), request.args.get("id")
+    if content_type == "text/plain":
+        return [parse_plain(body, event=event_type, id=event_id)]
+    if event_type is not None or event_id is not None:
+        raise BadRequest(
+            "?event= and ?id= apply to Content-Type: text/plain bodies; "
+            "in an SSE body use event: and id: fields"
+        )
+    return parse_body(body)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def ndjson_lines(records: list[Record]) -> str:
+    return "".join(
+        json.dumps(
+            {"id": r.id, "event": r.event.event, "data": r.event.data, "time": r.time},
+            ensure_ascii=False,
+        )
+        + "\n"
+        for r in records
+    )
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
+
+
+def tsv_lines(records: list[Record]) -> str:
+    r"""A header line, then ``id, event, time, data`` per event; backslash,
+    tab and newline inside fields are escaped as ``\\``, ``\t``, ``\n``."""
+    rows = ["id\tevent\ttime\tdata\n"]
+    for r in records:
+        fields = (r.id, r.event.event or "", f"{r.time:.6f}", r.event.data)
+        rows.append("\t".join(f.translate(_TSV_ESCAPES) for f in fields) + "\n")
+    return "".join(rows)
 
 
 def _log_end(topic: str, subscription: Subscription) -> None:

@@ -20,6 +20,8 @@ from . import __version__
 from .config import (
     DEFAULT_BIND,
     DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_HISTORY_EVENTS,
+    DEFAULT_HISTORY_MAX_BYTES,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_EVENTS,
@@ -28,6 +30,7 @@ from .config import (
     Config,
     ConfigError,
 )
+from .errors import HistoryError
 
 #: Generation-0 threshold while serving. CPython's default (700) runs a young
 #: collection every few hundred allocations, which under fan-out cost ~45% of
@@ -35,6 +38,8 @@ from .config import (
 GC_GEN0_THRESHOLD = 50_000
 
 EXIT_USAGE = 2
+#: The history store could not be opened (corrupt, unwritable, a directory).
+EXIT_HISTORY = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +103,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="time open streams get to end on SIGINT/SIGTERM [ESPER_SHUTDOWN_GRACE_SECONDS] "
         f"(default {DEFAULT_SHUTDOWN_GRACE_SECONDS:g})",
     )
+    add(
+        "--history",
+        metavar="memory|sqlite:PATH",
+        help="where past events are kept for resume [ESPER_HISTORY] (default memory)",
+    )
+    add(
+        "--history-events",
+        type=int,
+        metavar="N",
+        help=f"events kept per topic [ESPER_HISTORY_EVENTS] (default {DEFAULT_HISTORY_EVENTS})",
+    )
+    add(
+        "--history-max-age",
+        type=float,
+        dest="history_max_age_seconds",
+        metavar="SECONDS",
+        help="sqlite: drop events older than this [ESPER_HISTORY_MAX_AGE_SECONDS] "
+        "(default 0: no age limit)",
+    )
+    add(
+        "--history-max-bytes",
+        type=int,
+        metavar="BYTES",
+        help="memory: total budget for all topics [ESPER_HISTORY_MAX_BYTES] "
+        f"(default {DEFAULT_HISTORY_MAX_BYTES})",
+    )
+    add(
+        "--retry",
+        type=int,
+        dest="retry_ms",
+        metavar="MS",
+        help="retry: (reconnection delay) hint sent when a stream opens [ESPER_RETRY_MS] "
+        "(default none: the browser's own)",
+    )
     add("--log-level", choices=LOG_LEVELS, help="[ESPER_LOG_LEVEL] (default info)")
     add("--version", action="version", version=f"trio-esper {__version__}")
     return parser
@@ -152,4 +191,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             "subscriber and publisher secrets are equal: any subscriber token can publish"
         )
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
-    trio.run(_run, config)
+    failure: str | None = None
+    code = 0
+    try:
+        trio.run(_run, config)
+    except* HistoryError as group:
+        failure, code = _first_leaf(group).args[0], EXIT_HISTORY
+    except* OSError as group:
+        bind = f"{config.bind}:{config.port}"
+        failure, code = f"cannot listen on {bind}: {_first_leaf(group)}", EXIT_USAGE
+    if failure is not None:
+        print(f"trio-esper: error: {failure}", file=sys.stderr)
+        sys.exit(code)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from .auth import DEFAULT_ALGORITHMS
+from .history.spec import parse_history_spec
 
 #: esper's defaults.
 DEFAULT_BIND = "127.0.0.1"
@@ -25,6 +26,12 @@ DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 #: Unacknowledged bytes older than this abort the connection (TCP_USER_TIMEOUT),
 #: so a peer that stopped reading cannot hold a write, or shutdown, forever.
 DEFAULT_WRITE_TIMEOUT_SECONDS = 10.0
+
+#: Per topic; what a reconnecting subscriber can catch up on.
+DEFAULT_HISTORY_EVENTS = 1000
+#: Bounds the memory history whatever the number of topics (10k topics x 1000
+#: events of 100 bytes would otherwise take gigabytes).
+DEFAULT_HISTORY_MAX_BYTES = 256 * 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -54,6 +61,16 @@ class Config:
     log_level: str = "info"
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS
+    #: ``memory`` or ``sqlite:PATH``.
+    history: str = "memory"
+    #: Events retained per topic.
+    history_events: int = DEFAULT_HISTORY_EVENTS
+    #: Events older than this are dropped from history; 0 keeps them (count only).
+    history_max_age_seconds: float = 0.0
+    #: Memory history's total budget, all topics together.
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    #: ``retry:`` hint (reconnection delay) sent when a stream opens; None sends none.
+    retry_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -73,6 +90,16 @@ class Config:
             raise ConfigError("max_body_bytes must be positive")
         if self.queue_events < 1:
             raise ConfigError("queue_events must be positive")
+        if self.history_events < 1 or self.history_max_bytes < 1:
+            raise ConfigError("history_events and history_max_bytes must be positive")
+        if self.history_max_age_seconds < 0:
+            raise ConfigError("history_max_age_seconds must not be negative")
+        if self.retry_ms is not None and self.retry_ms < 0:
+            raise ConfigError("retry_ms must not be negative")
+        try:
+            parse_history_spec(self.history)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):

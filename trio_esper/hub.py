@@ -30,12 +30,16 @@ from dataclasses import dataclass
 import trio
 
 from .errors import ServiceUnavailable
-from .sse import HEARTBEAT_FRAME
+from .history import History, Record, Replay
+from .history.memory import MemoryHistory
+from .sse import HEARTBEAT_FRAME, Event
 
 #: Frames buffered between publishers and a topic's task before publishers wait.
 TOPIC_INBOX_BATCHES = 256
 #: At most this many queued frames are joined into one write.
 MAX_FRAMES_PER_CHUNK = 256
+#: History is read for a resuming subscriber this many events at a time.
+REPLAY_PAGE_EVENTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +62,33 @@ class Subscription:
     """One subscriber's end of its topic: an async iterator of byte chunks.
 
     Each chunk is one or more encoded frames (events or heartbeats) joined, so
-    a subscriber that fell behind catches up in few writes.
+    a subscriber that fell behind catches up in few writes. Records at or
+    below :attr:`replayed_through` (sent already from history) are skipped.
     """
 
     def __init__(self, hub: Hub, topic: Topic, queue_events: int) -> None:
         self._hub = hub
         self.topic = topic
-        self._send, self._receive = trio.open_memory_channel[bytes](queue_events)
+        # None stands for a heartbeat.
+        self._send, self._receive = trio.open_memory_channel[Record | None](queue_events)
         #: Set when the topic disconnected this subscriber for falling behind.
         self.dropped = False
+        #: Highest seq already sent from history; live records up to it are skipped.
+        self.replayed_through = -1
 
-    def offer_nowait(self, frame: bytes) -> bool:
-        """Queue ``frame`` without blocking; return False (and drop the
+    def offer_nowait(self, item: Record | None) -> bool:
+        """Queue ``item`` without blocking; return False (and drop the
         subscriber) if the queue is full or closed."""
         try:
-            self._send.send_nowait(frame)
+            self._send.send_nowait(item)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.drop()
             return False
         return True
+
+    @property
+    def queued(self) -> int:
+        return self._receive.statistics().current_buffer_used
 
     def drop(self) -> None:
         if not self.dropped:
@@ -93,23 +105,29 @@ class Subscription:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            first = await self._receive.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
-        if self.dropped:
-            raise StopAsyncIteration
-        frames = [first]
-        delivered = int(first is not HEARTBEAT_FRAME)
-        while len(frames) < MAX_FRAMES_PER_CHUNK:
+        frames: list[bytes] = []
+        while not frames:
             try:
-                frame = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            frames.append(frame)
-            delivered += frame is not HEARTBEAT_FRAME
-        self._hub._delivered += delivered
-        return first if len(frames) == 1 else b"".join(frames)
+                item = await self._receive.receive()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
+            if self.dropped:
+                raise StopAsyncIteration
+            self._take(item, frames)
+            while len(frames) < MAX_FRAMES_PER_CHUNK:
+                try:
+                    item = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._take(item, frames)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def _take(self, item: Record | None, frames: list[bytes]) -> None:
+        if item is None:
+            frames.append(HEARTBEAT_FRAME)
+        elif item.seq > self.replayed_through:
+            frames.append(item.frame)
+            self._hub._delivered += 1
 
     def _aclose(self) -> None:
         self._send.close()
@@ -123,27 +141,27 @@ class Topic:
         self.hub = hub
         self.name = name
         self.subscribers: set[Subscription] = set()
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[bytes]](
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[Record]](
             TOPIC_INBOX_BATCHES
         )
 
-    def open_publisher(self) -> trio.MemorySendChannel[Sequence[bytes]]:
+    def open_publisher(self) -> trio.MemorySendChannel[Sequence[Record]]:
         """A clone of the topic's inbox for one publisher; close it when done."""
         return self._inbox_send.clone()
 
     async def run(self, heartbeat_seconds: float) -> None:
-        """The topic's task: fan out published frames; heartbeat idle streams."""
+        """The topic's task: fan out published records; heartbeat idle streams."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat, heartbeat_seconds)
             async with self._inbox_receive:
-                async for frames in self._inbox_receive:
-                    self._fan_out(frames)
+                async for records in self._inbox_receive:
+                    self._fan_out(records)
             nursery.cancel_scope.cancel()
 
-    def _fan_out(self, frames: Sequence[bytes]) -> None:
+    def _fan_out(self, records: Sequence[Record]) -> None:
         for subscription in list(self.subscribers):
-            for frame in frames:
-                if not subscription.offer_nowait(frame):
+            for record in records:
+                if not subscription.offer_nowait(record):
                     self.subscribers.discard(subscription)
                     break
 
@@ -153,21 +171,38 @@ class Topic:
             for subscription in self.subscribers:
                 # A subscriber with frames queued needs no heartbeat, and one
                 # whose queue is full must not be dropped for a comment.
-                if subscription._receive.statistics().current_buffer_used == 0:
-                    subscription.offer_nowait(HEARTBEAT_FRAME)
+                if subscription.queued == 0:
+                    subscription.offer_nowait(None)
 
     def close(self) -> None:
         """No more subscribers: let the task finish once publishers let go."""
         self._inbox_send.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What :meth:`Hub.publish` did."""
+
+    records: list[Record]
+    """The stored events, ids assigned, in order."""
+    subscribers: int
+    """Subscribers of the topic when the events were handed to its task."""
+
+
 class Hub:
-    """Topics by id, and the counters behind ``/stats``. Build with :func:`open_hub`."""
+    """Topics by id, their history, and the counters behind ``/stats``.
+    Build with :func:`open_hub`."""
 
     def __init__(
-        self, nursery: trio.Nursery, *, heartbeat_seconds: float, queue_events: int
+        self,
+        nursery: trio.Nursery,
+        history: History,
+        *,
+        heartbeat_seconds: float,
+        queue_events: int,
     ) -> None:
         self._nursery = nursery
+        self.history = history
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_events = queue_events
         self._topics: dict[str, Topic] = {}
@@ -179,6 +214,9 @@ class Hub:
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
         """Subscribe to ``topic`` (already normalised) for the ``async with`` block.
+
+        Live records start queueing at once; call :meth:`replay` inside the
+        block to send history first without a gap or a duplicate at the seam.
 
         Raises:
             ServiceUnavailable: the hub is shutting down.
@@ -200,20 +238,49 @@ class Hub:
                 del self._topics[topic]
                 entry.close()
 
-    async def publish(self, topic: str, frames: Sequence[bytes]) -> int:
-        """Broadcast encoded ``frames`` (one per event, in order) to ``topic``.
+    async def replay(self, subscription: Subscription, last_id: str | None) -> Replay:
+        """Read ``subscription``'s topic history after ``last_id`` (all of it
+        if ``None``), and mark those records so live delivery skips them."""
+        records: list[Record] = []
+        found = True
+        after = last_id
+        while True:
+            page = await self.history.after(subscription.topic.name, after, REPLAY_PAGE_EVENTS)
+            found = found and page.found
+            records += page.records
+            if len(page.records) < REPLAY_PAGE_EVENTS:
+                break
+            after = page.records[-1].id
+        if records:
+            subscription.replayed_through = records[-1].seq
+            self._delivered += len(records)
+        return Replay(records, found)
 
-        Returns the number of subscribers the frames go to. Waits only for the
-        topic's task to have room in its inbox, never for a subscriber.
+    async def publish(self, topic: str, events: Sequence[Event]) -> Published:
+        """Store ``events`` (in order) in history and broadcast them to ``topic``.
+
+        Waits for the history to store them (a durable backend: to commit) and
+        for the topic's task to have room in its inbox, never for a subscriber.
+
+        Raises:
+            Conflict: an event id is already in the topic's history.
+            HistoryError: the history store failed.
         """
-        self._published += len(frames)
+        records = await self.history.append(topic, events, self._deliver)
+        self._published += len(records)
+        entry = self._topics.get(topic)
+        return Published(records, 0 if entry is None else len(entry.subscribers))
+
+    async def _deliver(self, topic: str, records: Sequence[Record]) -> None:
+        """Hand stored records to the topic's task (called in seq order)."""
         entry = self._topics.get(topic)
         if entry is None:
-            await trio.lowlevel.checkpoint()
-            return 0
-        with entry.open_publisher() as inbox:
-            await inbox.send(frames)
-        return len(entry.subscribers)
+            return
+        with entry.open_publisher() as inbox, trio.CancelScope(shield=True):
+            # Shielded: the records are stored; a cancelled publisher must not
+            # leave a hole in the live stream. The topic task never blocks, so
+            # this wait is short.
+            await inbox.send(records)
 
     def close(self) -> None:
         """Start shutting down: refuse new subscribers, end every open stream."""
@@ -234,14 +301,23 @@ class Hub:
 
 @asynccontextmanager
 async def open_hub(
-    *, heartbeat_seconds: float = math.inf, queue_events: int = 1000
+    history: History | None = None,
+    *,
+    heartbeat_seconds: float = math.inf,
+    queue_events: int = 1000,
 ) -> AsyncIterator[Hub]:
     """Open a :class:`Hub` whose topic tasks live for the ``async with`` block.
 
+    ``history`` defaults to a :class:`MemoryHistory`; the caller owns it.
     On exit the hub is closed (streams end) and the topic tasks are cancelled.
     """
     async with trio.open_nursery() as nursery:
-        hub = Hub(nursery, heartbeat_seconds=heartbeat_seconds, queue_events=queue_events)
+        hub = Hub(
+            nursery,
+            MemoryHistory() if history is None else history,
+            heartbeat_seconds=heartbeat_seconds,
+            queue_events=queue_events,
+        )
         try:
             yield hub
         finally:

@@ -11,7 +11,10 @@ one stalled client would hold shutdown forever).
 from __future__ import annotations
 
 import logging
+import math
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
@@ -23,6 +26,9 @@ from hypercorn.utils import wrap_app
 
 from .app import create_app
 from .config import Config
+from .history import History, parse_history_spec
+from .history.memory import MemoryHistory
+from .history.sqlite import open_sqlite_history
 from .hub import Hub, open_hub
 
 log = logging.getLogger("trio_esper")
@@ -48,6 +54,10 @@ async def serve(
     (its terminating chunk is written), idle keep-alive connections close;
     after ``config.shutdown_grace_seconds`` any connection still open (a peer
     that stopped reading) has its socket closed. Returns once all are gone.
+
+    Raises:
+        HistoryError: the history store cannot be opened (before listening).
+        OSError: the address cannot be bound.
     """
     listeners = await trio.open_tcp_listeners(
         config.port, host=config.bind, backlog=LISTEN_BACKLOG
@@ -57,12 +67,19 @@ async def serve(
     address = listeners[0].socket.getsockname()[:2]
     hyper = HypercornConfig()
     hyper.keep_alive_timeout = 5.0
+    # Publishers keep one connection for millions of requests (Hypercorn: 1000).
+    hyper.keep_alive_max_requests = 1 << 62
     context = WorkerContext(None)
     connections = _Connections()
 
-    async with open_hub(
-        heartbeat_seconds=config.heartbeat_seconds, queue_events=config.queue_events
-    ) as hub:
+    async with (
+        open_history(config) as history,
+        open_hub(
+            history,
+            heartbeat_seconds=config.heartbeat_seconds,
+            queue_events=config.queue_events,
+        ) as hub,
+    ):
         app = wrap_app(create_app(config, hub), hyper.wsgi_max_body_size, "asgi")
 
         async def handle(stream: trio.SocketStream) -> None:
@@ -84,6 +101,23 @@ async def serve(
                 await (trio.Event() if shutdown is None else shutdown).wait()
                 listen_nursery.cancel_scope.cancel()
             await _shut_down(hub, context, connections, config.shutdown_grace_seconds)
+
+
+@asynccontextmanager
+async def open_history(config: Config) -> AsyncIterator[History]:
+    """The history backend ``config.history`` names, open for the block."""
+    kind, path = parse_history_spec(config.history)
+    max_age = config.history_max_age_seconds or math.inf
+    if kind == "sqlite":
+        assert path is not None
+        async with open_sqlite_history(
+            path, max_events_per_topic=config.history_events, max_age_seconds=max_age
+        ) as history:
+            yield history
+    else:
+        yield MemoryHistory(
+            max_events_per_topic=config.history_events, max_bytes=config.history_max_bytes
+        )
 
 
 async def _shut_down(

@@ -168,3 +168,21 @@ def parse_body(body: bytes) -> list[Event]:
     if not events:
         raise InvalidEvent("body holds no event (at least one data: line is required)")
     return events
+
+
+def parse_plain(body: bytes, *, event: str | None = None, id: str | None = None) -> Event:
+    """Build one event from a plain-text body: each line becomes a data line
+    (eventsource-hub's publishing style); ``event`` and ``id`` come from the
+    caller (query parameters).
+
+    Raises:
+        InvalidEvent: the body is not UTF-8, or ``event``/``id`` hold CR, LF or NUL.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"body is not valid UTF-8 (byte {exc.start})") from None
+    lines = _LINE_END.split(text)
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # a final line end does not start another line
+    return Event("\n".join(lines), event=event or None, id=id or None)
