@@ -139,7 +139,7 @@ async def test_sqlite_age_retention(tmp_path: Path) -> None:
     conn.close()
     async with open_sqlite_history(path, max_age_seconds=3600) as history:
         await history.append("topic0001", events("new"), deliver)
-        await trio.sleep(0)  # noqa: ASYNC115
+        await trio.sleep(0)
     async with open_sqlite_history(path, max_age_seconds=3600) as history:
         kept = (await history.after("topic0001", None, 10)).records
         assert [r.event.data for r in kept] == ["new"]
@@ -169,10 +169,12 @@ async def test_sqlite_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 async def test_sqlite_deliver_order_matches_commit_order(tmp_path: Path) -> None:
     deliver = Delivered()
-    async with open_sqlite_history(str(tmp_path / "h.db")) as history:
-        async with trio.open_nursery() as nursery:
-            for n in range(50):
-                nursery.start_soon(history.append, f"topic{n % 3:05d}", events(str(n)), deliver)
+    async with (
+        open_sqlite_history(str(tmp_path / "h.db")) as history,
+        trio.open_nursery() as nursery,
+    ):
+        for n in range(50):
+            nursery.start_soon(history.append, f"topic{n % 3:05d}", events(str(n)), deliver)
     seqs = [r.seq for r in deliver.records]
     assert len(seqs) == 50
     assert seqs == sorted(seqs)

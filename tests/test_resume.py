@@ -154,7 +154,7 @@ async def test_seam_between_replay_and_live_under_concurrent_publishing(
     """100 subscribers resume from different ids while a publisher keeps
     publishing; each must end with a gapless, duplicate-free sequence."""
     broker = history_broker
-    total, resumers = 400, 100
+    total, resumers = 200, 100
     ids: list[str] = []
     started = trio.Event()
 
