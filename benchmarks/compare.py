@@ -158,12 +158,12 @@ def run_ssebench(
         "--drain-max",
         "60",
         "--duration",
-        "120",
+        "400",
         "--label",
         label,
         "-q",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     result["exit_code"] = done.returncode
     result["broker"] = broker

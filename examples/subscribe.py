@@ -5,8 +5,10 @@
 
 Each event prints as ``{"event": ..., "id": ..., "data": ...}`` the moment it
 arrives (``event`` is ``"message"`` unless the publisher named one; ``id`` is
-``null`` when the event carried none). Comments such as ``: subscribed`` and
-``: heartbeat`` are not events and are not printed.
+the publisher's id or, if it sent none, the one trio_esper assigned, e.g.
+``"1795352373156230"``; ``null`` only from a broker that sends events without
+an id). Comments such as ``: subscribed`` and ``: heartbeat`` are not events
+and are not printed.
 
 Exits 0 after ``--count`` events or when the broker ends the stream; on an
 error status prints the broker's reason to stderr and exits 1; exits 2 if the

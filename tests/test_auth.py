@@ -357,8 +357,10 @@ async def test_subscriber_closed_publisher_open(
             buffer.extend(await chunks.__anext__())
             assert buffer.startswith(b": subscribed\n\n")
             del buffer[: len(b": subscribed\n\n")]
-            assert (await attempt_publish(client, broker, body=b"data: open\n")).status == 200
-            assert await _next_event(chunks, buffer) == b"data: open\n\n"
+            published = await attempt_publish(client, broker, body=b"data: open\n")
+            assert published.status == 200, published.body
+            event_id = published.response.json()["id"]
+            assert await _next_event(chunks, buffer) == f"id: {event_id}\ndata: open\n\n".encode()
             await chunks.aclose()  # type: ignore[attr-defined]
     await broker.stop()
 
@@ -382,7 +384,8 @@ async def test_publisher_closed_subscriber_open(
                 client, broker, make_token(PUB_SECRET), "header", body=b"data: gated\n"
             )
             assert published.status == 200, published.body
-            assert await _next_event(chunks, buffer) == b"data: gated\n\n"
+            event_id = published.response.json()["id"]
+            assert await _next_event(chunks, buffer) == f"id: {event_id}\ndata: gated\n\n".encode()
             await chunks.aclose()  # type: ignore[attr-defined]
     await broker.stop()
 

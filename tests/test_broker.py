@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import httpx
@@ -9,6 +10,22 @@ import pytest
 import trio
 
 from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker, wait_for_stats
+
+#: An id the broker assigns: 16 decimal digits, increasing in publish order.
+ASSIGNED_ID = re.compile(r"[0-9]{16}")
+
+
+def assert_assigned_id(event_id: object) -> str:
+    assert isinstance(event_id, str), event_id
+    assert ASSIGNED_ID.fullmatch(event_id), event_id
+    return event_id
+
+
+def split_assigned_id(frame: bytes) -> tuple[str, bytes]:
+    """A frame's leading ``id:`` line (which must hold an assigned id), and the rest."""
+    head, _, rest = frame.partition(b"\n")
+    assert head.startswith(b"id: "), frame
+    return assert_assigned_id(head.removeprefix(b"id: ").decode()), rest
 
 
 async def test_readme_curl_example_byte_for_byte(
@@ -45,14 +62,19 @@ async def test_many_subscribers_several_topics_in_order(
     streams = {
         t: [await subscribe(f"{broker.url}/subscribe/{t}") for _ in range(20)] for t in topics
     }
+    ids: dict[str, list[str]] = {t: [] for t in topics}
+    in_publish_order: list[int] = []
     for n in range(50):
         for t in topics:
             reply = await client.post(f"{broker.url}/publish/{t}", content=f"data: {t} {n}\n")
             assert reply.json()["subscribers"] == 20
+            ids[t].append(assert_assigned_id(reply.json()["id"]))
+            in_publish_order.append(int(ids[t][-1]))
+    assert in_publish_order == sorted(set(in_publish_order))  # strictly increasing
     for t, subscribers in streams.items():
         for stream in subscribers:
             received = [await stream.next_event() for _ in range(50)]
-            assert received == [f"data: {t} {n}\n\n".encode() for n in range(50)]
+            assert received == [f"id: {ids[t][n]}\ndata: {t} {n}\n\n".encode() for n in range(50)]
     stats = await wait_for_stats(client, broker, clients=60, topics=3)
     assert stats["published"] == 150
     assert stats["delivered"] == 3000
@@ -65,8 +87,11 @@ async def test_multi_event_body_and_line_endings(
     body = b"data: one\r\n\r\n: a comment\revent:two\rdata:  spaced\r\rid: 3\ndata\n"
     reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=body)
     assert reply.json() == {"id": "3", "events": 3, "subscribers": 1}
-    assert await stream.next_event() == b"data: one\n\n"
-    assert await stream.next_event() == b"event: two\ndata:  spaced\n\n"
+    first_id, first = split_assigned_id(await stream.next_event())
+    assert first == b"data: one\n\n"
+    second_id, second = split_assigned_id(await stream.next_event())
+    assert second == b"event: two\ndata:  spaced\n\n"
+    assert int(first_id) < int(second_id)
     assert await stream.next_event() == b"id: 3\ndata:\n\n"
 
 
@@ -76,13 +101,16 @@ async def test_topic_ids_are_case_insensitive(
     stream = await subscribe(f"{broker.url}/subscribe/MixedCase99")
     reply = await client.post(f"{broker.url}/publish/mixedcase99", content=b"data: x\n")
     assert reply.json()["subscribers"] == 1
-    assert await stream.next_event() == b"data: x\n\n"
+    event_id = assert_assigned_id(reply.json()["id"])
+    assert await stream.next_event() == f"id: {event_id}\ndata: x\n\n".encode()
 
 
 async def test_publish_without_subscribers(broker: Broker, client: httpx.AsyncClient) -> None:
     reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: x\n")
     assert reply.status_code == 200
-    assert reply.json() == {"id": None, "events": 1, "subscribers": 0}
+    payload = reply.json()
+    assert_assigned_id(payload.pop("id"))
+    assert payload == {"events": 1, "subscribers": 0}
 
 
 async def test_disconnect_cleanup(broker: Broker, client: httpx.AsyncClient) -> None:
@@ -106,7 +134,8 @@ async def test_slow_subscriber_is_dropped_others_keep_receiving(
             f"{broker.url}/publish/{TOPIC}", content=f"data: {n} {payload}\n"
         )
         assert reply.status_code == 200
-        assert await healthy.next_event() == f"data: {n} {payload}\n\n".encode()
+        event_id = reply.json()["id"]
+        assert await healthy.next_event() == f"id: {event_id}\ndata: {n} {payload}\n\n".encode()
     stats = await wait_for_stats(client, broker, clients=1, dropped=1)
     assert stats["delivered"] >= 200
     stalled.close()
@@ -177,13 +206,14 @@ async def test_shutdown_ends_open_streams_cleanly(
 ) -> None:
     broker = await start_broker(nursery, shutdown_grace_seconds=5)
     streams = [await subscribe(f"{broker.url}/subscribe/{TOPIC}") for _ in range(5)]
-    await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: last\n")
+    reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: last\n")
+    last = f"id: {reply.json()['id']}\ndata: last\n\n".encode()
     with trio.fail_after(2):  # well inside the grace period: nothing had to be forced
         await broker.stop()
     for stream in streams:
         # httpx raises on a chunked body without its terminating chunk.
         rest = await stream.read_to_end()
-        assert b"data: last\n\n" in stream.raw
+        assert last in stream.raw
         assert rest == b"" or rest.endswith(b"\n\n")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -186,8 +187,11 @@ async def publish_two_and_check(
         content=b"event: greeting\nid: 42\ndata: hi\ndata: there\n",
     )
     assert first.json()["subscribers"] == second.json()["subscribers"] == 1
+    first_id = first.json()["id"]
+    assert re.fullmatch(r"[0-9]{16}", first_id), first_id  # assigned by the broker
+    assert second.json()["id"] == "42"
     assert await page.wait_for_events(2) == [
-        {"event": "message", "id": None, "data": "hello <b>"},
+        {"event": "message", "id": first_id, "data": "hello <b>"},
         {"event": "greeting", "id": "42", "data": "hi\nthere"},
     ]
     await page.close()

@@ -44,8 +44,9 @@ async def publish_good_and_expect_it_first(
     reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: good\n")
     assert reply.status_code == 200
     assert reply.json()["subscribers"] == 1
-    assert await stream.next_event() == b"data: good\n\n"
-    assert stream.raw == b": subscribed\n\ndata: good\n\n"
+    frame = f"id: {reply.json()['id']}\ndata: good\n\n".encode()
+    assert await stream.next_event() == frame
+    assert stream.raw == b": subscribed\n\n" + frame
 
 
 async def _chunks(body: bytes, size: int = 100) -> AsyncIterator[bytes]:
@@ -91,7 +92,7 @@ async def test_topic_length_bounds_are_inclusive(
     stream = await subscribe(f"{broker.url}/subscribe/{topic}")
     reply = await client.post(f"{broker.url}/publish/{topic}", content=b"data: edge\n")
     assert reply.status_code == 200
-    assert await stream.next_event() == b"data: edge\n\n"
+    assert await stream.next_event() == f"id: {reply.json()['id']}\ndata: edge\n\n".encode()
 
 
 # -- published bodies -------------------------------------------------------------------------
@@ -236,7 +237,7 @@ async def test_body_at_limit_is_accepted(
     with trio.fail_after(STEP_SECONDS):
         response = await client.post(f"{small_broker.url}/publish/{TOPIC}", content=content)
     assert response.status_code == 200, response.text
-    assert await stream.next_event() == body + b"\n"
+    assert await stream.next_event() == f"id: {response.json()['id']}\n".encode() + body + b"\n"
 
 
 # -- routes and methods -----------------------------------------------------------------------

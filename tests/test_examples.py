@@ -4,6 +4,7 @@ separate processes talking to a real broker."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,16 @@ PROCESS_SECONDS = 30.0
 #: HS256 wants a 32-byte key at least (PyJWT warns, and warnings are errors here).
 SUBSCRIBER_SECRET = "subscriber-secret-for-the-examples"
 PUBLISHER_SECRET = "publisher-secret-for-the-examples!"
+#: An id the broker assigns to an event published without one.
+ASSIGNED_ID = re.compile(r"[0-9]{16}")
+
+
+def assigned_id(reply: dict[str, object]) -> str:
+    """The id in a publish reply, which must be one the broker assigned."""
+    event_id = reply["id"]
+    assert isinstance(event_id, str), reply
+    assert ASSIGNED_ID.fullmatch(event_id), reply
+    return event_id
 
 
 async def run_example(script: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -85,7 +96,9 @@ async def test_publish_and_subscribe_examples(broker: Broker, client: httpx.Asyn
 
             first = await run_example(PUBLISH, "--url", broker.url, TOPIC, "hello")
             assert first.returncode == 0, first.stderr
-            assert json.loads(first.stdout) == {"id": None, "events": 1, "subscribers": 1}
+            first_reply = json.loads(first.stdout)
+            first_id = assigned_id(first_reply)
+            assert first_reply == {"id": first_id, "events": 1, "subscribers": 1}
 
             second = await run_example(
                 PUBLISH, "--url", broker.url, TOPIC, "line one\nline two",
@@ -96,7 +109,7 @@ async def test_publish_and_subscribe_examples(broker: Broker, client: httpx.Asyn
 
             assert await subscriber.wait() == 0, subscriber.stderr
     assert [json.loads(line) for line in subscriber.stdout.splitlines()] == [
-        {"event": "message", "id": None, "data": "hello"},
+        {"event": "message", "id": first_id, "data": "hello"},
         {"event": "greeting", "id": "7", "data": "line one\nline two"},
     ]
     # The subscriber left after its second event, and the broker noticed.
@@ -147,8 +160,10 @@ async def test_examples_send_tokens(nursery: trio.Nursery, client: httpx.AsyncCl
                 PUBLISH, "--url", broker.url, TOPIC, "secret", "--token", pub_token
             )
             assert published.returncode == 0, published.stderr
-            assert json.loads(published.stdout)["subscribers"] == 1
+            published_reply = json.loads(published.stdout)
+            assert published_reply["subscribers"] == 1
+            secret_id = assigned_id(published_reply)
             assert await subscriber.wait() == 0, subscriber.stderr
-    assert json.loads(subscriber.stdout) == {"event": "message", "id": None, "data": "secret"}
+    assert json.loads(subscriber.stdout) == {"event": "message", "id": secret_id, "data": "secret"}
     with trio.fail_after(STEP_SECONDS):
         await broker.stop()

@@ -22,7 +22,7 @@ from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
 
 #: Rough per-event cost beyond the frame and data strings (objects, dict and
 #: deque slots), measured with tracemalloc on CPython 3.11.
-RECORD_OVERHEAD_BYTES = 420
+RECORD_OVERHEAD_BYTES = 470
 
 
 def record_bytes(record: Record) -> int:
@@ -56,11 +56,7 @@ class MemoryHistory:
         if len(set(ids)) != len(ids) or (ring is not None and any(i in ring.by_id for i in ids)):
             await trio.lowlevel.checkpoint()
             raise Conflict("event id is already in this topic's history")
-        if ring is None:
-            ring = _Ring()
-        else:
-            del self._rings[topic]
-        self._rings[topic] = ring  # most recently published: last
+        ring = self._touch(topic)
         now = time.time()
         records = []
         for event in events:
@@ -72,6 +68,22 @@ class MemoryHistory:
         self._evict(ring)
         await deliver(topic, records)
         return records
+
+    def remember(self, topic: str, records: Sequence[Record]) -> None:
+        """Keep records stored elsewhere (ids and seqs assigned, in seq order):
+        the SQLite backend's cache of recent events."""
+        ring = self._touch(topic)
+        for record in records:
+            if record.id in ring.by_id:  # cannot happen while the file enforces uniqueness
+                continue
+            self._store(ring, record)
+        self._evict(ring)
+
+    def _touch(self, topic: str) -> _Ring:
+        """The topic's ring, moved to the most-recently-published end."""
+        ring = self._rings.pop(topic, None) or _Ring()
+        self._rings[topic] = ring
+        return ring
 
     def _store(self, ring: _Ring, record: Record) -> None:
         ring.records.append(record)

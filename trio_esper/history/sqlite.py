@@ -30,11 +30,14 @@ import trio
 from ..errors import Conflict, HistoryError
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
+from .memory import MemoryHistory
 
 #: Appends queued for the writer before publishers wait for room.
 WRITER_QUEUE = 4096
 #: Most appends one transaction takes; bounds a commit's latency.
 MAX_BATCH = 2048
+#: Memory for the cache of recent events that serves resuming subscribers.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Retention runs at most this often, deleting at most PRUNE_ROWS rows a go.
 PRUNE_INTERVAL_SECONDS = 1.0
 PRUNE_ROWS = 5000
@@ -103,6 +106,7 @@ class SqliteHistory:
         *,
         max_events_per_topic: int,
         max_age_seconds: float,
+        cache_bytes: int,
     ) -> None:
         self.path = path
         self._writer = writer
@@ -114,6 +118,11 @@ class SqliteHistory:
         self._read_lock = trio.Lock()
         self._touched: set[str] = set()
         self._last_prune = -math.inf
+        #: Recent records, so reconnecting subscribers resume without reading
+        #: the file: it holds a contiguous tail of each topic's log.
+        self._cache = MemoryHistory(
+            max_events_per_topic=max_events_per_topic, max_bytes=cache_bytes
+        )
         #: Retained events per topic, kept in step with the file by the writer.
         self._counts: Counter[str] = Counter(
             dict(writer.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall())
@@ -152,6 +161,7 @@ class SqliteHistory:
                         item.error = error
                 for item in batch:
                     if item.records is not None:
+                        self._cache.remember(item.topic, item.records)
                         await item.deliver(item.topic, item.records)
                     item.done.set()
                 if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_SECONDS:
@@ -243,6 +253,12 @@ class SqliteHistory:
         return len(topics)
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
+        if last_id is not None:
+            cached = self._cache.after_nowait(topic, last_id, limit)
+            oldest_kept = time.time() - self.max_age_seconds
+            if cached.found and all(r.time >= oldest_kept for r in cached.records[:1]):
+                await trio.lowlevel.checkpoint()
+                return cached
         async with self._read_lock:
             return await trio.to_thread.run_sync(self._after, topic, last_id, limit)
 
@@ -282,7 +298,11 @@ class SqliteHistory:
 
 @asynccontextmanager
 async def open_sqlite_history(
-    path: str, *, max_events_per_topic: int = 1000, max_age_seconds: float = math.inf
+    path: str,
+    *,
+    max_events_per_topic: int = 1000,
+    max_age_seconds: float = math.inf,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> AsyncIterator[SqliteHistory]:
     """Open the history file at ``path`` and run its writer for the block.
 
@@ -299,6 +319,7 @@ async def open_sqlite_history(
         last,
         max_events_per_topic=max_events_per_topic,
         max_age_seconds=max_age_seconds,
+        cache_bytes=cache_bytes,
     )
     try:
         async with trio.open_nursery() as nursery:
