@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -78,21 +79,34 @@ def wait_listening(port: int, deadline_s: float = 15.0) -> None:
 
 
 @contextmanager
-def esper() -> Iterator[list[int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_esper", "--port", str(ESPER_PORT), "--log-level", "warning"],
-        env={**os.environ, "ESPER_NO_AUTH": "1"},
-    )
-    try:
-        wait_listening(ESPER_PORT)
-        yield [proc.pid]
-    finally:
-        proc.send_signal(signal.SIGINT)
+def esper(history: str = "memory") -> Iterator[list[int]]:
+    """trio_esper as a subprocess; ``history`` is ``memory`` or ``sqlite``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = "memory" if history == "memory" else f"sqlite:{tmp}/history.db"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trio_esper",
+                "--port",
+                str(ESPER_PORT),
+                "--log-level",
+                "warning",
+                "--history",
+                spec,
+            ],
+            env={**os.environ, "ESPER_NO_AUTH": "1"},
+        )
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_listening(ESPER_PORT)
+            yield [proc.pid]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def ensure_nchan() -> bool:
@@ -141,16 +155,25 @@ def nchan() -> Iterator[list[int]]:
 
 
 def run_ssebench(
-    binary: Path, broker: str, scenario: Scenario, pids: list[int], label: str
+    binary: Path,
+    broker: str,
+    scenario: Scenario,
+    pids: list[int],
+    label: str,
+    count: int | None,
 ) -> dict[str, object]:
-    port, body = (ESPER_PORT, "sse") if broker == "trio_esper" else (NCHAN_PORT, "raw")
+    if broker == "nchan":  # Nchan takes the raw body as the event's data
+        target = ["--port", str(NCHAN_PORT), "--body", "raw"]
+    else:  # trio_esper takes SSE fields, announced as such (text/plain is one data line)
+        target = ["--port", str(ESPER_PORT), "--body", "sse"]
+        target += ["--pub-content-type", "text/event-stream"]
+    args = list(scenario.args)
+    if count is not None:
+        args[args.index("-n") + 1] = str(count)
     cmd = [
         str(binary),
-        "--port",
-        str(port),
-        *scenario.args,
-        "--body",
-        body,
+        *target,
+        *args,
         "--topic-prefix",
         "benchtopic",
         "--server-pid",
@@ -237,7 +260,7 @@ def print_table(results: list[dict[str, object]]) -> None:
     print()
     for scenario in dict.fromkeys(str(r["scenario"]) for r in results):
         medians = {}
-        for broker in ("trio_esper", "nchan"):
+        for broker in BROKERS:
             values = [
                 float(r["delivered_per_s"])  # type: ignore[arg-type]
                 for r in results
@@ -245,34 +268,56 @@ def print_table(results: list[dict[str, object]]) -> None:
             ]
             if values:
                 medians[broker] = statistics.median(values)
-        line = ", ".join(f"{b} median {v:.0f} deliveries/s" for b, v in medians.items())
-        if len(medians) == 2 and medians["nchan"]:
-            line += f"; ratio {medians['trio_esper'] / medians['nchan']:.3f}x"
-        print(f"{scenario}: {line}")
+        line = ", ".join(f"{b} {v:.0f}" for b, v in medians.items())
+        for broker, reference in RATIOS:
+            if medians.get(broker) and medians.get(reference):
+                line += f"; {broker}/{reference} {medians[broker] / medians[reference]:.3f}x"
+        print(f"{scenario} median deliveries/s: {line}")
+
+
+#: The ratios the table ends with: (broker, reference).
+RATIOS = [
+    ("trio_esper", "nchan"),
+    ("trio_esper_sqlite", "nchan"),
+    ("trio_esper_sqlite", "trio_esper"),
+]
+
+BROKERS = {
+    "trio_esper": esper,
+    "trio_esper_sqlite": lambda: esper("sqlite"),
+    "nchan": nchan,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--scenarios", default="fanout", help=f"comma list of {list(SCENARIOS)}")
-    parser.add_argument("--no-nchan", action="store_true", help="trio_esper only")
+    parser.add_argument(
+        "--brokers", default="trio_esper,nchan", help=f"comma list of {list(BROKERS)}"
+    )
+    parser.add_argument("--count", type=int, help="messages per run (overrides the scenario's)")
+    parser.add_argument("--no-probes", action="store_true", help="skip the latency probes")
     args = parser.parse_args()
     binary = build_ssebench()
-    with_nchan = not args.no_nchan and ensure_nchan()
-    if not with_nchan and not args.no_nchan:
-        print("Nchan is not installed and cannot be (not root): trio_esper only", file=sys.stderr)
+    brokers = args.brokers.split(",")
+    if "nchan" in brokers and not ensure_nchan():
+        print("Nchan is not installed and cannot be (not root): skipped", file=sys.stderr)
+        brokers.remove("nchan")
     results: list[dict[str, object]] = []
     for name in args.scenarios.split(","):
         scenario = SCENARIOS[name]
         for n in range(args.repeat):
-            for broker, start in (("trio_esper", esper), ("nchan", nchan)):
-                if broker == "nchan" and not with_nchan:
-                    continue
-                with start() as pids:
-                    results.append(run_ssebench(binary, broker, scenario, pids, f"{name}#{n}"))
+            for broker in brokers:  # interleaved, so drift hits every broker alike
+                with BROKERS[broker]() as pids:
+                    results.append(
+                        run_ssebench(binary, broker, scenario, pids, f"{name}#{n}", args.count)
+                    )
                 print(json.dumps(results[-1]), file=sys.stderr)
-    with esper():
-        probes = probe_latencies()
+    probes: dict[str, float] = {}
+    if not args.no_probes:
+        with esper():
+            probes = probe_latencies()
     OUT.mkdir(exist_ok=True)
     (OUT / "compare.json").write_text(json.dumps({"runs": results, "probes": probes}, indent=1))
     print_table(results)
