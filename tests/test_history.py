@@ -178,3 +178,18 @@ async def test_sqlite_deliver_order_matches_commit_order(tmp_path: Path) -> None
     seqs = [r.seq for r in deliver.records]
     assert len(seqs) == 50
     assert seqs == sorted(seqs)
+
+
+async def test_assigned_id_never_collides_with_a_publisher_id(history: History) -> None:
+    deliver = Delivered()
+    future = 9_000_000_000_000_000  # far above the clock, so seqs are predictable
+    history._seqs.last = future  # type: ignore[attr-defined]
+    # The publisher picks the very id the broker would assign next but one.
+    await history.append("topic0001", [Event("mine", id=str(future + 2))], deliver)
+    [assigned] = await history.append("topic0001", [Event("ours")], deliver)
+    assert assigned.id == str(future + 3)
+    kept = (await history.after("topic0001", None, 10)).records
+    assert [(r.id, r.event.data) for r in kept] == [
+        (str(future + 2), "mine"),
+        (str(future + 3), "ours"),
+    ]
