@@ -23,6 +23,7 @@ from .config import Config
 from .errors import BadRequest, EsperError, NotAcceptable, NotFound, PayloadTooLarge
 from .history import Record
 from .hub import Hub, Subscription
+from .rawstream import STATE_KEY, RawConnection
 from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
@@ -128,6 +129,10 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         authorise(config.subscriber_secret, topic)
         resume, last_id = _resume_point()
         opening = SUBSCRIBED_FRAME + (b"" if retry_frame is None else retry_frame)
+        http_version = request.scope.get("http_version")
+        raw: RawConnection | None = None
+        if http_version in ("1.0", "1.1"):
+            raw = request.scope.get("state", {}).get(STATE_KEY)
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribing inside the generator: if the client is gone before
@@ -141,8 +146,14 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                     frames += [record.frame for record in replay.records]
                     if frames:
                         yield b"".join(frames)
-                async for chunk in subscription:
-                    yield chunk
+                if raw is None:
+                    async for chunk in subscription:
+                        yield chunk
+                else:
+                    with trio.CancelScope() as scope:
+                        # Dropping a slow subscriber also abandons a write it is stuck in.
+                        subscription.on_drop = scope.cancel
+                        await raw.pump(subscription, chunked=http_version == "1.1")
                 _log_end(topic, subscription)
 
         response = Response(stream(), status=200, headers={**STREAM_HEADERS, **cors_headers()})

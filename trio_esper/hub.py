@@ -23,7 +23,7 @@ as Mercure's localsubscriber does.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -75,6 +75,8 @@ class Subscription:
         self.dropped = False
         #: Highest seq already sent from history; live records up to it are skipped.
         self.replayed_through = -1
+        #: Called when the subscriber is dropped (e.g. to abandon a stuck write).
+        self.on_drop: Callable[[], object] | None = None
 
     def offer_nowait(self, item: Record | None) -> bool:
         """Queue ``item`` without blocking; return False (and drop the
@@ -95,6 +97,8 @@ class Subscription:
             self.dropped = True
             self._hub._dropped += 1
             self.close()
+            if self.on_drop is not None:
+                self.on_drop()
 
     def close(self) -> None:
         """End the stream: the iterator stops once what is queued is read

@@ -30,6 +30,7 @@ from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.sqlite import open_sqlite_history
 from .hub import Hub, open_hub
+from .rawstream import STATE_KEY, RawConnection
 
 log = logging.getLogger("trio_esper")
 
@@ -84,8 +85,12 @@ async def serve(
 
         async def handle(stream: trio.SocketStream) -> None:
             connections.add(stream)
+            state: dict[str, object] = {}
+            connection = TCPServer(app, hyper, context, ConnectionState(state), stream)  # type: ignore[arg-type]
+            # Every request's ASGI scope gets a shallow copy of this dict.
+            state[STATE_KEY] = RawConnection(stream, connection.send_lock)
             try:
-                await TCPServer(app, hyper, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+                await connection
             finally:
                 connections.discard(stream)
 
