@@ -242,3 +242,32 @@ async def test_subscribe_after_shutdown_started_is_refused(
     with pytest.raises(httpx.ConnectError):
         await client.get(f"{broker.url}/subscribe/{TOPIC}")
     stalled.close()
+
+
+async def test_http10_subscriber_gets_a_close_delimited_stream(
+    nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    broker = await start_broker(nursery)
+    sock = trio.socket.socket()
+    await sock.connect(broker.host_port)
+    await sock.send(f"GET /subscribe/{TOPIC} HTTP/1.0\r\n\r\n".encode())
+    data = b""
+    with trio.fail_after(STEP_SECONDS):
+        while b": subscribed\n\n" not in data:
+            data += await sock.recv(65536)
+        for n in range(3):
+            reply = await client.post(
+                f"{broker.url}/publish/{TOPIC}", content=f"id: h{n}\ndata: {n}\n"
+            )
+            assert reply.status_code == 200
+        while not data.endswith(b"data: 2\n\n"):
+            data += await sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    # No chunk framing: the body is the event stream itself.
+    assert body == b": subscribed\n\nid: h0\ndata: 0\n\nid: h1\ndata: 1\n\nid: h2\ndata: 2\n\n"
+    await broker.stop()
+    with trio.fail_after(STEP_SECONDS):
+        assert await sock.recv(65536) == b""  # the stream ended with the connection
+    sock.close()

@@ -133,12 +133,13 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         raw: RawConnection | None = None
         if http_version in ("1.0", "1.1"):
             raw = request.scope.get("state", {}).get(STATE_KEY)
+        raw_chunked = raw is not None and http_version == "1.1"
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribing inside the generator: if the client is gone before
             # the body starts, the generator never runs and nothing is
             # registered; once it runs, `async with` unregisters on any exit.
-            async with hub.subscribe(topic) as subscription:
+            async with hub.subscribe(topic, chunked=raw_chunked) as subscription:
                 yield opening
                 if resume:
                     replay = await hub.replay(subscription, last_id)
@@ -153,7 +154,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                     with trio.CancelScope() as scope:
                         # Dropping a slow subscriber also abandons a write it is stuck in.
                         subscription.on_drop = scope.cancel
-                        await raw.pump(subscription, chunked=http_version == "1.1")
+                        await raw.pump(subscription)
                 _log_end(topic, subscription)
 
         response = Response(stream(), status=200, headers={**STREAM_HEADERS, **cors_headers()})

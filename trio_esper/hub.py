@@ -58,29 +58,80 @@ class HubStatistics:
     """Subscribers disconnected because their queue was full."""
 
 
+#: A queued item: the seq of the record it carries (None for a heartbeat or
+#: the unwritten rest of a direct write, never skipped), and its bytes as
+#: they go on the wire.
+Item = tuple[int | None, bytes]
+#: Writes bytes without blocking; returns how many were written.
+WriteNowait = Callable[[bytes], int]
+
+
+def chunk(data: bytes) -> bytes:
+    """HTTP/1.1 chunked transfer coding of one chunk (RFC 9112, section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+HEARTBEAT_ITEMS: dict[bool, Item] = {
+    False: (None, HEARTBEAT_FRAME),
+    True: (None, chunk(HEARTBEAT_FRAME)),
+}
+
+
 class Subscription:
     """One subscriber's end of its topic: an async iterator of byte chunks.
 
-    Each chunk is one or more encoded frames (events or heartbeats) joined, so
-    a subscriber that fell behind catches up in few writes. Records at or
-    below :attr:`replayed_through` (sent already from history) are skipped.
+    Each chunk is one or more queued items joined, so a subscriber that fell
+    behind catches up in few writes. Records at or below
+    :attr:`replayed_through` (sent already from history) are skipped.
+
+    Direct writes: while the subscriber's task is parked waiting for its
+    queue, and a :data:`WriteNowait` is attached, the topic's task writes to
+    the subscriber's socket itself instead of waking that task; whatever the
+    socket does not take at once goes into the queue as usual. This keeps the
+    queue's order and bound and saves two task switches per delivery.
     """
 
-    def __init__(self, hub: Hub, topic: Topic, queue_events: int) -> None:
+    def __init__(self, hub: Hub, topic: Topic, queue_events: int, *, chunked: bool) -> None:
         self._hub = hub
         self.topic = topic
-        # None stands for a heartbeat.
-        self._send, self._receive = trio.open_memory_channel[Record | None](queue_events)
+        #: Whether items are framed as HTTP/1.1 chunks (the subscriber writes
+        #: them to its socket itself) or left bare (a server frames them).
+        self.chunked = chunked
+        self._send, self._receive = trio.open_memory_channel[Item](queue_events)
         #: Set when the topic disconnected this subscriber for falling behind.
         self.dropped = False
         #: Highest seq already sent from history; live records up to it are skipped.
         self.replayed_through = -1
         #: Called when the subscriber is dropped (e.g. to abandon a stuck write).
         self.on_drop: Callable[[], object] | None = None
+        self._write_nowait: WriteNowait | None = None
+        self._parked = False
 
-    def offer_nowait(self, item: Record | None) -> bool:
-        """Queue ``item`` without blocking; return False (and drop the
-        subscriber) if the queue is full or closed."""
+    def attach(self, write_nowait: WriteNowait | None) -> None:
+        """Let the topic write to the subscriber directly (``None``: stop)."""
+        self._write_nowait = write_nowait
+
+    def deliver_nowait(self, items: Sequence[Item], wire: bytes) -> bool:
+        """Hand ``items`` (whose bytes joined are ``wire``) to the subscriber
+        without blocking. Returns False if the subscriber is gone or was
+        dropped because its queue is full."""
+        if self._parked and self._write_nowait is not None:
+            first_seq = items[0][0]
+            if first_seq is None or first_seq > self.replayed_through:
+                try:
+                    written = self._write_nowait(wire)
+                except OSError:
+                    self.close()  # the peer is gone; its task sees the end of the queue
+                    return False
+                if written:
+                    self._hub._delivered += sum(seq is not None for seq, _ in items)
+                    if written == len(wire):
+                        return True
+                    return self._offer((None, wire[written:]))
+        return all(self._offer(item) for item in items)
+
+    def _offer(self, item: Item) -> bool:
+        self._parked = False  # the task will wake to this: no direct write may overtake it
         try:
             self._send.send_nowait(item)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -103,6 +154,7 @@ class Subscription:
     def close(self) -> None:
         """End the stream: the iterator stops once what is queued is read
         (at once if dropped)."""
+        self._parked = False
         self._send.close()
 
     def __aiter__(self) -> Subscription:
@@ -111,29 +163,33 @@ class Subscription:
     async def __anext__(self) -> bytes:
         frames: list[bytes] = []
         while not frames:
+            self._parked = self.queued == 0
             try:
-                item = await self._receive.receive()
+                seq, data = await self._receive.receive()
             except trio.EndOfChannel:
                 raise StopAsyncIteration from None
+            finally:
+                self._parked = False
             if self.dropped:
                 raise StopAsyncIteration
-            self._take(item, frames)
+            self._take(seq, data, frames)
             while len(frames) < MAX_FRAMES_PER_CHUNK:
                 try:
-                    item = self._receive.receive_nowait()
+                    seq, data = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                self._take(item, frames)
+                self._take(seq, data, frames)
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
-    def _take(self, item: Record | None, frames: list[bytes]) -> None:
-        if item is None:
-            frames.append(HEARTBEAT_FRAME)
-        elif item.seq > self.replayed_through:
-            frames.append(item.frame)
+    def _take(self, seq: int | None, data: bytes, frames: list[bytes]) -> None:
+        if seq is None:
+            frames.append(data)
+        elif seq > self.replayed_through:
+            frames.append(data)
             self._hub._delivered += 1
 
     def _aclose(self) -> None:
+        self._parked = False
         self._send.close()
         self._receive.close()
 
@@ -163,20 +219,28 @@ class Topic:
             nursery.cancel_scope.cancel()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
+        # Encoded and framed once per batch, whatever the number of subscribers.
+        bare: list[Item] = [(r.seq, r.frame) for r in records]
+        bare_wire = b"".join(frame for _, frame in bare)
+        framed: list[Item] = [(seq, chunk(frame)) for seq, frame in bare]
+        framed_wire = chunk(bare_wire)
         for subscription in list(self.subscribers):
-            for record in records:
-                if not subscription.offer_nowait(record):
-                    self.subscribers.discard(subscription)
-                    break
+            if subscription.chunked:
+                delivered = subscription.deliver_nowait(framed, framed_wire)
+            else:
+                delivered = subscription.deliver_nowait(bare, bare_wire)
+            if not delivered:
+                self.subscribers.discard(subscription)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
         while True:
             await trio.sleep(heartbeat_seconds)
-            for subscription in self.subscribers:
+            for subscription in list(self.subscribers):
                 # A subscriber with frames queued needs no heartbeat, and one
                 # whose queue is full must not be dropped for a comment.
                 if subscription.queued == 0:
-                    subscription.offer_nowait(None)
+                    item = HEARTBEAT_ITEMS[subscription.chunked]
+                    subscription.deliver_nowait([item], item[1])
 
     def close(self) -> None:
         """No more subscribers: let the task finish once publishers let go."""
@@ -216,8 +280,11 @@ class Hub:
         self._dropped = 0
 
     @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, topic: str, *, chunked: bool = False) -> AsyncIterator[Subscription]:
         """Subscribe to ``topic`` (already normalised) for the ``async with`` block.
+
+        ``chunked``: frame queued items as HTTP/1.1 chunks, for a subscriber
+        that writes them to its socket itself (see :class:`Subscription`).
 
         Live records start queueing at once; call :meth:`replay` inside the
         block to send history first without a gap or a duplicate at the seam.
@@ -231,7 +298,7 @@ class Hub:
         if entry is None:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
-        subscription = Subscription(self, entry, self._queue_events)
+        subscription = Subscription(self, entry, self._queue_events, chunked=chunked)
         entry.subscribers.add(subscription)
         try:
             yield subscription

@@ -16,10 +16,12 @@ yielding chunks to Quart otherwise (HTTP/2, or an app served by another server).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+import os
 from dataclasses import dataclass
 
 import trio
+
+from .hub import Subscription
 
 #: Key of the :class:`RawConnection` in the ASGI scope's ``state``.
 STATE_KEY = "trio_esper.raw_connection"
@@ -32,26 +34,40 @@ class RawConnection:
     stream: trio.SocketStream
     send_lock: trio.Lock
 
-    async def pump(self, chunks: AsyncIterable[bytes], *, chunked: bool) -> bool:
-        """Write ``chunks`` until they end; return False if the connection broke.
+    def write_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now; return how many bytes that was.
+
+        Raises:
+            OSError: the connection is broken or closed.
+        """
+        try:
+            return os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
+
+    async def pump(self, subscription: Subscription) -> bool:
+        """Write the subscription's chunks until it ends; return False if the
+        connection broke. The subscription must frame its items for this
+        connection (``chunked`` for HTTP/1.1, bare for HTTP/1.0).
 
         Holds the connection's send lock throughout: nothing else writes on
-        an HTTP/1.x connection while its one response streams.
+        an HTTP/1.x connection while its one response streams, which is also
+        what makes the topic's direct writes (:meth:`write_nowait`) safe.
 
         Cancellation mid-write leaves the response cut inside a chunk, so the
         socket is closed then rather than have Hypercorn append a terminating
         chunk to a torn one.
         """
         async with self.send_lock:
+            subscription.attach(self.write_nowait)
             try:
-                async for chunk in chunks:
-                    if chunked:
-                        await self.stream.send_all(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    else:
-                        await self.stream.send_all(chunk)
+                async for wire in subscription:
+                    await self.stream.send_all(wire)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
             except trio.Cancelled:
                 self.stream.socket.close()
                 raise
+            finally:
+                subscription.attach(None)
         return True
