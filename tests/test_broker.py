@@ -263,7 +263,7 @@ async def test_http10_subscriber_gets_a_close_delimited_stream(
         while not data.endswith(b"data: 2\n\n"):
             data += await sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+    assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
     assert b"transfer-encoding" not in head.lower()
     # No chunk framing: the body is the event stream itself.
     assert body == b": subscribed\n\nid: h0\ndata: 0\n\nid: h1\ndata: 1\n\nid: h2\ndata: 2\n\n"
