@@ -47,14 +47,26 @@ class Scenario:
     args: tuple[str, ...]
 
 
+#: The scenarios of ../shared/bench/run_nchan.sh, with the same arguments.
 SCENARIOS = {
-    # The reference: 1000 subscribers, 1 topic, 2000 x 100-byte messages.
-    "fanout": Scenario("fanout", ("-s", "1000", "-t", "1", "-n", "2000", "-z", "100")),
-    "latency": Scenario(
-        "latency", ("-s", "100", "-t", "1", "-n", "2000", "-r", "200", "-z", "100")
+    # 1000 subscribers, 1 topic, 2000 x 100-byte messages, one publisher connection.
+    "fanout": Scenario("fanout", ("-s", "1000", "-t", "1", "-c", "1", "-n", "2000", "-z", "100")),
+    # 10,000 subscribers on one topic, 200 messages; memory sampled when all are idle.
+    "idle10k": Scenario(
+        "idle10k",
+        (
+            *("-s", "10000", "-t", "1", "-c", "1", "-n", "200", "-z", "100"),
+            *("--connect-concurrency", "512", "--drain-max", "300"),
+        ),
     ),
+    # 1000 topics x 1 subscriber, 20,000 messages round robin, 16 publisher connections.
     "topics": Scenario(
-        "topics", ("-s", "1000", "-t", "1000", "-c", "16", "-n", "50000", "-z", "100")
+        "topics", ("-s", "1000", "-t", "1000", "-c", "16", "-n", "20000", "-z", "100")
+    ),
+    # Moderate load: 100 subscribers, 200 messages/s.
+    "latency": Scenario(
+        "latency",
+        ("-s", "100", "-t", "1", "-c", "1", "-n", "2000", "-r", "200", "-z", "100", "-d", "15"),
     ),
 }
 
@@ -168,6 +180,8 @@ def run_ssebench(
         target = ["--port", str(ESPER_PORT), "--body", "sse"]
         target += ["--pub-content-type", "text/event-stream"]
     args = list(scenario.args)
+    if "--drain-max" not in args:
+        args += ["--drain-max", "60"]
     if count is not None:
         args[args.index("-n") + 1] = str(count)
     cmd = [
@@ -178,8 +192,6 @@ def run_ssebench(
         "benchtopic",
         "--server-pid",
         ",".join(map(str, pids)),
-        "--drain-max",
-        "60",
         "--duration",
         "400",
         "--label",

@@ -9,6 +9,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -195,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("trio_esper").warning(
             "subscriber and publisher secrets are equal: any subscriber token can publish"
         )
+    _raise_open_files_limit()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     failure: str | None = None
@@ -209,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if failure is not None:
         print(f"trio-esper: error: {failure}", file=sys.stderr)
         sys.exit(code)
+
+
+def _raise_open_files_limit() -> None:
+    """Every subscriber is an open socket: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _first_leaf(error: BaseException) -> BaseException:
