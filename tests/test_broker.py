@@ -271,3 +271,23 @@ async def test_http10_subscriber_gets_a_close_delimited_stream(
     with trio.fail_after(STEP_SECONDS):
         assert await sock.recv(65536) == b""  # the stream ended with the connection
     sock.close()
+
+
+async def test_publisher_keeps_its_connection_past_1000_requests(broker: Broker) -> None:
+    # Hypercorn's default closes a keep-alive connection after 1000 requests.
+    body = b"data: x\n"
+    request = (
+        f"POST /publish/{TOPIC} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    stream = await trio.open_tcp_stream(*broker.host_port)
+    async with stream:
+        with trio.fail_after(60):
+            for _ in range(1100):
+                await stream.send_all(request)
+                reply = b""
+                while not reply.endswith(b"}\n"):
+                    chunk = await stream.receive_some()
+                    assert chunk, "the broker closed the publisher's connection"
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 200")
+                assert b"connection: close" not in reply.lower()
