@@ -113,12 +113,17 @@ def esper(history: str = "memory") -> Iterator[list[int]]:
             wait_listening(ESPER_PORT)
             yield [proc.pid]
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, signal.SIGINT)
+
+
+def stop(proc: subprocess.Popen[bytes], graceful: signal.Signals) -> None:
+    """Ask ``proc`` to stop with ``graceful``; kill it if it takes over 20 s."""
+    proc.send_signal(graceful)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def ensure_nchan() -> bool:
@@ -158,12 +163,7 @@ def nchan() -> Iterator[list[int]]:
         ).stdout.split()
         yield [proc.pid, *map(int, children)]
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGQUIT)
 
 
 def run_ssebench(

@@ -144,17 +144,27 @@ async def test_slow_subscriber_is_dropped_others_keep_receiving(
 
 async def _stalled_subscriber(broker: Broker, topic: str) -> trio.socket.SocketType:
     """A subscriber that reads the response head, then never reads again."""
-    sock = trio.socket.socket()
-    # A tiny receive buffer fills fast, so the broker's writes block.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect(broker.host_port)
-    await sock.send(f"GET /subscribe/{topic} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    head = b""
-    with trio.fail_after(STEP_SECONDS):
-        while b": subscribed" not in head:
-            head += await sock.recv(4096)
+    sock, head = await _raw_subscriber(broker, f"GET /subscribe/{topic} HTTP/1.1\r\nHost: x", 4096)
     assert head.startswith(b"HTTP/1.1 200")
     return sock
+
+
+async def _raw_subscriber(
+    broker: Broker, request_head: str, receive_buffer: int | None = None
+) -> tuple[trio.socket.SocketType, bytes]:
+    """Send ``request_head`` on a raw socket; return it and what arrived up to
+    and including the ``: subscribed`` frame."""
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        # A tiny receive buffer fills fast, so the broker's writes block.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(broker.host_port)
+    await sock.send(request_head.encode() + b"\r\n\r\n")
+    data = b""
+    with trio.fail_after(STEP_SECONDS):
+        while b": subscribed\n\n" not in data:
+            data += await sock.recv(4096)
+    return sock, data
 
 
 async def test_heartbeat_on_idle_stream(nursery: trio.Nursery, subscribe) -> None:
@@ -248,13 +258,8 @@ async def test_http10_subscriber_gets_a_close_delimited_stream(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     broker = await start_broker(nursery)
-    sock = trio.socket.socket()
-    await sock.connect(broker.host_port)
-    await sock.send(f"GET /subscribe/{TOPIC} HTTP/1.0\r\n\r\n".encode())
-    data = b""
+    sock, data = await _raw_subscriber(broker, f"GET /subscribe/{TOPIC} HTTP/1.0")
     with trio.fail_after(STEP_SECONDS):
-        while b": subscribed\n\n" not in data:
-            data += await sock.recv(65536)
         for n in range(3):
             reply = await client.post(
                 f"{broker.url}/publish/{TOPIC}", content=f"id: h{n}\ndata: {n}\n"
