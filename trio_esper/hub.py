@@ -134,9 +134,11 @@ class Subscription:
         self._parked = False  # the task will wake to this: no direct write may overtake it
         try:
             self._send.send_nowait(item)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.WouldBlock:
             self.drop()
             return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # gone or ended already: not a slow subscriber
         return True
 
     @property
