@@ -91,7 +91,7 @@ def wait_listening(port: int, deadline_s: float = 15.0) -> None:
 
 
 @contextmanager
-def esper(history: str = "memory") -> Iterator[list[int]]:
+def esper(history: str = "memory", *extra: str) -> Iterator[list[int]]:
     """trio_esper as a subprocess; ``history`` is ``memory`` or ``sqlite``."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = "memory" if history == "memory" else f"sqlite:{tmp}/history.db"
@@ -106,6 +106,7 @@ def esper(history: str = "memory") -> Iterator[list[int]]:
                 "warning",
                 "--history",
                 spec,
+                *extra,
             ],
             env={**os.environ, "ESPER_NO_AUTH": "1"},
         )
@@ -292,11 +293,13 @@ RATIOS = [
     ("trio_esper", "nchan"),
     ("trio_esper_sqlite", "nchan"),
     ("trio_esper_sqlite", "trio_esper"),
+    ("trio_esper_sqlite_normal", "trio_esper"),
 ]
 
 BROKERS = {
     "trio_esper": esper,
     "trio_esper_sqlite": lambda: esper("sqlite"),
+    "trio_esper_sqlite_normal": lambda: esper("sqlite", "--history-sync", "normal"),
     "nchan": nchan,
 }
 

@@ -98,10 +98,15 @@ async def _publish_until_killed(
     return acked
 
 
-@pytest.mark.parametrize("kill_after_acks", [1, 37, 250, 1000])
-async def test_acknowledged_events_survive_kill_9(tmp_path: Path, kill_after_acks: int) -> None:
+@pytest.mark.parametrize(
+    ("sync", "kill_after_acks"),
+    [("full", 1), ("full", 37), ("full", 250), ("full", 1000), ("normal", 250)],
+)
+async def test_acknowledged_events_survive_kill_9(
+    tmp_path: Path, sync: str, kill_after_acks: int
+) -> None:
     history = f"sqlite:{tmp_path / 'history.db'}"
-    retain_all = ("--history", history, "--history-events", "1000000")
+    retain_all = ("--history", history, "--history-events", "1000000", "--history-sync", sync)
     all_acked: dict[int, list[tuple[int, str]]] = {p: [] for p in range(PUBLISHERS)}
     for _round in range(2):  # kill twice: the restarted broker must append after the old log
         async with broker_process(*retain_all) as (process, url):

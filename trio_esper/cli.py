@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_HISTORY_MAX_BYTES})",
     )
     add(
+        "--history-sync",
+        choices=("full", "normal"),
+        help="sqlite: 'full' flushes every commit to disk (survives power loss); 'normal' "
+        "survives the broker's crash only, and commits faster [ESPER_HISTORY_SYNC] "
+        "(default full)",
+    )
+    add(
         "--retry",
         type=int,
         dest="retry_ms",

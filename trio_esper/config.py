@@ -69,6 +69,8 @@ class Config:
     history_max_age_seconds: float = 0.0
     #: Memory history's total budget, all topics together.
     history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    #: sqlite: ``full`` (flush every commit) or ``normal`` (WAL, no flush per commit).
+    history_sync: str = "full"
     #: ``retry:`` hint (reconnection delay) sent when a stream opens; None sends none.
     retry_ms: int | None = None
 
@@ -96,6 +98,8 @@ class Config:
             raise ConfigError("history_max_age_seconds must not be negative")
         if self.retry_ms is not None and self.retry_ms < 0:
             raise ConfigError("retry_ms must not be negative")
+        if self.history_sync not in ("full", "normal"):
+            raise ConfigError("history sync must be 'full' or 'normal'")
         try:
             parse_history_spec(self.history)
         except ValueError as exc:

@@ -116,7 +116,10 @@ async def open_history(config: Config) -> AsyncIterator[History]:
     if kind == "sqlite":
         assert path is not None
         async with open_sqlite_history(
-            path, max_events_per_topic=config.history_events, max_age_seconds=max_age
+            path,
+            max_events_per_topic=config.history_events,
+            max_age_seconds=max_age,
+            sync=config.history_sync,
         ) as history:
             yield history
     else:

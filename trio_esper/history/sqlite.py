@@ -8,7 +8,9 @@ their events to the writer through a memory channel and wait; the writer
 drains everything queued, commits it in one transaction in one
 ``trio.to_thread`` call, then delivers the stored records in seq order and
 wakes the publishers. A publish is acknowledged only after its commit
-(``synchronous=FULL``: durable across power loss, not only process death).
+(``sync="full"``, the default: ``synchronous=FULL``, durable across power
+loss, not only process death; ``"normal"`` trades the flush per commit for
+durability across process death only).
 
 Retention (count per topic, age) is enforced by the writer between commits,
 a bounded number of rows at a time, so it never stalls a publish for long.
@@ -77,20 +79,28 @@ class _Append:
     error: Exception | None = None
 
 
-def _connect(path: str) -> sqlite3.Connection:
+#: ``full``: every commit is flushed to disk (survives power loss).
+#: ``normal``: WAL without a flush per commit (survives the broker's crash,
+#: ``kill -9`` included, but the last commits may be lost to a power cut).
+SYNC_MODES = ("full", "normal")
+
+
+def _connect(path: str, sync: str = "full") -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    if sync not in SYNC_MODES:
+        raise ValueError(f"sync must be one of {SYNC_MODES}")
+    conn.execute(f"PRAGMA synchronous={sync.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
 
-def _open_checked(path: str) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
+def _open_checked(path: str, sync: str) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
     """Open writer and reader connections; raise HistoryError with a reason."""
     if os.path.isdir(path):
         raise HistoryError(f"history file {path!r} is a directory")
     try:
-        writer = _connect(path)
+        writer = _connect(path, sync)
         check = writer.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise HistoryError(f"history file {path!r} is corrupt: {check}")
@@ -321,6 +331,7 @@ async def open_sqlite_history(
     max_events_per_topic: int = 1000,
     max_age_seconds: float = math.inf,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    sync: str = "full",
 ) -> AsyncIterator[SqliteHistory]:
     """Open the history file at ``path`` and run its writer for the block.
 
@@ -329,7 +340,7 @@ async def open_sqlite_history(
     Raises:
         HistoryError: the file cannot be opened, created, written, or is corrupt.
     """
-    writer, reader, last = await trio.to_thread.run_sync(_open_checked, path)
+    writer, reader, last = await trio.to_thread.run_sync(_open_checked, path, sync)
     history = SqliteHistory(
         path,
         writer,
