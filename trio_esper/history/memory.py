@@ -21,7 +21,7 @@ from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
 
 #: Rough per-event cost beyond the frame and data strings (objects, dict and
-#: deque slots), measured with tracemalloc on CPython 3.11.
+#: deque slots), fitted to process RSS by benchmarks/memory_ring.py on CPython 3.11.
 RECORD_OVERHEAD_BYTES = 470
 
 
