@@ -81,6 +81,10 @@ def _text(status: int, reason: str, headers: dict[str, str] | None = None) -> Re
     )
 
 
+def _json(payload: dict[str, object], headers: dict[str, str]) -> Response:
+    return Response(json.dumps(payload) + "\n", headers=headers, content_type="application/json")
+
+
 def create_app(config: Config, hub: Hub) -> QuartTrio:
     """Build the Quart-Trio application serving ``hub`` under ``config``."""
     app = _App("trio_esper")
@@ -179,12 +183,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             "events": len(published.records),
             "subscribers": published.subscribers,
         }
-        return Response(
-            json.dumps(payload) + "\n",
-            status=200,
-            headers=cors_headers(),
-            content_type="application/json",
-        )
+        return _json(payload, cors_headers())
 
     @app.route("/history/<topic>", methods=["GET"])
     async def history(topic: str) -> Response:
@@ -211,9 +210,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             **asdict(hub.statistics()),
             "history": asdict(hub.history.statistics()),
         }
-        return Response(
-            json.dumps(payload) + "\n", headers=cors_headers(), content_type="application/json"
-        )
+        return _json(payload, cors_headers())
 
     @app.route("/subscribe/<topic>", methods=["OPTIONS"])
     @app.route("/publish/<topic>", methods=["OPTIONS"])

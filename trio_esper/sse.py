@@ -87,12 +87,23 @@ def encode(event: Event) -> bytes:
     return "".join(parts).encode()
 
 
+def _decode(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _split_lines(text: str) -> list[str]:
+    lines = _LINE_END.split(text)
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the final line end does not start another line
+    return lines
+
+
 def _split_fields(text: str) -> Iterator[tuple[str, str] | None]:
     """Yield ``(field, value)`` per line, ``None`` for a blank line."""
-    lines = _LINE_END.split(text)
-    if lines and lines[-1] == "":
-        lines.pop()  # the final line end does not start another line
-    for line in lines:
+    for line in _split_lines(text):
         if line == "":
             yield None
         elif line.startswith(":"):
@@ -117,10 +128,7 @@ def parse_body(body: bytes) -> list[Event]:
         InvalidEvent: if the body is not UTF-8, holds no event, an event has
             no ``data`` field, a field is unknown, or ``retry`` is not digits.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(f"body is not valid UTF-8 (byte {exc.start})") from None
+    text = _decode(body)
     if text.startswith(_BOM):  # WHATWG: "One leading U+FEFF BYTE ORDER MARK ... is ignored"
         text = text[1:]
 
@@ -178,11 +186,5 @@ def parse_plain(body: bytes, *, event: str | None = None, id: str | None = None)
     Raises:
         InvalidEvent: the body is not UTF-8, or ``event``/``id`` hold CR, LF or NUL.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(f"body is not valid UTF-8 (byte {exc.start})") from None
-    lines = _LINE_END.split(text)
-    if len(lines) > 1 and lines[-1] == "":
-        lines.pop()  # a final line end does not start another line
+    lines = _split_lines(_decode(body))
     return Event("\n".join(lines), event=event or None, id=id or None)
