@@ -17,14 +17,13 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import __version__
-from .auth import bearer_token, verify_token
+from . import __version__, endpoints
 from .config import Config
 from .errors import BadRequest, EsperError, NotAcceptable, NotFound, PayloadTooLarge
 from .history import Record
 from .hub import Hub, Subscription
 from .rawstream import STATE_KEY, RawConnection
-from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
+from .sse import SUBSCRIBED_FRAME, Event, encode
 from .topics import normalise_topic
 
 log = logging.getLogger("trio_esper")
@@ -81,8 +80,8 @@ def _text(status: int, reason: str, headers: dict[str, str] | None = None) -> Re
     )
 
 
-def _json(payload: dict[str, object], headers: dict[str, str]) -> Response:
-    return Response(json.dumps(payload) + "\n", headers=headers, content_type="application/json")
+def _json(body: bytes, headers: dict[str, str]) -> Response:
+    return Response(body, headers=headers, content_type="application/json")
 
 
 def create_app(config: Config, hub: Hub) -> QuartTrio:
@@ -94,30 +93,20 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     retry_frame = None if config.retry_ms is None else f"retry: {config.retry_ms}\n\n".encode()
 
     def cors_headers() -> dict[str, str]:
-        origin = request.headers.get("Origin")
-        if origin is None or not config.cors_origins:
-            return {}
-        if "*" in config.cors_origins:
-            return {"Access-Control-Allow-Origin": "*"}
-        if origin in config.cors_origins:
-            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return {}
+        return endpoints.cors_headers(config, request.headers.get("Origin"))
 
     def authorise(secret: str | None, topic: str | None) -> None:
-        if secret is None:
-            return
-        token = bearer_token(request.headers.get("Authorization"), request.args.get("token"))
-        verify_token(token, secret, topic=topic, algorithms=config.jwt_algorithms)
+        endpoints.authorise(
+            config,
+            secret,
+            topic,
+            authorization=request.headers.get("Authorization"),
+            token=request.args.get("token"),
+        )
 
     @app.errorhandler(EsperError)
     async def esper_error(error: EsperError) -> Response:
-        headers = cors_headers()
-        if error.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="trio_esper"'
-        elif error.status == 413:
-            # The rest of the body is never read, so the connection cannot be reused.
-            headers["Connection"] = "close"
-        return _text(error.status, error.reason, headers)
+        return _text(error.status, error.reason, endpoints.error_headers(error, cors_headers()))
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -167,8 +156,6 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
 
     @app.route("/publish/<topic>", methods=["POST"])
     async def publish(topic: str) -> Response:
-        topic = normalise_topic(topic)
-        authorise(config.publisher_secret, topic)
         try:
             body = await request.get_data(cache=False)
         except RequestEntityTooLarge:
@@ -176,14 +163,16 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                 f"body is larger than the {config.max_body_bytes}-byte limit"
             ) from None
         assert isinstance(body, bytes)
-        events = _parse_published(body)
-        published = await hub.publish(topic, events)
-        payload = {
-            "id": published.records[-1].id,
-            "events": len(published.records),
-            "subscribers": published.subscribers,
-        }
-        return _json(payload, cors_headers())
+        published = endpoints.PublishRequest(
+            topic,
+            body,
+            (request.mimetype or "").lower(),
+            authorization=request.headers.get("Authorization"),
+            token=request.args.get("token"),
+            event=request.args.get("event"),
+            id=request.args.get("id"),
+        )
+        return _json(await endpoints.publish(config, hub, published), cors_headers())
 
     @app.route("/history/<topic>", methods=["GET"])
     async def history(topic: str) -> Response:
@@ -210,7 +199,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             **asdict(hub.statistics()),
             "history": asdict(hub.history.statistics()),
         }
-        return _json(payload, cors_headers())
+        return _json(endpoints.json_body(payload), cors_headers())
 
     @app.route("/subscribe/<topic>", methods=["OPTIONS"])
     @app.route("/publish/<topic>", methods=["OPTIONS"])
@@ -242,21 +231,6 @@ def _resume_point() -> tuple[bool, str | None]:
     if since != "earliest":
         raise BadRequest("since must be 'earliest'")
     return True, None
-
-
-def _parse_published(body: bytes) -> list[Event]:
-    """SSE fields, or with ``Content-Type: text/plain`` one data line per body
-    line, with ``?event=`` and ``?id=`` (eventsource-hub's style)."""
-    content_type = (request.mimetype or "").lower()
-    event_type, event_id = request.args.get("event"), request.args.get("id")
-    if content_type == "text/plain":
-        return [parse_plain(body, event=event_type, id=event_id)]
-    if event_type is not None or event_id is not None:
-        raise BadRequest(
-            "?event= and ?id= apply to Content-Type: text/plain bodies; "
-            "in an SSE body use event: and id: fields"
-        )
-    return parse_body(body)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
