@@ -50,6 +50,10 @@ FROM_ENV = [
     pytest.param({"ESPER_LOG_LEVEL": "debug"}, {}, "log_level", "debug", id="log-level"),
     pytest.param({"ESPER_MAX_BODY_BYTES": "10"}, {}, "max_body_bytes", 10, id="max-body"),
     pytest.param({"ESPER_QUEUE_EVENTS": "5"}, {}, "queue_events", 5, id="queue"),
+    pytest.param({"ESPER_KEEP_ALIVE_SECONDS": "0.5"}, {}, "keep_alive_seconds", 0.5, id="ka"),
+    pytest.param({"ESPER_FAST_LANE": "0"}, {}, "fast_lane", False, id="fast-lane-off"),
+    pytest.param({"ESPER_FAST_LANE": "yes"}, {}, "fast_lane", True, id="fast-lane-on"),
+    pytest.param({}, {"fast_lane": False}, "fast_lane", False, id="no-fast-lane-flag"),
     pytest.param({"ESPER_PORT": "8080"}, {"port": 9090}, "port", 9090, id="override-wins"),
     pytest.param({"ESPER_PORT": "8080"}, {"port": None}, "port", 8080, id="none-override-unset"),
     pytest.param(SECRETS, {}, "subscriber_secret", "sub-secret", id="subscriber-secret"),
@@ -132,6 +136,10 @@ BAD_CONFIG = [
     ),
     pytest.param({"ESPER_MAX_BODY_BYTES": "0"}, {}, r"max_body_bytes", id="max-body-0"),
     pytest.param({"ESPER_QUEUE_EVENTS": "0"}, {}, r"queue_events", id="queue-0"),
+    pytest.param({"ESPER_KEEP_ALIVE_SECONDS": "0"}, {}, r"keep_alive_seconds", id="ka-0"),
+    pytest.param(
+        {"ESPER_FAST_LANE": "maybe"}, {}, r"ESPER_FAST_LANE='maybe' is not a boolean", id="fl"
+    ),
     pytest.param({"ESPER_THREADS": "2"}, {}, r"--threads > 1", id="threads-2"),
     pytest.param({}, {"threads": 4}, r"--threads > 1", id="threads-override"),
     pytest.param({"ESPER_THREADS": "0"}, {}, r"threads must be at least 1", id="threads-0"),
@@ -192,6 +200,9 @@ CLI = [
         id="log-level",
     ),
     pytest.param(["--no-auth"], SECRETS, "subscriber_secret", None, id="no-auth-flag"),
+    pytest.param(["--no-fast-lane"], {}, "fast_lane", False, id="no-fast-lane"),
+    pytest.param([], {}, "fast_lane", True, id="fast-lane-default"),
+    pytest.param(["--keep-alive", "9"], {}, "keep_alive_seconds", 9.0, id="keep-alive"),
     pytest.param([], SECRETS, "subscriber_secret", "sub-secret", id="secret-from-env"),
 ]
 

@@ -17,7 +17,10 @@ async def history_broker(
     request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path
 ) -> Broker:
     spec = "memory" if request.param == "memory" else f"sqlite:{tmp_path / 'history.db'}"
-    return await start_broker(nursery, history=spec)
+    # The broker shares this process's event loop with up to 100 test clients,
+    # whose start-up can keep a publisher from running for longer than the
+    # default 5 s keep-alive; its next request would then meet a closed socket.
+    return await start_broker(nursery, history=spec, keep_alive_seconds=120)
 
 
 async def publish(client: httpx.AsyncClient, broker: Broker, body: str, **kw: object) -> str:

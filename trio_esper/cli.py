@@ -23,6 +23,7 @@ from .config import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_HISTORY_EVENTS,
     DEFAULT_HISTORY_MAX_BYTES,
+    DEFAULT_KEEP_ALIVE_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_EVENTS,
@@ -149,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="retry: (reconnection delay) hint sent when a stream opens [ESPER_RETRY_MS] "
         "(default none: the browser's own)",
+    )
+    add(
+        "--keep-alive",
+        type=float,
+        dest="keep_alive_seconds",
+        metavar="SECONDS",
+        help="close a connection idle between requests after this long "
+        f"[ESPER_KEEP_ALIVE_SECONDS] (default {DEFAULT_KEEP_ALIVE_SECONDS:g})",
+    )
+    add(
+        "--no-fast-lane",
+        action="store_const",
+        const=False,
+        dest="fast_lane",
+        help="serve every publish through Quart-Trio, none through the HTTP/1.1 fast lane "
+        "[ESPER_FAST_LANE=0]",
     )
     add("--log-level", choices=LOG_LEVELS, help="[ESPER_LOG_LEVEL] (default info)")
     add("--version", action="version", version=f"trio-esper {__version__}")

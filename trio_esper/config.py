@@ -33,6 +33,9 @@ DEFAULT_HISTORY_EVENTS = 1000
 #: events of 100 bytes would otherwise take gigabytes).
 DEFAULT_HISTORY_MAX_BYTES = 256 * 1024 * 1024
 
+#: Hypercorn's default: long enough for a publisher between bursts.
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -73,6 +76,10 @@ class Config:
     history_sync: str = "full"
     #: ``retry:`` hint (reconnection delay) sent when a stream opens; None sends none.
     retry_ms: int | None = None
+    #: An idle keep-alive connection is closed after this long.
+    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
+    #: Serve plain HTTP/1.1 publishes without Hypercorn and Quart (see fastlane.py).
+    fast_lane: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -85,7 +92,12 @@ class Config:
                 "which this version does not have; run one process per topic set "
                 "or use --threads 1"
             )
-        for name in ("heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"):
+        for name in (
+            "heartbeat_seconds",
+            "shutdown_grace_seconds",
+            "write_timeout_seconds",
+            "keep_alive_seconds",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_body_bytes < 1:
@@ -151,7 +163,10 @@ class Config:
 ENV_PREFIX = "ESPER_"
 _TUPLES = frozenset({"jwt_algorithms", "cors_origins"})
 _INTS = frozenset({"port", "threads", "max_body_bytes", "queue_events"})
-_FLOATS = frozenset({"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds"})
+_BOOLS = frozenset({"fast_lane"})
+_FLOATS = frozenset(
+    {"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds", "keep_alive_seconds"}
+)
 
 
 def _parse(name: str, raw: str) -> object:
@@ -163,6 +178,8 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{env}={raw!r} is not a number") from None
+    if name in _BOOLS:
+        return _parse_bool(env, raw)
     if name == "log_level":
         return raw.strip().lower()
     if name in _TUPLES:

@@ -349,11 +349,15 @@ class Hub:
         entry = self._topics.get(topic)
         if entry is None:
             return
-        with entry.open_publisher() as inbox, trio.CancelScope(shield=True):
-            # Shielded: the records are stored; a cancelled publisher must not
-            # leave a hole in the live stream. The topic task never blocks, so
-            # this wait is short.
-            await inbox.send(records)
+        with entry.open_publisher() as inbox:
+            try:
+                inbox.send_nowait(records)
+            except trio.WouldBlock:
+                # Shielded: the records are stored; a cancelled publisher must
+                # not leave a hole in the live stream. The topic task never
+                # blocks, so this wait is short.
+                with trio.CancelScope(shield=True):
+                    await inbox.send(records)
 
     def close(self) -> None:
         """Start shutting down: refuse new subscribers, end every open stream."""

@@ -26,6 +26,7 @@ from hypercorn.utils import wrap_app
 
 from .app import create_app
 from .config import Config
+from .fastlane import FastLane
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.sqlite import open_sqlite_history
@@ -67,7 +68,7 @@ async def serve(
         _tune_listener(listener.socket, config)
     address = listeners[0].socket.getsockname()[:2]
     hyper = HypercornConfig()
-    hyper.keep_alive_timeout = 5.0
+    hyper.keep_alive_timeout = config.keep_alive_seconds
     # Publishers keep one connection for millions of requests (Hypercorn: 1000).
     hyper.keep_alive_max_requests = 1 << 62
     context = WorkerContext(None)
@@ -82,14 +83,25 @@ async def serve(
         ) as hub,
     ):
         app = wrap_app(create_app(config, hub), hyper.wsgi_max_body_size, "asgi")
+        lane = FastLane(config, hub, keep_alive_timeout_seconds=hyper.keep_alive_timeout)
 
         async def handle(stream: trio.SocketStream) -> None:
             connections.add(stream)
-            state: dict[str, object] = {}
-            connection = TCPServer(app, hyper, context, ConnectionState(state), stream)  # type: ignore[arg-type]
-            # Every request's ASGI scope gets a shallow copy of this dict.
-            state[STATE_KEY] = RawConnection(stream, connection.send_lock)
             try:
+                unread = await lane.serve(stream) if config.fast_lane else b""
+                if unread is None:
+                    await stream.aclose()
+                    return
+                state: dict[str, object] = {}
+                connection = TCPServer(
+                    app,
+                    hyper,
+                    context,
+                    ConnectionState(state),
+                    _Unread(stream, unread) if unread else stream,  # type: ignore[arg-type]
+                )
+                # Every request's ASGI scope gets a shallow copy of this dict.
+                state[STATE_KEY] = RawConnection(stream, connection.send_lock)
                 await connection
             finally:
                 connections.discard(stream)
@@ -105,6 +117,7 @@ async def serve(
                 task_status.started((str(address[0]), int(address[1])))
                 await (trio.Event() if shutdown is None else shutdown).wait()
                 listen_nursery.cancel_scope.cancel()
+            lane.close()
             await _shut_down(hub, context, connections, config.shutdown_grace_seconds)
 
 
@@ -149,6 +162,33 @@ async def _shut_down(
         log.warning(
             "closed %d connections still open after the grace period", len(connections.streams)
         )
+
+
+class _Unread:
+    """A socket stream whose next receive returns ``unread`` first: how a
+    connection the fast lane read from reaches Hypercorn (which then parses
+    those bytes as if it had read them itself)."""
+
+    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
+        self.socket = stream.socket
+        self._stream = stream
+        self._unread = unread
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _Connections:

@@ -1,0 +1,288 @@
+"""The publish fast lane: plain HTTP/1.1 ``POST /publish/{topic}`` requests
+served without Hypercorn and Quart.
+
+Why
+---
+A publish through Hypercorn and Quart-Trio costs about 1.4 ms of CPU here:
+h11 alone takes about 125 us to parse a request and frame its answer
+(``benchmarks/h11_cost.py``), Hypercorn spawns a task per request and restarts
+its idle timer under a lock, quart-trio opens a nursery of two tasks, and
+Quart builds request, response and context objects. Publishers send one
+small request after another, so that per-request cost, not fan-out, is what
+limits them (about 700 publishes/s against Nchan's 30,000+).
+
+What it takes, and what it leaves
+---------------------------------
+:meth:`FastLane.serve` reads a connection's requests. While each is a
+``POST /publish/{topic}`` in the plain form below, it serves it itself, with
+the same code behind the Quart route (:mod:`.endpoints`), so the status,
+headers and body are the same. At the first request that is anything else --
+another path or method, HTTP/1.0, ``Transfer-Encoding``, ``Expect``,
+``Upgrade``, a body over the size limit, a repeated header, a percent-escaped
+topic, any byte the parser below does not expect -- it stops and returns the
+bytes read so far, unconsumed, and the caller hands the connection to
+Hypercorn, which parses them again and answers as it always does (errors
+included). The lane never answers a malformed request itself: it only
+recognises the well-formed common case, so h11 stays the judge of everything
+else.
+
+The plain form (RFC 9112): the request line ``POST /publish/<topic>[?query]
+HTTP/1.1``; header lines ``token ":" OWS value OWS`` without control
+characters; a ``Host`` header; exactly one ``Content-Length`` of digits;
+then that many body bytes.
+
+Keep-alive and shutdown follow Hypercorn's settings: an idle connection (or
+one whose request head has not arrived) is closed after the keep-alive
+timeout, ``Connection: close`` is honoured, and :meth:`FastLane.close` makes
+idle connections close and busy ones close after their current answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import trio
+
+from . import endpoints
+from .config import Config
+from .errors import EsperError
+from .hub import Hub
+
+log = logging.getLogger("trio_esper")
+
+#: What every request the lane takes starts with.
+PREFIX = b"POST /publish/"
+#: A request head longer than this goes to Hypercorn (its h11 limit is the same 16 KiB).
+MAX_HEAD_BYTES = 16 * 1024
+#: One receive takes at most this much (Hypercorn's MAX_RECV).
+RECEIVE_BYTES = 64 * 1024
+
+# RFC 9110, section 5.6.2: token = 1*tchar;
+# tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+#         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# RFC 9110, section 5.5: field values hold no CTL but HTAB (CR, LF and NUL are never valid).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112, section 3.2: origin-form, printable ASCII without space or "#"
+# (a fragment is never sent); topics with anything but letters and digits,
+# percent-escapes included, go to the Quart route, which refuses them.
+_TARGET = re.compile(rb"/publish/[0-9A-Za-z]+(?:\?[!\x24-\x7e\x22]*)?")
+
+
+class PublishHead:
+    """A recognised request head: the topic as written, its query, the
+    headers the endpoint reads, and how long the body is."""
+
+    __slots__ = ("close", "content_length", "headers", "query", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        query: str,
+        headers: dict[bytes, bytes],
+        content_length: int,
+        *,
+        close: bool,
+    ) -> None:
+        self.topic = topic
+        self.query = query
+        self.headers = headers
+        self.content_length = content_length
+        self.close = close
+
+    def request(self, body: bytes) -> endpoints.PublishRequest:
+        args = parse_qs(self.query, keep_blank_values=True) if self.query else {}
+        content_type = self.headers.get(b"content-type", b"").decode("latin-1")
+        authorization = self.headers.get(b"authorization")
+        return endpoints.PublishRequest(
+            self.topic,
+            body,
+            content_type.partition(";")[0].strip().lower(),
+            authorization=None if authorization is None else authorization.decode("latin-1"),
+            token=_first(args, "token"),
+            event=_first(args, "event"),
+            id=_first(args, "id"),
+        )
+
+
+def _first(args: dict[str, list[str]], name: str) -> str | None:
+    values = args.get(name)
+    return values[0] if values else None
+
+
+def parse_publish_head(head: bytes, max_body_bytes: int) -> PublishHead | None:
+    """Recognise ``head`` (up to, not including, the blank line) as a plain
+    ``POST /publish/{topic}``; ``None`` for anything else, which Hypercorn
+    then parses (and answers, if it is malformed)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
+        return None
+    target = parts[1]
+    if _TARGET.fullmatch(target) is None:
+        return None
+    path, _, query = target.partition(b"?")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None or _CONTROL.search(value):
+            return None
+        key = name.lower()
+        if key in headers:
+            return None  # Hypercorn knows which repeats to join and which to refuse
+        headers[key] = value.strip(b" \t")
+    if b"host" not in headers:
+        return None
+    if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
+        return None
+    length = headers.get(b"content-length", b"")
+    if not length.isdigit() or int(length) > max_body_bytes:
+        return None
+    tokens = {t.strip() for t in headers.get(b"connection", b"").lower().split(b",")}
+    return PublishHead(
+        path[len(b"/publish/") :].decode("ascii"),
+        query.decode("ascii"),
+        headers,
+        int(length),
+        close=b"close" in tokens,
+    )
+
+
+class FastLane:
+    """Serves plain publish requests for :func:`~trio_esper.server.serve`.
+
+    One instance serves every connection; :meth:`close` starts shutdown.
+    """
+
+    def __init__(self, config: Config, hub: Hub, *, keep_alive_timeout_seconds: float) -> None:
+        self._config = config
+        self._hub = hub
+        self._keep_alive_timeout_seconds = keep_alive_timeout_seconds
+        self._idle: set[trio.CancelScope] = set()
+        self._closing = False
+        self._date = (0, "")
+
+    def close(self) -> None:
+        """Shutting down: close idle connections now, busy ones after their answer."""
+        self._closing = True
+        for scope in self._idle:
+            scope.cancel()
+
+    async def serve(self, stream: trio.SocketStream) -> bytes | None:
+        """Serve ``stream``'s requests while the lane takes them.
+
+        Returns the bytes read but not consumed -- the start of the first
+        request the lane does not take -- for the caller to hand to the HTTP
+        server with the connection; or ``None`` if the connection is done
+        (closed by the peer, idle too long, ``Connection: close``, or
+        shutdown), in which case the caller closes it.
+        """
+        buffer = b""
+        while True:
+            head_end = buffer.find(b"\r\n\r\n")
+            deadline = trio.current_time() + self._keep_alive_timeout_seconds
+            while head_end < 0:
+                if not PREFIX.startswith(buffer[: len(PREFIX)]) or len(buffer) > MAX_HEAD_BYTES:
+                    return buffer
+                if not buffer and self._closing:
+                    return None
+                data = await self._receive(stream, deadline, idle=not buffer)
+                if not data:
+                    return None
+                buffer += data
+                head_end = buffer.find(b"\r\n\r\n")
+            head = parse_publish_head(buffer[:head_end], self._config.max_body_bytes)
+            if head is None:
+                return buffer
+            end = head_end + 4 + head.content_length
+            while len(buffer) < end:
+                data = await self._receive(stream, math.inf, idle=False)
+                if not data:
+                    return None
+                buffer += data
+            body, buffer = buffer[head_end + 4 : end], buffer[end:]
+            status, headers, content_type, payload = await self._answer(head, body)
+            close = head.close or self._closing or headers.get("Connection") == "close"
+            try:
+                await stream.send_all(
+                    self._response(status, headers, content_type, payload, close=close)
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if close:
+                return None
+
+    async def _receive(self, stream: trio.SocketStream, deadline: float, *, idle: bool) -> bytes:
+        """The next bytes from ``stream``; ``b""`` at its end, at ``deadline``,
+        or (while ``idle``, between requests) when the lane closes."""
+        with trio.CancelScope(deadline=deadline) as scope:
+            if idle:
+                self._idle.add(scope)
+            try:
+                return await stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            finally:
+                self._idle.discard(scope)
+        # Timed out or shutting down. On a loaded broker the request may have
+        # arrived in time while this task waited its turn to run (trio raises
+        # Cancelled before trying the read): serve it rather than close on it.
+        try:
+            return os.read(stream.socket.fileno(), RECEIVE_BYTES)
+        except OSError:  # BlockingIOError: nothing came; or the peer is gone
+            return b""
+
+    async def _answer(
+        self, head: PublishHead, body: bytes
+    ) -> tuple[int, dict[str, str], str, bytes]:
+        origin = head.headers.get(b"origin")
+        cors = endpoints.cors_headers(
+            self._config, None if origin is None else origin.decode("latin-1")
+        )
+        try:
+            payload = await endpoints.publish(self._config, self._hub, head.request(body))
+        except EsperError as error:
+            return (
+                error.status,
+                endpoints.error_headers(error, cors),
+                "text/plain; charset=utf-8",
+                endpoints.error_body(error),
+            )
+        except Exception:
+            log.exception("publish to %s failed", head.topic)
+            return (
+                500,
+                {"Connection": "close"},
+                "text/plain; charset=utf-8",
+                b"500 Internal Server Error\n",
+            )
+        return 200, cors, "application/json", payload
+
+    def _response(
+        self, status: int, headers: dict[str, str], content_type: str, body: bytes, *, close: bool
+    ) -> bytes:
+        lines = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+            f"Date: {self._http_date()}",
+        ]
+        lines += [f"{name}: {value}" for name, value in headers.items() if name != "Connection"]
+        if close:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1") + body
+
+    def _http_date(self) -> str:
+        # RFC 9110, section 6.6.1: an origin server with a clock MUST send Date.
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
