@@ -115,12 +115,11 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
     else:
         events = parse_body(request.body)
     published = await hub.publish(topic, events)
-    return json_body(
-        {
-            "id": published.records[-1].id,
-            "events": len(published.records),
-            "subscribers": published.subscribers,
-        }
+    # json.dumps of the whole dict costs more than the rest of this answer.
+    return b'{"id": %b, "events": %d, "subscribers": %d}\n' % (
+        json.dumps(published.records[-1].id).encode(),
+        len(published.records),
+        published.subscribers,
     )
 
 

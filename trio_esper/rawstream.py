@@ -27,6 +27,18 @@ from .hub import Subscription
 STATE_KEY = "trio_esper.raw_connection"
 
 
+def write_nowait(stream: trio.SocketStream, data: bytes) -> int:
+    """Write what ``stream``'s socket takes now; return how many bytes that was.
+
+    Raises:
+        OSError: the connection is broken or closed.
+    """
+    try:
+        return os.write(stream.socket.fileno(), data)
+    except BlockingIOError:
+        return 0
+
+
 @dataclass(frozen=True, slots=True)
 class RawConnection:
     """A connection's socket stream and the lock Hypercorn takes to write on it."""
@@ -40,10 +52,7 @@ class RawConnection:
         Raises:
             OSError: the connection is broken or closed.
         """
-        try:
-            return os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
-            return 0
+        return write_nowait(self.stream, data)
 
     async def pump(self, subscription: Subscription) -> bool:
         """Write the subscription's chunks until it ends; return False if the
