@@ -21,7 +21,7 @@ from . import __version__, endpoints
 from .config import Config
 from .errors import BadRequest, EsperError, NotAcceptable, NotFound, PayloadTooLarge
 from .history import Record
-from .hub import Hub, Subscription
+from .hub import Hub
 from .rawstream import STATE_KEY, RawConnection
 from .sse import SUBSCRIBED_FRAME, Event, encode
 from .topics import normalise_topic
@@ -144,11 +144,11 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                     async for chunk in subscription:
                         yield chunk
                 else:
-                    with trio.CancelScope() as scope:
-                        # Dropping a slow subscriber also abandons a write it is stuck in.
-                        subscription.on_drop = scope.cancel
-                        await raw.pump(subscription)
-                _log_end(topic, subscription)
+                    # Hypercorn has written everything yielded so far; one
+                    # task in the topic's nursery serves the rest (rawstream.py),
+                    # and this request's tasks end.
+                    raw.detach()
+                    hub.adopt(subscription, raw.serve)
 
         response = Response(stream(), status=200, headers={**STREAM_HEADERS, **cors_headers()})
         response.timeout = None  # quart's default 60 s would cut every stream
@@ -264,8 +264,3 @@ def tsv_lines(records: list[Record]) -> str:
         fields = (r.id, r.event.event or "", f"{r.time:.6f}", r.event.data)
         rows.append("\t".join(f.translate(_TSV_ESCAPES) for f in fields) + "\n")
     return "".join(rows)
-
-
-def _log_end(topic: str, subscription: Subscription) -> None:
-    if subscription.dropped:
-        log.info("subscriber to %s dropped: its queue was full", topic)

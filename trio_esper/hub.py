@@ -22,8 +22,9 @@ as Mercure's localsubscriber does.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from .errors import ServiceUnavailable
 from .history import History, Record, Replay
 from .history.memory import MemoryHistory
 from .sse import HEARTBEAT_FRAME, Event
+
+log = logging.getLogger("trio_esper")
 
 #: Frames buffered between publishers and a topic's task before publishers wait.
 TOPIC_INBOX_BATCHES = 256
@@ -106,6 +109,13 @@ class Subscription:
         self.on_drop: Callable[[], object] | None = None
         self._write_nowait: WriteNowait | None = None
         self._parked = False
+        #: Called when an item is queued while the subscriber's task waits
+        #: elsewhere than on its queue (see :meth:`park`).
+        self._wake: Callable[[], object] | None = None
+        #: Set by :meth:`Hub.adopt`: a task in the topic's nursery owns the
+        #: subscription now, and unsubscribes it when done.
+        self.adopted = False
+        self._closed = False
 
     def attach(self, write_nowait: WriteNowait | None) -> None:
         """Let the topic write to the subscriber directly (``None``: stop)."""
@@ -139,7 +149,53 @@ class Subscription:
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False  # gone or ended already: not a slow subscriber
+        self._wake_task()
         return True
+
+    def _wake_task(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+
+    def park(self, wake: Callable[[], object]) -> bool:
+        """For a task that waits on something else (its socket) instead of
+        the queue: if nothing is queued and the stream has not ended, mark
+        the subscriber parked, so the topic writes to it directly, and return
+        True; ``wake`` is called once when an item is queued or the stream
+        ends. Returns False (and parks nothing) otherwise: call
+        :meth:`take_nowait`."""
+        if self.queued or self._ended:
+            return False
+        self._parked = True
+        self._wake = wake
+        return True
+
+    def unpark(self) -> None:
+        self._parked = False
+        self._wake = None
+
+    @property
+    def _ended(self) -> bool:
+        return self.dropped or self._closed
+
+    def take_nowait(self) -> bytes | None:
+        """The queued items joined into one chunk (``b""`` if none are
+        queued), or ``None`` once the stream has ended and its queue is
+        drained (at once if dropped)."""
+        frames: list[bytes] = []
+        while len(frames) < MAX_FRAMES_PER_CHUNK:
+            if self.dropped:
+                return None
+            try:
+                seq, data = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if frames:
+                    break
+                return None
+            self._take(seq, data, frames)
+        return b"".join(frames)
 
     @property
     def queued(self) -> int:
@@ -147,6 +203,7 @@ class Subscription:
 
     def drop(self) -> None:
         if not self.dropped:
+            log.info("subscriber to %s dropped: its queue was full", self.topic.name)
             self.dropped = True
             self._hub._dropped += 1
             self.close()
@@ -157,7 +214,9 @@ class Subscription:
         """End the stream: the iterator stops once what is queued is read
         (at once if dropped)."""
         self._parked = False
+        self._closed = True
         self._send.close()
+        self._wake_task()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -192,6 +251,8 @@ class Subscription:
 
     def _aclose(self) -> None:
         self._parked = False
+        self._wake = None
+        self._closed = True
         self._send.close()
         self._receive.close()
 
@@ -206,6 +267,16 @@ class Topic:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[Record]](
             TOPIC_INBOX_BATCHES
         )
+        self._nursery: trio.Nursery | None = None
+        #: Subscriber tasks adopted before the topic's task opened its nursery.
+        self._pending: list[Callable[[], Awaitable[object]]] = []
+
+    def start_soon(self, task: Callable[[], Awaitable[object]]) -> None:
+        """Run ``task`` in the topic's nursery (once it is open)."""
+        if self._nursery is None:
+            self._pending.append(task)
+        else:
+            self._nursery.start_soon(task)
 
     def open_publisher(self) -> trio.MemorySendChannel[Sequence[Record]]:
         """A clone of the topic's inbox for one publisher; close it when done."""
@@ -214,10 +285,16 @@ class Topic:
     async def run(self, heartbeat_seconds: float) -> None:
         """The topic's task: fan out published records; heartbeat idle streams."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for task in self._pending:
+                nursery.start_soon(task)
+            self._pending.clear()
             nursery.start_soon(self._heartbeat, heartbeat_seconds)
             async with self._inbox_receive:
                 async for records in self._inbox_receive:
                     self._fan_out(records)
+            # The inbox ends once the last subscriber has left: adopted
+            # subscriber tasks are done but for their last synchronous steps.
             nursery.cancel_scope.cancel()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
@@ -305,11 +382,36 @@ class Hub:
         try:
             yield subscription
         finally:
-            subscription._aclose()
-            entry.subscribers.discard(subscription)
-            if not entry.subscribers and self._topics.get(topic) is entry:
-                del self._topics[topic]
-                entry.close()
+            if not subscription.adopted:
+                self._unsubscribe(subscription)
+
+    def adopt(
+        self, subscription: Subscription, serve: Callable[[Subscription], Awaitable[object]]
+    ) -> None:
+        """Hand ``subscription`` (from :meth:`subscribe`) to a new task in its
+        topic's nursery that runs ``serve(subscription)`` and then
+        unsubscribes it; leaving the ``subscribe`` block no longer does.
+
+        This is how a subscriber outlives the HTTP request that opened it:
+        the request's tasks end, and the stream is served by one small task.
+        """
+        subscription.adopted = True
+
+        async def run() -> None:
+            try:
+                await serve(subscription)
+            finally:
+                self._unsubscribe(subscription)
+
+        subscription.topic.start_soon(run)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscription._aclose()
+        entry = subscription.topic
+        entry.subscribers.discard(subscription)
+        if not entry.subscribers and self._topics.get(entry.name) is entry:
+            del self._topics[entry.name]
+            entry.close()
 
     async def replay(self, subscription: Subscription, last_id: str | None) -> Replay:
         """Read ``subscription``'s topic history after ``last_id`` (all of it

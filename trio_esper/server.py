@@ -10,10 +10,11 @@ one stalled client would hold shutdown forever).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -31,7 +32,7 @@ from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.sqlite import open_sqlite_history
 from .hub import Hub, open_hub
-from .rawstream import STATE_KEY, RawConnection
+from .rawstream import STATE_KEY, HTTPServerStream, RawConnection
 
 log = logging.getLogger("trio_esper")
 
@@ -87,38 +88,63 @@ async def serve(
 
         async def handle(stream: trio.SocketStream) -> None:
             connections.add(stream)
+            raw: RawConnection | None = None
             try:
                 unread = await lane.serve(stream) if config.fast_lane else b""
                 if unread is None:
                     await stream.aclose()
                     return
-                state: dict[str, object] = {}
-                connection = TCPServer(
-                    app,
-                    hyper,
-                    context,
-                    ConnectionState(state),
-                    _Unread(stream, unread) if unread else stream,  # type: ignore[arg-type]
-                )
+                server_stream = HTTPServerStream(stream, unread)
+                raw = RawConnection(stream, server_stream, partial(connections.discard, stream))
                 # Every request's ASGI scope gets a shallow copy of this dict.
-                state[STATE_KEY] = RawConnection(stream, connection.send_lock)
+                state: dict[str, object] = {STATE_KEY: raw}
+                connection = TCPServer(app, hyper, context, ConnectionState(state), server_stream)  # type: ignore[arg-type]
                 await connection
             finally:
-                connections.discard(stream)
+                if raw is None or not raw.detached:
+                    await trio.aclose_forcefully(stream)
+                    connections.discard(stream)
 
         async with trio.open_nursery() as connection_nursery:
             async with trio.open_nursery() as listen_nursery:
-                listen_nursery.start_soon(
-                    partial(
-                        trio.serve_listeners, handle, listeners, handler_nursery=connection_nursery
-                    )
-                )
+                for listener in listeners:
+                    listen_nursery.start_soon(_accept, listener, handle, connection_nursery)
                 log.info("listening on http://%s:%d", *address)
                 task_status.started((str(address[0]), int(address[1])))
                 await (trio.Event() if shutdown is None else shutdown).wait()
                 listen_nursery.cancel_scope.cancel()
             lane.close()
             await _shut_down(hub, context, connections, config.shutdown_grace_seconds)
+
+
+#: accept() errors that mean "out of file descriptors or memory for now".
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: How long to wait before accepting again after one of them.
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections forever, each handled in ``nursery``.
+
+    Unlike ``trio.serve_listeners``, which closes a connection when its
+    handler returns, the handler owns its stream: a subscriber's connection
+    outlives its handler once detached to the topic's task (rawstream.py).
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("accept failed (%s); retrying in %g s", exc, ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+            else:
+                nursery.start_soon(handle, stream)
 
 
 @asynccontextmanager
@@ -162,33 +188,6 @@ async def _shut_down(
         log.warning(
             "closed %d connections still open after the grace period", len(connections.streams)
         )
-
-
-class _Unread:
-    """A socket stream whose next receive returns ``unread`` first: how a
-    connection the fast lane read from reaches Hypercorn (which then parses
-    those bytes as if it had read them itself)."""
-
-    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
-        self.socket = stream.socket
-        self._stream = stream
-        self._unread = unread
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._unread:
-            data, self._unread = self._unread, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class _Connections:
