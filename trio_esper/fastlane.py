@@ -40,12 +40,12 @@ idle connections close and busy ones close after their current answer.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import NoReturn
 from urllib.parse import parse_qs
 
 import trio
@@ -68,9 +68,10 @@ RECEIVE_BYTES = 64 * 1024
 # RFC 9110, section 5.6.2: token = 1*tchar;
 # tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 #         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-# RFC 9110, section 5.5: field values hold no CTL but HTAB (CR, LF and NUL are never valid).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112, section 5: field-line = field-name ":" OWS field-value OWS; and
+# RFC 9110, section 5.5: field values hold no CTL but HTAB (CR, LF and NUL are
+# never valid). One pattern checks every header line of a head at once.
+_FIELD_LINES = re.compile(rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
 # RFC 9112, section 3.2: origin-form, printable ASCII without space or "#"
 # (a fragment is never sent); topics with anything but letters and digits,
 # percent-escapes included, go to the Quart route, which refuses them.
@@ -122,19 +123,19 @@ def parse_publish_head(head: bytes, max_body_bytes: int) -> PublishHead | None:
     """Recognise ``head`` (up to, not including, the blank line) as a plain
     ``POST /publish/{topic}``; ``None`` for anything else, which Hypercorn
     then parses (and answers, if it is malformed)."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    request_line, _, field_lines = head.partition(b"\r\n")
+    parts = request_line.split(b" ")
     if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
         return None
     target = parts[1]
     if _TARGET.fullmatch(target) is None:
         return None
+    if _FIELD_LINES.fullmatch(head, len(request_line)) is None:
+        return None
     path, _, query = target.partition(b"?")
     headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None or _CONTROL.search(value):
-            return None
+    for line in field_lines.split(b"\r\n"):
+        name, _, value = line.partition(b":")
         key = name.lower()
         if key in headers:
             return None  # Hypercorn knows which repeats to join and which to refuse
@@ -166,15 +167,31 @@ class FastLane:
         self._config = config
         self._hub = hub
         self._keep_alive_timeout_seconds = keep_alive_timeout_seconds
-        self._idle: set[trio.CancelScope] = set()
+        #: Connections waiting for a request head: since when, and whether
+        #: idle (nothing of the head read yet). What :meth:`reap` and
+        #: :meth:`close` act on, instead of a cancel scope per wait.
+        self._waiting: dict[trio.SocketStream, tuple[float, bool]] = {}
         self._closing = False
         self._date = (0, "")
 
     def close(self) -> None:
         """Shutting down: close idle connections now, busy ones after their answer."""
         self._closing = True
-        for scope in self._idle:
-            scope.cancel()
+        for stream, (_, idle) in list(self._waiting.items()):
+            if idle:
+                stream.socket.close()  # wakes its wait_readable with ClosedResourceError
+
+    async def reap(self) -> NoReturn:
+        """Close connections whose next request head has not arrived within
+        the keep-alive timeout (idle ones, and ones sending a head too
+        slowly). Runs for as long as the lane serves; a timeout fires up to
+        a quarter of it (at most 1 s) late."""
+        while True:
+            await trio.sleep(min(1.0, self._keep_alive_timeout_seconds / 4))
+            expired = trio.current_time() - self._keep_alive_timeout_seconds
+            for stream, (since, _) in list(self._waiting.items()):
+                if since <= expired:
+                    stream.socket.close()
 
     async def serve(self, stream: trio.SocketStream) -> bytes | None:
         """Serve ``stream``'s requests while the lane takes them.
@@ -188,13 +205,13 @@ class FastLane:
         buffer = b""
         while True:
             head_end = buffer.find(b"\r\n\r\n")
-            deadline = trio.current_time() + self._keep_alive_timeout_seconds
+            since = trio.current_time()
             while head_end < 0:
                 if not PREFIX.startswith(buffer[: len(PREFIX)]) or len(buffer) > MAX_HEAD_BYTES:
                     return buffer
                 if not buffer and self._closing:
                     return None
-                data = await self._receive(stream, deadline, idle=not buffer)
+                data = await self._receive(stream, (since, not buffer))
                 if not data:
                     return None
                 buffer += data
@@ -204,7 +221,7 @@ class FastLane:
                 return buffer
             end = head_end + 4 + head.content_length
             while len(buffer) < end:
-                data = await self._receive(stream, math.inf, idle=False)
+                data = await self._receive(stream, None)
                 if not data:
                     return None
                 buffer += data
@@ -223,37 +240,37 @@ class FastLane:
             if close:
                 return None
 
-    async def _receive(self, stream: trio.SocketStream, deadline: float, *, idle: bool) -> bytes:
-        """The next bytes from ``stream``; ``b""`` at its end, at ``deadline``,
-        or (while ``idle``, between requests) when the lane closes."""
-        # Under load the next request is often there already; reading it
-        # straight away saves a cancel scope and a wait, and the checkpoint
-        # keeps one busy publisher from starving every other task.
-        try:
-            data = os.read(stream.socket.fileno(), RECEIVE_BYTES)
-        except BlockingIOError:
-            pass
-        except OSError:  # reset by the peer, or closed at shutdown
-            return b""
-        else:
-            await trio.lowlevel.checkpoint()
-            return data
-        with trio.CancelScope(deadline=deadline) as scope:
-            if idle:
-                self._idle.add(scope)
+    async def _receive(
+        self, stream: trio.SocketStream, waiting: tuple[float, bool] | None
+    ) -> bytes:
+        """The next bytes from ``stream``, or ``b""`` once it is closed (by
+        the peer, or by :meth:`reap` or :meth:`close` while ``waiting`` for
+        a head: ``(since, idle)``).
+
+        Reads the socket directly: trio's ``receive_some`` and a cancel scope
+        per wait cost more than the rest of a publish's reading.
+        """
+        sock = stream.socket
+        while True:
             try:
-                return await stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = os.read(sock.fileno(), RECEIVE_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError:  # reset by the peer, or closed by reap() or close()
+                return b""
+            else:
+                # Under load the next request is often there already; the
+                # checkpoint keeps one busy publisher from starving the rest.
+                await trio.lowlevel.checkpoint()
+                return data
+            if waiting is not None:
+                self._waiting[stream] = waiting
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
                 return b""
             finally:
-                self._idle.discard(scope)
-        # Timed out or shutting down. On a loaded broker the request may have
-        # arrived in time while this task waited its turn to run (trio raises
-        # Cancelled before trying the read): serve it rather than close on it.
-        try:
-            return os.read(stream.socket.fileno(), RECEIVE_BYTES)
-        except OSError:  # BlockingIOError: nothing came; or the peer is gone
-            return b""
+                self._waiting.pop(stream, None)
 
     async def _answer(
         self, head: PublishHead, body: bytes

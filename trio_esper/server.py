@@ -109,6 +109,7 @@ async def serve(
             async with trio.open_nursery() as listen_nursery:
                 for listener in listeners:
                     listen_nursery.start_soon(_accept, listener, handle, connection_nursery)
+                listen_nursery.start_soon(lane.reap)
                 log.info("listening on http://%s:%d", *address)
                 task_status.started((str(address[0]), int(address[1])))
                 await (trio.Event() if shutdown is None else shutdown).wait()
