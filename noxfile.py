@@ -71,3 +71,10 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     session.run("python", "benchmarks/compare.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_cost(session: nox.Session) -> None:
+    """Server CPU per publish request, layer by layer (h11, Hypercorn, Quart-Trio, fast lane)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/request_cost.py", *session.posargs)

@@ -17,7 +17,7 @@ Load: 16 keep-alive connections, one request in flight each, from a separate
 process (so the client's own CPU does not count), bounded by ``--requests``
 and a 120 s deadline per server. Loopback only.
 
-    python3 -m nox -s bench -- request_cost      # or: python benchmarks/request_cost.py
+    python3 -m nox -s bench_cost
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def lane_parse_cost(n: int = 5000) -> float:
         head = parse_publish_head(REQUEST[:head_end], 65536)
         assert head is not None
         head.request(REQUEST[head_end + 4 :])
-        lane._response(200, {}, "application/json", b"{}", close=False)  # noqa: SLF001
+        lane._response(200, {}, "application/json", b"{}", close=False)
 
     return timeit.timeit(one, number=n) / n * 1e6
 
@@ -171,9 +171,10 @@ def start(name: str) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
-            return proc
         except OSError:
             time.sleep(0.05)
+        else:
+            return proc
     proc.kill()
     raise RuntimeError(f"{name} did not start listening")
 
