@@ -207,6 +207,30 @@ def run_ssebench(
     return result
 
 
+#: ssebench flags loadgen.py understands, and whether each takes a value.
+LOADGEN_FLAGS = {"-s", "-t", "-c", "-n", "-r", "-z", "-d", "--connect-concurrency"}
+
+
+def run_loadgen(
+    broker: str, scenario: Scenario, label: str, count: int | None
+) -> dict[str, object]:
+    """The scenario with benchmarks/loadgen.py (our own generator) instead of ssebench."""
+    port = NCHAN_PORT if broker == "nchan" else ESPER_PORT
+    args: list[str] = []
+    pairs = list(scenario.args)
+    for flag, value in zip(pairs[::2], pairs[1::2], strict=True):
+        if flag in LOADGEN_FLAGS:
+            args += [flag, str(count) if flag == "-n" and count is not None else value]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--port", str(port)]
+    cmd += [*args, "--body", "raw" if broker == "nchan" else "sse"]
+    cmd += ["--topic-prefix", "benchtopic"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    lines = done.stdout.strip().splitlines()
+    result: dict[str, object] = json.loads(lines[-1]) if lines else {"error": done.stderr[-500:]}
+    result.update(exit_code=done.returncode, broker=broker, scenario=scenario.name, label=label)
+    return result
+
+
 def probe_latencies(samples: int = 50) -> dict[str, float]:
     """Median subscribe-to-first-byte and disconnect-cleanup times, in ms."""
     first_byte, cleanup = [], []
@@ -255,6 +279,8 @@ COLUMNS = [
 
 def cell(result: dict[str, object], key: str, fmt: str, divisor: float = 1) -> str:
     value = result.get(key)
+    if value is None:
+        return "-"  # not measured by this generator
     if isinstance(value, int | float) and divisor != 1:
         value = value / divisor
     return fmt.format(value)
@@ -271,21 +297,46 @@ def print_table(results: list[dict[str, object]]) -> None:
     for row in rows:
         print("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
     print()
+    print_medians(results)
+
+
+#: Median columns: (label, result key, divisor, True if higher is better).
+MEDIANS = [
+    ("deliv/s", "delivered_per_s", 1, True),
+    ("pub/s", "publish_per_s", 1, True),
+    ("p99 ms", "lat_p99_us", 1000, False),
+    ("KB/sub", "server_bytes_per_sub", 1024, False),
+]
+
+
+def print_medians(results: list[dict[str, object]]) -> None:
+    """Per scenario and broker, the median of each column over the repeats,
+    and each broker's ratio to its reference (RATIOS)."""
     for scenario in dict.fromkeys(str(r["scenario"]) for r in results):
-        medians = {}
+        medians: dict[str, dict[str, float]] = {}
         for broker in BROKERS:
-            values = [
-                float(r["delivered_per_s"])  # type: ignore[arg-type]
-                for r in results
-                if r["scenario"] == scenario and r["broker"] == broker
-            ]
-            if values:
-                medians[broker] = statistics.median(values)
-        line = ", ".join(f"{b} {v:.0f}" for b, v in medians.items())
+            runs = [r for r in results if r["scenario"] == scenario and r["broker"] == broker]
+            if not runs:
+                continue
+            medians[broker] = {"runs": len(runs)}
+            for label, key, divisor, _ in MEDIANS:
+                values = [
+                    float(r[key]) / divisor for r in runs if isinstance(r.get(key), int | float)
+                ]  # type: ignore[arg-type]
+                if values:
+                    medians[broker][label] = statistics.median(values)
+        for broker, values in medians.items():
+            runs_count = int(values.pop("runs"))
+            line = ", ".join(f"{label} {value:.2f}" for label, value in values.items())
+            print(f"{scenario} {broker} medians of {runs_count}: {line}")
         for broker, reference in RATIOS:
-            if medians.get(broker) and medians.get(reference):
-                line += f"; {broker}/{reference} {medians[broker] / medians[reference]:.3f}x"
-        print(f"{scenario} median deliveries/s: {line}")
+            if broker in medians and reference in medians:
+                ratios = [
+                    f"{label} {medians[broker][label] / medians[reference][label]:.3f}x"
+                    for label, *_ in MEDIANS
+                    if medians[broker].get(label) and medians[reference].get(label)
+                ]
+                print(f"{scenario} {broker}/{reference}: {', '.join(ratios)}")
 
 
 #: The ratios the table ends with: (broker, reference).
@@ -313,6 +364,12 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, help="messages per run (overrides the scenario's)")
     parser.add_argument("--no-probes", action="store_true", help="skip the latency probes")
+    parser.add_argument(
+        "--generator",
+        choices=("ssebench", "loadgen"),
+        default="ssebench",
+        help="load generator: ../shared/bench/ssebench (C) or benchmarks/loadgen.py (ours)",
+    )
     args = parser.parse_args()
     binary = build_ssebench()
     brokers = args.brokers.split(",")
@@ -325,16 +382,21 @@ def main() -> None:
         for n in range(args.repeat):
             for broker in brokers:  # interleaved, so drift hits every broker alike
                 with BROKERS[broker]() as pids:
-                    results.append(
-                        run_ssebench(binary, broker, scenario, pids, f"{name}#{n}", args.count)
-                    )
+                    if args.generator == "loadgen":
+                        result = run_loadgen(broker, scenario, f"{name}#{n}", args.count)
+                    else:
+                        result = run_ssebench(
+                            binary, broker, scenario, pids, f"{name}#{n}", args.count
+                        )
+                    results.append(result)
                 print(json.dumps(results[-1]), file=sys.stderr)
     probes: dict[str, float] = {}
     if not args.no_probes:
         with esper():
             probes = probe_latencies()
     OUT.mkdir(exist_ok=True)
-    (OUT / "compare.json").write_text(json.dumps({"runs": results, "probes": probes}, indent=1))
+    name = "compare.json" if args.generator == "ssebench" else "compare-loadgen.json"
+    (OUT / name).write_text(json.dumps({"runs": results, "probes": probes}, indent=1))
     print_table(results)
     for key, value in probes.items():
         print(f"{key}: {value:.2f}")
