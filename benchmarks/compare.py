@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +91,15 @@ def wait_listening(port: int, deadline_s: float = 15.0) -> None:
 
 
 @contextmanager
-def esper(history: str = "memory", *extra: str) -> Iterator[list[int]]:
-    """trio_esper as a subprocess; ``history`` is ``memory`` or ``sqlite``."""
+def esper(history: str = "memory", *extra: str, source: Path | None = None) -> Iterator[list[int]]:
+    """trio_esper as a subprocess; ``history`` is ``memory`` or ``sqlite``;
+    ``source``, a directory holding another version's ``trio_esper`` package
+    to run instead of the installed one."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = "memory" if history == "memory" else f"sqlite:{tmp}/history.db"
+        env = {**os.environ, "ESPER_NO_AUTH": "1"}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -108,7 +113,8 @@ def esper(history: str = "memory", *extra: str) -> Iterator[list[int]]:
                 spec,
                 *extra,
             ],
-            env={**os.environ, "ESPER_NO_AUTH": "1"},
+            env=env,
+            cwd=source,
         )
         try:
             wait_listening(ESPER_PORT)
@@ -263,17 +269,18 @@ def stats() -> dict[str, int]:
         return data
 
 
-COLUMNS = [
-    ("deliv/s", "delivered_per_s", "{:.0f}"),
-    ("pub/s", "publish_per_s", "{:.0f}"),
+#: Table columns: (label, result key, format, divisor).
+COLUMNS: list[tuple[str, str, str, float]] = [
+    ("deliv/s", "delivered_per_s", "{:.0f}", 1),
+    ("pub/s", "publish_per_s", "{:.0f}", 1),
     ("p50 ms", "lat_p50_us", "{:.2f}", 1000),
     ("p99 ms", "lat_p99_us", "{:.2f}", 1000),
-    ("lost", "lost", "{}"),
-    ("reord", "reordered", "{}"),
-    ("srv cpu%", "run_cpu_server_pct", "{:.0f}"),
+    ("lost", "lost", "{}", 1),
+    ("reord", "reordered", "{}", 1),
+    ("srv cpu%", "run_cpu_server_pct", "{:.0f}", 1),
     ("KB/sub", "server_bytes_per_sub", "{:.1f}", 1024),
-    ("other%", "run_cpu_other_pct", "{:.0f}"),
-    ("rc", "exit_code", "{}"),
+    ("other%", "run_cpu_other_pct", "{:.0f}", 1),
+    ("rc", "exit_code", "{}", 1),
 ]
 
 
@@ -290,9 +297,8 @@ def print_table(results: list[dict[str, object]]) -> None:
     header = ["scenario", "broker", *(c[0] for c in COLUMNS)]
     rows = [header]
     for r in results:
-        rows.append(
-            [str(r["scenario"]), str(r["broker"]), *(cell(r, *c[1:]) for c in COLUMNS)]  # type: ignore[arg-type]
-        )
+        cells = (cell(r, key, fmt, divisor) for _, key, fmt, divisor in COLUMNS)
+        rows.append([str(r["scenario"]), str(r["broker"]), *cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
@@ -301,7 +307,7 @@ def print_table(results: list[dict[str, object]]) -> None:
 
 
 #: Median columns: (label, result key, divisor, True if higher is better).
-MEDIANS = [
+MEDIANS: list[tuple[str, str, float, bool]] = [
     ("deliv/s", "delivered_per_s", 1, True),
     ("pub/s", "publish_per_s", 1, True),
     ("p99 ms", "lat_p99_us", 1000, False),
@@ -318,19 +324,21 @@ def print_medians(results: list[dict[str, object]]) -> None:
             runs = [r for r in results if r["scenario"] == scenario and r["broker"] == broker]
             if not runs:
                 continue
-            medians[broker] = {"runs": len(runs)}
+            medians[broker] = {}
             for label, key, divisor, _ in MEDIANS:
-                values = [
-                    float(r[key]) / divisor for r in runs if isinstance(r.get(key), int | float)
-                ]  # type: ignore[arg-type]
+                values = [v / divisor for r in runs if isinstance(v := r.get(key), int | float)]
                 if values:
                     medians[broker][label] = statistics.median(values)
-        for broker, values in medians.items():
-            runs_count = int(values.pop("runs"))
-            line = ", ".join(f"{label} {value:.2f}" for label, value in values.items())
-            print(f"{scenario} {broker} medians of {runs_count}: {line}")
-        for broker, reference in RATIOS:
-            if broker in medians and reference in medians:
+            line = ", ".join(f"{label} {value:.2f}" for label, value in medians[broker].items())
+            print(f"{scenario} {broker} medians of {len(runs)}: {line}")
+        pairs = [
+            (broker, other)
+            for broker, reference in RATIOS
+            for other in medians
+            if other == reference or (reference.endswith("*") and other.startswith(reference[:-1]))
+        ]
+        for broker, reference in pairs:
+            if broker in medians:
                 ratios = [
                     f"{label} {medians[broker][label] / medians[reference][label]:.3f}x"
                     for label, *_ in MEDIANS
@@ -342,12 +350,29 @@ def print_medians(results: list[dict[str, object]]) -> None:
 #: The ratios the table ends with: (broker, reference).
 RATIOS = [
     ("trio_esper", "nchan"),
+    ("trio_esper", "trio_esper@*"),  # now against each earlier version run
     ("trio_esper_sqlite", "nchan"),
     ("trio_esper_sqlite", "trio_esper"),
     ("trio_esper_sqlite_normal", "trio_esper"),
 ]
 
-BROKERS = {
+
+def at_revision(revision: str) -> Callable[[], AbstractContextManager[list[int]]]:
+    """trio_esper as of git ``revision`` of this repository (memory history),
+    for before/after figures in one run: ``--brokers trio_esper@26df294,trio_esper``."""
+    source = Path(tempfile.gettempdir()) / "trio-esper-bench" / f"rev-{revision}"
+    if not (source / "trio_esper").is_dir():
+        source.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", revision, "trio_esper"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return lambda: esper("memory", source=source)
+
+
+BROKERS: dict[str, Callable[[], AbstractContextManager[list[int]]]] = {
     "trio_esper": esper,
     "trio_esper_sqlite": lambda: esper("sqlite"),
     "trio_esper_sqlite_normal": lambda: esper("sqlite", "--history-sync", "normal"),
@@ -373,6 +398,9 @@ def main() -> None:
     args = parser.parse_args()
     binary = build_ssebench()
     brokers = args.brokers.split(",")
+    for broker in brokers:
+        if broker.startswith("trio_esper@"):
+            BROKERS[broker] = at_revision(broker.partition("@")[2])
     if "nchan" in brokers and not ensure_nchan():
         print("Nchan is not installed and cannot be (not root): skipped", file=sys.stderr)
         brokers.remove("nchan")

@@ -69,7 +69,7 @@ async def catch_up(events: int, query: str, header: str, done: list[float], t0: 
 
 async def run(
     subscribers: int, events: int, size: int, timeout: float, earliest: bool
-) -> dict[str, float]:
+) -> dict[str, object]:
     first_id = await publish(1 + events, size)
     if earliest:
         query, header, events = "?since=earliest", "", events + 1

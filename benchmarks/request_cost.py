@@ -202,8 +202,9 @@ def drive(requests: int) -> float:
         selector.register(sock, selectors.EVENT_READ)
     while left and time.monotonic() - start < DEADLINE_SECONDS:
         for key, _ in selector.select(timeout=1):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            sock = ready
             data = sock.recv(65536)
             if not data:
                 raise RuntimeError("the server closed a connection")
