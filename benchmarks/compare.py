@@ -203,6 +203,7 @@ def run_ssebench(
         "400",
         "--label",
         label,
+        *("--idle-wait", "15"),  # let the machine settle before each run
         "-q",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -315,6 +316,18 @@ MEDIANS: list[tuple[str, str, float, bool]] = [
 ]
 
 
+#: A run in which processes other than the broker and the generator (steal
+#: time included) used more than this % of one core is left out of the
+#: medians when quieter runs of the same broker exist
+#: (../shared/bench/README.md: "discard or repeat runs with other% above about 30").
+OTHER_MAX = 30
+
+
+def disturbed(result: dict[str, object]) -> bool:
+    other = result.get("run_cpu_other_pct")
+    return isinstance(other, int | float) and other > OTHER_MAX
+
+
 def print_medians(results: list[dict[str, object]]) -> None:
     """Per scenario and broker, the median of each column over the repeats,
     and each broker's ratio to its reference (RATIOS)."""
@@ -324,13 +337,16 @@ def print_medians(results: list[dict[str, object]]) -> None:
             runs = [r for r in results if r["scenario"] == scenario and r["broker"] == broker]
             if not runs:
                 continue
+            quiet = [r for r in runs if not disturbed(r)]
+            note = f" ({len(runs) - len(quiet)} with other% > {OTHER_MAX} left out)"
+            runs, note = (quiet, note if len(quiet) < len(runs) else "") if quiet else (runs, "")
             medians[broker] = {}
             for label, key, divisor, _ in MEDIANS:
                 values = [v / divisor for r in runs if isinstance(v := r.get(key), int | float)]
                 if values:
                     medians[broker][label] = statistics.median(values)
             line = ", ".join(f"{label} {value:.2f}" for label, value in medians[broker].items())
-            print(f"{scenario} {broker} medians of {len(runs)}: {line}")
+            print(f"{scenario} {broker} medians of {len(runs)}{note}: {line}")
         pairs = [
             (broker, other)
             for broker, reference in RATIOS
