@@ -65,12 +65,24 @@ def serve(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """trio_esper next to Nchan with ../shared/bench/ssebench, in one run.
+    """The four scenarios against trio_esper (a subprocess), one table and JSON.
 
     ``python3 -m nox -s bench -- --repeat 3 --scenarios fanout,latency``
     """
     session.install("-e", ".")
-    session.run("python", "benchmarks/compare.py", *session.posargs)
+    session.run("python", "benchmarks/compare.py", "--brokers", "trio_esper", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_compare(session: nox.Session) -> None:
+    """The same scenarios against trio_esper and Nchan, interleaved in one run, with ratios.
+
+    ``python3 -m nox -s bench_compare -- --repeat 3 --generator loadgen``
+    """
+    session.install("-e", ".")
+    session.run(
+        "python", "benchmarks/compare.py", "--brokers", "trio_esper,nchan", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)

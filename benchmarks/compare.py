@@ -1,17 +1,22 @@
-"""Fan-out benchmark: trio_esper next to Nchan, one load generator, one run.
+"""The benchmark scenarios against trio_esper and, in the same run, Nchan.
 
 Builds ``ssebench`` (the C load generator in ``../shared/bench``), then for
-each scenario and each repeat starts a fresh broker -- trio_esper as a
-subprocess, Nchan as a private nginx with ``../shared/bench/nchan.conf`` --
-runs ssebench against it, stops it, and prints a table with the ratio of
-trio_esper to Nchan. Interleaving the two brokers within one run keeps
-machine noise from favouring either. Loopback only; every run is bounded by
-ssebench's ``--count``/``--duration``/``--drain-max``.
+each scenario, each repeat and each broker starts a fresh broker --
+trio_esper as a subprocess (``trio_esper@REV``: the package as of commit
+REV), Nchan as a private nginx with ``../shared/bench/nchan.conf`` -- runs
+the load against it (ssebench, or ``--generator loadgen`` for our own),
+stops it, and prints a table (deliveries/s, publishes/s, latency p50/p99/max,
+loss, reordering, server CPU, RSS and memory per subscriber), then the
+medians per broker and the ratios; the runs go to bench-results/*.json.
+Interleaving the brokers within one run keeps machine noise from favouring
+either. Loopback only; every run is bounded by the generator's
+``--count``/``--duration``/``--drain-max``.
 
 Also measures two latencies of trio_esper directly: subscribe-to-first-byte
 and disconnect-cleanup (client closes -> gone from /stats).
 
-    python3 -m nox -s bench -- --repeat 3 --scenarios fanout
+    python3 -m nox -s bench                   # trio_esper alone, four scenarios
+    python3 -m nox -s bench_compare -- --repeat 3 --scenarios fanout
 """
 
 from __future__ import annotations
@@ -220,7 +225,7 @@ def add_cpu_per_event(result: dict[str, object]) -> None:
     shared VM disturbs least (a stolen vCPU charges no CPU to the broker,
     while it lowers every rate), so before/after comparisons use it."""
     cpu, rate = result.get("run_cpu_server_pct"), result.get("delivered_per_s")
-    if isinstance(cpu, int | float) and isinstance(rate, int | float) and rate > 0:
+    if isinstance(cpu, int | float) and isinstance(rate, int | float) and cpu > 0 and rate > 0:
         result["server_cpu_us_per_event"] = cpu / 100 / rate * 1e6
 
 
@@ -286,9 +291,11 @@ COLUMNS: list[tuple[str, str, str, float]] = [
     ("pub/s", "publish_per_s", "{:.0f}", 1),
     ("p50 ms", "lat_p50_us", "{:.2f}", 1000),
     ("p99 ms", "lat_p99_us", "{:.2f}", 1000),
+    ("max ms", "lat_max_us", "{:.1f}", 1000),
     ("lost", "lost", "{}", 1),
     ("reord", "reordered", "{}", 1),
     ("srv cpu%", "run_cpu_server_pct", "{:.0f}", 1),
+    ("RSS MB", "server_rss_kb_max", "{:.0f}", 1024),
     ("KB/sub", "server_bytes_per_sub", "{:.1f}", 1024),
     ("us/ev", "server_cpu_us_per_event", "{:.1f}", 1),
     ("other%", "run_cpu_other_pct", "{:.0f}", 1),
@@ -411,7 +418,9 @@ BROKERS: dict[str, Callable[[], AbstractContextManager[list[int]]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--scenarios", default="fanout", help=f"comma list of {list(SCENARIOS)}")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma list of {list(SCENARIOS)}"
+    )
     parser.add_argument(
         "--brokers", default="trio_esper,nchan", help=f"comma list of {list(BROKERS)}"
     )
