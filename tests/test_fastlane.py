@@ -8,11 +8,16 @@ not, which is how these tests tell who served a request.
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from trio_esper.fastlane import parse_publish_head
+from trio_esper.config import Config
+from trio_esper.fastlane import FastLane, parse_publish_head
+from trio_esper.hub import open_hub
 
 from .conftest import STEP_SECONDS, TOPIC, Broker, make_token, start_broker
 
@@ -319,3 +324,37 @@ async def test_publisher_gone_mid_body_publishes_nothing(
     assert reply.status_code == 200
     stats = (await client.get(f"{broker.url}/stats")).json()
     assert stats["published"] == 1
+
+
+async def test_the_reaper_spares_a_connection_whose_request_has_arrived() -> None:
+    # On a busy broker a request can arrive after its connection's keep-alive
+    # timeout passed, but before the task waiting on it runs again: that
+    # request is served, and only the connection that stayed idle is closed.
+    async with open_hub() as hub:
+        lane = FastLane(Config(bind="127.0.0.1", port=0), hub, keep_alive_timeout_seconds=5)
+        pairs = [socket.socketpair() for _ in range(2)]
+        ours = [trio.SocketStream(trio.socket.from_stdlib_socket(a)) for a, _ in pairs]
+        (_, idle_peer), (_, busy_peer) = pairs
+        served: dict[int, bytes | None] = {}
+
+        async def serve(n: int) -> None:
+            served[n] = await lane.serve(ours[n])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, 0)
+            nursery.start_soon(serve, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            busy_peer.sendall(_publish(b"data: late\n"))  # no checkpoint before the reaper
+            lane.reap_expired(trio.current_time())
+            with trio.fail_after(STEP_SECONDS):
+                while 0 not in served:
+                    await trio.sleep(0.01)
+                busy = trio.SocketStream(trio.socket.from_stdlib_socket(busy_peer))
+                answers = await _read_answers(busy, 1)
+            nursery.cancel_scope.cancel()
+        assert served[0] is None  # closed by the reaper
+        assert answers[0].startswith(b"HTTP/1.1 200 OK")  # served, not cut
+        idle_peer.close()
+        await busy.aclose()
+        for stream in ours:
+            await stream.aclose()

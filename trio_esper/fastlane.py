@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -188,10 +189,15 @@ class FastLane:
         a quarter of it (at most 1 s) late."""
         while True:
             await trio.sleep(min(1.0, self._keep_alive_timeout_seconds / 4))
-            expired = trio.current_time() - self._keep_alive_timeout_seconds
-            for stream, (since, _) in list(self._waiting.items()):
-                if since <= expired:
-                    stream.socket.close()
+            self.reap_expired(trio.current_time() - self._keep_alive_timeout_seconds)
+
+    def reap_expired(self, expired: float) -> None:
+        """Close the connections waiting since ``expired`` or earlier, but
+        not one whose bytes have arrived while its task waits its turn to
+        run (on a busy broker): that request is served."""
+        for stream, (since, _) in list(self._waiting.items()):
+            if since <= expired and not select.select([stream.socket], [], [], 0)[0]:
+                stream.socket.close()
 
     async def serve(self, stream: trio.SocketStream) -> bytes | None:
         """Serve ``stream``'s requests while the lane takes them.
