@@ -395,11 +395,17 @@ RATIOS = [
 def at_revision(revision: str) -> Callable[[], AbstractContextManager[list[int]]]:
     """trio_esper as of git ``revision`` of this repository (memory history),
     for before/after figures in one run: ``--brokers trio_esper@26df294,trio_esper``."""
-    source = Path(tempfile.gettempdir()) / "trio-esper-bench" / f"rev-{revision}"
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    source = Path(tempfile.gettempdir()) / "trio-esper-bench" / f"rev-{commit}"
     if not (source / "trio_esper").is_dir():
         source.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", revision, "trio_esper"],
+            ["git", "-C", str(ROOT), "archive", commit, "trio_esper"],
             capture_output=True,
             check=True,
         ).stdout
