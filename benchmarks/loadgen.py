@@ -59,22 +59,26 @@ class Subscriber:
         self.latencies_us: list[float] = []
         self.tail = b""
 
-    def feed(self, data: bytes, now_ns: int) -> None:
+    def feed(self, data: bytes, now_ns: int) -> int:
+        """Count the events ``data`` completes; sample the last one's latency
+        and order. Returns how many events it counted."""
         joined = self.tail + data
-        self.events += joined.count(MARK) - self.tail.count(MARK)
+        counted = joined.count(MARK) - self.tail.count(MARK)
+        self.events += counted
         self.tail = joined[-(len(MARK) - 1) :]
         end = joined.rfind(b"\n\n")
         start = joined.rfind(MARK, 0, end)
         if start < 0 or end < 0:
-            return
+            return counted
         fields = joined[start + len(MARK) : end].split(b" ", 2)
         if len(fields) < 2 or not fields[0].isdigit() or not fields[1].isdigit():
-            return
+            return counted
         seq, sent = int(fields[0]), int(fields[1])
         if seq < self.last_seq:
             self.reordered += 1
         self.last_seq = seq
         self.latencies_us.append((now_ns - sent) / 1000)
+        return counted
 
 
 class Publisher:
@@ -190,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     last_event = t0
     publish_end = None
     expected = 0
+    delivered = 0
 
     def send_next(pub: Publisher, now: float) -> None:
         nonlocal publishing
@@ -212,10 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             for n in range(accepted):
                 per_topic[n % args.topics] += 1
             expected = sum(per_topic[s.topic] for s in subs)
-        if publish_end is not None:
-            delivered = sum(s.events for s in subs)
-            if delivered >= expected or now - last_event > args.drain:
-                break
+        if publish_end is not None and (delivered >= expected or now - last_event > args.drain):
+            break
         if waiting:
             due, waiting[:] = waiting[:], []
             for pub in due:
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 data = conn.sock.recv(READ_BYTES)
                 if not data:
                     raise SystemExit("a subscriber's stream ended")
-                conn.feed(data, time.monotonic_ns())
+                delivered += conn.feed(data, time.monotonic_ns())
                 last_event = time.monotonic()
             elif mask & select.EPOLLOUT:
                 epoll.modify(fd, select.EPOLLIN)
@@ -249,7 +252,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 send_next(conn, time.monotonic())
     end = time.monotonic()
     assert publish_end is not None
-    delivered = sum(s.events for s in subs)
     lat = [v for s in subs for v in s.latencies_us]
     for conn in by_fd.values():
         conn.sock.close()

@@ -33,6 +33,8 @@ import time
 import timeit
 from pathlib import Path
 
+from compare import stop, wait_listening
+
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 3097
 CONNECTIONS = 16
@@ -167,16 +169,12 @@ def start(name: str) -> subprocess.Popen[bytes]:
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name]
     proc = subprocess.Popen(cmd, cwd=ROOT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.05)
-        else:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"{name} did not start listening")
+    try:
+        wait_listening(PORT, deadline_s=20)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 def cpu_seconds(pid: int) -> float:
@@ -259,11 +257,7 @@ def main() -> None:
             wall = drive(args.requests)
             cpu = cpu_seconds(proc.pid) - before
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, signal.SIGINT)
         rows.append(
             {
                 "server": name,
