@@ -229,7 +229,7 @@ def add_cpu_per_event(result: dict[str, object]) -> None:
         result["server_cpu_us_per_event"] = cpu / 100 / rate * 1e6
 
 
-#: ssebench flags loadgen.py understands, and whether each takes a value.
+#: The ssebench flags (each with a value) that loadgen.py understands too.
 LOADGEN_FLAGS = {"-s", "-t", "-c", "-n", "-r", "-z", "-d", "--connect-concurrency"}
 
 
@@ -325,13 +325,13 @@ def print_table(results: list[dict[str, object]]) -> None:
     print_medians(results)
 
 
-#: Median columns: (label, result key, divisor, True if higher is better).
-MEDIANS: list[tuple[str, str, float, bool]] = [
-    ("deliv/s", "delivered_per_s", 1, True),
-    ("pub/s", "publish_per_s", 1, True),
-    ("p99 ms", "lat_p99_us", 1000, False),
-    ("KB/sub", "server_bytes_per_sub", 1024, False),
-    ("us/ev", "server_cpu_us_per_event", 1, False),
+#: Median columns: (label, result key, divisor).
+MEDIANS: list[tuple[str, str, float]] = [
+    ("deliv/s", "delivered_per_s", 1),
+    ("pub/s", "publish_per_s", 1),
+    ("p99 ms", "lat_p99_us", 1000),
+    ("KB/sub", "server_bytes_per_sub", 1024),
+    ("us/ev", "server_cpu_us_per_event", 1),
 ]
 
 
@@ -357,10 +357,12 @@ def print_medians(results: list[dict[str, object]]) -> None:
             if not runs:
                 continue
             quiet = [r for r in runs if not disturbed(r)]
-            note = f" ({len(runs) - len(quiet)} with other% > {OTHER_MAX} left out)"
-            runs, note = (quiet, note if len(quiet) < len(runs) else "") if quiet else (runs, "")
+            note = ""
+            if quiet and len(quiet) < len(runs):
+                note = f" ({len(runs) - len(quiet)} with other% > {OTHER_MAX} left out)"
+                runs = quiet
             medians[broker] = {}
-            for label, key, divisor, _ in MEDIANS:
+            for label, key, divisor in MEDIANS:
                 values = [v / divisor for r in runs if isinstance(v := r.get(key), int | float)]
                 if values:
                     medians[broker][label] = statistics.median(values)
@@ -376,7 +378,7 @@ def print_medians(results: list[dict[str, object]]) -> None:
             if broker in medians:
                 ratios = [
                     f"{label} {medians[broker][label] / medians[reference][label]:.3f}x"
-                    for label, *_ in MEDIANS
+                    for label, _, _ in MEDIANS
                     if medians[broker].get(label) and medians[reference].get(label)
                 ]
                 print(f"{scenario} {broker}/{reference}: {', '.join(ratios)}")
