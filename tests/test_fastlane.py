@@ -326,10 +326,11 @@ async def test_publisher_gone_mid_body_publishes_nothing(
     assert stats["published"] == 1
 
 
-async def test_the_reaper_spares_a_connection_whose_request_has_arrived() -> None:
+@pytest.mark.parametrize("closer", ["keep-alive reaper", "shutdown"])
+async def test_a_request_that_arrived_is_served_not_cut(closer: str) -> None:
     # On a busy broker a request can arrive after its connection's keep-alive
-    # timeout passed, but before the task waiting on it runs again: that
-    # request is served, and only the connection that stayed idle is closed.
+    # timeout passed (or shutdown began), but before the task waiting on it
+    # runs again: that request is served, and only the idle connection closed.
     async with open_hub() as hub:
         lane = FastLane(Config(bind="127.0.0.1", port=0), hub, keep_alive_timeout_seconds=5)
         pairs = [socket.socketpair() for _ in range(2)]
@@ -345,7 +346,10 @@ async def test_the_reaper_spares_a_connection_whose_request_has_arrived() -> Non
             nursery.start_soon(serve, 1)
             await trio.testing.wait_all_tasks_blocked()
             busy_peer.sendall(_publish(b"data: late\n"))  # no checkpoint before the reaper
-            lane.reap_expired(trio.current_time())
+            if closer == "shutdown":
+                lane.close()
+            else:
+                lane.reap_expired(trio.current_time())
             with trio.fail_after(STEP_SECONDS):
                 while 0 not in served:
                     await trio.sleep(0.01)
@@ -354,6 +358,7 @@ async def test_the_reaper_spares_a_connection_whose_request_has_arrived() -> Non
             nursery.cancel_scope.cancel()
         assert served[0] is None  # closed by the reaper
         assert answers[0].startswith(b"HTTP/1.1 200 OK")  # served, not cut
+        assert (b"Connection: close" in answers[0]) == (closer == "shutdown")
         idle_peer.close()
         await busy.aclose()
         for stream in ours:

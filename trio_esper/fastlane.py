@@ -158,6 +158,13 @@ def parse_publish_head(head: bytes, max_body_bytes: int) -> PublishHead | None:
     )
 
 
+def _has_arrived(stream: trio.SocketStream) -> bool:
+    """Whether bytes (or the peer's EOF) wait unread on ``stream`` while its
+    task waits its turn to run, on a busy broker: such a connection is not
+    closed as idle, and the request that arrived is served."""
+    return bool(select.select([stream.socket], [], [], 0)[0])
+
+
 class FastLane:
     """Serves plain publish requests for :func:`~trio_esper.server.serve`.
 
@@ -179,7 +186,7 @@ class FastLane:
         """Shutting down: close idle connections now, busy ones after their answer."""
         self._closing = True
         for stream, (_, idle) in list(self._waiting.items()):
-            if idle:
+            if idle and not _has_arrived(stream):
                 stream.socket.close()  # wakes its wait_readable with ClosedResourceError
 
     async def reap(self) -> NoReturn:
@@ -192,11 +199,9 @@ class FastLane:
             self.reap_expired(trio.current_time() - self._keep_alive_timeout_seconds)
 
     def reap_expired(self, expired: float) -> None:
-        """Close the connections waiting since ``expired`` or earlier, but
-        not one whose bytes have arrived while its task waits its turn to
-        run (on a busy broker): that request is served."""
+        """Close the connections waiting since ``expired`` or earlier."""
         for stream, (since, _) in list(self._waiting.items()):
-            if since <= expired and not select.select([stream.socket], [], [], 0)[0]:
+            if since <= expired and not _has_arrived(stream):
                 stream.socket.close()
 
     async def serve(self, stream: trio.SocketStream) -> bytes | None:
