@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import asdict
 from typing import Any
 
@@ -15,34 +17,30 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__, endpoints
 from .config import Config
-from .errors import BadRequest, EsperError, NotAcceptable, NotFound, PayloadTooLarge
+from .errors import (
+    AmbiguousFraming,
+    BadRequest,
+    EsperError,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+)
 from .history import Record
 from .hub import Hub
-from .rawstream import STATE_KEY, RawConnection
-from .sse import SUBSCRIBED_FRAME, Event, encode
 from .topics import normalise_topic
 
 log = logging.getLogger("trio_esper")
 
-STREAM_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    # nginx and some other proxies buffer responses unless told not to.
-    "X-Accel-Buffering": "no",
-}
 CORS_MAX_AGE_SECONDS = 600
 NDJSON = "application/x-ndjson"
 TSV = "text/tab-separated-values"
 HISTORY_LIMIT_DEFAULT = 1000
 HISTORY_LIMIT_MAX = 10_000
-#: Sent before a replay when the Last-Event-ID is unknown or expired: the
-#: client missed events it cannot get back, and everything retained follows.
-#: No id field, so the client's last event id is left as it was.
-RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset"))
 
 
 class _ClosingHTTPConnection(TrioASGIHTTPConnection):
@@ -74,14 +72,9 @@ class _App(QuartTrio):
     asgi_http_class = _ClosingHTTPConnection
 
 
-def _text(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        reason + "\n", status=status, headers=headers, content_type="text/plain; charset=utf-8"
-    )
-
-
-def _json(body: bytes, headers: dict[str, str]) -> Response:
-    return Response(body, headers=headers, content_type="application/json")
+def _response(answer: endpoints.Answer) -> Response:
+    # The header list carries content-type, so Quart adds only content-length.
+    return Response(answer.body, status=answer.status, headers=Headers(answer.headers))
 
 
 def create_app(config: Config, hub: Hub) -> QuartTrio:
@@ -89,11 +82,21 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     app = _App("trio_esper")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    # Quart's whole-body deadline (408): the edge's stall-and-rate rule for
+    # the fast forms becomes one deadline for everything else.
+    app.config["BODY_TIMEOUT"] = config.request_body_timeout_seconds + (
+        config.max_body_bytes / config.request_body_min_rate_bytes
+    )
+    # werkzeug would answer //subscribe/x with a redirect to a Location built
+    # from the client's Host header.
+    app.url_map.merge_slashes = False
+    opening = endpoints.opening_frame(config)
 
-    retry_frame = None if config.retry_ms is None else f"retry: {config.retry_ms}\n\n".encode()
-
-    def cors_headers() -> dict[str, str]:
+    def cors_headers() -> endpoints.Headers:
         return endpoints.cors_headers(config, request.headers.get("Origin"))
+
+    def args() -> dict[str, str]:
+        return endpoints.query_args(request.query_string)
 
     def authorise(secret: str | None, topic: str | None) -> None:
         endpoints.authorise(
@@ -101,56 +104,58 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             secret,
             topic,
             authorization=request.headers.get("Authorization"),
-            token=request.args.get("token"),
+            token=args().get("token"),
         )
+
+    @app.before_request
+    async def refuse_ambiguous_framing() -> None:
+        # RFC 9112, section 6.1: answer, then close (the edge declines these
+        # to this route, so both front ends answer alike).
+        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+            raise AmbiguousFraming("Content-Length and Transfer-Encoding together")
 
     @app.errorhandler(EsperError)
     async def esper_error(error: EsperError) -> Response:
-        return _text(error.status, error.reason, endpoints.error_headers(error, cors_headers()))
+        return _response(endpoints.error_answer(error, cors_headers()))
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        response = _text(error.code or 500, f"{error.code} {error.name}", cors_headers())
-        for name, value in error.get_headers():
-            if name.lower() == "allow":
-                response.headers[name] = value
-        return response
+        headers = [("content-type", endpoints.TEXT), *cors_headers()]
+        headers += [(k, v) for k, v in error.get_headers() if k.lower() == "allow"]
+        if error.code == 408:
+            headers.append(("connection", "close"))
+        body = f"{error.code} {error.name}\n".encode()
+        return _response(endpoints.Answer(error.code or 500, headers, body))
 
     @app.route("/subscribe/<topic>", methods=["GET"])
     async def subscribe(topic: str) -> Response:
-        topic = normalise_topic(topic)
-        authorise(config.subscriber_secret, topic)
-        resume, last_id = _resume_point()
-        opening = SUBSCRIBED_FRAME + (b"" if retry_frame is None else retry_frame)
-        http_version = request.scope.get("http_version")
-        raw: RawConnection | None = None
-        if http_version in ("1.0", "1.1"):
-            raw = request.scope.get("state", {}).get(STATE_KEY)
-        raw_chunked = raw is not None and http_version == "1.1"
+        plan = endpoints.plan_subscribe(
+            config,
+            endpoints.SubscribeRequest(
+                topic,
+                request.query_string,
+                authorization=request.headers.get("Authorization"),
+                last_event_id=request.headers.get("Last-Event-ID"),
+            ),
+        )
+        headers = [*endpoints.STREAM_HEADERS, *cors_headers()]
+        if request.method == "HEAD":
+            # RFC 9110, section 9.3.2: the head a GET would get, and no body.
+            return Response(b"", headers=Headers(headers))
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribing inside the generator: if the client is gone before
             # the body starts, the generator never runs and nothing is
             # registered; once it runs, `async with` unregisters on any exit.
-            async with hub.subscribe(topic, chunked=raw_chunked) as subscription:
+            async with hub.subscribe(plan.topic) as subscription:
                 yield opening
-                if resume:
-                    replay = await hub.replay(subscription, last_id)
-                    frames = [] if replay.found else [RESET_FRAME]
-                    frames += [record.frame for record in replay.records]
-                    if frames:
-                        yield b"".join(frames)
-                if raw is None:
-                    async for chunk in subscription:
-                        yield chunk
-                else:
-                    # Hypercorn has written everything yielded so far; one
-                    # task in the topic's nursery serves the rest (rawstream.py),
-                    # and this request's tasks end.
-                    raw.detach()
-                    hub.adopt(subscription, raw.serve)
+                async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
+                    async for page in pages:
+                        yield page
+                async for chunk in subscription:
+                    yield chunk
 
-        response = Response(stream(), status=200, headers={**STREAM_HEADERS, **cors_headers()})
+        response = Response(stream(), status=200, headers=Headers(headers))
         response.timeout = None  # quart's default 60 s would cut every stream
         return response
 
@@ -166,20 +171,19 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         published = endpoints.PublishRequest(
             topic,
             body,
-            (request.mimetype or "").lower(),
+            request.query_string,
+            content_type=request.headers.get("Content-Type"),
             authorization=request.headers.get("Authorization"),
-            token=request.args.get("token"),
-            event=request.args.get("event"),
-            id=request.args.get("id"),
         )
-        return _json(await endpoints.publish(config, hub, published), cors_headers())
+        payload = await endpoints.publish(config, hub, published)
+        return _response(endpoints.json_answer(payload, cors_headers()))
 
     @app.route("/history/<topic>", methods=["GET"])
     async def history(topic: str) -> Response:
         topic = normalise_topic(topic)
         authorise(config.subscriber_secret, topic)
-        limit = _int_arg("limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
-        after = request.args.get("after")
+        limit = _int_arg(args(), "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        after = args().get("after")
         mimetype = NDJSON
         if request.headers.get("Accept"):
             mimetype = request.accept_mimetypes.best_match([NDJSON, TSV], default="")
@@ -189,7 +193,9 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         if not page.found:
             raise NotFound(f"event id {after!r} is not in this topic's retained history")
         body = (ndjson_lines if mimetype == NDJSON else tsv_lines)(page.records)
-        return Response(body, headers=cors_headers(), content_type=mimetype)
+        return _response(
+            endpoints.Answer(200, [("content-type", mimetype), *cors_headers()], body.encode())
+        )
 
     @app.route("/stats", methods=["GET"])
     async def stats() -> Response:
@@ -199,45 +205,37 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             **asdict(hub.statistics()),
             "history": asdict(hub.history.statistics()),
         }
-        return _json(endpoints.json_body(payload), cors_headers())
+        return _response(endpoints.json_answer(endpoints.json_body(payload), cors_headers()))
 
     @app.route("/subscribe/<topic>", methods=["OPTIONS"])
     @app.route("/publish/<topic>", methods=["OPTIONS"])
+    @app.route("/history/<topic>", methods=["OPTIONS"])
     @app.route("/stats", methods=["OPTIONS"])
     async def preflight(topic: str | None = None) -> Response:
         headers = cors_headers()
         if headers:
-            headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Last-Event-ID, Cache-Control"
+            headers.append(("access-control-allow-methods", "GET, POST, OPTIONS"))
+            headers.append(
+                (
+                    "access-control-allow-headers",
+                    "Authorization, Content-Type, Last-Event-ID, Cache-Control",
+                )
             )
-            headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_SECONDS)
-        return Response("", status=204, headers=headers)
+            headers.append(("access-control-max-age", str(CORS_MAX_AGE_SECONDS)))
+        return Response("", status=204, headers=Headers(headers))
 
     return app
 
 
-def _resume_point() -> tuple[bool, str | None]:
-    """Whether and where a subscriber resumes: after the Last-Event-ID header
-    (what EventSource sends when it reconnects), else ``?lastEventId=``; from
-    the start of history with ``?since=earliest`` (``(True, None)``); or not
-    at all, live events only (``(False, None)``)."""
-    last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
-    if last_id:
-        return True, last_id
-    since = request.args.get("since")
-    if since is None:
-        return False, None
-    if since != "earliest":
-        raise BadRequest("since must be 'earliest'")
-    return True, None
+#: Only ASCII digits: ``str.isdigit`` also takes "²", which ``int`` refuses.
+_DIGITS = re.compile(r"[0-9]+")
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
+def _int_arg(args: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if _DIGITS.fullmatch(raw) is None or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 

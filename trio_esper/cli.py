@@ -27,6 +27,9 @@ from .config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_PORT,
     DEFAULT_QUEUE_EVENTS,
+    DEFAULT_REQUEST_BODY_MIN_RATE_BYTES,
+    DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS,
+    DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS,
     DEFAULT_SHUTDOWN_GRACE_SECONDS,
     LOG_LEVELS,
     Config,
@@ -160,12 +163,39 @@ def build_parser() -> argparse.ArgumentParser:
         f"[ESPER_KEEP_ALIVE_SECONDS] (default {DEFAULT_KEEP_ALIVE_SECONDS:g})",
     )
     add(
+        "--request-head-timeout",
+        type=float,
+        dest="request_head_timeout_seconds",
+        metavar="SECONDS",
+        help="408 for a request head not complete this long after its first byte "
+        "[ESPER_REQUEST_HEAD_TIMEOUT_SECONDS] "
+        f"(default {DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS:g})",
+    )
+    add(
+        "--request-body-timeout",
+        type=float,
+        dest="request_body_timeout_seconds",
+        metavar="SECONDS",
+        help="408 for a request body that stalls this long "
+        "[ESPER_REQUEST_BODY_TIMEOUT_SECONDS] "
+        f"(default {DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS:g})",
+    )
+    add(
+        "--request-body-min-rate",
+        type=int,
+        dest="request_body_min_rate_bytes",
+        metavar="BYTES_PER_SECOND",
+        help="a body must arrive within the body timeout plus its length at this rate, "
+        "else 408 [ESPER_REQUEST_BODY_MIN_RATE_BYTES] "
+        f"(default {DEFAULT_REQUEST_BODY_MIN_RATE_BYTES})",
+    )
+    add(
         "--no-fast-lane",
         action="store_const",
         const=False,
         dest="fast_lane",
-        help="serve every publish through Quart-Trio, none through the HTTP/1.1 fast lane "
-        "[ESPER_FAST_LANE=0]",
+        help="serve every request through Quart-Trio, none through the edge's HTTP/1.1 "
+        "fast forms [ESPER_FAST_LANE=0]",
     )
     add("--log-level", choices=LOG_LEVELS, help="[ESPER_LOG_LEVEL] (default info)")
     add("--version", action="version", version=f"trio-esper {__version__}")

@@ -35,6 +35,14 @@ DEFAULT_HISTORY_MAX_BYTES = 256 * 1024 * 1024
 
 #: Hypercorn's default: long enough for a publisher between bursts.
 DEFAULT_KEEP_ALIVE_SECONDS = 5.0
+#: A request head still incomplete this long after its first byte gets 408:
+#: a head is a few hundred bytes, sent at once.
+DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
+#: A request body that stalls (no byte arrives) this long gets 408.
+DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS = 10.0
+#: Slowest body accepted, on average, after that grace: a 64 KiB body trickled
+#: at a byte a second would otherwise hold a connection for 18 hours.
+DEFAULT_REQUEST_BODY_MIN_RATE_BYTES = 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -78,7 +86,15 @@ class Config:
     retry_ms: int | None = None
     #: An idle keep-alive connection is closed after this long.
     keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
-    #: Serve plain HTTP/1.1 publishes without Hypercorn and Quart (see fastlane.py).
+    #: A request head not complete this long after its first byte: 408, closed.
+    request_head_timeout_seconds: float = DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS
+    #: A request body with no byte for this long: 408, closed.
+    request_body_timeout_seconds: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS
+    #: A request body must arrive within ``request_body_timeout_seconds`` plus
+    #: its length over this rate (bytes per second), else 408.
+    request_body_min_rate_bytes: int = DEFAULT_REQUEST_BODY_MIN_RATE_BYTES
+    #: Serve plain HTTP/1.1 publishes and subscribes without Hypercorn and
+    #: Quart (see edge.py).
     fast_lane: bool = True
 
     def __post_init__(self) -> None:
@@ -97,11 +113,15 @@ class Config:
             "shutdown_grace_seconds",
             "write_timeout_seconds",
             "keep_alive_seconds",
+            "request_head_timeout_seconds",
+            "request_body_timeout_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_body_bytes < 1:
             raise ConfigError("max_body_bytes must be positive")
+        if self.request_body_min_rate_bytes < 1:
+            raise ConfigError("request_body_min_rate_bytes must be positive")
         if self.queue_events < 1:
             raise ConfigError("queue_events must be positive")
         if self.history_events < 1 or self.history_max_bytes < 1:
@@ -162,10 +182,19 @@ class Config:
 
 ENV_PREFIX = "ESPER_"
 _TUPLES = frozenset({"jwt_algorithms", "cors_origins"})
-_INTS = frozenset({"port", "threads", "max_body_bytes", "queue_events"})
+_INTS = frozenset(
+    {"port", "threads", "max_body_bytes", "queue_events", "request_body_min_rate_bytes"}
+)
 _BOOLS = frozenset({"fast_lane"})
 _FLOATS = frozenset(
-    {"heartbeat_seconds", "shutdown_grace_seconds", "write_timeout_seconds", "keep_alive_seconds"}
+    {
+        "heartbeat_seconds",
+        "shutdown_grace_seconds",
+        "write_timeout_seconds",
+        "keep_alive_seconds",
+        "request_head_timeout_seconds",
+        "request_body_timeout_seconds",
+    }
 )
 
 

@@ -1,50 +1,106 @@
-"""What the endpoints do, apart from HTTP parsing: shared by the two front
-ends, the Quart-Trio routes (:mod:`.app`) and the publish fast lane
-(:mod:`.fastlane`), so a publish answers the same bytes whichever served it.
+"""What the publish and subscribe routes do, apart from HTTP parsing: shared by
+the two front ends, the Quart-Trio routes (:mod:`.app`) and the edge's fast
+forms (:mod:`.edge`), so a request is answered with the same bytes whichever
+served it.
 
-Every function takes plain values (header and query strings, the body) and
-raises an :class:`~trio_esper.errors.EsperError` for a bad request.
+Every function takes plain values (header values, the raw query string, the
+body) and raises an :class:`~trio_esper.errors.EsperError` for a bad request;
+:func:`error_answer` turns one into its answer.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from .auth import bearer_token, verify_token
 from .config import Config
 from .errors import BadRequest, EsperError
-from .hub import Hub
-from .sse import parse_body, parse_plain
+from .hub import Hub, Subscription
+from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
+#: Header fields are listed as (name, value), names lower-case, in the order
+#: they go on the wire.
+Headers = list[tuple[str, str]]
 
-def cors_headers(config: Config, origin: str | None) -> dict[str, str]:
+STREAM_HEADERS: Headers = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    # nginx and some other proxies buffer responses unless told not to.
+    ("x-accel-buffering", "no"),
+]
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+#: History is read for a resuming subscriber this many events at a time, each
+#: page written before the next is read: a reconnect storm never holds a
+#: subscriber's whole backlog in memory.
+REPLAY_PAGE_EVENTS = 1000
+#: Sent before a replay when the Last-Event-ID is unknown or expired: the
+#: client missed events it cannot get back, and everything retained follows.
+#: No id field, so the client's last event id is left as it was.
+RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset"))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete response: status, header fields (``content-length`` is
+    added by whoever writes it), body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+def query_args(query: bytes) -> dict[str, str]:
+    """The query string's arguments, the first value of each name.
+
+    Raises:
+        BadRequest: a percent-escape that does not decode as UTF-8.
+    """
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("query string is not valid percent-encoded UTF-8") from None
+    args: dict[str, str] = {}
+    for name, value in pairs:
+        args.setdefault(name, value)
+    return args
+
+
+def mimetype(content_type: str | None) -> str:
+    """``Content-Type`` without parameters, lower-case; empty if absent."""
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
+def cors_headers(config: Config, origin: str | None) -> Headers:
     """The CORS response headers for a request from ``origin`` (none if the
     origin is not allowed, or the request is not cross-origin)."""
     if origin is None or not config.cors_origins:
-        return {}
+        return []
     if "*" in config.cors_origins:
-        return {"Access-Control-Allow-Origin": "*"}
+        return [("access-control-allow-origin", "*")]
     if origin in config.cors_origins:
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-    return {}
+        return [("access-control-allow-origin", origin), ("vary", "Origin")]
+    return []
 
 
-def error_headers(error: EsperError, cors: dict[str, str]) -> dict[str, str]:
-    """Response headers for ``error``: ``cors`` plus what its status needs."""
-    headers = dict(cors)
+def error_answer(error: EsperError, cors: Headers) -> Answer:
+    """``error``'s status with a one-line ``text/plain`` reason."""
+    headers: Headers = [("content-type", TEXT), *cors]
     if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="trio_esper"'
-    elif error.status == 413:
-        # The rest of the body is never read, so the connection cannot be reused.
-        headers["Connection"] = "close"
-    return headers
+        headers.append(("www-authenticate", 'Bearer realm="trio_esper"'))
+    if error.close_connection:
+        headers.append(("connection", "close"))
+    return Answer(error.status, headers, (error.reason + "\n").encode())
 
 
-def error_body(error: EsperError) -> bytes:
-    """The one-line ``text/plain`` reason sent with ``error``'s status."""
-    return (error.reason + "\n").encode()
+def json_answer(body: bytes, cors: Headers) -> Answer:
+    return Answer(200, [("content-type", JSON), *cors], body)
 
 
 def authorise(
@@ -71,20 +127,14 @@ def authorise(
 
 @dataclass(frozen=True, slots=True)
 class PublishRequest:
-    """A ``POST /publish/{topic}``, as either front end parsed it."""
+    """A ``POST /publish/{topic}``, as either front end read it."""
 
     topic: str
     """As it appeared in the path (not yet validated)."""
     body: bytes
-    mimetype: str
-    """``Content-Type`` without parameters, lowercase; empty if absent."""
+    query: bytes = b""
+    content_type: str | None = None
     authorization: str | None = None
-    token: str | None = None
-    """``?token=``."""
-    event: str | None = None
-    """``?event=`` (plain-text bodies only)."""
-    id: str | None = None
-    """``?id=`` (plain-text bodies only)."""
 
 
 async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
@@ -94,20 +144,22 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
     per body line with ``?event=`` and ``?id=`` (eventsource-hub's style).
 
     Raises:
-        EsperError: a bad topic, token or body; a duplicate id (409); the
-            history store failed (503).
+        EsperError: a bad topic, token, query or body; a duplicate id (409);
+            the history store failed (503).
     """
     topic = normalise_topic(request.topic)
+    args = query_args(request.query)
     authorise(
         config,
         config.publisher_secret,
         topic,
         authorization=request.authorization,
-        token=request.token,
+        token=args.get("token"),
     )
-    if request.mimetype == "text/plain":
-        events = [parse_plain(request.body, event=request.event, id=request.id)]
-    elif request.event is not None or request.id is not None:
+    event, id = args.get("event"), args.get("id")
+    if mimetype(request.content_type) == "text/plain":
+        events = [parse_plain(request.body, event=event, id=id)]
+    elif event is not None or id is not None:
         raise BadRequest(
             "?event= and ?id= apply to Content-Type: text/plain bodies; "
             "in an SSE body use event: and id: fields"
@@ -121,6 +173,88 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
         len(published.records),
         published.subscribers,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    """A ``GET /subscribe/{topic}``, as either front end read it."""
+
+    topic: str
+    """As it appeared in the path (not yet validated)."""
+    query: bytes = b""
+    authorization: str | None = None
+    last_event_id: str | None = None
+    """The ``Last-Event-ID`` header."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An authorised subscription, not yet open: where it starts."""
+
+    topic: str
+    """Normalised."""
+    resume: bool
+    """Whether history is replayed before live events."""
+    after: str | None
+    """The id history is replayed after (from the oldest if ``None``)."""
+
+
+def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
+    """Check a subscribe request and work out where its stream starts: after
+    the ``Last-Event-ID`` header (what EventSource sends when it reconnects),
+    else ``?lastEventId=``; from the oldest retained event with
+    ``?since=earliest``; otherwise live events only.
+
+    Raises:
+        EsperError: a bad topic, token or query.
+    """
+    topic = normalise_topic(request.topic)
+    args = query_args(request.query)
+    authorise(
+        config,
+        config.subscriber_secret,
+        topic,
+        authorization=request.authorization,
+        token=args.get("token"),
+    )
+    last_id = request.last_event_id or args.get("lastEventId")
+    if last_id:
+        return Stream(topic, True, last_id)
+    since = args.get("since")
+    if since is None:
+        return Stream(topic, False, None)
+    if since != "earliest":
+        raise BadRequest("since must be 'earliest'")
+    return Stream(topic, True, None)
+
+
+def opening_frame(config: Config) -> bytes:
+    """What every stream opens with: ``: subscribed``, and ``retry:`` if set."""
+    if config.retry_ms is None:
+        return SUBSCRIBED_FRAME
+    return SUBSCRIBED_FRAME + f"retry: {config.retry_ms}\n\n".encode()
+
+
+async def replay_pages(
+    hub: Hub, subscription: Subscription, stream: Stream
+) -> AsyncGenerator[bytes, None]:
+    """The history a resuming stream gets before live events, a page at a
+    time (``event: reset`` first if its id is not retained). Use inside the
+    subscription's block, with ``contextlib.aclosing``."""
+    if not stream.resume:
+        return
+    after = stream.after
+    first = True
+    while True:
+        page = await hub.replay(subscription, after, REPLAY_PAGE_EVENTS)
+        frames = [RESET_FRAME] if first and not page.found else []
+        first = False
+        frames += [record.frame for record in page.records]
+        if frames:
+            yield b"".join(frames)
+        if page.next_after is None:
+            return
+        after = page.next_after
 
 
 def json_body(payload: dict[str, object]) -> bytes:

@@ -5,17 +5,22 @@
     EsperError                      (500) base; never raised itself
     ├── BadRequest                  (400)
     │   ├── InvalidTopic            (400) topic id breaks the naming rule
-    │   └── InvalidEvent            (400) published body is not a valid event
+    │   ├── InvalidEvent            (400) published body is not a valid event
+    │   └── AmbiguousFraming        (400) Content-Length with Transfer-Encoding: closes
     ├── NotFound                    (404) e.g. a history page after an unknown id
     ├── NotAcceptable               (406) history asked for in a format we do not serve
     ├── Unauthorized                (401) no token where one is required
     ├── Forbidden                   (403) token present but bad, expired or for another topic
     ├── Conflict                    (409) publisher-given id already in the topic's history
-    ├── PayloadTooLarge             (413) published body over the size limit
-    ├── ServiceUnavailable          (503) the broker is shutting down
+    ├── RequestTimeout              (408) request head or body too slow: closes
+    ├── PayloadTooLarge             (413) published body over the size limit: closes
+    ├── ServiceUnavailable          (503) the broker is shutting down: closes
     └── HistoryError                (503) the history store cannot be opened or written
 
-The edge (``app.py``) turns any of these into ``status`` plus a one-line reason;
+An error whose ``close_connection`` is true ends its connection after the
+answer: the rest of the request was not read, or cannot be trusted.
+
+The edge (``app.py``, ``edge.py``) turns any of these into ``status`` plus a one-line reason;
 everything else is a bug and surfaces as a 500.
 """
 
@@ -26,6 +31,8 @@ class EsperError(Exception):
     """Base class; ``status`` is the HTTP status code the error maps to."""
 
     status: int = 500
+    #: The connection ends after the answer.
+    close_connection: bool = False
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -42,6 +49,19 @@ class InvalidTopic(BadRequest):
 
 class InvalidEvent(BadRequest):
     pass
+
+
+class AmbiguousFraming(BadRequest):
+    """RFC 9112, section 6.1: a request with both Content-Length and
+    Transfer-Encoding may be a smuggling attempt; the server MUST close the
+    connection after responding."""
+
+    close_connection = True
+
+
+class RequestTimeout(EsperError):
+    status = 408
+    close_connection = True
 
 
 class NotFound(EsperError):
@@ -62,10 +82,12 @@ class Forbidden(EsperError):
 
 class PayloadTooLarge(EsperError):
     status = 413
+    close_connection = True
 
 
 class ServiceUnavailable(EsperError):
     status = 503
+    close_connection = True
 
 
 class Conflict(EsperError):

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from .errors import ServiceUnavailable
-from .history import History, Record, Replay
+from .history import History, Record
 from .history.memory import MemoryHistory
 from .sse import HEARTBEAT_FRAME, Event
 
@@ -41,8 +41,6 @@ log = logging.getLogger("trio_esper")
 TOPIC_INBOX_BATCHES = 256
 #: At most this many queued frames are joined into one write.
 MAX_FRAMES_PER_CHUNK = 256
-#: History is read for a resuming subscriber this many events at a time.
-REPLAY_PAGE_EVENTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +65,14 @@ class HubStatistics:
 Item = tuple[int | None, bytes]
 #: Writes bytes without blocking; returns how many were written.
 WriteNowait = Callable[[bytes], int]
+#: A transport's framing of SSE bytes (e.g. one HTTP/1.1 chunk). The topic
+#: applies each distinct framing once per batch, whatever the number of
+#: subscribers using it; ``None`` leaves the bytes bare.
+Frame = Callable[[bytes], bytes]
 
 
-def chunk(data: bytes) -> bytes:
-    """HTTP/1.1 chunked transfer coding of one chunk (RFC 9112, section 7.1)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-HEARTBEAT_ITEMS: dict[bool, Item] = {
-    False: (None, HEARTBEAT_FRAME),
-    True: (None, chunk(HEARTBEAT_FRAME)),
-}
+def _bare(data: bytes) -> bytes:
+    return data
 
 
 class Subscription:
@@ -94,12 +89,11 @@ class Subscription:
     queue's order and bound and saves two task switches per delivery.
     """
 
-    def __init__(self, hub: Hub, topic: Topic, queue_events: int, *, chunked: bool) -> None:
+    def __init__(self, hub: Hub, topic: Topic, queue_events: int, *, frame: Frame) -> None:
         self._hub = hub
         self.topic = topic
-        #: Whether items are framed as HTTP/1.1 chunks (the subscriber writes
-        #: them to its socket itself) or left bare (a server frames them).
-        self.chunked = chunked
+        #: How the transport frames what it is handed (see :data:`Frame`).
+        self.frame = frame
         self._send, self._receive = trio.open_memory_channel[Item](queue_events)
         #: Set when the topic disconnected this subscriber for falling behind.
         self.dropped = False
@@ -112,9 +106,6 @@ class Subscription:
         #: Called when an item is queued while the subscriber's task waits
         #: elsewhere than on its queue (see :meth:`park`).
         self._wake: Callable[[], object] | None = None
-        #: Set by :meth:`Hub.adopt`: a task in the topic's nursery owns the
-        #: subscription now, and unsubscribes it when done.
-        self.adopted = False
         self._closed = False
 
     def attach(self, write_nowait: WriteNowait | None) -> None:
@@ -267,16 +258,6 @@ class Topic:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[Record]](
             TOPIC_INBOX_BATCHES
         )
-        self._nursery: trio.Nursery | None = None
-        #: Subscriber tasks adopted before the topic's task opened its nursery.
-        self._pending: list[Callable[[], Awaitable[object]]] = []
-
-    def start_soon(self, task: Callable[[], Awaitable[object]]) -> None:
-        """Run ``task`` in the topic's nursery (once it is open)."""
-        if self._nursery is None:
-            self._pending.append(task)
-        else:
-            self._nursery.start_soon(task)
 
     def open_publisher(self) -> trio.MemorySendChannel[Sequence[Record]]:
         """A clone of the topic's inbox for one publisher; close it when done."""
@@ -285,45 +266,57 @@ class Topic:
     async def run(self, heartbeat_seconds: float) -> None:
         """The topic's task: fan out published records; heartbeat idle streams."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for task in self._pending:
-                nursery.start_soon(task)
-            self._pending.clear()
             nursery.start_soon(self._heartbeat, heartbeat_seconds)
             async with self._inbox_receive:
                 async for records in self._inbox_receive:
                     self._fan_out(records)
-            # The inbox ends once the last subscriber has left: adopted
-            # subscriber tasks are done but for their last synchronous steps.
+            # The inbox ends once the last subscriber has left.
             nursery.cancel_scope.cancel()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
-        # Encoded and framed once per batch, whatever the number of subscribers.
+        # Encoded once per batch, and framed once per batch for each framing
+        # in use, whatever the number of subscribers.
         bare: list[Item] = [(r.seq, r.frame) for r in records]
-        bare_wire = b"".join(frame for _, frame in bare)
-        framed: list[Item] = [(seq, chunk(frame)) for seq, frame in bare]
-        framed_wire = chunk(bare_wire)
+        wire = b"".join(frame for _, frame in bare)
+        framed: dict[Frame, tuple[list[Item], bytes]] = {_bare: (bare, wire)}
         for subscription in list(self.subscribers):
-            if subscription.chunked:
-                delivered = subscription.deliver_nowait(framed, framed_wire)
-            else:
-                delivered = subscription.deliver_nowait(bare, bare_wire)
-            if not delivered:
+            batch = framed.get(subscription.frame)
+            if batch is None:
+                frame = subscription.frame
+                batch = framed[frame] = ([(seq, frame(data)) for seq, data in bare], frame(wire))
+            if not subscription.deliver_nowait(*batch):
                 self.subscribers.discard(subscription)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
         while True:
             await trio.sleep(heartbeat_seconds)
+            framed: dict[Frame, bytes] = {}
             for subscription in list(self.subscribers):
                 # A subscriber with frames queued needs no heartbeat, and one
                 # whose queue is full must not be dropped for a comment.
                 if subscription.queued == 0:
-                    item = HEARTBEAT_ITEMS[subscription.chunked]
-                    subscription.deliver_nowait([item], item[1])
+                    frame = subscription.frame
+                    data = framed.get(frame)
+                    if data is None:
+                        data = framed[frame] = frame(HEARTBEAT_FRAME)
+                    subscription.deliver_nowait([(None, data)], data)
 
     def close(self) -> None:
         """No more subscribers: let the task finish once publishers let go."""
         self._inbox_send.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    """A page of history for a resuming subscriber (:meth:`Hub.replay`)."""
+
+    records: list[Record]
+    """Records not replayed to this subscriber before, oldest first."""
+    found: bool
+    """False if the id paged from is unknown or expired (the page then
+    starts at the oldest retained record)."""
+    next_after: str | None
+    """The id to read the next page after; ``None`` once history is read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,11 +352,13 @@ class Hub:
         self._dropped = 0
 
     @asynccontextmanager
-    async def subscribe(self, topic: str, *, chunked: bool = False) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, topic: str, *, frame: Frame | None = None
+    ) -> AsyncIterator[Subscription]:
         """Subscribe to ``topic`` (already normalised) for the ``async with`` block.
 
-        ``chunked``: frame queued items as HTTP/1.1 chunks, for a subscriber
-        that writes them to its socket itself (see :class:`Subscription`).
+        ``frame``: how the transport frames what it is handed (see
+        :data:`Frame`); bare SSE bytes if ``None``.
 
         Live records start queueing at once; call :meth:`replay` inside the
         block to send history first without a gap or a duplicate at the seam.
@@ -377,33 +372,14 @@ class Hub:
         if entry is None:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
-        subscription = Subscription(self, entry, self._queue_events, chunked=chunked)
+        subscription = Subscription(
+            self, entry, self._queue_events, frame=_bare if frame is None else frame
+        )
         entry.subscribers.add(subscription)
         try:
             yield subscription
         finally:
-            if not subscription.adopted:
-                self._unsubscribe(subscription)
-
-    def adopt(
-        self, subscription: Subscription, serve: Callable[[Subscription], Awaitable[object]]
-    ) -> None:
-        """Hand ``subscription`` (from :meth:`subscribe`) to a new task in its
-        topic's nursery that runs ``serve(subscription)`` and then
-        unsubscribes it; leaving the ``subscribe`` block no longer does.
-
-        This is how a subscriber outlives the HTTP request that opened it:
-        the request's tasks end, and the stream is served by one small task.
-        """
-        subscription.adopted = True
-
-        async def run() -> None:
-            try:
-                await serve(subscription)
-            finally:
-                self._unsubscribe(subscription)
-
-        subscription.topic.start_soon(run)
+            self._unsubscribe(subscription)
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
@@ -413,23 +389,20 @@ class Hub:
             del self._topics[entry.name]
             entry.close()
 
-    async def replay(self, subscription: Subscription, last_id: str | None) -> Replay:
-        """Read ``subscription``'s topic history after ``last_id`` (all of it
-        if ``None``), and mark those records so live delivery skips them."""
-        records: list[Record] = []
-        found = True
-        after = last_id
-        while True:
-            page = await self.history.after(subscription.topic.name, after, REPLAY_PAGE_EVENTS)
-            found = found and page.found
-            records += page.records
-            if len(page.records) < REPLAY_PAGE_EVENTS:
-                break
-            after = page.records[-1].id
+    async def replay(
+        self, subscription: Subscription, after: str | None, limit: int
+    ) -> ReplayPage:
+        """One page of ``subscription``'s topic history: up to ``limit``
+        records after id ``after`` (from the oldest if ``None``), marked so
+        live delivery skips them. Records already replayed are left out, so
+        paging on is safe even if ``after`` was pruned in between."""
+        page = await self.history.after(subscription.topic.name, after, limit)
+        records = [r for r in page.records if r.seq > subscription.replayed_through]
         if records:
             subscription.replayed_through = records[-1].seq
             self._delivered += len(records)
-        return Replay(records, found)
+        more = len(page.records) == limit
+        return ReplayPage(records, page.found, page.records[-1].id if more else None)
 
     async def publish(self, topic: str, events: Sequence[Event]) -> Published:
         """Store ``events`` (in order) in history and broadcast them to ``topic``.

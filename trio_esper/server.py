@@ -1,38 +1,25 @@
-"""Run the broker: listening sockets, the hub, and Hypercorn's HTTP protocol.
-
-We drive Hypercorn's per-connection ``TCPServer`` ourselves rather than calling
-``hypercorn.trio.serve``: that lets us bind port 0 and report the address, set
-socket options on the listener, and -- the reason that matters -- keep a handle
-on every connection, so shutdown can close the sockets of peers that stopped
-reading (Hypercorn shields its socket writes from cancellation, so without this
-one stalled client would hold shutdown forever).
-"""
+"""Run the broker: listening sockets, the history, the hub, and the edge
+that serves every connection (:mod:`.edge`)."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
 from .app import create_app
 from .config import Config
-from .fastlane import FastLane
+from .edge import Edge
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.sqlite import open_sqlite_history
-from .hub import Hub, open_hub
-from .rawstream import STATE_KEY, HTTPServerStream, RawConnection
+from .hub import open_hub
 
 log = logging.getLogger("trio_esper")
 
@@ -68,12 +55,6 @@ async def serve(
     for listener in listeners:
         _tune_listener(listener.socket, config)
     address = listeners[0].socket.getsockname()[:2]
-    hyper = HypercornConfig()
-    hyper.keep_alive_timeout = config.keep_alive_seconds
-    # Publishers keep one connection for millions of requests (Hypercorn: 1000).
-    hyper.keep_alive_max_requests = 1 << 62
-    context = WorkerContext(None)
-    connections = _Connections()
 
     async with (
         open_history(config) as history,
@@ -83,69 +64,14 @@ async def serve(
             queue_events=config.queue_events,
         ) as hub,
     ):
-        app = wrap_app(create_app(config, hub), hyper.wsgi_max_body_size, "asgi")
-        lane = FastLane(config, hub, keep_alive_timeout_seconds=hyper.keep_alive_timeout)
-
-        async def handle(stream: trio.SocketStream) -> None:
-            connections.add(stream)
-            raw: RawConnection | None = None
-            try:
-                unread = await lane.serve(stream) if config.fast_lane else b""
-                if unread is None:
-                    await stream.aclose()
-                    return
-                server_stream = HTTPServerStream(stream, unread)
-                raw = RawConnection(stream, server_stream, partial(connections.discard, stream))
-                # Every request's ASGI scope gets a shallow copy of this dict.
-                state: dict[str, object] = {STATE_KEY: raw}
-                connection = TCPServer(app, hyper, context, ConnectionState(state), server_stream)  # type: ignore[arg-type]
-                await connection
-            finally:
-                if raw is None or not raw.detached:
-                    await trio.aclose_forcefully(stream)
-                    connections.discard(stream)
-
-        async with trio.open_nursery() as connection_nursery:
-            async with trio.open_nursery() as listen_nursery:
-                for listener in listeners:
-                    listen_nursery.start_soon(_accept, listener, handle, connection_nursery)
-                listen_nursery.start_soon(lane.reap)
-                log.info("listening on http://%s:%d", *address)
-                task_status.started((str(address[0]), int(address[1])))
-                await (trio.Event() if shutdown is None else shutdown).wait()
-                listen_nursery.cancel_scope.cancel()
-            lane.close()
-            await _shut_down(hub, context, connections, config.shutdown_grace_seconds)
-
-
-#: accept() errors that mean "out of file descriptors or memory for now".
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-#: How long to wait before accepting again after one of them.
-ACCEPT_RETRY_SECONDS = 0.1
-
-
-async def _accept(
-    listener: trio.SocketListener,
-    handle: Callable[[trio.SocketStream], Awaitable[None]],
-    nursery: trio.Nursery,
-) -> None:
-    """Accept connections forever, each handled in ``nursery``.
-
-    Unlike ``trio.serve_listeners``, which closes a connection when its
-    handler returns, the handler owns its stream: a subscriber's connection
-    outlives its handler once detached to the topic's task (rawstream.py).
-    """
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.warning("accept failed (%s); retrying in %g s", exc, ACCEPT_RETRY_SECONDS)
-                await trio.sleep(ACCEPT_RETRY_SECONDS)
-            else:
-                nursery.start_soon(handle, stream)
+        app = wrap_app(create_app(config, hub), HypercornConfig.wsgi_max_body_size, "asgi")
+        edge = Edge(config, hub, app)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                edge.serve, listeners, trio.Event() if shutdown is None else shutdown
+            )
+            log.info("listening on http://%s:%d", *address)
+            task_status.started((str(address[0]), int(address[1])))
 
 
 @asynccontextmanager
@@ -166,50 +92,6 @@ async def open_history(config: Config) -> AsyncIterator[History]:
         yield MemoryHistory(
             max_events_per_topic=config.history_events, max_bytes=config.history_max_bytes
         )
-
-
-async def _shut_down(
-    hub: Hub,
-    context: WorkerContext,
-    connections: _Connections,
-    grace_seconds: float,
-) -> None:
-    log.info("shutting down: %d connections open", len(connections.streams))
-    hub.close()
-    # Hypercorn closes a connection after its current response once
-    # `terminated` is set, and wakes idle keep-alive ones.
-    await context.terminated.set()
-    with trio.move_on_after(grace_seconds):
-        await connections.wait_empty()
-    for stream in list(connections.streams):
-        # Closing the socket wakes a write blocked on a peer that stopped
-        # reading (trio.lowlevel.notify_closing), even a shielded one.
-        stream.socket.close()
-    if connections.streams:
-        log.warning(
-            "closed %d connections still open after the grace period", len(connections.streams)
-        )
-
-
-class _Connections:
-    """The open connections, and a way to wait until there are none."""
-
-    def __init__(self) -> None:
-        self.streams: set[trio.SocketStream] = set()
-        self._empty = trio.Event()
-
-    def add(self, stream: trio.SocketStream) -> None:
-        self.streams.add(stream)
-
-    def discard(self, stream: trio.SocketStream) -> None:
-        self.streams.discard(stream)
-        if not self.streams:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        if self.streams:
-            self._empty = trio.Event()
-            await self._empty.wait()
 
 
 def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:

@@ -1,0 +1,555 @@
+"""The HTTP edge: every connection, from accept to close, in one task.
+
+Resource handling
+-----------------
+:meth:`Edge.serve` accepts connections and runs :meth:`Edge.handle` for each
+in the edge's nursery. ``handle`` owns its socket until it closes it, in its
+own ``finally``, whatever happened; nothing else closes it but the forced
+end of shutdown (below). A connection is served one of two ways:
+
+* **Fast forms.** While the requests on a connection are plain HTTP/1.1
+  ``POST /publish/{topic}`` or ``GET /subscribe/{topic}`` (what
+  :func:`.h1.read_request` takes), the task serves them itself with the same
+  code as the Quart routes (:mod:`.endpoints`), answering the same bytes.
+  A subscribe's stream is served in the same task until it ends; the
+  connection then closes. Bytes a client sends during its stream (pipelined
+  requests included) are read and discarded, never executed.
+* **Hypercorn.** At the first request the reader declines (another route or
+  method, HTTP/1.0, HTTP/2, anything unusual or malformed), the same task
+  runs Hypercorn's HTTP protocol on the connection, with the bytes already
+  read replayed first; Hypercorn and Quart-Trio answer as they always do.
+  ``fast_lane=False`` sends every connection there.
+
+Error handling
+--------------
+Whatever fails while serving a connection -- our code, h11, h2, Hypercorn,
+Quart -- ends that connection only: it is logged once, in one line (the
+traceback at debug level), and never reaches the edge's nursery.
+
+Timeouts
+--------
+A connection waiting for bytes is listed with its deadline; one reaper task
+checks the list (a cancel scope per wait costs more than a publish's parsing).
+A connection past its deadline has its reading side shut down, which wakes
+its task: a partial request then gets 408, an idle one is just closed. The
+deadlines: keep-alive idle between requests, the request head (from its
+first byte), and the body (a stall, and a minimum average rate).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing, suppress
+from wsgiref.handlers import format_date_time
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState
+
+from . import endpoints, h1
+from .config import Config
+from .errors import EsperError, RequestTimeout
+from .hub import Hub, Subscription
+
+log = logging.getLogger("trio_esper")
+
+#: One receive takes at most this much (Hypercorn's MAX_RECV).
+RECEIVE_BYTES = 64 * 1024
+#: What one read of a stream's socket takes: its client sends nothing that
+#: matters, so what it does send is discarded.
+DISCARD_BYTES = 4096
+#: The reaper looks this often at most (and at least four times per timeout).
+REAP_INTERVAL_SECONDS = 1.0
+
+
+class _Expired(Exception):
+    """A connection's deadline passed while it waited for bytes."""
+
+
+class Connection:
+    """One accepted connection, as the edge sees it."""
+
+    __slots__ = ("expired", "peer", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        try:
+            host, port, *_ = stream.socket.getpeername()
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+        #: Set by the reaper: the wait that timed out.
+        self.expired = False
+
+    @property
+    def fileno(self) -> int:
+        return self.stream.socket.fileno()
+
+    def write_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now; return how many bytes that was.
+
+        Raises:
+            OSError: the connection is broken or closed.
+        """
+        try:
+            return os.write(self.fileno, data)
+        except BlockingIOError:
+            return 0
+
+    async def send_all(self, data: bytes) -> None:
+        """Write ``data``: directly if the socket takes it at once (an answer
+        is a few hundred bytes), else through trio."""
+        written = self.write_nowait(data)
+        if written < len(data):
+            await self.stream.send_all(data[written:])
+
+    def has_arrived(self) -> bool:
+        """Whether bytes (or the peer's EOF, or an error) wait unread: the
+        connection's task will see them when it next runs, on a busy broker.
+        ``poll``, not ``select``: any descriptor number works."""
+        poller = select.poll()
+        poller.register(self.fileno, select.POLLIN | select.POLLRDHUP)
+        return bool(poller.poll(0))
+
+    def interrupt(self) -> None:
+        """Wake the connection's task from a read (it sees end of input) and
+        from a write (it fails); the task closes the socket itself."""
+        with suppress(OSError):  # not connected any more: its task already knows
+            self.stream.socket.shutdown(socket.SHUT_RDWR)
+
+    def stop_reading(self) -> None:
+        """Wake the connection's task from a read: it sees end of input."""
+        with suppress(OSError):
+            self.stream.socket.shutdown(socket.SHUT_RD)
+
+
+class _ReplayedStream:
+    """The connection's socket stream as Hypercorn reads it: the bytes the
+    edge already read first, then the socket."""
+
+    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
+        self.socket = stream.socket
+        self._stream = stream
+        self._unread = unread
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Edge:
+    """Accepts and serves every connection of :func:`~trio_esper.server.serve`."""
+
+    def __init__(self, config: Config, hub: Hub, app: AppWrapper) -> None:
+        self._config = config
+        self._hub = hub
+        self._app = app
+        self._hyper = HypercornConfig()
+        self._hyper.keep_alive_timeout = config.keep_alive_seconds
+        # Publishers keep one connection for millions of requests (Hypercorn: 1000).
+        self._hyper.keep_alive_max_requests = 1 << 62
+        # Both front ends answer the same bytes: the fast forms send no Server field.
+        self._hyper.include_server_header = False
+        self._hyper.errorlog = _hypercorn_logger()
+        self._context = WorkerContext(None)
+        self._connections: set[Connection] = set()
+        self._empty = trio.Event()
+        #: Connections waiting for bytes, and until when.
+        self._waiting: dict[Connection, float] = {}
+        self._closing = False
+        self._date = (0, b"")
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        shutdown: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``listeners`` until ``shutdown`` is set, then shut down:
+        idle connections close now, busy ones after their current answer,
+        every stream ends (the hub ends them), and after the grace period the
+        sockets of connections still open (a peer that stopped reading) are
+        closed. Returns once every connection is gone."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reap)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(_accept, listener, self.handle, nursery)
+                task_status.started()
+                await shutdown.wait()
+                accepting.cancel_scope.cancel()
+            await self._shut_down(self._config.shutdown_grace_seconds)
+            nursery.cancel_scope.cancel()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one connection until it ends, and close it.
+
+        Never raises but for cancellation: a failure ends this connection
+        only, and is logged once.
+        """
+        connection = Connection(stream)
+        self._connections.add(connection)
+        try:
+            unread = await self._serve_fast(connection) if self._config.fast_lane else b""
+            if unread is not None:
+                await self._serve_hypercorn(connection, unread)
+        except* Exception as group:
+            error = _first_leaf(group)
+            log.warning(
+                "connection from %s ended by %s: %s", connection.peer, type(error).__name__, error
+            )
+            log.debug("connection from %s failed", connection.peer, exc_info=group)
+        finally:
+            stream.socket.close()
+            self._connections.discard(connection)
+            if not self._connections:
+                self._empty.set()
+
+    async def _shut_down(self, grace_seconds: float) -> None:
+        log.info("shutting down: %d connections open", len(self._connections))
+        self._closing = True
+        self._hub.close()
+        for connection, _ in list(self._waiting.items()):
+            if not connection.has_arrived():
+                connection.stop_reading()
+        # Hypercorn closes a connection after its current response once
+        # `terminated` is set, and wakes idle keep-alive ones.
+        await self._context.terminated.set()
+        with trio.move_on_after(grace_seconds):
+            while self._connections:
+                self._empty = trio.Event()
+                await self._empty.wait()
+        if self._connections:
+            log.warning(
+                "closing %d connections still open after the grace period", len(self._connections)
+            )
+        for connection in list(self._connections):
+            # Closing the socket wakes a write blocked on a peer that stopped
+            # reading (trio.lowlevel.notify_closing), even a shielded one.
+            connection.stream.socket.close()
+
+    # --- Hypercorn --------------------------------------------------------
+
+    async def _serve_hypercorn(self, connection: Connection, unread: bytes) -> None:
+        stream = _ReplayedStream(connection.stream, unread)
+        server = TCPServer(self._app, self._hyper, self._context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        await server
+
+    # --- Fast forms -------------------------------------------------------
+
+    async def _serve_fast(self, connection: Connection) -> bytes | None:
+        """Serve the connection's requests while they are fast forms.
+
+        Returns the bytes read but not consumed -- the start of the first
+        request declined -- for Hypercorn; or ``None`` once the connection is
+        done (closed by the peer, timed out, ``Connection: close``, a stream
+        ended, or shutdown).
+        """
+        config = self._config
+        buffer = b""
+        while True:
+            # The head: idle until its first byte, then the head timeout.
+            deadline = trio.current_time() + config.keep_alive_seconds
+            while (request := h1.read_request(buffer, config.max_body_bytes)) is h1.NEED_DATA:
+                if not buffer and self._closing:
+                    return None
+                try:
+                    data = await self._receive(connection, deadline)
+                except _Expired:
+                    if buffer:
+                        await self._refuse(connection, RequestTimeout("request head too slow"))
+                    return None
+                if not data:
+                    return buffer or None  # Hypercorn answers a truncated head as it would
+                if not buffer:
+                    deadline = trio.current_time() + config.request_head_timeout_seconds
+                buffer += data
+            if not isinstance(request, h1.Request):
+                return buffer
+            if request.route == "subscribe":
+                buffer = buffer[request.head_bytes :]
+                if not await self._subscribe(connection, request):
+                    return None
+                continue
+            # The body: a stall timeout, and a minimum average rate.
+            end = request.head_bytes + request.content_length
+            now = trio.current_time()
+            body_deadline = (
+                now
+                + config.request_body_timeout_seconds
+                + request.content_length / config.request_body_min_rate_bytes
+            )
+            while len(buffer) < end:
+                deadline = min(now + config.request_body_timeout_seconds, body_deadline)
+                try:
+                    data = await self._receive(connection, deadline)
+                except _Expired:
+                    await self._refuse(connection, RequestTimeout("request body too slow"))
+                    return None
+                if not data:
+                    return buffer  # Hypercorn answers a truncated body as the route would
+                buffer += data
+                now = trio.current_time()
+            body, buffer = buffer[request.head_bytes : end], buffer[end:]
+            if not await self._publish(connection, request, body):
+                return None
+
+    async def _receive(self, connection: Connection, deadline: float) -> bytes:
+        """The next bytes from the connection, or ``b""`` at its end.
+
+        Reads the socket directly: trio's ``receive_some`` costs more than
+        the rest of a publish's reading.
+
+        Raises:
+            _Expired: ``deadline`` passed first.
+        """
+        fd = connection.fileno
+        while True:
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError:  # reset by the peer
+                return b""
+            else:
+                if not data and connection.expired:
+                    raise _Expired
+                # Under load the next request is often there already; the
+                # checkpoint keeps one busy publisher from starving the rest.
+                await trio.lowlevel.checkpoint()
+                return data
+            self._waiting[connection] = deadline
+            try:
+                await trio.lowlevel.wait_readable(connection.stream.socket)
+            finally:
+                self._waiting.pop(connection, None)
+
+    async def _reap(self) -> None:
+        """Wake connections whose deadline passed (see the module docstring)."""
+        config = self._config
+        shortest = min(
+            config.keep_alive_seconds,
+            config.request_head_timeout_seconds,
+            config.request_body_timeout_seconds,
+        )
+        while True:
+            await trio.sleep(min(REAP_INTERVAL_SECONDS, shortest / 4))
+            now = trio.current_time()
+            for connection, deadline in list(self._waiting.items()):
+                if deadline <= now and not connection.has_arrived():
+                    connection.expired = True
+                    connection.stop_reading()
+
+    async def _refuse(self, connection: Connection, error: EsperError) -> None:
+        """Answer ``error`` (the connection then closes)."""
+        answer = endpoints.error_answer(error, [])
+        with suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await connection.send_all(self._head(answer, close=True) + answer.body)
+
+    async def _publish(self, connection: Connection, request: h1.Request, body: bytes) -> bool:
+        """Answer a publish; whether the connection stays open."""
+        config = self._config
+        cors = endpoints.cors_headers(config, request.header(b"origin"))
+        publish = endpoints.PublishRequest(
+            request.topic,
+            body,
+            request.query,
+            content_type=request.header(b"content-type"),
+            authorization=request.header(b"authorization"),
+        )
+        try:
+            answer = endpoints.json_answer(
+                await endpoints.publish(config, self._hub, publish), cors
+            )
+        except EsperError as error:
+            answer = endpoints.error_answer(error, cors)
+        keep = request.keep_alive and not self._closing and not _closes(answer)
+        try:
+            await connection.send_all(self._head(answer, close=not keep) + answer.body)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return keep
+
+    async def _subscribe(self, connection: Connection, request: h1.Request) -> bool:
+        """Answer a subscribe and serve its stream until it ends; whether the
+        connection stays open (a refused subscribe may keep it)."""
+        config = self._config
+        cors = endpoints.cors_headers(config, request.header(b"origin"))
+        subscribe = endpoints.SubscribeRequest(
+            request.topic,
+            request.query,
+            authorization=request.header(b"authorization"),
+            last_event_id=request.header(b"last-event-id"),
+        )
+        head = h1.response_head(
+            200,
+            _encode_headers([*endpoints.STREAM_HEADERS, *cors]),
+            date=self._http_date(),
+            close=not request.keep_alive,
+            chunked=True,
+        )
+        try:
+            plan = endpoints.plan_subscribe(config, subscribe)
+            async with self._hub.subscribe(plan.topic, frame=h1.chunk) as subscription:
+                await connection.send_all(head + h1.chunk(endpoints.opening_frame(config)))
+                head = b""
+                async with aclosing(
+                    endpoints.replay_pages(self._hub, subscription, plan)
+                ) as pages:
+                    async for page in pages:
+                        await connection.send_all(h1.chunk(page))
+                await self._stream(connection, subscription)
+        except EsperError as error:
+            if not head:
+                # The stream had started (a history read failed): end it; the
+                # client reconnects and resumes.
+                log.warning("stream to %s ended: %s", connection.peer, error.reason)
+                return False
+            answer = endpoints.error_answer(error, cors)
+            keep = request.keep_alive and not self._closing and not _closes(answer)
+            try:
+                await connection.send_all(self._head(answer, close=not keep) + answer.body)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            return keep
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # reset, or interrupted by a drop or by shutdown
+        return False
+
+    async def _stream(self, connection: Connection, subscription: Subscription) -> None:
+        """Write the subscription's chunks until it ends or the peer leaves,
+        then end the body.
+
+        The task parks on the socket (to see the peer leave) rather than on
+        the queue: while it is parked the topic writes to the socket directly
+        (:meth:`Subscription.park`), and only what the socket does not take
+        at once is queued and wakes this task to write it.
+
+        Raises:
+            OSError, trio.BrokenResourceError: the connection broke.
+        """
+        sock = connection.stream.socket
+        # Dropping a slow subscriber also abandons a write it is stuck in.
+        subscription.on_drop = connection.interrupt
+        subscription.attach(connection.write_nowait)
+        try:
+            while True:
+                with trio.CancelScope() as parked:
+                    if subscription.park(parked.cancel):
+                        await trio.lowlevel.wait_readable(sock)
+                        try:
+                            if not os.read(sock.fileno(), DISCARD_BYTES):
+                                return  # the peer closed its end
+                        except BlockingIOError:
+                            pass
+                        continue
+                subscription.unpark()
+                chunk = subscription.take_nowait()
+                if chunk is None:
+                    break
+                if chunk:
+                    await connection.send_all(chunk)
+            if not subscription.dropped:
+                await connection.send_all(h1.LAST_CHUNK)
+        finally:
+            subscription.unpark()
+            subscription.attach(None)
+
+    def _head(self, answer: endpoints.Answer, *, close: bool) -> bytes:
+        headers = [*answer.headers, ("content-length", str(len(answer.body)))]
+        return h1.response_head(
+            answer.status, _encode_headers(headers), date=self._http_date(), close=close
+        )
+
+    def _http_date(self) -> bytes:
+        # RFC 9110, section 6.6.1: an origin server with a clock MUST send Date.
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, format_date_time(now).encode("ascii"))
+        return self._date[1]
+
+
+def _closes(answer: endpoints.Answer) -> bool:
+    return ("connection", "close") in answer.headers
+
+
+def _encode_headers(headers: endpoints.Headers) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("ascii"), value.encode("latin-1")) for name, value in headers]
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+class _OneLineTracebacks(logging.Filter):
+    """Hypercorn logs an application error with its traceback; a client that
+    can trigger one could flood the log. One line each, the traceback only
+    when debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not log.isEnabledFor(logging.DEBUG):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _hypercorn_logger() -> logging.Logger:
+    logger = logging.getLogger("trio_esper.hypercorn")
+    if not logger.filters:
+        logger.addFilter(_OneLineTracebacks())
+    return logger
+
+
+#: accept() errors that mean "out of file descriptors or memory for now".
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: How long to wait before accepting again after one of them.
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    handle: Callable[[trio.SocketStream], Awaitable[object]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections until cancelled, each handled in ``nursery``."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("accept failed (%s); retrying in %g s", exc, ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+            else:
+                nursery.start_soon(handle, stream)
