@@ -102,7 +102,7 @@ async def test_replay_then_live_has_no_duplicate_at_the_seam() -> None:
             # Published after subscribing but before the replay is read:
             # queued live *and* in history. It must come out once.
             await hub.publish("topic0001", ev("3"))
-            replay = await hub.replay(sub, first.records[0].id)
+            replay = await hub.replay(sub, first.records[0].id, 1000)
             assert [r.event.data for r in replay.records] == ["2", "3"]
             await hub.publish("topic0001", ev("4"))
             await trio.testing.wait_all_tasks_blocked()

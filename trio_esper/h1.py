@@ -125,6 +125,8 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | _S
     if match is None:
         return DECLINE
     method, target, route, topic, query = match.groups()
+    if (method == b"POST") != (route == b"publish"):
+        return DECLINE  # the Quart route answers 405 with Allow
     headers: dict[bytes, bytes] = {}
     for line in lines:
         field = _field_line.fullmatch(line)
