@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -82,11 +83,6 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     app = _App("trio_esper")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    # Quart's whole-body deadline (408): the edge's stall-and-rate rule for
-    # the fast forms becomes one deadline for everything else.
-    app.config["BODY_TIMEOUT"] = config.request_body_timeout_seconds + (
-        config.max_body_bytes / config.request_body_min_rate_bytes
-    )
     # werkzeug would answer //subscribe/x with a redirect to a Location built
     # from the client's Host header.
     app.url_map.merge_slashes = False
@@ -108,11 +104,23 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
         )
 
     @app.before_request
-    async def refuse_ambiguous_framing() -> None:
+    async def check_request() -> None:
+        # werkzeug matches //subscribe/x as /subscribe/x (and, merging
+        # slashes, would redirect to a Location built from the Host header).
+        if "//" in request.scope["path"]:
+            raise NotFound("unknown route")
         # RFC 9112, section 6.1: answer, then close (the edge declines these
         # to this route, so both front ends answer alike).
-        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+        length = request.headers.get("Content-Length")
+        if length is not None and "Transfer-Encoding" in request.headers:
             raise AmbiguousFraming("Content-Length and Transfer-Encoding together")
+        # The edge's body deadline: the stall timeout plus the length at the
+        # slowest rate accepted (a chunked body: the largest length).
+        expected = int(length) if length and length.isascii() and length.isdigit() else 0
+        request.body_timeout = math.ceil(
+            config.request_body_timeout_seconds
+            + (expected or config.max_body_bytes) / config.request_body_min_rate_bytes
+        )
 
     @app.errorhandler(EsperError)
     async def esper_error(error: EsperError) -> Response:

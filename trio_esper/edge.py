@@ -68,6 +68,12 @@ RECEIVE_BYTES = 64 * 1024
 DISCARD_BYTES = 4096
 #: The reaper looks this often at most (and at least four times per timeout).
 REAP_INTERVAL_SECONDS = 1.0
+#: A connection closed with unread input is drained this long at most, and
+#: this much (see :meth:`Edge._linger`).
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 256 * 1024
+#: See :meth:`Edge._shut_down`.
+STREAM_FLUSH_SECONDS = 0.1
 
 
 class _Expired(Exception):
@@ -131,30 +137,47 @@ class Connection:
             self.stream.socket.shutdown(socket.SHUT_RD)
 
 
-class _ReplayedStream:
-    """The connection's socket stream as Hypercorn reads it: the bytes the
-    edge already read first, then the socket."""
+class _HypercornStream:
+    """The connection's socket stream as Hypercorn uses it.
+
+    * The bytes the edge already read come first.
+    * Ending output and closing leave the socket to its owner
+      (:meth:`Edge.handle`), which closes it once Hypercorn is done, after a
+      lingering close; a read in progress ends. Hypercorn ends a connection
+      from its reading task, so it can do so while a response it has already
+      framed waits to be written (a 413 with a request pipelined behind it:
+      h11 refuses the bytes after a ``Connection: close`` response); that
+      response is still written.
+    """
 
     def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
         self.socket = stream.socket
         self._stream = stream
         self._unread = unread
+        self._closed = False
+        self._receiving: trio.CancelScope | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._unread:
             data, self._unread = self._unread, b""
             await trio.lowlevel.checkpoint()
             return data
-        return await self._stream.receive_some(max_bytes)
+        with trio.CancelScope() as self._receiving:
+            if not self._closed:
+                return await self._stream.receive_some(max_bytes)
+        raise trio.ClosedResourceError
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        self._closed = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+        await trio.lowlevel.checkpoint()
 
 
 class Edge:
@@ -174,8 +197,9 @@ class Edge:
         self._context = WorkerContext(None)
         self._connections: set[Connection] = set()
         self._empty = trio.Event()
-        #: Connections waiting for bytes, and until when.
-        self._waiting: dict[Connection, float] = {}
+        #: Connections waiting for bytes: until when, and whether idle
+        #: between requests (nothing of a request read yet).
+        self._waiting: dict[Connection, tuple[float, bool]] = {}
         self._closing = False
         self._date = (0, b"")
 
@@ -215,9 +239,13 @@ class Edge:
         connection = Connection(stream)
         self._connections.add(connection)
         try:
-            unread = await self._serve_fast(connection) if self._config.fast_lane else b""
+            if self._config.fast_lane:
+                unread = await self._serve_fast(connection)
+            else:
+                unread = await self._read_head(connection, b"")
             if unread is not None:
                 await self._serve_hypercorn(connection, unread)
+            await self._linger(connection)
         except* Exception as group:
             error = _first_leaf(group)
             log.warning(
@@ -230,17 +258,48 @@ class Edge:
             if not self._connections:
                 self._empty.set()
 
+    async def _linger(self, connection: Connection) -> None:
+        """Before closing a connection that has unread input: end output and
+        read what the client still sends, for a moment. Closing with unread
+        input makes the kernel send a reset, which can destroy the answer
+        just written (a 413 or 408 while the client still sends its body)."""
+        if connection.fileno < 0 or not connection.has_arrived():
+            return
+        with suppress(OSError):
+            connection.stream.socket.shutdown(socket.SHUT_WR)
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_MAX_BYTES:
+                try:
+                    data = os.read(connection.fileno, RECEIVE_BYTES)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(connection.stream.socket)
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                drained += len(data)
+
     async def _shut_down(self, grace_seconds: float) -> None:
         log.info("shutting down: %d connections open", len(self._connections))
         self._closing = True
         self._hub.close()
-        for connection, _ in list(self._waiting.items()):
-            if not connection.has_arrived():
+        for connection, (_, idle) in list(self._waiting.items()):
+            if idle and not connection.has_arrived():
                 connection.stop_reading()
-        # Hypercorn closes a connection after its current response once
-        # `terminated` is set, and wakes idle keep-alive ones.
-        await self._context.terminated.set()
         with trio.move_on_after(grace_seconds):
+            # Streams served through Hypercorn end before it is told to stop:
+            # over HTTP/2 it would close a connection whose last stream ended
+            # before that stream's END_STREAM went out.
+            await self._hub.wait_closed()
+            # Hypercorn's HTTP/2 protocol writes a stream's END_STREAM from
+            # its send task after the stream's body ended; told to stop before
+            # that, it closes the connection first. A moment lets it catch up.
+            await trio.sleep(STREAM_FLUSH_SECONDS)
+            # Hypercorn closes a connection after its current response once
+            # `terminated` is set, and wakes idle keep-alive ones.
+            await self._context.terminated.set()
             while self._connections:
                 self._empty = trio.Event()
                 await self._empty.wait()
@@ -256,7 +315,7 @@ class Edge:
     # --- Hypercorn --------------------------------------------------------
 
     async def _serve_hypercorn(self, connection: Connection, unread: bytes) -> None:
-        stream = _ReplayedStream(connection.stream, unread)
+        stream = _HypercornStream(connection.stream, unread)
         server = TCPServer(self._app, self._hyper, self._context, ConnectionState({}), stream)  # type: ignore[arg-type]
         await server
 
@@ -279,7 +338,7 @@ class Edge:
                 if not buffer and self._closing:
                     return None
                 try:
-                    data = await self._receive(connection, deadline)
+                    data = await self._receive(connection, deadline, idle=not buffer)
                 except _Expired:
                     if buffer:
                         await self._refuse(connection, RequestTimeout("request head too slow"))
@@ -290,7 +349,7 @@ class Edge:
                     deadline = trio.current_time() + config.request_head_timeout_seconds
                 buffer += data
             if not isinstance(request, h1.Request):
-                return buffer
+                return await self._read_head(connection, buffer)
             if request.route == "subscribe":
                 buffer = buffer[request.head_bytes :]
                 if not await self._subscribe(connection, request):
@@ -319,7 +378,33 @@ class Edge:
             if not await self._publish(connection, request, body):
                 return None
 
-    async def _receive(self, connection: Connection, deadline: float) -> bytes:
+    async def _read_head(self, connection: Connection, buffer: bytes) -> bytes | None:
+        """Read until ``buffer`` holds a whole request head (or the HTTP/2
+        preface), for Hypercorn, so the head timeout holds for requests it
+        serves too. ``None`` if the connection ended or timed out first."""
+        config = self._config
+        deadline = trio.current_time() + (
+            config.request_head_timeout_seconds if buffer else config.keep_alive_seconds
+        )
+        while not h1.head_complete(buffer):
+            if not buffer and self._closing:
+                return None
+            try:
+                data = await self._receive(connection, deadline, idle=not buffer)
+            except _Expired:
+                if buffer:
+                    await self._refuse(connection, RequestTimeout("request head too slow"))
+                return None
+            if not data:
+                return buffer or None
+            if not buffer:
+                deadline = trio.current_time() + config.request_head_timeout_seconds
+            buffer += data
+        return buffer
+
+    async def _receive(
+        self, connection: Connection, deadline: float, *, idle: bool = False
+    ) -> bytes:
         """The next bytes from the connection, or ``b""`` at its end.
 
         Reads the socket directly: trio's ``receive_some`` costs more than
@@ -343,7 +428,7 @@ class Edge:
                 # checkpoint keeps one busy publisher from starving the rest.
                 await trio.lowlevel.checkpoint()
                 return data
-            self._waiting[connection] = deadline
+            self._waiting[connection] = (deadline, idle)
             try:
                 await trio.lowlevel.wait_readable(connection.stream.socket)
             finally:
@@ -360,7 +445,7 @@ class Edge:
         while True:
             await trio.sleep(min(REAP_INTERVAL_SECONDS, shortest / 4))
             now = trio.current_time()
-            for connection, deadline in list(self._waiting.items()):
+            for connection, (deadline, _) in list(self._waiting.items()):
                 if deadline <= now and not connection.has_arrived():
                     connection.expired = True
                     connection.stop_reading()

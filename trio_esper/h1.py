@@ -173,6 +173,17 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | _S
     )
 
 
+#: RFC 9112, section 2.2: a head ends at an empty line; h11 takes CRLF or a
+#: bare LF for each line end.
+_head_end = re.compile(rb"\n\r?\n")
+
+
+def head_complete(buffer: bytes | bytearray) -> bool:
+    """Whether ``buffer`` holds a whole request head (by h11's reading, which
+    also takes bare LF line ends), or more than a head may be."""
+    return len(buffer) > MAX_HEAD_BYTES or _head_end.search(buffer) is not None
+
+
 # --- What the edge writes ---------------------------------------------------
 
 #: The last chunk of a chunked body (RFC 9112, section 7.1).

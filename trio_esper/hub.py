@@ -347,6 +347,7 @@ class Hub:
         self._queue_events = queue_events
         self._topics: dict[str, Topic] = {}
         self._closing = False
+        self._closed = trio.Event()
         self._published = 0
         self._delivered = 0
         self._dropped = 0
@@ -388,6 +389,8 @@ class Hub:
         if not entry.subscribers and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
             entry.close()
+            if self._closing and not self._topics:
+                self._closed.set()
 
     async def replay(
         self, subscription: Subscription, after: str | None, limit: int
@@ -440,6 +443,12 @@ class Hub:
         for entry in self._topics.values():
             for subscription in entry.subscribers:
                 subscription.close()
+        if not self._topics:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`, wait until every subscription has left."""
+        await self._closed.wait()
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
