@@ -444,11 +444,16 @@ class Edge:
         )
         while True:
             await trio.sleep(min(REAP_INTERVAL_SECONDS, shortest / 4))
-            now = trio.current_time()
-            for connection, (deadline, _) in list(self._waiting.items()):
-                if deadline <= now and not connection.has_arrived():
-                    connection.expired = True
-                    connection.stop_reading()
+            self.reap_expired(trio.current_time())
+
+    def reap_expired(self, now: float) -> None:
+        """Wake the connections whose deadline is ``now`` or earlier, unless
+        what they wait for has arrived (their task has yet to run, on a busy
+        broker): that request is served."""
+        for connection, (deadline, _) in list(self._waiting.items()):
+            if deadline <= now and not connection.has_arrived():
+                connection.expired = True
+                connection.stop_reading()
 
     async def _refuse(self, connection: Connection, error: EsperError) -> None:
         """Answer ``error`` (the connection then closes)."""
