@@ -88,10 +88,11 @@ class Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         try:
-            host, port, *_ = stream.socket.getpeername()
-            self.peer = f"{host}:{port}"
+            address = stream.socket.getpeername()
         except OSError:
-            self.peer = "?"
+            address = None
+        #: ``host:port`` for the log (and anything else for a non-IP socket).
+        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local"
         #: Set by the reaper: the wait that timed out.
         self.expired = False
 
