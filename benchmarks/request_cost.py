@@ -1,11 +1,13 @@
 """What one publish request costs the server, layer by layer.
 
-The minimal reproduction behind ``trio_esper/fastlane.py``: server CPU time
+The minimal reproduction behind the edge's fast forms (``trio_esper/edge.py``,
+``trio_esper/h1.py``): server CPU time
 per ``POST /publish/{topic}`` (utime + stime from /proc, divided by requests)
 for
 
 - ``h11``: h11 alone parsing the request and framing a 200 answer, in-process;
-- ``lane-parse``: the fast lane's parser and answer framing, in-process;
+- ``lane-parse``: the edge's request reader (``h1.read_request``) and answer
+  framing (``h1.response_head``), in-process;
 - ``bare-trio``: a trio server that parses by hand and answers ``{}`` (the
   floor for Python on trio);
 - ``hypercorn-asgi``: a trivial raw ASGI app on ``hypercorn.trio``;
@@ -65,18 +67,19 @@ def h11_cost(n: int = 5000) -> float:
 
 
 def lane_parse_cost(n: int = 5000) -> float:
-    """Microseconds for the fast lane to parse REQUEST's head and frame an answer."""
-    from trio_esper.config import Config
-    from trio_esper.fastlane import FastLane, parse_publish_head
-
-    lane = FastLane(Config(), None, keep_alive_timeout_seconds=5)  # type: ignore[arg-type]
-    head_end = REQUEST.index(b"\r\n\r\n")
+    """Microseconds for the edge to read REQUEST's head and frame an answer."""
+    from trio_esper import h1
 
     def one() -> None:
-        head = parse_publish_head(REQUEST[:head_end], 65536)
-        assert head is not None
-        head.request(REQUEST[head_end + 4 :])
-        lane._response(200, {}, "application/json", b"{}", close=False)
+        request = h1.read_request(REQUEST, 65536)
+        assert isinstance(request, h1.Request)
+        request.header(b"content-type")
+        h1.response_head(
+            200,
+            [(b"content-type", b"application/json"), (b"content-length", b"2")],
+            date=b"Sun, 29 Nov 2026 08:00:00 GMT",
+            close=False,
+        )
 
     return timeit.timeit(one, number=n) / n * 1e6
 

@@ -27,7 +27,7 @@ SUB_SECRET = "subscriber-secret-of-at-least-32-bytes"
 ORIGIN = "https://app.example"
 #: How long a connection stays quiet before its answer is taken as complete
 #: (streams never end; keep-alive connections stay open).
-QUIET_SECONDS = 0.4
+QUIET_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ async def _answers(
     return [answers[n] for n in range(len(cases))], handoffs
 
 
-_DATE = re.compile(rb"(?im)^date: [^\r\n]*$")
+_DATE = re.compile(rb"(?i)\r\ndate: [^\r\n]*")
 #: Ids the broker assigns: 16 decimal digits, different from run to run.
 _ASSIGNED = re.compile(rb"(?<![0-9])[0-9]{16}(?![0-9])")
 #: Publish times in /history.
@@ -236,7 +236,7 @@ _TIME = re.compile(rb'"time": [0-9.]+')
 
 
 def _normalise(answer: bytes) -> bytes:
-    answer = _DATE.sub(b"date: <date>", answer)
+    answer = _DATE.sub(b"\r\ndate: <date>", answer)
     answer = _TIME.sub(b'"time": <time>', answer)
     return _ASSIGNED.sub(b"<assigned id>", answer)
 
