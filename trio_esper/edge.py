@@ -46,6 +46,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, suppress
+from dataclasses import dataclass
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -57,7 +58,7 @@ from hypercorn.typing import AppWrapper, ConnectionState
 from . import endpoints, h1
 from .config import Config
 from .errors import EsperError, RequestTimeout
-from .hub import Hub, Subscription
+from .hub import Hub
 
 log = logging.getLogger("trio_esper")
 
@@ -83,18 +84,21 @@ class _Expired(Exception):
 class Connection:
     """One accepted connection, as the edge sees it."""
 
-    __slots__ = ("expired", "peer", "stream")
+    __slots__ = ("expired", "stream")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        try:
-            address = stream.socket.getpeername()
-        except OSError:
-            address = None
-        #: ``host:port`` for the log (and anything else for a non-IP socket).
-        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local"
         #: Set by the reaper: the wait that timed out.
         self.expired = False
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` for the log (and ``local`` for a non-IP socket)."""
+        try:
+            address = self.stream.socket.getpeername()
+        except OSError:
+            return "?"
+        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local"
 
     @property
     def fileno(self) -> int:
@@ -136,6 +140,25 @@ class Connection:
         """Wake the connection's task from a read: it sees end of input."""
         with suppress(OSError):
             self.stream.socket.shutdown(socket.SHUT_RD)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A subscribe request checked, its stream not yet open."""
+
+    plan: endpoints.Stream
+    cors: endpoints.Headers
+    close: bool
+    """The connection ends with the stream (the client sent ``Connection: close``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A subscribe request refused: its answer, and whether the client keeps
+    the connection."""
+
+    answer: endpoints.Answer
+    keep_alive: bool
 
 
 class _HypercornStream:
@@ -349,13 +372,19 @@ class Edge:
                 if not buffer:
                     deadline = trio.current_time() + config.request_head_timeout_seconds
                 buffer += data
+            data = b""
             if not isinstance(request, h1.Request):
                 return await self._read_head(connection, buffer)
             if request.route == "subscribe":
                 buffer = buffer[request.head_bytes :]
-                if not await self._subscribe(connection, request):
-                    return None
-                continue
+                opened = self._open_stream(request)
+                del request  # an open stream keeps nothing of its request
+                if isinstance(opened, _Refused):
+                    if not await self._send_answer(connection, opened.answer, opened.keep_alive):
+                        return None
+                    continue
+                await self._stream(connection, opened)
+                return None
             # The body: a stall timeout, and a minimum average rate.
             end = request.head_bytes + request.content_length
             now = trio.current_time()
@@ -479,16 +508,10 @@ class Edge:
             )
         except EsperError as error:
             answer = endpoints.error_answer(error, cors)
-        keep = request.keep_alive and not self._closing and not _closes(answer)
-        try:
-            await connection.send_all(self._head(answer, close=not keep) + answer.body)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return keep
+        return await self._send_answer(connection, answer, request.keep_alive)
 
-    async def _subscribe(self, connection: Connection, request: h1.Request) -> bool:
-        """Answer a subscribe and serve its stream until it ends; whether the
-        connection stays open (a refused subscribe may keep it)."""
+    def _open_stream(self, request: h1.Request) -> _Opened | _Refused:
+        """Check a subscribe request: where its stream starts, or its refusal."""
         config = self._config
         cors = endpoints.cors_headers(config, request.header(b"origin"))
         subscribe = endpoints.SubscribeRequest(
@@ -497,79 +520,88 @@ class Edge:
             authorization=request.header(b"authorization"),
             last_event_id=request.header(b"last-event-id"),
         )
-        head = h1.response_head(
-            200,
-            _encode_headers([*endpoints.STREAM_HEADERS, *cors]),
-            date=self._http_date(),
-            close=not request.keep_alive,
-            chunked=True,
-        )
         try:
             plan = endpoints.plan_subscribe(config, subscribe)
-            async with self._hub.subscribe(plan.topic, frame=h1.chunk) as subscription:
-                await connection.send_all(head + h1.chunk(endpoints.opening_frame(config)))
-                head = b""
-                async with aclosing(
-                    endpoints.replay_pages(self._hub, subscription, plan)
-                ) as pages:
-                    async for page in pages:
-                        await connection.send_all(h1.chunk(page))
-                await self._stream(connection, subscription)
         except EsperError as error:
-            if not head:
-                # The stream had started (a history read failed): end it; the
-                # client reconnects and resumes.
-                log.warning("stream to %s ended: %s", connection.peer, error.reason)
-                return False
-            answer = endpoints.error_answer(error, cors)
-            keep = request.keep_alive and not self._closing and not _closes(answer)
-            try:
-                await connection.send_all(self._head(answer, close=not keep) + answer.body)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            return keep
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # reset, or interrupted by a drop or by shutdown
-        return False
+            return _Refused(endpoints.error_answer(error, cors), request.keep_alive)
+        return _Opened(plan, cors, close=not request.keep_alive)
 
-    async def _stream(self, connection: Connection, subscription: Subscription) -> None:
-        """Write the subscription's chunks until it ends or the peer leaves,
-        then end the body.
+    async def _stream(self, connection: Connection, opened: _Opened) -> None:
+        """Serve a subscriber's stream until it ends or the peer leaves, then
+        end the body (the connection then closes).
 
         The task parks on the socket (to see the peer leave) rather than on
         the queue: while it is parked the topic writes to the socket directly
         (:meth:`Subscription.park`), and only what the socket does not take
         at once is queued and wakes this task to write it.
-
-        Raises:
-            OSError, trio.BrokenResourceError: the connection broke.
         """
         sock = connection.stream.socket
-        # Dropping a slow subscriber also abandons a write it is stuck in.
-        subscription.on_drop = connection.interrupt
-        subscription.attach(connection.write_nowait)
+        started = False
         try:
-            while True:
-                with trio.CancelScope() as parked:
-                    if subscription.park(parked.cancel):
-                        await trio.lowlevel.wait_readable(sock)
-                        try:
-                            if not os.read(sock.fileno(), DISCARD_BYTES):
-                                return  # the peer closed its end
-                        except BlockingIOError:
-                            pass
-                        continue
-                subscription.unpark()
-                chunk = subscription.take_nowait()
-                if chunk is None:
-                    break
-                if chunk:
-                    await connection.send_all(chunk)
-            if not subscription.dropped:
-                await connection.send_all(h1.LAST_CHUNK)
-        finally:
-            subscription.unpark()
-            subscription.attach(None)
+            async with self._hub.subscribe(opened.plan.topic, frame=h1.chunk) as subscription:
+                await connection.send_all(
+                    h1.response_head(
+                        200,
+                        _encode_headers([*endpoints.STREAM_HEADERS, *opened.cors]),
+                        date=self._http_date(),
+                        close=opened.close,
+                        chunked=True,
+                    )
+                    + h1.chunk(endpoints.opening_frame(self._config))
+                )
+                started = True
+                async with aclosing(
+                    endpoints.replay_pages(self._hub, subscription, opened.plan)
+                ) as pages:
+                    async for page in pages:
+                        await connection.send_all(h1.chunk(page))
+                # Dropping a slow subscriber also abandons a write it is stuck in.
+                subscription.on_drop = connection.interrupt
+                subscription.attach(connection.write_nowait)
+                try:
+                    while True:
+                        with trio.CancelScope() as parked:
+                            if subscription.park(parked.cancel):
+                                await trio.lowlevel.wait_readable(sock)
+                                try:
+                                    if not os.read(sock.fileno(), DISCARD_BYTES):
+                                        return  # the peer closed its end
+                                except BlockingIOError:
+                                    pass
+                                continue
+                        subscription.unpark()
+                        chunk = subscription.take_nowait()
+                        if chunk is None:
+                            break
+                        if chunk:
+                            await connection.send_all(chunk)
+                    if not subscription.dropped:
+                        await connection.send_all(h1.LAST_CHUNK)
+                finally:
+                    subscription.unpark()
+                    subscription.attach(None)
+        except EsperError as error:
+            if started:
+                # A history read failed: end the stream; the client
+                # reconnects and resumes.
+                log.warning("stream to %s ended: %s", connection.peer, error.reason)
+            else:  # refused on entry: the broker is shutting down
+                await self._send_answer(
+                    connection, endpoints.error_answer(error, opened.cors), keep_alive=False
+                )
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # reset, or interrupted by a drop or by shutdown
+
+    async def _send_answer(
+        self, connection: Connection, answer: endpoints.Answer, keep_alive: bool
+    ) -> bool:
+        """Write ``answer``; whether the connection stays open."""
+        keep = keep_alive and not self._closing and not _closes(answer)
+        try:
+            await connection.send_all(self._head(answer, close=not keep) + answer.body)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return keep
 
     def _head(self, answer: endpoints.Answer, *, close: bool) -> bytes:
         headers = [*answer.headers, ("content-length", str(len(answer.body)))]

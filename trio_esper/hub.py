@@ -306,6 +306,29 @@ class Topic:
         self._inbox_send.close()
 
 
+class Subscribing:
+    """What :meth:`Hub.subscribe` returns: ``async with`` it for the
+    subscription. A class rather than a generator-based context manager:
+    every open stream keeps one, and this one is a few dozen bytes."""
+
+    __slots__ = ("_frame", "_hub", "_subscription", "_topic")
+
+    def __init__(self, hub: Hub, topic: str, frame: Frame) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._frame = frame
+        self._subscription: Subscription | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._subscription = self._hub._subscribe(self._topic, self._frame)
+        return self._subscription
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._subscription is not None:
+            self._hub._unsubscribe(self._subscription)
+            self._subscription = None
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayPage:
     """A page of history for a resuming subscriber (:meth:`Hub.replay`)."""
@@ -352,35 +375,33 @@ class Hub:
         self._delivered = 0
         self._dropped = 0
 
-    @asynccontextmanager
-    async def subscribe(
-        self, topic: str, *, frame: Frame | None = None
-    ) -> AsyncIterator[Subscription]:
-        """Subscribe to ``topic`` (already normalised) for the ``async with`` block.
+    def subscribe(self, topic: str, *, frame: Frame | None = None) -> Subscribing:
+        """Subscribe to ``topic`` (already normalised) for an ``async with``
+        block, which gives the :class:`Subscription`.
 
         ``frame``: how the transport frames what it is handed (see
         :data:`Frame`); bare SSE bytes if ``None``.
 
-        Live records start queueing at once; call :meth:`replay` inside the
+        Live records start queueing on entry; call :meth:`replay` inside the
         block to send history first without a gap or a duplicate at the seam.
+        Whatever ends the block -- a return, a disconnect arriving as
+        cancellation, an error -- unsubscribes.
 
-        Raises:
+        Raises (on entry):
             ServiceUnavailable: the hub is shutting down.
         """
+        return Subscribing(self, topic, _bare if frame is None else frame)
+
+    def _subscribe(self, topic: str, frame: Frame) -> Subscription:
         if self._closing:
             raise ServiceUnavailable("the broker is shutting down")
         entry = self._topics.get(topic)
         if entry is None:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
-        subscription = Subscription(
-            self, entry, self._queue_events, frame=_bare if frame is None else frame
-        )
+        subscription = Subscription(self, entry, self._queue_events, frame=frame)
         entry.subscribers.add(subscription)
-        try:
-            yield subscription
-        finally:
-            self._unsubscribe(subscription)
+        return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
