@@ -12,11 +12,18 @@ Interleaving the brokers within one run keeps machine noise from favouring
 either. Loopback only; every run is bounded by the generator's
 ``--count``/``--duration``/``--drain-max``.
 
+Two scenarios of our own run only when named: ``admission`` (10,000
+subscribers, 512 handshakes in flight: subscriptions admitted per second,
+ssebench's connect_per_s) and ``reconnect`` (a reconnect storm driven by
+benchmarks/reconnect.py: 5000 subscribers resume 100 events back at once;
+time until all have caught up, the broker's peak RSS).
+
 Also measures two latencies of trio_esper directly: subscribe-to-first-byte
 and disconnect-cleanup (client closes -> gone from /stats).
 
     python3 -m nox -s bench                   # trio_esper alone, four scenarios
     python3 -m nox -s bench_compare -- --repeat 3 --scenarios fanout
+    python3 -m nox -s bench_compare -- --scenarios admission,reconnect --no-probes
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,9 +58,13 @@ NGINX_PREFIX = Path("/tmp/trio-esper-bench/nginx")
 class Scenario:
     name: str
     args: tuple[str, ...]
+    #: What drives the load: ``ssebench`` (or ``--generator loadgen``), or
+    #: ``reconnect`` (benchmarks/reconnect.py, whatever --generator says).
+    driver: str = "ssebench"
 
 
-#: The scenarios of ../shared/bench/run_nchan.sh, with the same arguments.
+#: The scenarios of ../shared/bench/run_nchan.sh, with the same arguments,
+#: then our own (not run unless named in --scenarios).
 SCENARIOS = {
     # 1000 subscribers, 1 topic, 2000 x 100-byte messages, one publisher connection.
     "fanout": Scenario("fanout", ("-s", "1000", "-t", "1", "-c", "1", "-n", "2000", "-z", "100")),
@@ -73,7 +85,25 @@ SCENARIOS = {
         "latency",
         ("-s", "100", "-t", "1", "-c", "1", "-n", "2000", "-r", "200", "-z", "100", "-d", "15"),
     ),
+    # Admission: 10,000 subscribers, 512 handshakes in flight; the figure is
+    # connect_per_s (then 10 messages to all, to see every stream is live).
+    "admission": Scenario(
+        "admission",
+        (
+            *("-s", "10000", "-t", "1", "-c", "1", "-n", "10", "-z", "100"),
+            *("--connect-concurrency", "512", "--connect-timeout", "120"),
+        ),
+    ),
+    # Reconnect storm: 150 events on each of 50 topics, then 5000 subscribers
+    # connect at once, each with Last-Event-ID 100 events back (reconnect.py).
+    "reconnect": Scenario(
+        "reconnect",
+        ("--subs", "5000", "--topics", "50", "--history", "150", "--replay", "100"),
+        driver="reconnect",
+    ),
 }
+#: What runs when --scenarios is not given: run_nchan.sh's matrix.
+DEFAULT_SCENARIOS = ("fanout", "idle10k", "topics", "latency")
 
 
 def build_ssebench() -> Path:
@@ -153,14 +183,34 @@ def ensure_nchan() -> bool:
 
 
 @contextmanager
-def nchan() -> Iterator[list[int]]:
+def nchan(buffer_length: int | None = None) -> Iterator[list[int]]:
+    """Nchan with ../shared/bench/nchan.conf, or with a copy of it that keeps
+    ``buffer_length`` messages per channel (instead of 16) for an hour (for
+    replaying history)."""
     (NGINX_PREFIX / "logs").mkdir(parents=True, exist_ok=True)
     (NGINX_PREFIX / "tmp").mkdir(parents=True, exist_ok=True)
+    config = SHARED_BENCH / "nchan.conf"
+    if buffer_length is not None:
+        text = config.read_text()
+        text, found = re.subn(
+            r"nchan_message_buffer_length \d+;",
+            f"nchan_message_buffer_length {buffer_length};",
+            text,
+        )
+        text, found_timeout = re.subn(
+            r"nchan_message_timeout \w+;", "nchan_message_timeout 3600s;", text
+        )
+        if found != 1 or found_timeout != 1:
+            raise RuntimeError(
+                f"{config}: no single nchan_message_buffer_length/timeout to change"
+            )
+        config = NGINX_PREFIX / f"nchan-buffer{buffer_length}.conf"
+        config.write_text(text)
     proc = subprocess.Popen(
         [
             "nginx",
             "-c",
-            str(SHARED_BENCH / "nchan.conf"),
+            str(config),
             "-p",
             str(NGINX_PREFIX),
             "-g",
@@ -223,14 +273,46 @@ def run_ssebench(
 def add_cpu_per_event(result: dict[str, object]) -> None:
     """Server CPU time per delivered event, in us: the figure steal time on a
     shared VM disturbs least (a stolen vCPU charges no CPU to the broker,
-    while it lowers every rate), so before/after comparisons use it."""
-    cpu, rate = result.get("run_cpu_server_pct"), result.get("delivered_per_s")
-    if isinstance(cpu, int | float) and isinstance(rate, int | float) and cpu > 0 and rate > 0:
-        result["server_cpu_us_per_event"] = cpu / 100 / rate * 1e6
+    while it lowers every rate), so before/after comparisons use it. Likewise
+    per admitted subscription, over the connect phase."""
+    for key, cpu_key, rate_key in (
+        ("server_cpu_us_per_event", "run_cpu_server_pct", "delivered_per_s"),
+        ("server_cpu_us_per_connect", "connect_cpu_server_pct", "connect_per_s"),
+    ):
+        cpu, rate = result.get(cpu_key), result.get(rate_key)
+        if isinstance(cpu, int | float) and isinstance(rate, int | float) and cpu > 0 and rate > 0:
+            result[key] = cpu / 100 / rate * 1e6
+
+
+def run_reconnect(
+    broker: str, scenario: Scenario, pids: list[int], label: str
+) -> dict[str, object]:
+    """The scenario with benchmarks/reconnect.py against the running broker."""
+    kind, port = ("nchan", NCHAN_PORT) if broker == "nchan" else ("esper", ESPER_PORT)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "reconnect.py"), *scenario.args]
+    cmd += ["--port", str(port), "--kind", kind, "--server-pid", ",".join(map(str, pids))]
+    cmd += ["--label", label, "--idle-wait", "15"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    lines = done.stdout.strip().splitlines()
+    result: dict[str, object] = json.loads(lines[-1]) if lines else {"error": done.stderr[-500:]}
+    result.update(exit_code=done.returncode, broker=broker, scenario=scenario.name)
+    return result
+
+
+def start_broker(broker: str, scenario: Scenario) -> AbstractContextManager[list[int]]:
+    """A fresh ``broker`` for one run of ``scenario``: for the reconnect
+    scenario, Nchan keeps the history it replays (nchan.conf keeps 16
+    messages; trio_esper keeps 1000 by default)."""
+    if broker == "nchan" and scenario.driver == "reconnect":
+        return nchan(buffer_length=int(scenario.args[scenario.args.index("--history") + 1]))
+    return BROKERS[broker]()
 
 
 #: The ssebench flags (each with a value) that loadgen.py understands too.
-LOADGEN_FLAGS = {"-s", "-t", "-c", "-n", "-r", "-z", "-d", "--connect-concurrency"}
+LOADGEN_FLAGS = {
+    *("-s", "-t", "-c", "-n", "-r", "-z", "-d"),
+    *("--connect-concurrency", "--connect-timeout"),
+}
 
 
 def run_loadgen(
@@ -298,6 +380,27 @@ COLUMNS: list[tuple[str, str, str, float]] = [
     ("RSS MB", "server_rss_kb_max", "{:.0f}", 1024),
     ("KB/sub", "server_bytes_per_sub", "{:.1f}", 1024),
     ("us/ev", "server_cpu_us_per_event", "{:.1f}", 1),
+    ("conn/s", "connect_per_s", "{:.0f}", 1),
+    ("us/conn", "server_cpu_us_per_connect", "{:.0f}", 1),
+    ("other%", "run_cpu_other_pct", "{:.0f}", 1),
+    ("rc", "exit_code", "{}", 1),
+]
+
+#: The reconnect scenario's table columns (reconnect.py's keys): time until
+#: every subscriber had its head and all replayed events, the broker's RSS
+#: before the storm and its peak during it, its CPU per replayed event.
+RECONNECT_COLUMNS: list[tuple[str, str, str, float]] = [
+    ("admitted s", "admit_all_s", "{:.2f}", 1),
+    ("caught up s", "caught_up_all_s", "{:.2f}", 1),
+    ("p50 s", "caught_up_p50_s", "{:.2f}", 1),
+    ("replayed/s", "replayed_per_s", "{:.0f}", 1),
+    ("verified", "subs_verified", "{}", 1),
+    ("RSS0 MB", "server_rss_kb_start", "{:.1f}", 1024),
+    ("peak MB", "server_rss_kb_peak", "{:.1f}", 1024),
+    ("sampled MB", "server_rss_kb_max_sampled", "{:.1f}", 1024),
+    ("KB/sub", "server_peak_bytes_per_sub", "{:.1f}", 1024),
+    ("srv cpu%", "run_cpu_server_pct", "{:.0f}", 1),
+    ("us/ev", "server_cpu_us_per_event", "{:.1f}", 1),
     ("other%", "run_cpu_other_pct", "{:.0f}", 1),
     ("rc", "exit_code", "{}", 1),
 ]
@@ -312,16 +415,25 @@ def cell(result: dict[str, object], key: str, fmt: str, divisor: float = 1) -> s
     return fmt.format(value)
 
 
+def driver(result: dict[str, object]) -> str:
+    return SCENARIOS[str(result["scenario"])].driver
+
+
 def print_table(results: list[dict[str, object]]) -> None:
-    header = ["scenario", "broker", *(c[0] for c in COLUMNS)]
-    rows = [header]
-    for r in results:
-        cells = (cell(r, key, fmt, divisor) for _, key, fmt, divisor in COLUMNS)
-        rows.append([str(r["scenario"]), str(r["broker"]), *cells])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
-    print()
+    """One table per kind of driver (their results have different keys)."""
+    for kind, columns in (("ssebench", COLUMNS), ("reconnect", RECONNECT_COLUMNS)):
+        runs = [r for r in results if driver(r) == kind]
+        if not runs:
+            continue
+        header = ["scenario", "broker", *(c[0] for c in columns)]
+        rows = [header]
+        for r in runs:
+            cells = (cell(r, key, fmt, divisor) for _, key, fmt, divisor in columns)
+            rows.append([str(r["scenario"]), str(r["broker"]), *cells])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for row in rows:
+            print("  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
+        print()
     print_medians(results)
 
 
@@ -331,6 +443,18 @@ MEDIANS: list[tuple[str, str, float]] = [
     ("pub/s", "publish_per_s", 1),
     ("p99 ms", "lat_p99_us", 1000),
     ("KB/sub", "server_bytes_per_sub", 1024),
+    ("us/ev", "server_cpu_us_per_event", 1),
+    ("conn/s", "connect_per_s", 1),
+    ("us/conn", "server_cpu_us_per_connect", 1),
+]
+
+#: The reconnect scenario's median columns.
+RECONNECT_MEDIANS: list[tuple[str, str, float]] = [
+    ("admitted s", "admit_all_s", 1),
+    ("caught up s", "caught_up_all_s", 1),
+    ("replayed/s", "replayed_per_s", 1),
+    ("peak MB", "server_rss_kb_peak", 1024),
+    ("KB/sub", "server_peak_bytes_per_sub", 1024),
     ("us/ev", "server_cpu_us_per_event", 1),
 ]
 
@@ -351,6 +475,7 @@ def print_medians(results: list[dict[str, object]]) -> None:
     """Per scenario and broker, the median of each column over the repeats,
     and each broker's ratio to its reference (RATIOS)."""
     for scenario in dict.fromkeys(str(r["scenario"]) for r in results):
+        columns = RECONNECT_MEDIANS if SCENARIOS[scenario].driver == "reconnect" else MEDIANS
         medians: dict[str, dict[str, float]] = {}
         for broker in BROKERS:
             runs = [r for r in results if r["scenario"] == scenario and r["broker"] == broker]
@@ -362,7 +487,7 @@ def print_medians(results: list[dict[str, object]]) -> None:
                 note = f" ({len(runs) - len(quiet)} with other% > {OTHER_MAX} left out)"
                 runs = quiet
             medians[broker] = {}
-            for label, key, divisor in MEDIANS:
+            for label, key, divisor in columns:
                 values = [v / divisor for r in runs if isinstance(v := r.get(key), int | float)]
                 if values:
                     medians[broker][label] = statistics.median(values)
@@ -378,7 +503,7 @@ def print_medians(results: list[dict[str, object]]) -> None:
             if broker in medians:
                 ratios = [
                     f"{label} {medians[broker][label] / medians[reference][label]:.3f}x"
-                    for label, _, _ in MEDIANS
+                    for label, _, _ in columns
                     if medians[broker].get(label) and medians[reference].get(label)
                 ]
                 print(f"{scenario} {broker}/{reference}: {', '.join(ratios)}")
@@ -427,12 +552,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help=f"comma list of {list(SCENARIOS)}"
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma list of {list(SCENARIOS)} (default: {','.join(DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
         "--brokers", default="trio_esper,nchan", help=f"comma list of {list(BROKERS)}"
     )
-    parser.add_argument("--count", type=int, help="messages per run (overrides the scenario's)")
+    parser.add_argument(
+        "--count", type=int, help="messages per run (overrides the scenario's; not reconnect's)"
+    )
     parser.add_argument("--no-probes", action="store_true", help="skip the latency probes")
     parser.add_argument(
         "--generator",
@@ -454,8 +583,10 @@ def main() -> None:
         scenario = SCENARIOS[name]
         for n in range(args.repeat):
             for broker in brokers:  # interleaved, so drift hits every broker alike
-                with BROKERS[broker]() as pids:
-                    if args.generator == "loadgen":
+                with start_broker(broker, scenario) as pids:
+                    if scenario.driver == "reconnect":
+                        result = run_reconnect(broker, scenario, pids, f"{name}#{n}")
+                    elif args.generator == "loadgen":
                         result = run_loadgen(broker, scenario, f"{name}#{n}", args.count)
                     else:
                         result = run_ssebench(

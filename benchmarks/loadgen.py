@@ -259,6 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "subs_connected": sum(s.ready for s in subs),
         "connect_s": round(connect_s, 3),
+        "connect_per_s": round(len(subs) / connect_s) if connect_s > 0 else 0,
         "publishes_accepted": accepted,
         "publish_per_s": round(accepted / (publish_end - t0), 1),
         "pub_rtt_p50_us": round(statistics.median(rtts), 1) if rtts else 0,
