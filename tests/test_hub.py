@@ -107,3 +107,40 @@ async def test_replay_then_live_has_no_duplicate_at_the_seam() -> None:
             await hub.publish("topic0001", ev("4"))
             await trio.testing.wait_all_tasks_blocked()
             assert await sub.__anext__() == b"id: i4\ndata: 4\n\n"
+
+
+async def test_each_framing_is_applied_once_per_batch() -> None:
+    # The transport frames (an HTTP/1.1 chunk, say); the topic applies each
+    # distinct framing once per batch, however many subscribers share it.
+    framed: list[bytes] = []
+
+    def frame(data: bytes) -> bytes:
+        framed.append(data)
+        return b"<" + data + b">"
+
+    async with (
+        open_hub() as hub,
+        hub.subscribe("topic0001", frame=frame) as first,
+        hub.subscribe("topic0001", frame=frame) as second,
+        hub.subscribe("topic0001") as bare,
+    ):
+        await hub.publish("topic0001", ev("1"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await first.__anext__() == b"<id: i1\ndata: 1\n\n>"
+        assert await second.__anext__() == b"<id: i1\ndata: 1\n\n>"
+        assert await bare.__anext__() == b"id: i1\ndata: 1\n\n"
+    # The record once, and the batch's joined bytes once (for direct writes).
+    assert framed == [b"id: i1\ndata: 1\n\n"] * 2
+
+
+async def test_subscribing_while_closing_is_refused_and_wait_closed_returns() -> None:
+    async with open_hub() as hub:
+        async with hub.subscribe("topic0001") as sub:
+            hub.close()
+            with pytest.raises(ServiceUnavailable):
+                async with hub.subscribe("topic0002"):
+                    pass
+            with pytest.raises(StopAsyncIteration):
+                await sub.__anext__()
+        with trio.fail_after(1):
+            await hub.wait_closed()

@@ -14,7 +14,7 @@ import pytest
 import trio_esper
 
 PACKAGE_DIR = Path(trio_esper.__file__).parent
-PURE_MODULES = ("sse", "topics", "auth", "config")
+PURE_MODULES = ("sse", "topics", "auth", "config", "h1")
 FORBIDDEN = ("trio", "quart", "quart_trio", "hypercorn")
 
 # Prints the forbidden top-level packages found in sys.modules, one a line.
