@@ -77,6 +77,10 @@ LINGER_MAX_BYTES = 256 * 1024
 STREAM_FLUSH_SECONDS = 0.1
 
 
+def _whole_head(buffer: bytes) -> h1.Sentinel:
+    return h1.DECLINE if h1.head_complete(buffer) else h1.NEED_DATA
+
+
 class _Expired(Exception):
     """A connection's deadline passed while it waited for bytes."""
 
@@ -266,7 +270,8 @@ class Edge:
             if self._config.fast_lane:
                 unread = await self._serve_fast(connection)
             else:
-                unread = await self._read_head(connection, b"")
+                read = await self._read_head(connection, b"")
+                unread = None if read is None else read[0]
             if unread is not None:
                 await self._serve_hypercorn(connection, unread)
             await self._linger(connection)
@@ -356,25 +361,12 @@ class Edge:
         config = self._config
         buffer = b""
         while True:
-            # The head: idle until its first byte, then the head timeout.
-            deadline = trio.current_time() + config.keep_alive_seconds
-            while (request := h1.read_request(buffer, config.max_body_bytes)) is h1.NEED_DATA:
-                if not buffer and self._closing:
-                    return None
-                try:
-                    data = await self._receive(connection, deadline, idle=not buffer)
-                except _Expired:
-                    if buffer:
-                        await self._refuse(connection, RequestTimeout("request head too slow"))
-                    return None
-                if not data:
-                    return buffer or None  # Hypercorn answers a truncated head as it would
-                if not buffer:
-                    deadline = trio.current_time() + config.request_head_timeout_seconds
-                buffer += data
-            data = b""
+            read = await self._read_head(connection, buffer, self._parse_head)
+            if read is None:
+                return None
+            buffer, request = read
             if not isinstance(request, h1.Request):
-                return await self._read_head(connection, buffer)
+                return buffer  # declined, or cut short: Hypercorn answers as it would
             if request.route == "subscribe":
                 buffer = buffer[request.head_bytes :]
                 opened = self._open_stream(request)
@@ -408,15 +400,34 @@ class Edge:
             if not await self._publish(connection, request, body):
                 return None
 
-    async def _read_head(self, connection: Connection, buffer: bytes) -> bytes | None:
-        """Read until ``buffer`` holds a whole request head (or the HTTP/2
-        preface), for Hypercorn, so the head timeout holds for requests it
-        serves too. ``None`` if the connection ended or timed out first."""
+    def _parse_head(self, buffer: bytes) -> h1.Request | h1.Sentinel:
+        """The fast forms' reading of a head; a head they decline is read
+        whole all the same, so the head timeout holds for Hypercorn's too."""
+        request = h1.read_request(buffer, self._config.max_body_bytes)
+        if request is h1.DECLINE and not h1.head_complete(buffer):
+            return h1.NEED_DATA
+        return request
+
+    async def _read_head(
+        self,
+        connection: Connection,
+        buffer: bytes,
+        parse: Callable[[bytes], h1.Request | h1.Sentinel] = _whole_head,
+    ) -> tuple[bytes, h1.Request | h1.Sentinel] | None:
+        """Read a request head: until ``parse(buffer)`` is not
+        :data:`~.h1.NEED_DATA` (by default: until the head is whole, for
+        Hypercorn). Idle until its first byte (the keep-alive timeout), then
+        the head timeout (408).
+
+        Returns the buffer and what ``parse`` made of it (``NEED_DATA`` if
+        the peer ended its side mid-head: Hypercorn answers that); ``None``
+        if the connection is done (closed idle, timed out, shutdown).
+        """
         config = self._config
         deadline = trio.current_time() + (
             config.request_head_timeout_seconds if buffer else config.keep_alive_seconds
         )
-        while not h1.head_complete(buffer):
+        while (parsed := parse(buffer)) is h1.NEED_DATA:
             if not buffer and self._closing:
                 return None
             try:
@@ -426,11 +437,11 @@ class Edge:
                     await self._refuse(connection, RequestTimeout("request head too slow"))
                 return None
             if not data:
-                return buffer or None
+                return (buffer, parsed) if buffer else None
             if not buffer:
                 deadline = trio.current_time() + config.request_head_timeout_seconds
             buffer += data
-        return buffer
+        return buffer, parsed
 
     async def _receive(
         self, connection: Connection, deadline: float, *, idle: bool = False

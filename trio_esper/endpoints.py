@@ -125,6 +125,17 @@ def authorise(
     )
 
 
+def _checked(
+    config: Config, secret: str | None, request: PublishRequest | SubscribeRequest
+) -> tuple[str, dict[str, str]]:
+    """The request's topic, normalised, and its query arguments, once its
+    token (``Authorization`` or ``?token=``) is checked against ``secret``."""
+    topic = normalise_topic(request.topic)
+    args = query_args(request.query)
+    authorise(config, secret, topic, authorization=request.authorization, token=args.get("token"))
+    return topic, args
+
+
 @dataclass(frozen=True, slots=True)
 class PublishRequest:
     """A ``POST /publish/{topic}``, as either front end read it."""
@@ -147,15 +158,7 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
         EsperError: a bad topic, token, query or body; a duplicate id (409);
             the history store failed (503).
     """
-    topic = normalise_topic(request.topic)
-    args = query_args(request.query)
-    authorise(
-        config,
-        config.publisher_secret,
-        topic,
-        authorization=request.authorization,
-        token=args.get("token"),
-    )
+    topic, args = _checked(config, config.publisher_secret, request)
     event, id = args.get("event"), args.get("id")
     if mimetype(request.content_type) == "text/plain":
         events = [parse_plain(request.body, event=event, id=id)]
@@ -208,15 +211,7 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     Raises:
         EsperError: a bad topic, token or query.
     """
-    topic = normalise_topic(request.topic)
-    args = query_args(request.query)
-    authorise(
-        config,
-        config.subscriber_secret,
-        topic,
-        authorization=request.authorization,
-        token=args.get("token"),
-    )
+    topic, args = _checked(config, config.subscriber_secret, request)
     last_id = request.last_event_id or args.get("lastEventId")
     if last_id:
         return Stream(topic, True, last_id)

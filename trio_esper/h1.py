@@ -54,7 +54,7 @@ _digits = re.compile(rb"[0-9]+")
 MAX_HEAD_BYTES: Final = 16 * 1024
 
 
-class _Sentinel:
+class Sentinel:
     __slots__ = ("_name",)
 
     def __init__(self, name: str) -> None:
@@ -65,9 +65,9 @@ class _Sentinel:
 
 
 #: More bytes are needed to read the request head.
-NEED_DATA: Final = _Sentinel("NEED_DATA")
+NEED_DATA: Final = Sentinel("NEED_DATA")
 #: Not a form the edge serves: hand the connection to Hypercorn.
-DECLINE: Final = _Sentinel("DECLINE")
+DECLINE: Final = Sentinel("DECLINE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class Request:
         return None if value is None else value.decode("latin-1")
 
 
-def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | _Sentinel:
+def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Sentinel:
     """Read the request head at the start of ``buffer``.
 
     Returns a :class:`Request`, :data:`NEED_DATA` (the head is incomplete and
