@@ -234,3 +234,35 @@ def test_parse_config_exits_2(
         parse_config(argv, environ)
     assert excinfo.value.code == EXIT_USAGE == 2
     assert message in capsys.readouterr().err
+
+
+def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
+    """A value other than the default for ``field``, as its variable and as parsed."""
+    kind = str(field.type)
+    if kind in ("int", "int | None"):
+        return "7", 7
+    if kind == "float":
+        return "7.5", 7.5
+    if kind == "bool":
+        return "0", False
+    if kind.startswith("tuple"):
+        return "HS384,HS512", ("HS384", "HS512")
+    values = {"history": "memory", "history_sync": "normal", "log_level": "debug"}
+    text = values.get(field.name, "127.0.0.2")
+    return text, text
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        f
+        for f in dataclasses.fields(Config)
+        if f.name not in ("subscriber_secret", "publisher_secret", "threads")
+    ],
+    ids=lambda f: f.name,
+)
+def test_every_variable_is_read_with_its_type(field: dataclasses.Field[object]) -> None:
+    # ESPER_HISTORY_EVENTS and three more once stayed strings and ended the broker.
+    raw, expected = _variable_value(field)
+    config = Config.from_env({f"ESPER_{field.name.upper()}": raw})
+    assert getattr(config, field.name) == expected
