@@ -477,7 +477,7 @@ async def test_content_length_with_chunked_is_400_and_closes(
 ) -> None:
     broker = await start_broker(nursery, fast_lane=fast_lane)
     smuggled = request("POST", "/publish/smuggled01", b"data: smuggled\n")
-    chunked = b"d\r\ndata: first\n\r\n0\r\n\r\n"
+    chunked = b"c\r\ndata: first\n\r\n0\r\n\r\n"  # a well-formed chunked body
     body = chunked + smuggled  # Content-Length covers both; chunked framing ends early
     head = request(
         "POST",
