@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from .conftest import TOPIC, Broker, start_broker, wait_for_stats
+from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker, wait_for_stats
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -203,3 +203,31 @@ async def test_seam_between_replay_and_live_under_concurrent_publishing(
     for start_and_seen in results.values():
         start, *seen = start_and_seen
         assert seen == list(range(start + 1, total))
+
+
+@pytest.mark.parametrize("fast_lane", [True, False], ids=["edge", "quart"])
+@pytest.mark.parametrize("last_id", ["événement-1", "事件-2"])
+async def test_utf8_last_event_id_resumes(
+    nursery: trio.Nursery, fast_lane: bool, last_id: str
+) -> None:
+    # WHATWG: the browser sends the last event id as UTF-8 bytes in the header.
+    broker = await start_broker(nursery, fast_lane=fast_lane)
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as client:
+        for body in (f"id: {last_id}\ndata: seen\n", "id: next-1\ndata: missed\n"):
+            reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=body.encode())
+            assert reply.status_code == 200, reply.text
+    stream = await trio.open_tcp_stream(*broker.host_port)
+    async with stream:
+        await stream.send_all(
+            f"GET /subscribe/{TOPIC} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Last-Event-ID: "
+            + last_id.encode("utf-8")
+            + b"\r\n\r\n"
+        )
+        received = b""
+        with trio.fail_after(STEP_SECONDS):
+            while b"data: missed" not in received:
+                received += await stream.receive_some()
+    assert b"event: reset" not in received
+    assert b"data: seen" not in received
+    await broker.stop()

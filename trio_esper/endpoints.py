@@ -202,6 +202,19 @@ class Stream:
     """The id history is replayed after (from the oldest if ``None``)."""
 
 
+def _header_text(value: str | None) -> str | None:
+    """A header value as its sender meant it. ASGI servers (and the edge,
+    to answer alike) decode header bytes as ISO-8859-1; the WHATWG
+    EventSource sends ``Last-Event-ID`` as UTF-8, so an id such as
+    ``événement-1`` is read back as UTF-8 when its bytes are UTF-8."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     """Check a subscribe request and work out where its stream starts: after
     the ``Last-Event-ID`` header (what EventSource sends when it reconnects),
@@ -212,7 +225,7 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
         EsperError: a bad topic, token or query.
     """
     topic, args = _checked(config, config.subscriber_secret, request)
-    last_id = request.last_event_id or args.get("lastEventId")
+    last_id = _header_text(request.last_event_id) or args.get("lastEventId")
     if last_id:
         return Stream(topic, True, last_id)
     since = args.get("since")
