@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_esper.errors import InvalidEvent
-from trio_esper.sse import Event, encode, parse_body
+from trio_esper.sse import MAX_ID_BYTES, Event, check_resumable_id, encode, parse_body
 
 # (event, canonical bytes): encode(event) == bytes and parse_body(bytes) == [event].
 SIMPLE_CASES = [
@@ -194,3 +194,28 @@ def test_parse_raises_only_invalid_event(body: bytes) -> None:
         assert events
         return
     assert len(reason.splitlines()) == 1
+
+
+# The id grammar at publish: what survives Last-Event-ID and ?lastEventId=.
+RESUMABLE_IDS = ["1", "a b", "événement-1", "事件-2", "x" * MAX_ID_BYTES, "%FF", "é" * 128]
+UNRESUMABLE_IDS = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param(" 1", "space", id="leading-space"),
+    pytest.param("1 ", "space", id="trailing-space"),
+    pytest.param("a\tb", "control", id="tab"),
+    pytest.param("a\x01b", "control", id="control"),
+    pytest.param("a\x7fb", "control", id="del"),
+    pytest.param("x" * (MAX_ID_BYTES + 1), "bytes", id="too-long"),
+    pytest.param("é" * 129, "bytes", id="too-long-in-utf-8"),
+]
+
+
+@pytest.mark.parametrize("id", RESUMABLE_IDS)
+def test_resumable_ids_are_accepted(id: str) -> None:
+    check_resumable_id(id)
+
+
+@pytest.mark.parametrize(("id", "reason"), UNRESUMABLE_IDS)
+def test_unresumable_ids_are_refused(id: str, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        check_resumable_id(id)

@@ -19,7 +19,7 @@ from .auth import bearer_token, verify_token
 from .config import Config
 from .errors import BadRequest, EsperError
 from .hub import Hub, Subscription
-from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
+from .sse import SUBSCRIBED_FRAME, Event, check_resumable_id, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
 #: Header fields are listed as (name, value), names lower-case, in the order
@@ -169,6 +169,9 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
         )
     else:
         events = parse_body(request.body)
+    for parsed in events:
+        if parsed.id is not None:
+            check_resumable_id(parsed.id)
     published = await hub.publish(topic, events)
     # json.dumps of the whole dict costs more than the rest of this answer.
     return b'{"id": %b, "events": %d, "subscribers": %d}\n' % (

@@ -66,6 +66,41 @@ class Event:
             raise InvalidEvent("retry must be a non-negative integer")
 
 
+#: Longest id a publisher may give, in UTF-8 bytes: it comes back in every
+#: reconnect's Last-Event-ID header (and query string).
+MAX_ID_BYTES = 256
+# RFC 9110, section 5.5: a field value holds no CTL but HTAB, and "a field
+# value does not include leading or trailing whitespace" (OWS is stripped).
+# WHATWG (EventSource): the last event ID is sent back as the Last-Event-ID
+# header, UTF-8; an empty id field resets the client's last event ID to "",
+# which is then not sent at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_resumable_id(id: str) -> None:
+    """Refuse a publisher-given id that a client could not send back intact
+    in ``Last-Event-ID`` (or ``?lastEventId=``): it must be 1 to
+    :data:`MAX_ID_BYTES` bytes of UTF-8, without control characters (tab
+    included) and without leading or trailing spaces.
+
+    Raises:
+        InvalidEvent: with the rule the id breaks.
+    """
+    if not id:
+        raise InvalidEvent(
+            "id must not be empty: an empty id clears the client's last event id, "
+            "so its next reconnect cannot resume"
+        )
+    if len(id.encode()) > MAX_ID_BYTES:
+        raise InvalidEvent(f"id must be at most {MAX_ID_BYTES} bytes of UTF-8")
+    if _CONTROL.search(id):
+        raise InvalidEvent("id must not contain control characters (tab included)")
+    if id != id.strip(" "):
+        raise InvalidEvent(
+            "id must not start or end with a space: HTTP strips it from Last-Event-ID"
+        )
+
+
 def _field(name: str, value: str) -> str:
     # One space after the colon: the parser strips exactly one, so a value
     # that itself starts with a space survives the round trip.
