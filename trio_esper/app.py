@@ -147,6 +147,10 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             ),
         )
         headers = [*endpoints.STREAM_HEADERS, *cors_headers()]
+        client = request.remote_addr or ""
+        # Refused now, with its status; the stream subscribes when it starts
+        # (a client gone before then leaves nothing registered).
+        hub.admit(plan.topic, client)
         if request.method == "HEAD":
             # RFC 9110, section 9.3.2: the head a GET would get, and no body.
             return Response(b"", headers=Headers(headers))
@@ -155,7 +159,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             # Subscribing inside the generator: if the client is gone before
             # the body starts, the generator never runs and nothing is
             # registered; once it runs, `async with` unregisters on any exit.
-            async with hub.subscribe(plan.topic) as subscription:
+            async with hub.subscribe(plan.topic, client=client) as subscription:
                 yield opening
                 async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
                     async for page in pages:
@@ -182,6 +186,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             request.query_string,
             content_type=request.headers.get("Content-Type"),
             authorization=request.headers.get("Authorization"),
+            budget=request.scope.get("state", {}).get(endpoints.BUDGET_KEY),
         )
         payload = await endpoints.publish(config, hub, published)
         return _response(endpoints.json_answer(payload, cors_headers()))

@@ -25,6 +25,9 @@ from .config import (
     DEFAULT_HISTORY_MAX_BYTES,
     DEFAULT_KEEP_ALIVE_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_MAX_SUBSCRIBERS,
+    DEFAULT_MAX_TOPICS,
     DEFAULT_PORT,
     DEFAULT_QUEUE_EVENTS,
     DEFAULT_REQUEST_BODY_MIN_RATE_BYTES,
@@ -188,6 +191,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="a body must arrive within the body timeout plus its length at this rate, "
         "else 408 [ESPER_REQUEST_BODY_MIN_RATE_BYTES] "
         f"(default {DEFAULT_REQUEST_BODY_MIN_RATE_BYTES})",
+    )
+    add(
+        "--max-topics",
+        type=int,
+        metavar="N",
+        help="topics with subscribers held at once; a subscribe to another gets 503 "
+        f"[ESPER_MAX_TOPICS] (default {DEFAULT_MAX_TOPICS})",
+    )
+    add(
+        "--max-subscribers",
+        type=int,
+        metavar="N",
+        help="subscriptions held at once, all topics; past it 503 [ESPER_MAX_SUBSCRIBERS] "
+        f"(default {DEFAULT_MAX_SUBSCRIBERS})",
+    )
+    add(
+        "--max-subscribers-per-topic",
+        type=int,
+        metavar="N",
+        help="subscriptions to one topic; past it 503 [ESPER_MAX_SUBSCRIBERS_PER_TOPIC] "
+        f"(default {DEFAULT_MAX_SUBSCRIBERS})",
+    )
+    add(
+        "--max-connections-per-address",
+        type=int,
+        metavar="N",
+        help="open connections from one client address; past it 503 and closed "
+        f"[ESPER_MAX_CONNECTIONS_PER_ADDRESS] (default {DEFAULT_MAX_PER_ADDRESS})",
+    )
+    add(
+        "--max-subscriptions-per-address",
+        type=int,
+        metavar="N",
+        help="subscriptions from one client address; past it 503 "
+        f"[ESPER_MAX_SUBSCRIPTIONS_PER_ADDRESS] (default {DEFAULT_MAX_PER_ADDRESS})",
+    )
+    add(
+        "--publish-rate",
+        type=float,
+        dest="publish_rate_per_connection",
+        metavar="PER_SECOND",
+        help="publish requests a second on one connection (burst: one second's worth); "
+        "past it 429 [ESPER_PUBLISH_RATE_PER_CONNECTION] (default 0: no limit)",
     )
     add(
         "--no-fast-lane",

@@ -44,6 +44,14 @@ DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS = 10.0
 #: at a byte a second would otherwise hold a connection for 18 hours.
 DEFAULT_REQUEST_BODY_MIN_RATE_BYTES = 1024
 
+#: Limits that keep what unauthenticated traffic can make the broker hold
+#: bounded, each well above what one broker process serves (about 10 KB per
+#: subscriber: 100,000 subscribers is a gigabyte).
+DEFAULT_MAX_TOPICS = 100_000
+DEFAULT_MAX_SUBSCRIBERS = 100_000
+#: A browser needs a handful; a proxy or NAT in front of many users, more.
+DEFAULT_MAX_PER_ADDRESS = 16_384
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -93,6 +101,19 @@ class Config:
     #: A request body must arrive within ``request_body_timeout_seconds`` plus
     #: its length over this rate (bytes per second), else 408.
     request_body_min_rate_bytes: int = DEFAULT_REQUEST_BODY_MIN_RATE_BYTES
+    #: Topics with subscribers held at once; a subscribe to another: 503.
+    max_topics: int = DEFAULT_MAX_TOPICS
+    #: Subscriptions held at once, all topics; past it: 503.
+    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
+    #: Subscriptions to one topic; past it: 503.
+    max_subscribers_per_topic: int = DEFAULT_MAX_SUBSCRIBERS
+    #: Open connections from one client address; past it: 503, closed.
+    max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    #: Subscriptions from one client address; past it: 503.
+    max_subscriptions_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    #: Publish requests per second on one connection (burst: one second's
+    #: worth); past it: 429. 0: no limit.
+    publish_rate_per_connection: float = 0.0
     #: Serve plain HTTP/1.1 publishes and subscribes without Hypercorn and
     #: Quart (see edge.py).
     fast_lane: bool = True
@@ -108,17 +129,28 @@ class Config:
                 "which this version does not have; run one process per topic set "
                 "or use --threads 1"
             )
-        for name, kind in _TYPES.items():
+        for name in _TYPES:
             # Every duration must be positive, but the age limit (0: none).
             # (`not > 0` refuses NaN too.)
             if (
-                kind == "float"
+                name.endswith("_seconds")
                 and name != "history_max_age_seconds"
                 and not getattr(self, name) > 0
             ):
                 raise ConfigError(f"{name} must be positive")
         if self.max_body_bytes < 1:
             raise ConfigError("max_body_bytes must be positive")
+        for name in (
+            "max_topics",
+            "max_subscribers",
+            "max_subscribers_per_topic",
+            "max_connections_per_address",
+            "max_subscriptions_per_address",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive")
+        if not self.publish_rate_per_connection >= 0:
+            raise ConfigError("publish_rate_per_connection must not be negative")
         if self.request_body_min_rate_bytes < 1:
             raise ConfigError("request_body_min_rate_bytes must be positive")
         if self.queue_events < 1:

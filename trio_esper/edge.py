@@ -43,6 +43,7 @@ import logging
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, suppress
@@ -57,7 +58,7 @@ from hypercorn.typing import AppWrapper, ConnectionState
 
 from . import endpoints, h1
 from .config import Config
-from .errors import EsperError, RequestTimeout
+from .errors import EsperError, LimitReached, RequestTimeout
 from .hub import Hub
 
 log = logging.getLogger("trio_esper")
@@ -73,8 +74,19 @@ REAP_INTERVAL_SECONDS = 1.0
 #: this much (see :meth:`Edge._linger`).
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 256 * 1024
+#: Retry-After for a connection over its address's limit.
+CONNECTION_RETRY_AFTER_SECONDS = 1
 #: See :meth:`Edge._shut_down`.
 STREAM_FLUSH_SECONDS = 0.1
+
+
+def _address_of(stream: trio.SocketStream) -> str:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return ""
+    # Interned: every subscription of the address holds the same string.
+    return sys.intern(str(address[0])) if isinstance(address, tuple) else "local"
 
 
 def _whole_head(buffer: bytes) -> h1.Sentinel:
@@ -88,10 +100,14 @@ class _Expired(Exception):
 class Connection:
     """One accepted connection, as the edge sees it."""
 
-    __slots__ = ("expired", "stream")
+    __slots__ = ("address", "budget", "expired", "stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, budget: endpoints.PublishBudget | None) -> None:
         self.stream = stream
+        #: The client's address (IP), what per-address limits count.
+        self.address = _address_of(stream)
+        #: The connection's publish rate limit, whoever serves it.
+        self.budget = budget
         #: Set by the reaper: the wait that timed out.
         self.expired = False
 
@@ -224,6 +240,8 @@ class Edge:
         self._hyper.errorlog = _hypercorn_logger()
         self._context = WorkerContext(None)
         self._connections: set[Connection] = set()
+        #: Open connections per client address.
+        self._per_address: dict[str, int] = {}
         self._empty = trio.Event()
         #: Connections waiting for bytes: until when, and whether idle
         #: between requests (nothing of a request read yet).
@@ -264,10 +282,26 @@ class Edge:
         Never raises but for cancellation: a failure ends this connection
         only, and is logged once.
         """
-        connection = Connection(stream)
+        config = self._config
+        rate = config.publish_rate_per_connection
+        connection = Connection(stream, endpoints.PublishBudget(rate) if rate else None)
+        address = connection.address
+        held = self._per_address.get(address, 0)
+        if held >= config.max_connections_per_address:
+            log.info("refused a connection from %s: its limit of connections is reached", address)
+            refusal = LimitReached(
+                f"this address holds its limit of {held} connections",
+                retry_after_seconds=CONNECTION_RETRY_AFTER_SECONDS,
+            )
+            with trio.move_on_after(LINGER_SECONDS):
+                await self._refuse(connection, refusal)
+                await self._linger(connection)
+            stream.socket.close()
+            return
+        self._per_address[address] = held + 1
         self._connections.add(connection)
         try:
-            if self._config.fast_lane:
+            if config.fast_lane:
                 unread = await self._serve_fast(connection)
             else:
                 read = await self._read_head(connection, b"")
@@ -283,6 +317,10 @@ class Edge:
             log.debug("connection from %s failed", connection.peer, exc_info=group)
         finally:
             stream.socket.close()
+            if self._per_address[address] == 1:
+                del self._per_address[address]
+            else:
+                self._per_address[address] -= 1
             self._connections.discard(connection)
             if not self._connections:
                 self._empty.set()
@@ -345,7 +383,10 @@ class Edge:
 
     async def _serve_hypercorn(self, connection: Connection, unread: bytes) -> None:
         stream = _HypercornStream(connection.stream, unread)
-        server = TCPServer(self._app, self._hyper, self._context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        # Every request's ASGI scope gets a copy of this state: the publish
+        # route charges the connection's budget, as the fast forms do.
+        state = ConnectionState({endpoints.BUDGET_KEY: connection.budget})
+        server = TCPServer(self._app, self._hyper, self._context, state, stream)  # type: ignore[arg-type]
         await server
 
     # --- Fast forms -------------------------------------------------------
@@ -512,6 +553,7 @@ class Edge:
             request.query,
             content_type=request.header(b"content-type"),
             authorization=request.header(b"authorization"),
+            budget=connection.budget,
         )
         try:
             answer = endpoints.json_answer(
@@ -549,7 +591,9 @@ class Edge:
         sock = connection.stream.socket
         started = False
         try:
-            async with self._hub.subscribe(opened.plan.topic, frame=h1.chunk) as subscription:
+            async with self._hub.subscribe(
+                opened.plan.topic, frame=h1.chunk, client=connection.address
+            ) as subscription:
                 await connection.send_all(
                     h1.response_head(
                         200,

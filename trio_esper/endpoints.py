@@ -11,13 +11,15 @@ body) and raises an :class:`~trio_esper.errors.EsperError` for a bad request;
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from .auth import bearer_token, verify_token
 from .config import Config
-from .errors import BadRequest, EsperError
+from .errors import BadRequest, EsperError, TooManyRequests
 from .hub import Hub, Subscription
 from .sse import SUBSCRIBED_FRAME, Event, check_resumable_id, encode, parse_body, parse_plain
 from .topics import normalise_topic
@@ -94,6 +96,8 @@ def error_answer(error: EsperError, cors: Headers) -> Answer:
     headers: Headers = [("content-type", TEXT), *cors]
     if error.status == 401:
         headers.append(("www-authenticate", 'Bearer realm="trio_esper"'))
+    if error.retry_after_seconds is not None:
+        headers.append(("retry-after", str(error.retry_after_seconds)))
     if error.close_connection:
         headers.append(("connection", "close"))
     return Answer(error.status, headers, (error.reason + "\n").encode())
@@ -136,6 +140,42 @@ def _checked(
     return topic, args
 
 
+class PublishBudget:
+    """One connection's publish rate limit: a token bucket of ``rate``
+    requests a second, holding at most one second's worth (0: no limit).
+    Whichever front end serves the connection charges the same bucket."""
+
+    __slots__ = ("_at", "_rate", "_tokens")
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._at = time.monotonic()
+
+    def charge(self) -> None:
+        """Take one request from the bucket.
+
+        Raises:
+            TooManyRequests: the bucket is empty (with when to retry).
+        """
+        if not self._rate:
+            return
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) / self._rate
+            raise TooManyRequests(
+                f"this connection publishes faster than {self._rate:g} requests a second",
+                retry_after_seconds=max(1, math.ceil(wait)),
+            )
+        self._tokens -= 1
+
+
+#: Key of a connection's :class:`PublishBudget` in the ASGI scope's ``state``.
+BUDGET_KEY = "trio_esper.publish_budget"
+
+
 @dataclass(frozen=True, slots=True)
 class PublishRequest:
     """A ``POST /publish/{topic}``, as either front end read it."""
@@ -146,6 +186,8 @@ class PublishRequest:
     query: bytes = b""
     content_type: str | None = None
     authorization: str | None = None
+    budget: PublishBudget | None = None
+    """The connection's publish rate limit, if it has one."""
 
 
 async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
@@ -156,9 +198,12 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
 
     Raises:
         EsperError: a bad topic, token, query or body; a duplicate id (409);
-            the history store failed (503).
+            the connection's publish rate exceeded (429); the history store
+            failed (503).
     """
     topic, args = _checked(config, config.publisher_secret, request)
+    if request.budget is not None:
+        request.budget.charge()
     event, id = args.get("event"), args.get("id")
     if mimetype(request.content_type) == "text/plain":
         events = [parse_plain(request.body, event=event, id=id)]

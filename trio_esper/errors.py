@@ -14,7 +14,9 @@
     ├── Conflict                    (409) publisher-given id already in the topic's history
     ├── RequestTimeout              (408) request head or body too slow: closes
     ├── PayloadTooLarge             (413) published body over the size limit: closes
+    ├── TooManyRequests             (429) a connection publishes faster than allowed
     ├── ServiceUnavailable          (503) the broker is shutting down: closes
+    │   └── LimitReached            (503) a limit on subscribers, topics or connections
     └── HistoryError                (503) the history store cannot be opened or written
 
 An error whose ``close_connection`` is true ends its connection after the
@@ -33,6 +35,8 @@ class EsperError(Exception):
     status: int = 500
     #: The connection ends after the answer.
     close_connection: bool = False
+    #: Sent as ``Retry-After`` (seconds) when set.
+    retry_after_seconds: int | None = None
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -88,6 +92,24 @@ class PayloadTooLarge(EsperError):
 class ServiceUnavailable(EsperError):
     status = 503
     close_connection = True
+
+
+class LimitReached(ServiceUnavailable):
+    """A configured limit is reached; the client may retry later."""
+
+    close_connection = False
+
+    def __init__(self, reason: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class TooManyRequests(EsperError):
+    status = 429
+
+    def __init__(self, reason: str, retry_after_seconds: int) -> None:
+        super().__init__(reason)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Conflict(EsperError):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .errors import ServiceUnavailable
+from .errors import LimitReached, ServiceUnavailable
 from .history import History, Record
 from .history.memory import MemoryHistory
 from .sse import HEARTBEAT_FRAME, Event
@@ -41,6 +41,19 @@ log = logging.getLogger("trio_esper")
 TOPIC_INBOX_BATCHES = 256
 #: At most this many queued frames are joined into one write.
 MAX_FRAMES_PER_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the hub holds at most (see :class:`~trio_esper.config.Config`)."""
+
+    topics: int = 100_000
+    """Topics with subscribers."""
+    subscribers: int = 100_000
+    """Subscriptions, all topics."""
+    subscribers_per_topic: int = 100_000
+    subscriptions_per_client: int = 100_000
+    """Subscriptions with one ``client`` key (the front ends: its address)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +102,13 @@ class Subscription:
     queue's order and bound and saves two task switches per delivery.
     """
 
-    def __init__(self, hub: Hub, topic: Topic, queue_events: int, *, frame: Frame) -> None:
+    def __init__(
+        self, hub: Hub, topic: Topic, queue_events: int, *, frame: Frame, client: str
+    ) -> None:
         self._hub = hub
         self.topic = topic
+        #: Who subscribed (see :meth:`Hub.subscribe`).
+        self.client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
         self.frame = frame
         self._send, self._receive = trio.open_memory_channel[Item](queue_events)
@@ -311,16 +328,17 @@ class Subscribing:
     subscription. A class rather than a generator-based context manager:
     every open stream keeps one, and this one is a few dozen bytes."""
 
-    __slots__ = ("_frame", "_hub", "_subscription", "_topic")
+    __slots__ = ("_client", "_frame", "_hub", "_subscription", "_topic")
 
-    def __init__(self, hub: Hub, topic: str, frame: Frame) -> None:
+    def __init__(self, hub: Hub, topic: str, frame: Frame, client: str) -> None:
         self._hub = hub
         self._topic = topic
         self._frame = frame
+        self._client = client
         self._subscription: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        self._subscription = self._hub._subscribe(self._topic, self._frame)
+        self._subscription = self._hub._subscribe(self._topic, self._frame, self._client)
         return self._subscription
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -363,8 +381,12 @@ class Hub:
         *,
         heartbeat_seconds: float,
         queue_events: int,
+        limits: Limits,
     ) -> None:
         self._nursery = nursery
+        self._limits = limits
+        self._subscriptions = 0
+        self._per_client: dict[str, int] = {}
         self.history = history
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_events = queue_events
@@ -375,12 +397,15 @@ class Hub:
         self._delivered = 0
         self._dropped = 0
 
-    def subscribe(self, topic: str, *, frame: Frame | None = None) -> Subscribing:
+    def subscribe(
+        self, topic: str, *, frame: Frame | None = None, client: str = ""
+    ) -> Subscribing:
         """Subscribe to ``topic`` (already normalised) for an ``async with``
         block, which gives the :class:`Subscription`.
 
         ``frame``: how the transport frames what it is handed (see
-        :data:`Frame`); bare SSE bytes if ``None``.
+        :data:`Frame`); bare SSE bytes if ``None``. ``client``: who
+        subscribes, for :attr:`Limits.subscriptions_per_client`.
 
         Live records start queueing on entry; call :meth:`replay` inside the
         block to send history first without a gap or a duplicate at the seam.
@@ -389,22 +414,56 @@ class Hub:
 
         Raises (on entry):
             ServiceUnavailable: the hub is shutting down.
+            LimitReached: one of the hub's :class:`Limits` is reached.
         """
-        return Subscribing(self, topic, _bare if frame is None else frame)
+        return Subscribing(self, topic, _bare if frame is None else frame, client)
 
-    def _subscribe(self, topic: str, frame: Frame) -> Subscription:
+    def admit(self, topic: str, client: str = "") -> None:
+        """Check that a subscription to ``topic`` by ``client`` would be
+        taken now, without taking it: for a front end that must answer
+        before the subscription opens (:meth:`subscribe` checks again).
+
+        Raises:
+            ServiceUnavailable: the hub is shutting down.
+            LimitReached: one of the hub's :class:`Limits` is reached.
+        """
         if self._closing:
             raise ServiceUnavailable("the broker is shutting down")
+        limits = self._limits
+        entry = self._topics.get(topic)
+        if self._subscriptions >= limits.subscribers:
+            raise LimitReached(f"the broker holds its limit of {limits.subscribers} subscribers")
+        if entry is None and len(self._topics) >= limits.topics:
+            raise LimitReached(f"the broker holds its limit of {limits.topics} topics")
+        if entry is not None and len(entry.subscribers) >= limits.subscribers_per_topic:
+            raise LimitReached(
+                f"the topic has its limit of {limits.subscribers_per_topic} subscribers"
+            )
+        if self._per_client.get(client, 0) >= limits.subscriptions_per_client:
+            raise LimitReached(
+                f"this address holds its limit of {limits.subscriptions_per_client} subscriptions"
+            )
+
+    def _subscribe(self, topic: str, frame: Frame, client: str) -> Subscription:
+        self.admit(topic, client)
         entry = self._topics.get(topic)
         if entry is None:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
-        subscription = Subscription(self, entry, self._queue_events, frame=frame)
+        subscription = Subscription(self, entry, self._queue_events, frame=frame, client=client)
         entry.subscribers.add(subscription)
+        self._subscriptions += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
+        self._subscriptions -= 1
+        client = subscription.client
+        if self._per_client[client] == 1:
+            del self._per_client[client]
+        else:
+            self._per_client[client] -= 1
         entry = subscription.topic
         entry.subscribers.discard(subscription)
         if not entry.subscribers and self._topics.get(entry.name) is entry:
@@ -487,6 +546,7 @@ async def open_hub(
     *,
     heartbeat_seconds: float = math.inf,
     queue_events: int = 1000,
+    limits: Limits = Limits(),  # frozen: one shared default is safe
 ) -> AsyncIterator[Hub]:
     """Open a :class:`Hub` whose topic tasks live for the ``async with`` block.
 
@@ -499,6 +559,7 @@ async def open_hub(
             MemoryHistory() if history is None else history,
             heartbeat_seconds=heartbeat_seconds,
             queue_events=queue_events,
+            limits=limits,
         )
         try:
             yield hub

@@ -19,7 +19,7 @@ from .edge import Edge
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.sqlite import open_sqlite_history
-from .hub import open_hub
+from .hub import Limits, open_hub
 
 log = logging.getLogger("trio_esper")
 
@@ -62,6 +62,12 @@ async def serve(
             history,
             heartbeat_seconds=config.heartbeat_seconds,
             queue_events=config.queue_events,
+            limits=Limits(
+                topics=config.max_topics,
+                subscribers=config.max_subscribers,
+                subscribers_per_topic=config.max_subscribers_per_topic,
+                subscriptions_per_client=config.max_subscriptions_per_address,
+            ),
         ) as hub,
     ):
         app = wrap_app(create_app(config, hub), HypercornConfig.wsgi_max_body_size, "asgi")
