@@ -264,3 +264,57 @@ async def test_page_shows_a_refused_subscription(
         # here; its response-body drainer's timeout) before dropping the socket.
         await wait_for_stats(client, broker, clients=0)
     await broker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("last_id", ["événement-1", "事件-2", "with inner space"])
+async def test_page_resumes_after_a_restart_without_loss_or_duplicate(
+    nursery: trio.Nursery,
+    client: httpx.AsyncClient,
+    page: Page,
+    tmp_path: Path,
+    last_id: str,
+) -> None:
+    # Chromium sends the last event id back as UTF-8 in Last-Event-ID when it
+    # reconnects; the restarted broker (same port, same SQLite history) must
+    # resume after it: no `reset`, no duplicate, nothing lost.
+    topic = "browserresume1"
+    history = f"sqlite:{tmp_path / 'history.db'}"
+    first = await start_broker(nursery, cors_origins=("*",), history=history, retry_ms=100)
+    with trio.fail_after(BROWSER_SECONDS):
+        await page.open(page_url(PAGE.as_uri(), first, topic, events="greeting,reset"))
+        await wait_for_stats(client, first, clients=1)
+        await page.wait_for_state("open")
+        body = f"event: greeting\nid: {last_id}\ndata: before\n".encode()
+        assert (await client.post(f"{first.url}/publish/{topic}", content=body)).status_code == 200
+        await page.wait_for_events(1)
+        await first.stop()
+        second = await start_broker(
+            nursery,
+            cors_origins=("*",),
+            history=history,
+            retry_ms=100,
+            port=first.host_port[1],
+        )
+        missed = b"event: greeting\nid: after-1\ndata: missed\n"
+        assert (
+            await client.post(f"{second.url}/publish/{topic}", content=missed)
+        ).status_code == 200
+        await wait_for_stats(client, second, clients=1)
+        live = b"event: greeting\nid: after-2\ndata: live\n"
+        assert (
+            await client.post(f"{second.url}/publish/{topic}", content=live)
+        ).status_code == 200
+        events = await page.wait_for_events(3)
+        await trio.sleep(0.3)  # nothing more may arrive (a duplicate, a reset)
+        assert (
+            await page.events()
+            == events
+            == [
+                {"event": "greeting", "id": last_id, "data": "before"},
+                {"event": "greeting", "id": "after-1", "data": "missed"},
+                {"event": "greeting", "id": "after-2", "data": "live"},
+            ]
+        )
+        await page.close()
+    await second.stop()
