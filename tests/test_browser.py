@@ -318,3 +318,52 @@ async def test_page_resumes_after_a_restart_without_loss_or_duplicate(
         )
         await page.close()
     await second.stop()
+
+
+COOKIE_NAME = "esperToken"
+COOKIE_TOPIC = "cookietopic1"
+OPEN_WITH_CREDENTIALS_JS = """
+const [url, cookie] = arguments;
+document.cookie = cookie;
+window.__events = [];
+window.__errors = 0;
+const source = new EventSource(url, {withCredentials: true});
+source.onmessage = (e) => window.__events.push(e.data);
+source.onerror = () => { window.__errors += 1; };
+window.__source = source;
+"""
+
+
+@pytest.mark.slow
+async def test_browser_eventsource_with_credentials(
+    nursery: trio.Nursery, client: httpx.AsyncClient, page: Page, page_server: str
+) -> None:
+    # The page is served from another port of the same host: cross-origin,
+    # same-site, so the cookie it sets is sent to the broker.
+    broker = await start_broker(
+        nursery,
+        subscriber_secret=SUBSCRIBER_SECRET,
+        auth_cookie=COOKIE_NAME,
+        cors_origins=(page_server,),
+    )
+    with trio.fail_after(BROWSER_SECONDS):
+        await page.open(page_url(f"{page_server}/index.html", broker, "cookiepage01"))
+        cookie = (
+            f"{COOKIE_NAME}={make_token(SUBSCRIBER_SECRET, COOKIE_TOPIC)}; path=/; SameSite=Lax"
+        )
+        await in_thread(
+            page.driver.execute_script,
+            OPEN_WITH_CREDENTIALS_JS,
+            f"{broker.url}/subscribe/{COOKIE_TOPIC}",
+            cookie,
+        )
+        await wait_for_stats(client, broker, clients=1)
+        await client.post(f"{broker.url}/publish/{COOKIE_TOPIC}", content=b"data: with a cookie\n")
+        events: list[str] = []
+        while not events:
+            await trio.sleep(0.05)
+            events = await in_thread(page.driver.execute_script, "return window.__events;")
+        assert events == ["with a cookie"]
+        assert await in_thread(page.driver.execute_script, "return window.__errors;") == 0
+        await page.close()
+    await broker.stop()

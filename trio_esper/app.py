@@ -100,7 +100,8 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             secret,
             topic,
             authorization=request.headers.get("Authorization"),
-            token=args().get("token"),
+            token=args().get("token")
+            or endpoints.cookie(request.headers.get("Cookie"), config.auth_cookie),
         )
 
     @app.before_request
@@ -143,6 +144,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
                 topic,
                 request.query_string,
                 authorization=request.headers.get("Authorization"),
+                cookie=request.headers.get("Cookie"),
                 last_event_id=request.headers.get("Last-Event-ID"),
             ),
         )
@@ -186,6 +188,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             request.query_string,
             content_type=request.headers.get("Content-Type"),
             authorization=request.headers.get("Authorization"),
+            cookie=request.headers.get("Cookie"),
             budget=request.scope.get("state", {}).get(endpoints.BUDGET_KEY),
         )
         payload = await endpoints.publish(config, hub, published)

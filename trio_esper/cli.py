@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "[ESPER_CORS_ORIGINS, comma-separated] (default none)",
     )
     add(
+        "--auth-cookie",
+        metavar="NAME",
+        help="cookie that may carry the JWT, for `new EventSource(url, {withCredentials: "
+        "true})`; allowed origins (named exactly, not '*') get "
+        "Access-Control-Allow-Credentials [ESPER_AUTH_COOKIE] (default none)",
+    )
+    add(
         "--shutdown-grace",
         type=float,
         dest="shutdown_grace_seconds",

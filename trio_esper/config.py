@@ -77,6 +77,9 @@ class Config:
     queue_events: int = DEFAULT_QUEUE_EVENTS
     #: Origins allowed to subscribe/publish from a browser; ``("*",)`` for any.
     cors_origins: tuple[str, ...] = ()
+    #: Name of a cookie that may carry the JWT (besides ``Authorization`` and
+    #: ``?token=``); allowed origins then get ``Access-Control-Allow-Credentials``.
+    auth_cookie: str | None = None
     log_level: str = "info"
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS

@@ -553,6 +553,7 @@ class Edge:
             request.query,
             content_type=request.header(b"content-type"),
             authorization=request.header(b"authorization"),
+            cookie=request.header(b"cookie"),
             budget=connection.budget,
         )
         try:
@@ -571,6 +572,7 @@ class Edge:
             request.topic,
             request.query,
             authorization=request.header(b"authorization"),
+            cookie=request.header(b"cookie"),
             last_event_id=request.header(b"last-event-id"),
         )
         try:

@@ -87,8 +87,25 @@ def cors_headers(config: Config, origin: str | None) -> Headers:
     if "*" in config.cors_origins:
         return [("access-control-allow-origin", "*")]
     if origin in config.cors_origins:
-        return [("access-control-allow-origin", origin), ("vary", "Origin")]
+        headers = [("access-control-allow-origin", origin), ("vary", "Origin")]
+        if config.auth_cookie is not None:
+            # `new EventSource(url, {withCredentials: true})` sends the cookie
+            # only to an origin named exactly (never to "*").
+            headers.append(("access-control-allow-credentials", "true"))
+        return headers
     return []
+
+
+def cookie(header: str | None, name: str | None) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header (RFC 6265,
+    section 4.2.1: ``cookie-pair *( ";" SP cookie-pair )``), or ``None``."""
+    if header is None or name is None:
+        return None
+    for pair in header.split(";"):
+        key, equals, value = pair.strip().partition("=")
+        if equals and key == name:
+            return value.strip('"') or None
+    return None
 
 
 def error_answer(error: EsperError, cors: Headers) -> Answer:
@@ -133,10 +150,12 @@ def _checked(
     config: Config, secret: str | None, request: PublishRequest | SubscribeRequest
 ) -> tuple[str, dict[str, str]]:
     """The request's topic, normalised, and its query arguments, once its
-    token (``Authorization`` or ``?token=``) is checked against ``secret``."""
+    token (``Authorization``, ``?token=`` or the auth cookie) is checked
+    against ``secret``."""
     topic = normalise_topic(request.topic)
     args = query_args(request.query)
-    authorise(config, secret, topic, authorization=request.authorization, token=args.get("token"))
+    token = args.get("token") or cookie(request.cookie, config.auth_cookie)
+    authorise(config, secret, topic, authorization=request.authorization, token=token)
     return topic, args
 
 
@@ -186,6 +205,8 @@ class PublishRequest:
     query: bytes = b""
     content_type: str | None = None
     authorization: str | None = None
+    cookie: str | None = None
+    """The ``Cookie`` header."""
     budget: PublishBudget | None = None
     """The connection's publish rate limit, if it has one."""
 
@@ -234,6 +255,8 @@ class SubscribeRequest:
     """As it appeared in the path (not yet validated)."""
     query: bytes = b""
     authorization: str | None = None
+    cookie: str | None = None
+    """The ``Cookie`` header."""
     last_event_id: str | None = None
     """The ``Last-Event-ID`` header."""
 
