@@ -249,10 +249,6 @@ class Edge:
         self._closing = False
         self._date = (0, b"")
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._connections)
-
     async def serve(
         self,
         listeners: list[trio.SocketListener],
@@ -288,7 +284,8 @@ class Edge:
         address = connection.address
         held = self._per_address.get(address, 0)
         if held >= config.max_connections_per_address:
-            log.info("refused a connection from %s: its limit of connections is reached", address)
+            # Debug only: a client could otherwise flood the log at will.
+            log.debug("refused a connection from %s: its limit of connections is reached", address)
             refusal = LimitReached(
                 f"this address holds its limit of {held} connections",
                 retry_after_seconds=CONNECTION_RETRY_AFTER_SECONDS,
