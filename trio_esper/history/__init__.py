@@ -90,7 +90,11 @@ class History(Protocol):
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         """Up to ``limit`` retained records of ``topic`` after ``last_id``
-        (from the oldest if ``None``), oldest first."""
+        (from the oldest if ``None``), oldest first.
+
+        Raises:
+            HistoryError: the store failed to read.
+        """
         ...
 
     def statistics(self) -> HistoryStatistics: ...

@@ -14,10 +14,23 @@ durability across process death only).
 
 Retention (count per topic, age) is enforced by the writer between commits,
 a bounded number of rows at a time, so it never stalls a publish for long.
+
+Error handling
+--------------
+Opening refuses a file the store could not write (read-only, corrupt, a
+directory, ...) with :class:`HistoryError`. Once running, a store failure
+never ends the writer: a failed commit (disk full, I/O error) or a history
+file that was removed or replaced since it was opened fails the appends of
+that batch with :class:`HistoryError` (503) and nothing of them is stored; a
+failed retention pass is retried later; a failed read raises
+:class:`HistoryError`. Each kind of failure is logged on the ``trio_esper``
+logger with its reason, at most once per :data:`LOG_INTERVAL_SECONDS`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import sqlite3
@@ -43,6 +56,11 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Retention runs at most this often, deleting at most PRUNE_ROWS rows a go.
 PRUNE_INTERVAL_SECONDS = 1.0
 PRUNE_ROWS = 5000
+#: A failing disk fails every commit: each kind of failure is logged at most
+#: once this often, and the next line says how many were left out.
+LOG_INTERVAL_SECONDS = 10.0
+
+log = logging.getLogger("trio_esper")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -86,32 +104,152 @@ SYNC_MODES = ("full", "normal")
 
 
 def _connect(path: str, sync: str = "full") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
     if sync not in SYNC_MODES:
         raise ValueError(f"sync must be one of {SYNC_MODES}")
-    conn.execute(f"PRAGMA synchronous={sync.upper()}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={sync.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def _open_checked(path: str, sync: str) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
+#: A file as the kernel names it, (st_dev, st_ino): a path that names another
+#: pair is no longer the file the store has open.
+FileId = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    writer: sqlite3.Connection
+    reader: sqlite3.Connection
+    last_seq: int
+    counts: dict[str, int]
+    """Retained events per topic."""
+    files: dict[str, FileId]
+    """The database file and its WAL, as opened."""
+
+
+def _open_checked(path: str, sync: str) -> _Opened:
     """Open writer and reader connections; raise HistoryError with a reason."""
     if os.path.isdir(path):
         raise HistoryError(f"history file {path!r} is a directory")
+    _check_writable(path)
     try:
-        writer = _connect(path, sync)
-        check = writer.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise HistoryError(f"history file {path!r} is corrupt: {check}")
-        writer.executescript(SCHEMA)
-        writer.execute("BEGIN IMMEDIATE")  # proves we can write
-        writer.execute("COMMIT")
-        last = writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-        reader = _connect(path)
-    except sqlite3.DatabaseError as exc:
+        return _open(path, sync)
+    except (sqlite3.DatabaseError, OSError) as exc:
         raise HistoryError(f"cannot use history file {path!r}: {exc}") from None
-    return writer, reader, int(last)
+
+
+def _open(path: str, sync: str) -> _Opened:
+    writer = _connect(path, sync)
+    reader = None
+    try:
+        _quick_check(writer, path)
+        writer.executescript(SCHEMA)
+        _check_takes_a_write(writer)
+        last = writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        counts = writer.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall()
+        reader = _connect(path)
+        files = {path: _file_id(os.stat(path))}
+        # The WAL exists once a connection has read the file, and stays while one is open.
+        with contextlib.suppress(FileNotFoundError):
+            files[path + "-wal"] = _file_id(os.stat(path + "-wal"))
+    except BaseException:
+        writer.close()
+        if reader is not None:
+            reader.close()
+        raise
+    return _Opened(writer, reader, int(last), dict(counts), files)
+
+
+def _quick_check(conn: sqlite3.Connection, path: str) -> None:
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise HistoryError(f"history file {path!r} is corrupt: {check}")
+
+
+def _check_writable(path: str) -> None:
+    """Raise HistoryError if the file or its WAL or shared-memory file exists
+    and cannot be opened for writing.
+
+    SQLite falls back to read-only for such a file: the broker would start,
+    refuse every publish, and leave its -wal and -shm files behind with the
+    database's read-only mode, which break the next start.
+    """
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise HistoryError(f"history file {name!r} is not writable: {exc.strerror}") from None
+        os.close(fd)  # before SQLite opens the file: closing it drops no lock of SQLite's
+
+
+def _check_takes_a_write(conn: sqlite3.Connection) -> None:
+    """Raise sqlite3.Error unless ``conn`` can write: a row inserted in a
+    transaction that is rolled back (``BEGIN IMMEDIATE`` alone succeeds on a
+    read-only file)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # seq 0 is never used (seqs start from the clock) and topic "" is invalid.
+        conn.execute(INSERT, (0, "", "", None, "", None, 0.0))
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _file_id(stat: os.stat_result) -> FileId:
+    return stat.st_dev, stat.st_ino
+
+
+class _FileMoved(Exception):
+    """The history file or its WAL at the store's path is not the one it has
+    open: removed, or replaced by another file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+class _FailureLog:
+    """Logs store failures on the ``trio_esper`` logger: at most one line per
+    kind of failure per :data:`LOG_INTERVAL_SECONDS` (a failing disk fails
+    every publish), each with its reason and the count of lines left out
+    since the last; and one line when a kind works again."""
+
+    def __init__(self) -> None:
+        self._quiet_until: dict[str, float] = {}
+        self._left_out: Counter[str] = Counter()
+
+    def failed(self, kind: str, message: str) -> None:
+        now = trio.current_time()
+        if now < self._quiet_until.get(kind, -math.inf):
+            self._left_out[kind] += 1
+            return
+        self._quiet_until[kind] = now + LOG_INTERVAL_SECONDS
+        log.error("history store: %s%s", message, self._left_out_note(kind))
+
+    def succeeded(self, kind: str, message: str) -> None:
+        """``kind`` worked: if it had failed, say so once its quiet time is over."""
+        quiet_until = self._quiet_until.get(kind)
+        if quiet_until is None or trio.current_time() < quiet_until:
+            return
+        del self._quiet_until[kind]
+        log.info("history store: %s%s", message, self._left_out_note(kind))
+
+    def flush(self) -> None:
+        """Log the counts of lines left out (on closing)."""
+        for kind, count in sorted(self._left_out.items()):
+            log.error("history store: %d more %s failures not logged", count, kind)
+        self._left_out.clear()
+
+    def _left_out_note(self, kind: str) -> str:
+        count = self._left_out.pop(kind, 0)
+        return f" ({count} more like this not logged)" if count else ""
 
 
 class SqliteHistory:
@@ -127,11 +265,16 @@ class SqliteHistory:
         max_events_per_topic: int,
         max_age_seconds: float,
         cache_bytes: int,
+        counts: dict[str, int] | None = None,
+        files: dict[str, FileId] | None = None,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._seqs = SeqClock(last_seq)
+        #: The files (database, WAL) as opened: checked at every commit.
+        self._files = {} if files is None else files
+        self._failures = _FailureLog()
         self.max_events_per_topic = max_events_per_topic
         self.max_age_seconds = max_age_seconds
         self._send, self._receive = trio.open_memory_channel[_Append](WRITER_QUEUE)
@@ -146,13 +289,15 @@ class SqliteHistory:
         #: Retained events per topic, kept in step with the file by the writer.
         self._counts: Counter[str] = Counter(
             dict(writer.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall())
+            if counts is None
+            else counts
         )
 
     async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
         item = _Append(topic, events, deliver)
         try:
             await self._send.send(item)
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise HistoryError("history is closed") from None
         # Once queued the append will be committed; wait for it even if our
         # client gives up, so a cancelled publish does not race its own commit.
@@ -164,29 +309,77 @@ class SqliteHistory:
         return item.records
 
     async def run(self) -> None:
-        """The writer task: commit queued appends in batches until closed."""
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
+        """The writer task: commit queued appends in batches until closed.
+
+        A store failure fails the appends it affects and the writer goes on;
+        whatever ends it, every append it took or that is queued is answered.
+        """
+        with self._receive:
+            try:
+                async for first in self._receive:
+                    batch = [first]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                try:
-                    await trio.to_thread.run_sync(self._commit, batch)
-                except sqlite3.Error as exc:
-                    error = HistoryError(f"history write failed: {exc}")
-                    for item in batch:
-                        item.error = error
-                for item in batch:
-                    if item.records is not None:
-                        self._cache.remember(item.topic, item.records)
-                        await item.deliver(item.topic, item.records)
-                    item.done.set()
-                if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_SECONDS:
-                    self._last_prune = trio.current_time()
-                    await trio.to_thread.run_sync(self._prune)
+                        await self._store(batch)
+                    finally:
+                        _answer(batch, HistoryError("history writer stopped"))
+                    if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_SECONDS:
+                        self._last_prune = trio.current_time()
+                        await self._enforce_retention()
+            finally:
+                queued: list[_Append] = []
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while True:
+                        queued.append(self._receive.receive_nowait())
+                _answer(queued, HistoryError("history is closed"))
+
+    async def _store(self, batch: list[_Append]) -> None:
+        """Commit ``batch``, then deliver what was stored in seq order."""
+        try:
+            await trio.to_thread.run_sync(self._commit, batch)
+        except _FileMoved as exc:
+            self._failures.failed(
+                "file",
+                f"history file {exc.path!r} was removed or replaced since the broker opened it:"
+                " publishes are refused (503) until that same file is back at its path;"
+                " restart the broker to start a new file",
+            )
+            error = HistoryError(
+                "history file was removed or replaced while the broker runs; events are not"
+                " stored until the broker is restarted"
+            )
+            for item in batch:
+                item.error = error
+        except (sqlite3.Error, OSError) as exc:
+            self._failures.failed("commit", f"commit failed, publishes refused (503): {exc}")
+            error = HistoryError(f"history write failed: {exc}")
+            for item in batch:
+                item.error = error
+        else:
+            self._failures.succeeded(
+                "file", f"history file {self.path!r} is back: publishes are stored again"
+            )
+            self._failures.succeeded("commit", "commits succeed again")
+        for item in batch:
+            if item.records is not None:
+                self._cache.remember(item.topic, item.records)
+                await item.deliver(item.topic, item.records)
+
+    async def _enforce_retention(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self._prune)
+        except sqlite3.Error as exc:
+            self._failures.failed(
+                "retention",
+                f"retention failed, old events kept until it succeeds"
+                f" (retried every {PRUNE_INTERVAL_SECONDS:g} s): {exc}",
+            )
+        else:
+            self._failures.succeeded("retention", "retention succeeds again")
 
     def _commit(self, batch: list[_Append]) -> None:
         """Thread: store ``batch`` in one transaction.
@@ -200,7 +393,7 @@ class SqliteHistory:
         now = time.time()
         last_seq = self._seqs.last
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             try:
                 rows: list[tuple[object, ...]] = []
                 for item in batch:
@@ -214,10 +407,12 @@ class SqliteHistory:
                 conn.execute("BEGIN IMMEDIATE")
                 for item in batch:
                     self._insert_alone(conn, item, now)
+            # Last before COMMIT, so nothing is acknowledged that went into a
+            # file a restart will not open; one stat per file per batch.
+            self._check_files()
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             self._seqs.last = last_seq
             for item in batch:
                 item.records = None
@@ -226,6 +421,16 @@ class SqliteHistory:
             if item.records is not None:
                 self._touched.add(item.topic)
                 self._counts[item.topic] += len(item.records)
+
+    def _check_files(self) -> None:
+        """Thread: raise _FileMoved if a path no longer names the file we have open."""
+        for name, file_id in self._files.items():
+            try:
+                stat = os.stat(name)
+            except FileNotFoundError:
+                raise _FileMoved(name) from None
+            if _file_id(stat) != file_id:
+                raise _FileMoved(name)
 
     def _insert_alone(self, conn: sqlite3.Connection, item: _Append, now: float) -> None:
         """Insert one append in a savepoint; on a publisher id conflict leave
@@ -251,34 +456,43 @@ class SqliteHistory:
         conn.execute("RELEASE item")
 
     def _prune(self) -> None:
-        """Thread: enforce retention on recently written topics, boundedly."""
-        budget = PRUNE_ROWS
-        if self.max_age_seconds < math.inf:
-            # seq is at least the publish time in microseconds (SeqClock).
-            cutoff_seq = int((time.time() - self.max_age_seconds) * 1_000_000)
-            budget -= self._delete(
-                "DELETE FROM events WHERE seq IN"
-                " (SELECT seq FROM events WHERE seq < ? ORDER BY seq LIMIT ?) RETURNING topic",
-                (cutoff_seq, budget),
-            )
-        while self._touched and budget > 0:
-            topic = self._touched.pop()
-            deleted = self._delete(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE topic = ?"
-                " ORDER BY seq DESC LIMIT ? OFFSET ?) RETURNING topic",
-                (topic, budget, self.max_events_per_topic),
-            )
-            budget -= deleted
-            if budget <= 0:
-                self._touched.add(topic)  # maybe more to do next time
-
-    def _delete(self, sql: str, args: tuple[object, ...]) -> int:
-        topics = [row[0] for row in self._writer.execute(sql, args).fetchall()]
-        self._counts.subtract(topics)
-        for topic in set(topics):
+        """Thread: enforce retention on recently written topics, boundedly, in
+        one transaction; on failure nothing is deleted and it is all to do again."""
+        conn = self._writer
+        deleted: list[str] = []
+        popped: list[str] = []
+        try:
+            _begin(conn)
+            if self.max_age_seconds < math.inf:
+                # seq is at least the publish time in microseconds (SeqClock).
+                cutoff_seq = int((time.time() - self.max_age_seconds) * 1_000_000)
+                deleted += self._delete(
+                    "DELETE FROM events WHERE seq IN"
+                    " (SELECT seq FROM events WHERE seq < ? ORDER BY seq LIMIT ?) RETURNING topic",
+                    (cutoff_seq, PRUNE_ROWS),
+                )
+            while self._touched and len(deleted) < PRUNE_ROWS:
+                popped.append(topic := self._touched.pop())
+                deleted += self._delete(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE topic = ?"
+                    " ORDER BY seq DESC LIMIT ? OFFSET ?) RETURNING topic",
+                    (topic, PRUNE_ROWS - len(deleted), self.max_events_per_topic),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            self._touched.update(popped)
+            raise
+        if popped and len(deleted) >= PRUNE_ROWS:
+            self._touched.add(popped[-1])  # maybe more to do next time
+        self._counts.subtract(deleted)
+        for topic in set(deleted):
             if self._counts[topic] <= 0:
                 del self._counts[topic]
-        return len(topics)
+
+    def _delete(self, sql: str, args: tuple[object, ...]) -> list[str]:
+        """The topic of each deleted row."""
+        return [row[0] for row in self._writer.execute(sql, args).fetchall()]
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         if last_id is not None:
@@ -288,7 +502,13 @@ class SqliteHistory:
                 await trio.lowlevel.checkpoint()
                 return cached
         async with self._read_lock:
-            return await trio.to_thread.run_sync(self._after, topic, last_id, limit)
+            try:
+                replay = await trio.to_thread.run_sync(self._after, topic, last_id, limit)
+            except sqlite3.Error as exc:
+                self._failures.failed("read", f"read failed: {exc}")
+                raise HistoryError(f"history read failed: {exc}") from None
+        self._failures.succeeded("read", "reads succeed again")
+        return replay
 
     def _after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         conn = self._reader
@@ -340,15 +560,18 @@ async def open_sqlite_history(
     Raises:
         HistoryError: the file cannot be opened, created, written, or is corrupt.
     """
-    writer, reader, last = await trio.to_thread.run_sync(_open_checked, path, sync)
+    opened = await trio.to_thread.run_sync(_open_checked, path, sync)
+    writer, reader = opened.writer, opened.reader
     history = SqliteHistory(
         path,
         writer,
         reader,
-        last,
+        opened.last_seq,
         max_events_per_topic=max_events_per_topic,
         max_age_seconds=max_age_seconds,
         cache_bytes=cache_bytes,
+        counts=opened.counts,
+        files=opened.files,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -360,3 +583,25 @@ async def open_sqlite_history(
     finally:
         writer.close()
         reader.close()
+        history._failures.flush()
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:  # a failed ROLLBACK left one open; it holds nothing of ours
+        _rollback(conn)
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open; a failure here is not the one to report."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _answer(items: Sequence[_Append], error: HistoryError) -> None:
+    """Wake the publishers of ``items``; those neither stored nor failed get ``error``."""
+    for item in items:
+        if item.records is None and item.error is None:
+            item.error = error
+        item.done.set()

@@ -1,0 +1,350 @@
+"""The SQLite history store failing under a running broker, with real faults:
+a file size limit (RLIMIT_FSIZE) that makes SQLite's writes fail with EFBIG,
+a read-only file, the file removed or replaced while the broker runs.
+
+Each hostile case checks that the broker still runs and answers, that the
+publishes the failure affects get 503, and that the failure is logged once
+(rate-limited) with its reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from trio_esper.errors import HistoryError
+from trio_esper.history import Record
+from trio_esper.history import sqlite as store
+from trio_esper.history.sqlite import INSERT, open_sqlite_history
+from trio_esper.sse import Event
+
+from .conftest import start_broker
+
+TOPIC = "storetopic1"
+OTHER = "storetopic2"
+#: Runs ``python -m trio_esper`` with RLIMIT_FSIZE lowered to argv[1] bytes (0: unlimited) and
+#: SIGXFSZ ignored, so a write past the limit fails with EFBIG, as on a full disk. With argv[2]
+#: "obey", a root process first drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (capset(2)), so
+#: file modes bind it as they bind any other user: a 0444 file is read-only to it.
+BOOTSTRAP = """
+import ctypes, resource, runpy, signal, sys
+limit, modes = int(sys.argv.pop(1)), sys.argv.pop(1)
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+if modes == "obey":
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    data[0].effective &= ~0b110  # CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2)
+    data[0].permitted &= ~0b110
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+sys.argv[0] = "trio_esper"
+runpy.run_module("trio_esper", run_name="__main__", alter_sys=True)
+"""
+#: Appears in SQLite's reason for a failed write (EFBIG is reported as an I/O error).
+WRITE_FAILED = re.compile(r"disk I/O error|database or disk is full")
+
+
+@dataclass
+class Running:
+    process: trio.Process
+    url: str
+    stderr: bytearray = field(default_factory=bytearray)
+
+    def log_lines(self, pattern: str) -> list[str]:
+        lines = self.stderr.decode(errors="replace").splitlines()
+        return [line for line in lines if re.search(pattern, line)]
+
+
+@asynccontextmanager
+async def broker_process(
+    *args: str, fsize_limit: int = 0, obey_file_modes: bool = False
+) -> AsyncIterator[Running]:
+    """Run the broker in a child process (as tests/test_durability.py does), with
+    ``fsize_limit``; yield it once it listens, with its stderr collected."""
+    process = await _start(args, fsize_limit, obey_file_modes)
+    assert process.stderr is not None
+    try:
+        running = Running(process, "")
+        with trio.fail_after(20):
+            while (
+                match := re.search(rb"listening on (http://[\d.]+:\d+)", running.stderr)
+            ) is None:
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    pytest.fail(f"broker exited before listening: {running.stderr.decode()}")
+                running.stderr += chunk
+        running.url = match.group(1).decode()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, process.stderr, running.stderr)
+            yield running
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        await process.stderr.aclose()
+
+
+async def _start(args: Sequence[str], fsize_limit: int, obey_file_modes: bool) -> trio.Process:
+    modes = "obey" if obey_file_modes else "as-is"
+    argv = [sys.executable, "-c", BOOTSTRAP, str(fsize_limit), modes, "--port", "0", "--no-auth"]
+    return await trio.lowlevel.open_process(
+        [*argv, *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
+
+
+async def _assert_alive(client: httpx.AsyncClient, running: Running) -> None:
+    assert running.process.returncode is None, running.stderr.decode()
+    assert (await client.get(f"{running.url}/stats")).status_code == 200
+    assert "Traceback" not in running.stderr.decode()
+
+
+def _seed(path: Path, rows: int, data_bytes: int) -> None:
+    """Store ``rows`` events alternating between TOPIC and OTHER, so that deleting
+    TOPIC's rewrites every page of the table (a large write)."""
+    base = time.time_ns() // 1000 - 10_000_000
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(
+        INSERT,
+        (
+            (base + n, (TOPIC, OTHER)[n % 2], f"seed{n}", None, f"{n:06d}" * data_bytes, None, 0.0)
+            for n in range(rows)
+        ),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def _create(path: Path) -> None:
+    """Create the history file as the broker does (schema, WAL), empty."""
+    async with open_sqlite_history(str(path)):
+        pass
+
+
+# --- point 3: a write error while pruning, or while committing -----------------
+
+
+async def test_prune_write_error_is_logged_and_the_broker_keeps_running(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    await _create(path)
+    _seed(path, rows=4000, data_bytes=70)  # ~2 MB: pruning TOPIC rewrites all of it
+    history = ("--history", f"sqlite:{path}", "--history-events", "1")
+    async with (
+        broker_process(*history, fsize_limit=512 * 1024) as running,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        # The first commit is small and fits; the writer then prunes TOPIC's ~2000
+        # old rows in one write that does not, and the prune fails.
+        first = await client.post(f"{running.url}/publish/{TOPIC}", content=b"data: one\n")
+        assert first.status_code == 200, first.text
+        # The writer prunes before it takes the next append: this commit comes after.
+        second = await client.post(f"{running.url}/publish/{TOPIC}", content=b"data: two\n")
+        assert second.status_code == 200, second.text
+        await _assert_alive(client, running)
+        [line] = running.log_lines("retention")
+        assert WRITE_FAILED.search(line), line
+        assert "ERROR trio_esper" in line
+        kept = await client.get(f"{running.url}/history/{OTHER}", params={"limit": "3"})
+        assert kept.status_code == 200
+        assert len(kept.text.splitlines()) == 3
+
+
+async def test_commit_write_error_is_503_logged_once_and_the_broker_keeps_running(
+    tmp_path: Path,
+) -> None:
+    history = ("--history", f"sqlite:{tmp_path / 'history.db'}")
+    body = b"data: " + b"x" * 60_000 + b"\n"
+    async with (
+        broker_process(*history, fsize_limit=256 * 1024) as running,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        statuses: list[int] = []
+        for _ in range(30):
+            reply = await client.post(f"{running.url}/publish/{TOPIC}", content=body)
+            statuses.append(reply.status_code)
+            if reply.status_code == 503:
+                assert WRITE_FAILED.search(reply.text), reply.text
+        assert statuses[0] == 200
+        assert 503 in statuses
+        failed = statuses.index(503)
+        assert statuses[failed:] == [503] * (30 - failed)  # the file stays full
+        await _assert_alive(client, running)
+        small = await client.post(f"{running.url}/publish/{TOPIC}", content=b"data: s\n")
+        assert small.status_code in (200, 503)
+        # One line for all of them (rate-limited), with the reason.
+        [line] = running.log_lines("commit failed")
+        assert WRITE_FAILED.search(line), line
+        # Nothing acknowledged is missing from history.
+        stored = await client.get(f"{running.url}/history/{TOPIC}")
+        assert stored.status_code == 200
+        assert len(stored.text.splitlines()) == failed + (small.status_code == 200)
+
+
+# --- point 4: failures are logged, at most one line per kind per interval -------
+
+
+class Delivered:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    async def __call__(self, topic: str, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+
+def _store_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "trio_esper" and "history" in r.getMessage()]
+
+
+async def test_failures_are_logged_rate_limited_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_esper")
+    path = tmp_path / "h.db"
+    deliver = Delivered()
+    async with open_sqlite_history(str(path)) as history:
+        await history.append(TOPIC, [Event("kept")], deliver)
+        os.rename(path, tmp_path / "elsewhere.db")
+        for n in range(20):
+            with pytest.raises(HistoryError, match="removed or replaced"):
+                await history.append(TOPIC, [Event(f"lost {n}")], deliver)
+        [first] = _store_lines(caplog)
+        assert first.levelno == logging.ERROR
+        assert str(path) in first.getMessage()
+        assert "removed or replaced" in first.getMessage()
+        await trio.sleep(store.LOG_INTERVAL_SECONDS)
+        with pytest.raises(HistoryError):
+            await history.append(TOPIC, [Event("lost again")], deliver)
+        [_, second] = _store_lines(caplog)
+        assert "19 more" in second.getMessage()
+        # The same file back at its path: commits are acknowledged again.
+        os.rename(tmp_path / "elsewhere.db", path)
+        await trio.sleep(store.LOG_INTERVAL_SECONDS)
+        [record] = await history.append(TOPIC, [Event("back")], deliver)
+        assert [r.event.data for r in deliver.records] == ["kept", "back"]
+        [*_, recovered] = _store_lines(caplog)
+        assert recovered.levelno == logging.INFO
+        assert "again" in recovered.getMessage()
+    async with open_sqlite_history(str(path)) as history:
+        kept = (await history.after(TOPIC, None, 100)).records
+        assert [r.event.data for r in kept] == ["kept", "back"]
+        assert kept[-1].id == record.id
+
+
+# --- point 5: a read-only file is refused at start-up ----------------------------
+
+
+async def test_read_only_file_stops_the_broker_at_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    await _create(path)
+    path.chmod(0o444)
+    process = await _start(["--history", f"sqlite:{path}"], 0, obey_file_modes=True)
+    assert process.stderr is not None
+    stderr = bytearray()
+    async with process.stderr:
+        with trio.move_on_after(20):
+            while b"listening on" not in stderr and (chunk := await process.stderr.receive_some()):
+                stderr += chunk
+        if process.returncode is None and b"listening on" in stderr:
+            process.kill()
+        await process.wait()
+    text = stderr.decode(errors="replace")
+    assert b"listening on" not in stderr, "the broker started on a read-only history file"
+    assert process.returncode == 3, text
+    assert "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("trio-esper: error: ")
+    assert str(path) in last
+    assert "not writable" in last
+    # Nothing left behind that would break the next start.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.db"]
+    path.chmod(0o644)
+    async with (
+        broker_process("--history", f"sqlite:{path}", obey_file_modes=True) as running,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        reply = await client.post(f"{running.url}/publish/{TOPIC}", content=b"data: ok\n")
+        assert reply.status_code == 200, reply.text
+
+
+# --- point 6: the file removed or replaced while the broker runs -----------------
+
+
+async def _publish(client: httpx.AsyncClient, url: str, data: str) -> httpx.Response:
+    return await client.post(f"{url}/publish/{TOPIC}", content=f"data: {data}\n".encode())
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced", "wal-removed"])
+async def test_removed_or_replaced_file_refuses_publishes(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_esper")
+    path = tmp_path / "history.db"
+    broker = await start_broker(nursery, history=f"sqlite:{path}")
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await _publish(client, broker.url, "before")).status_code == 200
+        if how == "removed":
+            path.unlink()
+        elif how == "replaced":  # a copy (another file) where the history was
+            shutil.copy(path, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", path)
+        else:  # what is not checkpointed yet, which a restart would not find
+            Path(f"{path}-wal").unlink()
+        for n in range(5):
+            reply = await _publish(client, broker.url, f"after {n}")
+            assert reply.status_code == 503
+            assert "removed or replaced" in reply.text
+        assert (await client.get(f"{broker.url}/stats")).status_code == 200
+        lines = [r for r in _store_lines(caplog) if r.levelno >= logging.ERROR]
+        assert len(lines) == 1
+        assert str(path) in lines[0].getMessage()
+        assert "restart" in lines[0].getMessage()
+    await broker.stop()
+
+
+async def test_file_renamed_and_renamed_back_resumes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "history.db"
+    broker = await start_broker(nursery, history=f"sqlite:{path}")
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await _publish(client, broker.url, "one")).status_code == 200
+        os.rename(path, tmp_path / "moved.db")
+        assert (await _publish(client, broker.url, "lost")).status_code == 503
+        os.rename(tmp_path / "moved.db", path)
+        assert (await _publish(client, broker.url, "two")).status_code == 200
+    await broker.stop()
+    # What was acknowledged is what a restarted broker has.
+    broker = await start_broker(nursery, history=f"sqlite:{path}")
+    async with httpx.AsyncClient(timeout=5) as client:
+        stored = (await client.get(f"{broker.url}/history/{TOPIC}")).text.splitlines()
+        assert [json.loads(line)["data"] for line in stored] == ["one", "two"]
+    await broker.stop()
