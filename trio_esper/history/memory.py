@@ -3,16 +3,54 @@ under one byte budget for all topics together.
 
 Eviction: a topic's ring drops its oldest event past ``max_events_per_topic``;
 past ``max_bytes`` in total, the topic published to least recently loses its
-oldest events first (topics are kept in publish-recency order, so this is O(1)
-per evicted event).
+oldest events first, and a topic left with no event is forgotten (its ring
+and index entry freed). Topics are kept in publish-recency order in an
+``OrderedDict``, whose ``move_to_end`` and first item are O(1): a plain dict
+would have to skip the holes its deletions leave at the front, which took
+67 us per eviction at 130,000 topics.
+
+Accounting: ``max_bytes`` bounds the heap the history holds, not just its
+payloads. Each object a record or a topic owns is counted at the size
+``sys.getsizeof`` reports, rounded up as the allocator rounds it
+(:func:`allocated_bytes`); the containers (each ring's list and id dict, the
+topic index) are re-measured with ``sys.getsizeof`` whenever they change, so
+their over-allocation and the holes deletions leave in a dict are counted
+too. tests/test_memory_budget.py checks the count against ``tracemalloc``
+(which sees requested sizes, so the count is 0 to 20% above it), and
+``benchmarks/memory_ring.py --table`` against process RSS (within 10%).
+Measured with ``sys.getsizeof`` on CPython 3.11 (64-bit), for records with an
+assigned (16-digit) id and 12-character topic names:
+
+- per record: 208 bytes whatever it holds (Record 80, Event 64, seq int 32,
+  time float 32; :data:`RECORD_FIXED_BYTES` measures them at import), the id
+  string (80), the data string (49 bytes + its length) and the frame (33 +
+  its length), each rounded up to 16: 464 bytes for 20 bytes of data, 624
+  for 100; plus, in its ring, a list slot and an id-dict entry: 35 to 61
+  bytes a record in a ring of 1000, up to 83 in a ring of 100
+  (over-allocation, and the holes evictions leave until the dict resizes);
+- per topic: 464 bytes for a ring of one record (ring object 80, topic
+  string 64, list 112, id dict 208), plus 66 to 117 bytes in the topic index
+  (an ``OrderedDict``: a 32-byte node, its dict entry, index slots, holes).
+
+So a topic with one 20-byte event costs about 1,050 bytes, where the old
+estimate (470 bytes a record plus its payloads, nothing a topic) said 588:
+with 400,000 such topics the process grew 2.4 times the budget.
+
+What no count can see: CPython's small-object allocator keeps a 1 MiB arena
+while any object in it lives, and malloc keeps freed blocks in the middle of
+its heap. So when a history full of small records gives way to large events
+(or the reverse), the process keeps up to about twice the budget (the last
+rows of the benchmark's table): the budget bounds the steady state of a mix,
+not the sum of the allocators' high-water marks.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import trio
 
@@ -20,21 +58,115 @@ from ..errors import Conflict
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
 
-#: Rough per-event cost beyond the frame and data strings (objects, dict and
-#: deque slots), fitted to process RSS by benchmarks/memory_ring.py on CPython 3.11.
-RECORD_OVERHEAD_BYTES = 470
+#: pymalloc serves requests up to this size from 16-byte size classes.
+SMALL_REQUEST_BYTES = 512
+#: Above this, glibc's malloc maps whole pages (its default mmap threshold).
+MMAP_THRESHOLD_BYTES = 128 << 10
+PAGE_BYTES = 4096
+#: A list or dict is two allocations (the object and its table), each rounded up.
+CONTAINER_ROUNDING_BYTES = 16
 
 
-def record_bytes(record: Record) -> int:
-    return RECORD_OVERHEAD_BYTES + len(record.frame) + sys.getsizeof(record.event.data)
+def allocated_bytes(size: int) -> int:
+    """Heap bytes an object of ``size`` bytes (as ``sys.getsizeof`` says)
+    takes: pymalloc's 16-byte classes, glibc's 8-byte chunk header and
+    16-byte alignment, or whole pages once malloc maps the block."""
+    if size <= SMALL_REQUEST_BYTES:
+        return (size + 15) & ~15
+    if size < MMAP_THRESHOLD_BYTES:
+        return (size + 8 + 15) & ~15
+    return (size + 16 + PAGE_BYTES - 1) & ~(PAGE_BYTES - 1)
+
+
+def _container_bytes(container: object) -> int:
+    return allocated_bytes(sys.getsizeof(container)) + CONTAINER_ROUNDING_BYTES
+
+
+def _fixed_record_bytes() -> int:
+    """The objects every record owns whatever its content, measured on a
+    sample: the Record, its Event, its seq (a 16-digit int) and its time."""
+    seq = SeqClock().next()
+    event = Event("", None, str(seq))
+    record = Record(seq, "topic", event, time.time(), b"")
+    parts: tuple[object, ...] = (record, event, record.seq, record.time)
+    return sum(allocated_bytes(sys.getsizeof(part)) for part in parts)
+
+
+#: Bytes each record holds besides its strings and frame (208 on CPython 3.11).
+RECORD_FIXED_BYTES = _fixed_record_bytes()
+#: Retry values up to this are CPython's shared small ints, owned by no record.
+_SHARED_INT_MAX = 256
+
+
+def record_bytes(record: Record, topic: str | None = None) -> int:
+    """Heap bytes ``record`` holds on its own: :data:`RECORD_FIXED_BYTES`
+    plus its id, data, event type, retry and frame, and its topic string
+    unless it is ``topic`` (the ring's own, shared by the ring's records)."""
+    event = record.event
+    size = (
+        RECORD_FIXED_BYTES
+        + allocated_bytes(sys.getsizeof(event.data))
+        + allocated_bytes(sys.getsizeof(record.frame))
+        + allocated_bytes(sys.getsizeof(record.id))
+    )
+    if event.event is not None:
+        size += allocated_bytes(sys.getsizeof(event.event))
+    if event.retry is not None and event.retry > _SHARED_INT_MAX:
+        size += allocated_bytes(sys.getsizeof(event.retry))
+    if record.topic is not topic:
+        size += allocated_bytes(sys.getsizeof(record.topic))
+    return size
 
 
 class _Ring:
-    __slots__ = ("by_id", "records")
+    """One topic's retained records, oldest first: ``records[head:]``.
 
-    def __init__(self) -> None:
-        self.records: deque[Record] = deque()
+    A list with a moving head rather than a deque: a deque takes 760 bytes
+    even for one record, and a broker with many topics holds mostly short
+    rings. Evicted slots are cleared at once (so the record is freed) and the
+    list is compacted once half of it is cleared: O(1) amortised.
+    """
+
+    __slots__ = ("by_id", "bytes", "head", "records", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.records: list[Record | None] = []
+        self.head = 0
         self.by_id: dict[str, Record] = {}
+        #: What the ring itself holds, its records apart (see _resize).
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.records) - self.head
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.by_id[record.id] = record
+
+    def popleft(self) -> Record:
+        record = self.records[self.head]
+        assert record is not None
+        self.records[self.head] = None
+        self.head += 1
+        if self.head * 2 >= len(self.records):
+            del self.records[: self.head]
+            self.head = 0
+        del self.by_id[record.id]
+        return record
+
+    def oldest(self, limit: int) -> list[Record]:
+        return cast("list[Record]", self.records[self.head : self.head + limit])
+
+    def newer(self, seq: int) -> list[Record]:
+        """The records after seq ``seq``, oldest first."""
+        newer: list[Record] = []
+        for record in reversed(self.records):
+            if record is None or record.seq <= seq:
+                break
+            newer.append(record)
+        newer.reverse()
+        return newer
 
 
 class MemoryHistory:
@@ -44,9 +176,11 @@ class MemoryHistory:
     def __init__(self, *, max_events_per_topic: int = 1000, max_bytes: int = 256 << 20) -> None:
         self.max_events_per_topic = max_events_per_topic
         self.max_bytes = max_bytes
-        # Insertion order is publish recency: append() moves a topic to the end.
-        self._rings: dict[str, _Ring] = {}
-        self._bytes = 0
+        # Order is publish recency: _touch() moves a topic to the end.
+        self._rings: OrderedDict[str, _Ring] = OrderedDict()
+        self._index_bytes = _container_bytes(self._rings)
+        self._topics_peak = 0
+        self._bytes = self._index_bytes
         self._events = 0
         self._seqs = SeqClock()
 
@@ -60,9 +194,10 @@ class MemoryHistory:
         now = time.time()
         records = []
         for event in events:
-            record = Record.create(self._seqs.next(), topic, event, now)
+            # The ring's topic string, so records share it rather than each keep a copy.
+            record = Record.create(self._seqs.next(), ring.topic, event, now)
             while record.id in ring.by_id:  # a publisher chose an id we would assign
-                record = Record.create(self._seqs.next(), topic, event, now)
+                record = Record.create(self._seqs.next(), ring.topic, event, now)
             records.append(record)
             self._store(ring, record)
         self._evict(ring)
@@ -81,30 +216,67 @@ class MemoryHistory:
 
     def _touch(self, topic: str) -> _Ring:
         """The topic's ring, moved to the most-recently-published end."""
-        ring = self._rings.pop(topic, None) or _Ring()
-        self._rings[topic] = ring
+        ring = self._rings.get(topic)
+        if ring is not None:
+            self._rings.move_to_end(topic)
+            return ring
+        ring = self._rings[topic] = _Ring(topic)
+        self._topics_peak = max(self._topics_peak, len(self._rings))
+        self._reindex()
         return ring
 
     def _store(self, ring: _Ring, record: Record) -> None:
-        ring.records.append(record)
-        ring.by_id[record.id] = record
-        self._bytes += record_bytes(record)
+        ring.append(record)
+        self._bytes += record_bytes(record, ring.topic)
         self._events += 1
 
     def _evict(self, ring: _Ring) -> None:
-        while len(ring.records) > self.max_events_per_topic:
-            self._forget(ring.records.popleft())
-        while self._bytes > self.max_bytes:
-            stalest = self._rings[next(iter(self._rings))]
-            self._forget(stalest.records.popleft())
+        self._resize(ring)
+        while len(ring) > self.max_events_per_topic:
+            self._drop_oldest(ring)
+        while self._bytes > self.max_bytes and self._rings:
+            self._drop_oldest(next(iter(self._rings.values())))
+        if not ring and ring.topic in self._rings:  # an append of no events
+            self._forget(ring)
 
-    def _forget(self, record: Record) -> None:
-        ring = self._rings[record.topic]
-        del ring.by_id[record.id]
-        self._bytes -= record_bytes(record)
+    def _drop_oldest(self, ring: _Ring) -> None:
+        record = ring.popleft()
+        self._bytes -= record_bytes(record, ring.topic)
         self._events -= 1
-        if not ring.records:
-            del self._rings[record.topic]
+        if ring:
+            self._resize(ring)
+        else:
+            self._forget(ring)
+
+    def _forget(self, ring: _Ring) -> None:
+        """Drop an empty ring and its index entry."""
+        del self._rings[ring.topic]
+        self._bytes -= ring.bytes
+        ring.bytes = 0
+        if len(self._rings) * 4 < self._topics_peak:
+            # A dict never shrinks when keys are deleted, only when it next
+            # grows: after a burst of one-off topics, copy the index so its
+            # table fits the topics left (amortised O(1): 3/4 were deleted).
+            self._rings = OrderedDict(self._rings)
+            self._topics_peak = len(self._rings)
+        self._reindex()
+
+    def _resize(self, ring: _Ring) -> None:
+        """Re-measure what ``ring`` holds besides its records."""
+        size = (
+            allocated_bytes(sys.getsizeof(ring))
+            + allocated_bytes(sys.getsizeof(ring.topic))
+            + _container_bytes(ring.records)
+            + _container_bytes(ring.by_id)
+        )
+        self._bytes += size - ring.bytes
+        ring.bytes = size
+
+    def _reindex(self) -> None:
+        """Re-measure the topic index (its nodes, table and holes)."""
+        size = _container_bytes(self._rings)
+        self._bytes += size - self._index_bytes
+        self._index_bytes = size
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         await trio.lowlevel.checkpoint()
@@ -116,14 +288,8 @@ class MemoryHistory:
             return Replay([], last_id is None)
         start = None if last_id is None else ring.by_id.get(last_id)
         if start is None:
-            return Replay(list(ring.records)[:limit], last_id is None)
-        newer: list[Record] = []
-        for record in reversed(ring.records):
-            if record.seq <= start.seq:
-                break
-            newer.append(record)
-        newer.reverse()
-        return Replay(newer[:limit], True)
+            return Replay(ring.oldest(limit), last_id is None)
+        return Replay(ring.newer(start.seq)[:limit], True)
 
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics("memory", len(self._rings), self._events, self._bytes)
