@@ -248,6 +248,9 @@ class Edge:
         self._waiting: dict[Connection, tuple[float, bool]] = {}
         self._closing = False
         self._date = (0, b"")
+        # The same for every stream: encoded once.
+        self._stream_fields = _encode_headers(endpoints.STREAM_HEADERS)
+        self._opening_chunk = h1.chunk(endpoints.opening_frame(config))
 
     async def serve(
         self,
@@ -500,6 +503,7 @@ class Edge:
             _Expired: ``deadline`` passed first.
         """
         fd = connection.fileno
+        waited = False
         while True:
             try:
                 data = os.read(fd, RECEIVE_BYTES)
@@ -510,10 +514,13 @@ class Edge:
             else:
                 if not data and connection.expired:
                     raise _Expired
-                # Under load the next request is often there already; the
-                # checkpoint keeps one busy publisher from starving the rest.
-                await trio.lowlevel.checkpoint()
+                if not waited:
+                    # Under load the next request is often there already; the
+                    # checkpoint keeps one busy publisher from starving the
+                    # rest (after a wait, the task has yielded already).
+                    await trio.lowlevel.checkpoint()
                 return data
+            waited = True
             self._waiting[connection] = (deadline, idle)
             try:
                 await trio.lowlevel.wait_readable(connection.stream.socket)
@@ -603,19 +610,20 @@ class Edge:
                 await connection.send_all(
                     h1.response_head(
                         200,
-                        _encode_headers([*endpoints.STREAM_HEADERS, *opened.cors]),
+                        self._stream_fields + _encode_headers(opened.cors),
                         date=self._http_date(),
                         close=opened.close,
                         chunked=True,
                     )
-                    + h1.chunk(endpoints.opening_frame(self._config))
+                    + self._opening_chunk
                 )
                 started = True
-                async with aclosing(
-                    endpoints.replay_pages(self._hub, subscription, opened.plan)
-                ) as pages:
-                    async for page in pages:
-                        await connection.send_all(h1.chunk(page))
+                if opened.plan.resume:
+                    async with aclosing(
+                        endpoints.replay_pages(self._hub, subscription, opened.plan)
+                    ) as pages:
+                        async for page in pages:
+                            await connection.send_all(h1.chunk(page))
                 # Dropping a slow subscriber also abandons a write it is stuck in.
                 subscription.on_drop = connection.interrupt
                 subscription.attach(connection.write_nowait)
