@@ -105,6 +105,8 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
     Returns a :class:`Request`, :data:`NEED_DATA` (the head is incomplete and
     could still be a form the edge serves), or :data:`DECLINE`.
     """
+    if not buffer:
+        return NEED_DATA
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         # Decline as early as the bytes allow, so a head the reader will

@@ -111,7 +111,13 @@ class Subscription:
         self.client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
         self.frame = frame
-        self._send, self._receive = trio.open_memory_channel[Item](queue_events)
+        # Not open_memory_channel[Item](...): subscripting builds a typing
+        # alias on every call, a measurable cost per subscribe.
+        self._send: trio.MemorySendChannel[Item]
+        self._receive: trio.MemoryReceiveChannel[Item]
+        self._send, self._receive = trio.open_memory_channel(queue_events)
+        #: Items in the channel (its statistics() builds an object per call).
+        self.queued = 0
         #: Set when the topic disconnected this subscriber for falling behind.
         self.dropped = False
         #: Highest seq already sent from history; live records up to it are skipped.
@@ -129,10 +135,10 @@ class Subscription:
         """Let the topic write to the subscriber directly (``None``: stop)."""
         self._write_nowait = write_nowait
 
-    def deliver_nowait(self, items: Sequence[Item], wire: bytes) -> bool:
-        """Hand ``items`` (whose bytes joined are ``wire``) to the subscriber
-        without blocking. Returns False if the subscriber is gone or was
-        dropped because its queue is full."""
+    def deliver_nowait(self, items: Sequence[Item], wire: bytes, events: int) -> bool:
+        """Hand ``items`` (whose bytes joined are ``wire``, ``events`` of
+        them records) to the subscriber without blocking. Returns False if
+        the subscriber is gone or was dropped because its queue is full."""
         if self._parked and self._write_nowait is not None:
             first_seq = items[0][0]
             if first_seq is None or first_seq > self.replayed_through:
@@ -142,7 +148,7 @@ class Subscription:
                     self.close()  # the peer is gone; its task sees the end of the queue
                     return False
                 if written:
-                    self._hub._delivered += sum(seq is not None for seq, _ in items)
+                    self._hub._delivered += events
                     if written == len(wire):
                         return True
                     return self._offer((None, wire[written:]))
@@ -152,6 +158,7 @@ class Subscription:
         self._parked = False  # the task will wake to this: no direct write may overtake it
         try:
             self._send.send_nowait(item)
+            self.queued += 1
         except trio.WouldBlock:
             self.drop()
             return False
@@ -205,10 +212,6 @@ class Subscription:
             self._take(seq, data, frames)
         return b"".join(frames)
 
-    @property
-    def queued(self) -> int:
-        return self._receive.statistics().current_buffer_used
-
     def drop(self) -> None:
         if not self.dropped:
             log.info("subscriber to %s dropped: its queue was full", self.topic.name)
@@ -251,6 +254,7 @@ class Subscription:
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _take(self, seq: int | None, data: bytes, frames: list[bytes]) -> None:
+        self.queued -= 1
         if seq is None:
             frames.append(data)
         elif seq > self.replayed_through:
@@ -301,7 +305,7 @@ class Topic:
             if batch is None:
                 frame = subscription.frame
                 batch = framed[frame] = ([(seq, frame(data)) for seq, data in bare], frame(wire))
-            if not subscription.deliver_nowait(*batch):
+            if not subscription.deliver_nowait(*batch, len(records)):
                 self.subscribers.discard(subscription)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
@@ -316,7 +320,7 @@ class Topic:
                     data = framed.get(frame)
                     if data is None:
                         data = framed[frame] = frame(HEARTBEAT_FRAME)
-                    subscription.deliver_nowait([(None, data)], data)
+                    subscription.deliver_nowait([(None, data)], data, 0)
 
     def close(self) -> None:
         """No more subscribers: let the task finish once publishers let go."""
