@@ -77,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn JWT checks off for both sides, whatever the secrets say [ESPER_NO_AUTH]",
     )
     add(
+        "--subscriber-key-file",
+        metavar="PATH",
+        help="PEM or JWKS file of the public keys subscriber tokens are signed with, instead "
+        "of ESPER_SUBSCRIBER_SECRET [ESPER_SUBSCRIBER_KEY_FILE] (default none)",
+    )
+    add(
+        "--publisher-key-file",
+        metavar="PATH",
+        help="PEM or JWKS file of the public keys publisher tokens are signed with, instead "
+        "of ESPER_PUBLISHER_SECRET [ESPER_PUBLISHER_KEY_FILE] (default none)",
+    )
+    add(
+        "--jwt-audience",
+        metavar="AUD",
+        help="the aud claim every token must carry [ESPER_JWT_AUDIENCE] "
+        "(default none: a token that names an audience is refused)",
+    )
+    add(
         "--heartbeat",
         type=float,
         dest="heartbeat_seconds",

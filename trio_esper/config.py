@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from .auth import DEFAULT_ALGORITHMS
+from .auth import (
+    DEFAULT_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    PUBLIC_KEY_ALGORITHMS,
+    KeyFileError,
+    PublicKeys,
+    hmac_secret_problem,
+    load_public_keys,
+)
 from .history.spec import parse_history_spec
 
 #: esper's defaults.
@@ -67,11 +75,17 @@ class Config:
     port: int = DEFAULT_PORT
     #: esper's worker-thread count; trio_esper runs one Trio process (see README).
     threads: int = 1
-    #: HS256 secret for subscribers; ``None`` leaves subscribing open.
+    #: HMAC secret for subscribers, or the :class:`~trio_esper.auth.PublicKeys`
+    #: read from ``ESPER_SUBSCRIBER_KEY_FILE``; ``None`` leaves subscribing open.
     subscriber_secret: str | None = field(default=None, repr=False)
-    #: HS256 secret for publishers and /stats; ``None`` leaves them open.
+    #: The same for publishers and /stats (``ESPER_PUBLISHER_KEY_FILE``).
     publisher_secret: str | None = field(default=None, repr=False)
+    #: Accepted ``alg`` values: a secret side uses the HMAC ones, a key-file
+    #: side the public-key ones.
     jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    #: The ``aud`` every token must carry; ``None``: tokens naming any
+    #: audience are refused (they were minted for another service).
+    jwt_audience: str | None = None
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_events: int = DEFAULT_QUEUE_EVENTS
@@ -174,6 +188,44 @@ class Config:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):
             raise ConfigError("jwt algorithms must be a non-empty list without 'none'")
+        known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
+        for algorithm in self.jwt_algorithms:
+            if algorithm not in known:
+                raise ConfigError(
+                    f"jwt algorithm {algorithm!r} is unknown; known: {', '.join(sorted(known))}"
+                )
+        if self.jwt_audience is not None and not self.jwt_audience:
+            raise ConfigError("jwt audience must not be empty")
+        for side in ("subscriber", "publisher"):
+            self._check_key(side, getattr(self, f"{side}_secret"))
+
+    def _check_key(self, side: str, key: str | None) -> None:
+        """A side's key must suit at least one configured algorithm: a key
+        file's keys are never tried as HMAC secrets, nor a secret as a public key."""
+        listed = ", ".join(self.jwt_algorithms)
+        if isinstance(key, PublicKeys):
+            if not key.algorithms.intersection(self.jwt_algorithms):
+                what = "none of the algorithms its keys verify"
+                if set(self.jwt_algorithms) <= HMAC_ALGORITHMS:
+                    what = "only HMAC algorithms"
+                raise ConfigError(
+                    f"the {side} key file {key.source} holds public keys, but jwt algorithms "
+                    f"({listed}) has {what}: accept one of {', '.join(sorted(key.algorithms))} "
+                    "(ESPER_JWT_ALGORITHMS)"
+                )
+        elif key is not None:
+            if not HMAC_ALGORITHMS.intersection(self.jwt_algorithms):
+                raise ConfigError(
+                    f"the {side} secret is an HMAC secret, but jwt algorithms ({listed}) has no "
+                    "HMAC algorithm (HS256, HS384, HS512); for public keys use "
+                    f"ESPER_{side.upper()}_KEY_FILE instead of a secret"
+                )
+            problem = hmac_secret_problem(key)
+            if problem:
+                raise ConfigError(
+                    f"the {side} secret cannot be an HMAC secret ({problem}); for a public key "
+                    f"use ESPER_{side.upper()}_KEY_FILE"
+                )
 
     @property
     def subscriber_auth(self) -> bool:
@@ -188,7 +240,11 @@ class Config:
         """Build from ``ESPER_*`` variables, then apply ``overrides`` (CLI flags).
 
         ``ESPER_SUBSCRIBER_SECRET`` / ``ESPER_PUBLISHER_SECRET`` unset or empty
-        leave that side open. ``ESPER_NO_AUTH`` (or ``no_auth=True``) turns both off.
+        leave that side open, unless ``ESPER_SUBSCRIBER_KEY_FILE`` /
+        ``ESPER_PUBLISHER_KEY_FILE`` (or the ``subscriber_key_file`` /
+        ``publisher_key_file`` overrides) name a PEM or JWKS file of public
+        keys, read here. ``ESPER_NO_AUTH`` (or ``no_auth=True``) turns both off.
+        ``ESPER_JWT_AUDIENCE`` empty is unset.
 
         Raises:
             ConfigError: a variable does not parse or a value is out of range.
@@ -198,6 +254,8 @@ class Config:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None or f.name in ("subscriber_secret", "publisher_secret"):
                 continue
+            if f.name == "jwt_audience" and not raw:
+                continue
             values[f.name] = _parse(f.name, raw)
         for side in ("subscriber", "publisher"):
             secret = environ.get(f"{ENV_PREFIX}{side.upper()}_SECRET")
@@ -205,9 +263,18 @@ class Config:
         no_auth = overrides.pop("no_auth", None)
         if no_auth is None:
             no_auth = _parse_bool("ESPER_NO_AUTH", environ.get("ESPER_NO_AUTH", "0"))
+        key_files = {
+            side: overrides.pop(f"{side}_key_file", None)
+            or environ.get(f"{ENV_PREFIX}{side.upper()}_KEY_FILE")
+            for side in ("subscriber", "publisher")
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if no_auth:
             values["subscriber_secret"] = values["publisher_secret"] = None
+        else:
+            for side, path in key_files.items():
+                if path:
+                    values[f"{side}_secret"] = _read_key_file(side, str(path), values)
         try:
             return cls(**values)  # type: ignore[arg-type]
         except TypeError as exc:
@@ -237,6 +304,19 @@ def _parse(name: str, raw: str) -> object:
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+def _read_key_file(side: str, path: str, values: Mapping[str, object]) -> PublicKeys:
+    """The public keys in ``path`` for ``side``, which must have no secret too."""
+    if values.get(f"{side}_secret") is not None:
+        raise ConfigError(
+            f"{ENV_PREFIX}{side.upper()}_SECRET and a {side} key file are both set: "
+            "a side verifies with a secret or with public keys, not both"
+        )
+    try:
+        return load_public_keys(path)
+    except KeyFileError as exc:
+        raise ConfigError(f"{side} key file {path}: {exc}") from None
 
 
 def _parse_bool(env: str, raw: str) -> bool:

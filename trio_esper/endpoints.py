@@ -133,16 +133,22 @@ def authorise(
     token: str | None,
 ) -> None:
     """Check the request's JWT (``Authorization`` header or ``?token=``)
-    against ``secret``; an open side (``None``) lets everyone in.
+    against ``secret`` (a side's secret or its :class:`~trio_esper.auth.PublicKeys`);
+    an open side (``None``) lets everyone in.
 
     Raises:
         Unauthorized: no token, or a malformed ``Authorization`` header.
-        Forbidden: the token does not verify or names another topic.
+        Forbidden: the token does not verify, is for another audience, or
+            names another topic.
     """
     if secret is None:
         return
     verify_token(
-        bearer_token(authorization, token), secret, topic=topic, algorithms=config.jwt_algorithms
+        bearer_token(authorization, token),
+        secret,
+        topic=topic,
+        algorithms=config.jwt_algorithms,
+        audience=config.jwt_audience,
     )
 
 
