@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth",
         action="store_const",
         const=True,
-        help="turn JWT checks off for both sides, whatever the secrets say [ESPER_NO_AUTH]",
+        help="turn JWT checks off for both sides, whatever the secrets and key files say "
+        "[ESPER_NO_AUTH]",
     )
     add(
         "--subscriber-key-file",
