@@ -9,8 +9,12 @@ import nox
 
 nox.options.sessions = ["tests", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
+# A session that cannot find its interpreter fails; it never skips with exit 0.
+nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+#: Sessions run on the Python that runs nox (any the package supports, 3.11+),
+#: not a pinned version a machine may not have.
+PYTHON = None
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "noxfile.py"]
@@ -90,3 +94,43 @@ def bench_cost(session: nox.Session) -> None:
     """Server CPU per publish request, layer by layer (h11, Hypercorn, Quart-Trio, fast lane)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/request_cost.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """tests/test_fuzz.py with many more examples than the default run's 150.
+
+    ``TRIO_ESPER_FUZZ_EXAMPLES=20000 python3 -m nox -s fuzz -- -x``
+    """
+    session.install("-e", ".[test]")
+    examples = os.environ.get("TRIO_ESPER_FUZZ_EXAMPLES", "5000")
+    session.run(
+        "pytest",
+        "tests/test_fuzz.py",
+        *session.posargs,
+        env={"TRIO_ESPER_FUZZ_EXAMPLES": examples},
+    )
+
+
+@nox.session(python=PYTHON)
+def bench_slow(session: nox.Session) -> None:
+    """Slow readers (issue 10, point 10): 1000 readers' latency with and without 100 stalled
+    subscribers on their topic, the stalled ones dropped per --queue, the broker's memory.
+
+    ``python3 -m nox -s bench_slow -- --repeat 3``
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/slow_readers.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Subscribe/disconnect soak (issue 10, point 8): 100,000 cycles, clean close and RST
+    mixed, while publishing; must end with /stats clients and topics 0, the broker's open
+    descriptors at their baseline, RSS within 10 MiB of its level after 10,000 cycles.
+    Bounded: the churn stops at --cycles or --max-seconds (600), whichever comes first.
+
+    ``python3 -m nox -s soak -- --cycles 20000 --sample-every 2000``
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
