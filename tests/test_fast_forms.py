@@ -116,16 +116,18 @@ async def test_a_request_that_arrived_is_served_not_cut() -> None:
         pairs = [socket.socketpair() for _ in range(2)]
         ours = [trio.SocketStream(trio.socket.from_stdlib_socket(a)) for a, _ in pairs]
         (_, idle_peer), (_, busy_peer) = pairs
-        idle, busy = (
-            trio.SocketStream(trio.socket.from_stdlib_socket(peer))
-            for peer in (idle_peer, busy_peer)
-        )
         async with trio.open_nursery() as nursery:
             for stream in ours:
                 nursery.start_soon(edge.handle, stream)
             await trio.testing.wait_all_tasks_blocked()
-            await busy.send_all(_publish(b"data: late\n"))  # no checkpoint before the reaper
+            # A blocking send from the stdlib socket: no checkpoint, so the
+            # connection's task has not run when the reaper looks.
+            busy_peer.sendall(_publish(b"data: late\n"))
             edge.reap_expired(trio.current_time() + config.keep_alive_seconds)
+            idle, busy = (
+                trio.SocketStream(trio.socket.from_stdlib_socket(peer))
+                for peer in (idle_peer, busy_peer)
+            )
             with trio.fail_after(STEP_SECONDS):
                 assert await idle.receive_some() == b""  # the idle one is closed
                 answers = b""
