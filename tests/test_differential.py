@@ -119,9 +119,10 @@ OPEN_CASES = [
     Case("publish-http10", req("POST /publish/{T} HTTP/1.0", body=b"data: x\n"), 1),
     Case("publish-wrong-method", get("/publish/{T}"), 1),
     Case(
-        "publish-then-stats-then-publish",
+        "publish-then-history-then-publish",
         post("/publish/{T}", b"id: a\ndata: 1\n")
-        + get("/history/{T}")
+        # (Not a whole /history page: its float times vary in length.)
+        + get("/history/{T}?limit=0")
         + post("/publish/{T}", b"id: b\ndata: 2\n"),
         1,
     ),
