@@ -413,6 +413,7 @@ class Edge:
             if read is None:
                 return None
             buffer, request = read
+            del read  # an open stream keeps nothing of its request (below)
             if not isinstance(request, h1.Request):
                 return buffer  # declined, or cut short: Hypercorn answers as it would
             if request.route == "subscribe":
