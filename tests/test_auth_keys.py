@@ -280,7 +280,7 @@ async def test_hs256_token_signed_with_the_public_key_text_is_refused(
         )
         broker = await start_from_config(nursery, config)
         file_text = Path(path).read_bytes()
-        for secret in (file_text, public_pem(keys[kind]), str(config.subscriber_secret).encode()):
+        for secret in (file_text, public_pem(keys[kind]), str(config.subscriber_keys).encode()):
             confused = await attempt("subscribe", client, broker, hs256_with(secret))
             assert_refused(confused, "token algorithm is not accepted")
         genuine = sign(keys[kind], ALGORITHM[kind])
@@ -295,7 +295,7 @@ def test_key_file_keys_are_never_an_hmac_secret(tmp_path: Path, keys: dict[str, 
             "ESPER_JWT_ALGORITHMS": "RS256",
         }
     )
-    keys_for_side = config.subscriber_secret
+    keys_for_side = config.subscriber_keys
     assert isinstance(keys_for_side, PublicKeys)
     assert config.subscriber_auth
     assert not config.publisher_auth
@@ -565,11 +565,11 @@ def test_flags_name_key_files_and_audience(tmp_path: Path, keys: dict[str, Any])
     }
     argv = ["--subscriber-key-file", sub_path, "--publisher-key-file", pub_path]
     config = parse_config([*argv, "--jwt-audience", AUDIENCE], environ)
-    assert isinstance(config.subscriber_secret, PublicKeys)
-    assert config.subscriber_secret.source == sub_path
-    assert config.subscriber_secret.algorithms == {"ES256"}
-    assert isinstance(config.publisher_secret, PublicKeys)
-    assert config.publisher_secret.algorithms == {"EdDSA"}
+    assert isinstance(config.subscriber_keys, PublicKeys)
+    assert config.subscriber_keys.source == sub_path
+    assert config.subscriber_keys.algorithms == {"ES256"}
+    assert isinstance(config.publisher_keys, PublicKeys)
+    assert config.publisher_keys.algorithms == {"EdDSA"}
     assert config.jwt_audience == AUDIENCE
     assert parse_config(argv, environ).jwt_audience == "from-the-environment"
     assert parse_config(argv, {**environ, "ESPER_JWT_AUDIENCE": ""}).jwt_audience is None

@@ -257,7 +257,14 @@ def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
     [
         f
         for f in dataclasses.fields(Config)
-        if f.name not in ("subscriber_secret", "publisher_secret", "threads")
+        if f.name
+        not in (
+            "subscriber_secret",
+            "publisher_secret",
+            "subscriber_keys",
+            "publisher_keys",
+            "threads",
+        )
     ],
     ids=lambda f: f.name,
 )

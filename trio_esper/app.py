@@ -197,7 +197,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     @app.route("/history/<topic>", methods=["GET"])
     async def history(topic: str) -> Response:
         topic = normalise_topic(topic)
-        authorise(config.subscriber_secret, topic)
+        authorise(config.subscriber_key, topic)
         limit = _int_arg(args(), "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
         after = args().get("after")
         mimetype = NDJSON
@@ -215,7 +215,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
 
     @app.route("/stats", methods=["GET"])
     async def stats() -> Response:
-        authorise(config.publisher_secret, None)
+        authorise(config.publisher_key, None)
         payload = {
             "version": __version__,
             **asdict(hub.statistics()),

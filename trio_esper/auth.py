@@ -86,12 +86,12 @@ class VerificationKey:
 class PublicKeys(str):
     """The public keys one side verifies tokens with, read from a PEM or JWKS file.
 
-    A ``str``, so that it stands where a side's secret stands
-    (``Config.subscriber_secret`` / ``publisher_secret``, which the routes
-    hand to :func:`verify_token`), and ``None`` there keeps meaning an open
-    side. Its text is the keys in PEM, which PyJWT refuses as an HMAC secret:
-    even code that took it for a secret could not be led into algorithm
-    confusion. Two equal texts are the same keys.
+    Kept in ``Config.subscriber_keys`` / ``publisher_keys``; the routes hand
+    a side's key (``Config.subscriber_key``: the keys, else the secret) to
+    :func:`verify_token`. A ``str`` whose text is the keys in PEM, which
+    PyJWT refuses as an HMAC secret: even code that took it for a secret
+    could not be led into algorithm confusion. Two equal texts are the same
+    keys.
 
     Attributes:
         source: the file the keys came from, for messages.

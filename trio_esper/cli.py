@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for side, on in (("subscriber", config.subscriber_auth), ("publisher", config.publisher_auth)):
         logging.getLogger("trio_esper").info("%s auth: %s", side, "JWT" if on else "open")
-    if config.subscriber_auth and config.subscriber_secret == config.publisher_secret:
+    if config.subscriber_auth and config.subscriber_key == config.publisher_key:
         logging.getLogger("trio_esper").warning(
             "subscriber and publisher secrets are equal: any subscriber token can publish"
         )

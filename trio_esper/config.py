@@ -75,11 +75,15 @@ class Config:
     port: int = DEFAULT_PORT
     #: esper's worker-thread count; trio_esper runs one Trio process (see README).
     threads: int = 1
-    #: HMAC secret for subscribers, or the :class:`~trio_esper.auth.PublicKeys`
-    #: read from ``ESPER_SUBSCRIBER_KEY_FILE``; ``None`` leaves subscribing open.
+    #: HMAC secret for subscribers; with no keys either, subscribing is open.
     subscriber_secret: str | None = field(default=None, repr=False)
-    #: The same for publishers and /stats (``ESPER_PUBLISHER_KEY_FILE``).
+    #: HMAC secret for publishers and /stats; with no keys either, they are open.
     publisher_secret: str | None = field(default=None, repr=False)
+    #: Public keys subscriber tokens are verified with instead of a secret
+    #: (read from ``ESPER_SUBSCRIBER_KEY_FILE``).
+    subscriber_keys: PublicKeys | None = field(default=None, repr=False)
+    #: The same for publishers and /stats (``ESPER_PUBLISHER_KEY_FILE``).
+    publisher_keys: PublicKeys | None = field(default=None, repr=False)
     #: Accepted ``alg`` values: a secret side uses the HMAC ones, a key-file
     #: side the public-key ones.
     jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
@@ -197,7 +201,13 @@ class Config:
         if self.jwt_audience is not None and not self.jwt_audience:
             raise ConfigError("jwt audience must not be empty")
         for side in ("subscriber", "publisher"):
-            self._check_key(side, getattr(self, f"{side}_secret"))
+            secret, keys = getattr(self, f"{side}_secret"), getattr(self, f"{side}_keys")
+            if secret is not None and keys is not None:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{side.upper()}_SECRET and a {side} key file are both set: "
+                    "a side verifies with a secret or with public keys, not both"
+                )
+            self._check_key(side, secret if keys is None else keys)
 
     def _check_key(self, side: str, key: str | None) -> None:
         """A side's key must suit at least one configured algorithm: a key
@@ -228,12 +238,23 @@ class Config:
                 )
 
     @property
+    def subscriber_key(self) -> str | None:
+        """What subscriber tokens are verified with: the public keys, else the
+        secret; ``None`` if subscribing is open."""
+        return self.subscriber_secret if self.subscriber_keys is None else self.subscriber_keys
+
+    @property
+    def publisher_key(self) -> str | None:
+        """The same for publishers and /stats."""
+        return self.publisher_secret if self.publisher_keys is None else self.publisher_keys
+
+    @property
     def subscriber_auth(self) -> bool:
-        return self.subscriber_secret is not None
+        return self.subscriber_key is not None
 
     @property
     def publisher_auth(self) -> bool:
-        return self.publisher_secret is not None
+        return self.publisher_key is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
@@ -252,7 +273,7 @@ class Config:
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is None or f.name in ("subscriber_secret", "publisher_secret"):
+            if raw is None or f.name in _AUTH_FIELDS:
                 continue
             if f.name == "jwt_audience" and not raw:
                 continue
@@ -270,11 +291,12 @@ class Config:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if no_auth:
-            values["subscriber_secret"] = values["publisher_secret"] = None
+            for name in _AUTH_FIELDS:
+                values[name] = None
         else:
             for side, path in key_files.items():
                 if path:
-                    values[f"{side}_secret"] = _read_key_file(side, str(path), values)
+                    values[f"{side}_keys"] = _read_key_file(side, str(path))
         try:
             return cls(**values)  # type: ignore[arg-type]
         except TypeError as exc:
@@ -282,6 +304,8 @@ class Config:
 
 
 ENV_PREFIX = "ESPER_"
+#: Fields read from variables of their own (``*_SECRET``, ``*_KEY_FILE``).
+_AUTH_FIELDS = ("subscriber_secret", "publisher_secret", "subscriber_keys", "publisher_keys")
 #: Each field's declared type, as written (``from __future__ import
 #: annotations`` keeps annotations as strings): what its variable parses as.
 _TYPES = {f.name: str(f.type) for f in fields(Config)}
@@ -306,13 +330,8 @@ def _parse(name: str, raw: str) -> object:
     return raw
 
 
-def _read_key_file(side: str, path: str, values: Mapping[str, object]) -> PublicKeys:
-    """The public keys in ``path`` for ``side``, which must have no secret too."""
-    if values.get(f"{side}_secret") is not None:
-        raise ConfigError(
-            f"{ENV_PREFIX}{side.upper()}_SECRET and a {side} key file are both set: "
-            "a side verifies with a secret or with public keys, not both"
-        )
+def _read_key_file(side: str, path: str) -> PublicKeys:
+    """The public keys in ``path`` for ``side``."""
     try:
         return load_public_keys(path)
     except KeyFileError as exc:

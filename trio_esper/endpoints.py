@@ -228,7 +228,7 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
             the connection's publish rate exceeded (429); the history store
             failed (503).
     """
-    topic, args = _checked(config, config.publisher_secret, request)
+    topic, args = _checked(config, config.publisher_key, request)
     if request.budget is not None:
         request.budget.charge()
     event, id = args.get("event"), args.get("id")
@@ -301,7 +301,7 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     Raises:
         EsperError: a bad topic, token or query.
     """
-    topic, args = _checked(config, config.subscriber_secret, request)
+    topic, args = _checked(config, config.subscriber_key, request)
     last_id = _header_text(request.last_event_id) or args.get("lastEventId")
     if last_id:
         return Stream(topic, True, last_id)
