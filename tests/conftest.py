@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -55,6 +59,56 @@ async def start_broker(nursery: trio.Nursery, **overrides: Any) -> Broker:
 
     host, port = await nursery.start(run)
     return Broker(f"http://{host}:{port}", config, shutdown, done)
+
+
+@dataclass
+class BrokerProcess:
+    """A broker in a child process, listening; its stderr collected as it runs."""
+
+    process: trio.Process
+    url: str
+    stderr: bytearray = field(default_factory=bytearray)
+
+    def log_lines(self, pattern: str) -> list[str]:
+        lines = self.stderr.decode(errors="replace").splitlines()
+        return [line for line in lines if re.search(pattern, line)]
+
+
+@asynccontextmanager
+async def broker_process(*args: str, command: Sequence[str] = ()) -> AsyncIterator[BrokerProcess]:
+    """Run ``python -m trio_esper --port 0 --no-auth ARGS`` (``command`` in place
+    of ``python -m trio_esper``); yield it once it listens. Killed on exit."""
+    argv = [*(command or (sys.executable, "-m", "trio_esper")), "--port", "0", "--no-auth"]
+    process = await trio.lowlevel.open_process(
+        [*argv, *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        running = BrokerProcess(process, "")
+        with trio.fail_after(20):
+            while (
+                match := re.search(rb"listening on (http://[\d.]+:\d+)", running.stderr)
+            ) is None:
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    pytest.fail(f"broker exited before listening: {running.stderr.decode()}")
+                running.stderr += chunk
+        running.url = match.group(1).decode()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, process.stderr, running.stderr)
+            yield running
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        await process.stderr.aclose()
+
+
+async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
 
 
 @pytest.fixture

@@ -5,58 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from .conftest import broker_process
+
 TOPIC = "durabletopic"
 PUBLISHERS = 8
-
-
-@asynccontextmanager
-async def broker_process(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
-    """Run ``python -m trio_esper --port 0 ARGS``; yield it and its base URL."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_esper", "--port", "0", "--no-auth", *args],
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    try:
-        url = await _read_listening_url(process.stderr)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, process.stderr)
-            yield process, url
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-        await process.stderr.aclose()
-
-
-async def _read_listening_url(stream: trio.abc.ReceiveStream) -> str:
-    seen = b""
-    with trio.fail_after(20):
-        while (match := re.search(rb"listening on (http://[\d.]+:\d+)", seen)) is None:
-            chunk = await stream.receive_some()
-            if not chunk:
-                pytest.fail(f"broker exited before listening: {seen.decode(errors='replace')}")
-            seen += chunk
-    return match.group(1).decode()
-
-
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
 
 
 async def _publish_until_killed(
@@ -109,8 +69,9 @@ async def test_acknowledged_events_survive_kill_9(
     retain_all = ("--history", history, "--history-events", "1000000", "--history-sync", sync)
     all_acked: dict[int, list[tuple[int, str]]] = {p: [] for p in range(PUBLISHERS)}
     for _round in range(2):  # kill twice: the restarted broker must append after the old log
-        async with broker_process(*retain_all) as (process, url):
-            acked = await _publish_until_killed(url, process, kill_after_acks)
+        async with broker_process(*retain_all) as running:
+            process = running.process
+            acked = await _publish_until_killed(running.url, process, kill_after_acks)
             with trio.fail_after(10):
                 await process.wait()
             assert process.returncode == -signal.SIGKILL
@@ -118,12 +79,12 @@ async def test_acknowledged_events_survive_kill_9(
             all_acked[p] += [(n + 100_000 * _round, i) for n, i in pairs]
 
     async with (
-        broker_process(*retain_all) as (_process, url),
+        broker_process(*retain_all) as running,
         httpx.AsyncClient(timeout=10) as client,
     ):
-        reply = await client.get(f"{url}/history/{TOPIC}", params={"limit": "10000"})
+        reply = await client.get(f"{running.url}/history/{TOPIC}", params={"limit": "10000"})
         stored = [json.loads(line) for line in reply.text.splitlines()]
-        replayed = await _replay_everything(client, url, len(stored))
+        replayed = await _replay_everything(client, running.url, len(stored))
 
     ids = [e["id"] for e in stored]
     assert len(ids) == len(set(ids)), "an event was stored twice"

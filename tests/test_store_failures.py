@@ -17,9 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -32,7 +30,7 @@ from trio_esper.history import sqlite as store
 from trio_esper.history.sqlite import INSERT, open_sqlite_history
 from trio_esper.sse import Event
 
-from .conftest import start_broker
+from .conftest import BrokerProcess, broker_process, start_broker
 
 TOPIC = "storetopic1"
 OTHER = "storetopic2"
@@ -66,62 +64,14 @@ runpy.run_module("trio_esper", run_name="__main__", alter_sys=True)
 WRITE_FAILED = re.compile(r"disk I/O error|database or disk is full")
 
 
-@dataclass
-class Running:
-    process: trio.Process
-    url: str
-    stderr: bytearray = field(default_factory=bytearray)
-
-    def log_lines(self, pattern: str) -> list[str]:
-        lines = self.stderr.decode(errors="replace").splitlines()
-        return [line for line in lines if re.search(pattern, line)]
-
-
-@asynccontextmanager
-async def broker_process(
-    *args: str, fsize_limit: int = 0, obey_file_modes: bool = False
-) -> AsyncIterator[Running]:
-    """Run the broker in a child process (as tests/test_durability.py does), with
-    ``fsize_limit``; yield it once it listens, with its stderr collected."""
-    process = await _start(args, fsize_limit, obey_file_modes)
-    assert process.stderr is not None
-    try:
-        running = Running(process, "")
-        with trio.fail_after(20):
-            while (
-                match := re.search(rb"listening on (http://[\d.]+:\d+)", running.stderr)
-            ) is None:
-                chunk = await process.stderr.receive_some()
-                if not chunk:
-                    pytest.fail(f"broker exited before listening: {running.stderr.decode()}")
-                running.stderr += chunk
-        running.url = match.group(1).decode()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect, process.stderr, running.stderr)
-            yield running
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-        await process.stderr.aclose()
-
-
-async def _start(args: Sequence[str], fsize_limit: int, obey_file_modes: bool) -> trio.Process:
+def _command(fsize_limit: int = 0, obey_file_modes: bool = False) -> list[str]:
+    """The broker's command through BOOTSTRAP, with ``fsize_limit`` and, if
+    ``obey_file_modes``, without root's bypass of file modes."""
     modes = "obey" if obey_file_modes else "as-is"
-    argv = [sys.executable, "-c", BOOTSTRAP, str(fsize_limit), modes, "--port", "0", "--no-auth"]
-    return await trio.lowlevel.open_process(
-        [*argv, *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return [sys.executable, "-c", BOOTSTRAP, str(fsize_limit), modes]
 
 
-async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
-    while chunk := await stream.receive_some():
-        into += chunk
-
-
-async def _assert_alive(client: httpx.AsyncClient, running: Running) -> None:
+async def _assert_alive(client: httpx.AsyncClient, running: BrokerProcess) -> None:
     assert running.process.returncode is None, running.stderr.decode()
     assert (await client.get(f"{running.url}/stats")).status_code == 200
     assert "Traceback" not in running.stderr.decode()
@@ -159,7 +109,7 @@ async def test_prune_write_error_is_logged_and_the_broker_keeps_running(tmp_path
     _seed(path, rows=4000, data_bytes=70)  # ~2 MB: pruning TOPIC rewrites all of it
     history = ("--history", f"sqlite:{path}", "--history-events", "1")
     async with (
-        broker_process(*history, fsize_limit=512 * 1024) as running,
+        broker_process(*history, command=_command(fsize_limit=512 * 1024)) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):
         # The first commit is small and fits; the writer then prunes TOPIC's ~2000
@@ -184,7 +134,7 @@ async def test_commit_write_error_is_503_logged_once_and_the_broker_keeps_runnin
     history = ("--history", f"sqlite:{tmp_path / 'history.db'}")
     body = b"data: " + b"x" * 60_000 + b"\n"
     async with (
-        broker_process(*history, fsize_limit=256 * 1024) as running,
+        broker_process(*history, command=_command(fsize_limit=256 * 1024)) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):
         statuses: list[int] = []
@@ -266,7 +216,10 @@ async def test_read_only_file_stops_the_broker_at_start_up(tmp_path: Path) -> No
     path = tmp_path / "history.db"
     await _create(path)
     path.chmod(0o444)
-    process = await _start(["--history", f"sqlite:{path}"], 0, obey_file_modes=True)
+    argv = [*_command(obey_file_modes=True), "--port", "0", "--no-auth"]
+    process = await trio.lowlevel.open_process(
+        [*argv, "--history", f"sqlite:{path}"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     assert process.stderr is not None
     stderr = bytearray()
     async with process.stderr:
@@ -288,7 +241,9 @@ async def test_read_only_file_stops_the_broker_at_start_up(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.db"]
     path.chmod(0o644)
     async with (
-        broker_process("--history", f"sqlite:{path}", obey_file_modes=True) as running,
+        broker_process(
+            "--history", f"sqlite:{path}", command=_command(obey_file_modes=True)
+        ) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):
         reply = await client.post(f"{running.url}/publish/{TOPIC}", content=b"data: ok\n")
