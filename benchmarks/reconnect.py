@@ -39,7 +39,6 @@ a connection or HTTP failure, 3 on wrong events, 4 on timeout.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import resource
@@ -51,6 +50,8 @@ import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+
+from loadgen import open_socket
 
 READ_BYTES = 1 << 16
 MARK = b"\ndata: "
@@ -177,16 +178,6 @@ class Subscriber:
             self.left -= take
 
 
-def open_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    code = sock.connect_ex((HOST, port))
-    if code not in (0, errno.EINPROGRESS):
-        raise OSError(code, os.strerror(code))
-    return sock
-
-
 def replayed(body: bytes) -> list[tuple[str | None, int | None]]:
     """The (id, first integer of the data) of every event with data in
     ``body``; ``None`` for a missing id or data that does not start with an
@@ -310,7 +301,7 @@ def storm(
             f"GET /subscribe/{TOPIC_PREFIX}{topic} HTTP/1.1\r\nHost: {HOST}\r\n"
             f"Accept: text/event-stream\r\nLast-Event-ID: {resume[topic]}\r\n\r\n"
         ).encode()
-        sub = Subscriber(open_socket(port), topic, request)
+        sub = Subscriber(open_socket(HOST, port), topic, request)
         all_subs.append(sub)
         by_fd[sub.sock.fileno()] = sub
         epoll.register(sub.sock.fileno(), select.EPOLLOUT)
