@@ -83,9 +83,6 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     app = _App("trio_esper")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    # werkzeug would answer //subscribe/x with a redirect to a Location built
-    # from the client's Host header.
-    app.url_map.merge_slashes = False
     opening = endpoints.opening_frame(config)
 
     def cors_headers() -> endpoints.Headers:
@@ -100,8 +97,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             secret,
             topic,
             authorization=request.headers.get("Authorization"),
-            token=args().get("token")
-            or endpoints.cookie(request.headers.get("Cookie"), config.auth_cookie),
+            token=endpoints.query_or_cookie_token(config, args(), request.headers.get("Cookie")),
         )
 
     @app.before_request
@@ -117,7 +113,7 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
             raise AmbiguousFraming("Content-Length and Transfer-Encoding together")
         # The edge's body deadline: the stall timeout plus the length at the
         # slowest rate accepted (a chunked body: the largest length).
-        expected = int(length) if length and length.isascii() and length.isdigit() else 0
+        expected = int(length) if length and _DIGITS.fullmatch(length) else 0
         request.body_timeout = math.ceil(
             config.request_body_timeout_seconds
             + (expected or config.max_body_bytes) / config.request_body_min_rate_bytes
@@ -198,8 +194,9 @@ def create_app(config: Config, hub: Hub) -> QuartTrio:
     async def history(topic: str) -> Response:
         topic = normalise_topic(topic)
         authorise(config.subscriber_key, topic)
-        limit = _int_arg(args(), "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
-        after = args().get("after")
+        query = args()
+        limit = _int_arg(query, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        after = query.get("after")
         mimetype = NDJSON
         if request.headers.get("Accept"):
             mimetype = request.accept_mimetypes.best_match([NDJSON, TSV], default="")

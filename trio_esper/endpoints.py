@@ -160,9 +160,17 @@ def _checked(
     against ``secret``."""
     topic = normalise_topic(request.topic)
     args = query_args(request.query)
-    token = args.get("token") or cookie(request.cookie, config.auth_cookie)
+    token = query_or_cookie_token(config, args, request.cookie)
     authorise(config, secret, topic, authorization=request.authorization, token=token)
     return topic, args
+
+
+def query_or_cookie_token(
+    config: Config, args: dict[str, str], cookie_header: str | None
+) -> str | None:
+    """The token a request gives other than in ``Authorization``: ``?token=``,
+    else the auth cookie (``--auth-cookie``)."""
+    return args.get("token") or cookie(cookie_header, config.auth_cookie)
 
 
 class PublishBudget:
