@@ -551,9 +551,7 @@ class Edge:
 
     async def _refuse(self, connection: Connection, error: EsperError) -> None:
         """Answer ``error`` (the connection then closes)."""
-        answer = endpoints.error_answer(error, [])
-        with suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            await connection.send_all(self._head(answer, close=True) + answer.body)
+        await self._send_answer(connection, endpoints.error_answer(error, []), keep_alive=False)
 
     async def _publish(self, connection: Connection, request: h1.Request, body: bytes) -> bool:
         """Answer a publish; whether the connection stays open."""
