@@ -1,58 +1,30 @@
-"""examples/index.html in a real headless Chromium, subscribed to a real broker.
-
-Needs Chromium and its chromedriver installed system-wide (Debian/Ubuntu:
-``apt-get install chromium chromium-driver``) and the ``selenium`` package; no
-browser is downloaded. Set ``CHROMIUM_BINARY`` / ``CHROMEDRIVER`` to use other
-paths. A missing browser fails these tests: CI installs it, so a skip would
-only hide a broken setup.
-
-Selenium's calls block, so each runs in a worker thread while the broker keeps
-serving in the test's own Trio loop.
-"""
+"""examples/index.html in a real headless Chromium (tests/browser.py), subscribed
+to a real broker."""
 
 from __future__ import annotations
 
 import functools
-import os
 import re
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 import trio
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from .browser import BROWSER_SECONDS, in_thread
+from .browser import chrome as chrome  # the fixture
 from .conftest import STEP_SECONDS, Broker, make_token, start_broker, wait_for_stats
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAGE = EXAMPLES / "index.html"
 SUBSCRIBER_SECRET = "subscriber-secret-for-the-browser-test"
-#: Chromium's first start in a fresh profile is slow on a loaded CI machine.
-BROWSER_SECONDS = 60.0
-#: Flags for a container running as root: no sandbox (needs user namespaces),
-#: no GPU, and none of the background traffic a test must not depend on.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-)
 #: Every item in the page's event list, as the page shows it.
 READ_EVENTS_JS = """
 return Array.from(document.querySelectorAll('#events li')).map((li) => ({
@@ -61,46 +33,6 @@ return Array.from(document.querySelectorAll('#events li')).map((li) => ({
   data: li.querySelector('.data').textContent,
 }));
 """
-
-T = TypeVar("T")
-
-
-def _find(env: str, *names: str) -> str:
-    override = os.environ.get(env)
-    if override:
-        if not Path(override).is_file():
-            pytest.fail(f"{env}={override} does not exist", pytrace=False)
-        return override
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(
-        f"{names[0]} is not installed (looked for {', '.join(names)} on PATH; set {env} "
-        "to its path). On Debian/Ubuntu: apt-get install -y chromium chromium-driver",
-        pytrace=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def chrome() -> Iterator[webdriver.Chrome]:
-    """One headless Chromium for the module, with a throw-away profile."""
-    binary = _find("CHROMIUM_BINARY", "chromium", "chromium-browser", "google-chrome")
-    driver_path = _find("CHROMEDRIVER", "chromedriver")
-    with tempfile.TemporaryDirectory(prefix="trio-esper-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = binary
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        # A Service with a path: selenium uses it and never runs Selenium Manager,
-        # which would otherwise try to download a driver.
-        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-        try:
-            driver.set_page_load_timeout(STEP_SECONDS)
-            driver.set_script_timeout(STEP_SECONDS)
-            yield driver
-        finally:
-            driver.quit()
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -121,10 +53,6 @@ def page_server() -> Iterator[str]:
         finally:
             server.shutdown()
             thread.join()
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await trio.to_thread.run_sync(fn, *args)
 
 
 class Page:
