@@ -218,7 +218,7 @@
     return td;
   }
 
-  function showBusiest(busiest) {
+  function showBusiest(busiest, empty = "no topics yet") {
     const topics = Array.isArray(busiest) ? busiest.slice(0, BUSIEST_ROWS) : [];
     const rows = topics.map((topic) => {
       const tr = document.createElement("tr");
@@ -235,7 +235,7 @@
     if (rows.length === 0) {
       const tr = document.createElement("tr");
       tr.className = "empty";
-      const td = cell("no topic has subscribers");
+      const td = cell(empty);
       td.colSpan = 4;
       tr.append(td);
       rows.push(tr);
@@ -363,6 +363,6 @@
     if (event.persisted) connect();
   });
 
-  showBusiest([]);
+  showBusiest([], "waiting for statistics");
   connect();
 })();
