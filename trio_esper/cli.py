@@ -310,6 +310,11 @@ async def _watch_signals(shutdown: trio.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["token"]:  # `trio-esper token ...` mints a JWT (tokens.py)
+        from .tokens import main as token_main
+
+        sys.exit(token_main(args[1:]))
     config = parse_config(argv, dict(os.environ))
     logging.basicConfig(
         level=config.log_level.upper(),
