@@ -226,6 +226,16 @@ BAD_CLI = [
 ]
 
 
+@pytest.mark.parametrize("name", ["ESPER_API_TOKEN", "ESPER_METRICS_TOKEN"])
+def test_static_tokens_are_long_enough_and_empty_is_unset(name: str) -> None:
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        Config.from_env({name: "short"})
+    field = name.removeprefix("ESPER_").lower()
+    assert getattr(Config.from_env({name: ""}), field) is None
+    assert getattr(Config.from_env({name: "x" * 16, "ESPER_NO_AUTH": "1"}), field) is None
+    assert "x" * 16 not in repr(Config.from_env({name: "x" * 16}))
+
+
 @pytest.mark.parametrize(("argv", "environ", "message"), BAD_CLI)
 def test_parse_config_exits_2(
     argv: list[str], environ: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
@@ -247,7 +257,13 @@ def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
         return "0", False
     if kind.startswith("tuple"):
         return "HS384,HS512", ("HS384", "HS512")
-    values = {"history": "memory", "history_sync": "normal", "log_level": "debug"}
+    values = {
+        "history": "memory",
+        "history_sync": "normal",
+        "log_level": "debug",
+        "api_token": "an-api-token-of-32-characters-xx",
+        "metrics_token": "a-metrics-token-of-32-characters",
+    }
     text = values.get(field.name, "127.0.0.2")
     return text, text
 

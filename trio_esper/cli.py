@@ -19,6 +19,7 @@ import trio
 
 from . import __version__
 from .config import (
+    DEFAULT_ACCESS_TOKEN_TTL_SECONDS,
     DEFAULT_BIND,
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_HISTORY_EVENTS,
@@ -268,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fast_lane",
         help="serve every request through Quart-Trio, none through the edge's HTTP/1.1 "
         "fast forms [ESPER_FAST_LANE=0]",
+    )
+    add(
+        "--access-token-ttl",
+        type=float,
+        dest="access_token_ttl_seconds",
+        metavar="SECONDS",
+        help="lifetime of the subscriber token POST /api/v1/pubsubs returns "
+        f"[ESPER_ACCESS_TOKEN_TTL_SECONDS] (default {DEFAULT_ACCESS_TOKEN_TTL_SECONDS:g})",
     )
     add("--log-level", choices=LOG_LEVELS, help="[ESPER_LOG_LEVEL] (default info)")
     add("--version", action="version", version=f"trio-esper {__version__}")

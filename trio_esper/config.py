@@ -60,6 +60,9 @@ DEFAULT_MAX_SUBSCRIBERS = 100_000
 #: A browser needs a handful; a proxy or NAT in front of many users, more.
 DEFAULT_MAX_PER_ADDRESS = 16_384
 
+#: The topic API's subscriber tokens: a day, then the client asks again.
+DEFAULT_ACCESS_TOKEN_TTL_SECONDS = 86_400.0
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -138,6 +141,15 @@ class Config:
     #: Serve plain HTTP/1.1 publishes and subscribes without Hypercorn and
     #: Quart (see edge.py).
     fast_lane: bool = True
+    #: Bearer token for the topic API's management routes (and /metrics,
+    #: /stats); ``None``: only publisher JWTs with ``"admin": true`` (or
+    #: nothing, if the publisher side is open). From ``ESPER_API_TOKEN``.
+    api_token: str | None = field(default=None, repr=False)
+    #: Bearer token for /metrics (and /stats, the dashboard); ``None``: the
+    #: API credential, or open if there is none. From ``ESPER_METRICS_TOKEN``.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: Lifetime of the subscriber token ``POST /api/v1/pubsubs`` returns.
+    access_token_ttl_seconds: float = DEFAULT_ACCESS_TOKEN_TTL_SECONDS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -200,6 +212,11 @@ class Config:
                 )
         if self.jwt_audience is not None and not self.jwt_audience:
             raise ConfigError("jwt audience must not be empty")
+        for name in _BEARER_FIELDS:
+            if getattr(self, name) is not None and len(getattr(self, name)) < MIN_BEARER_CHARS:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be at least {MIN_BEARER_CHARS} characters"
+                )
         for side in ("subscriber", "publisher"):
             secret, keys = getattr(self, f"{side}_secret"), getattr(self, f"{side}_keys")
             if secret is not None and keys is not None:
@@ -275,7 +292,7 @@ class Config:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None or f.name in _AUTH_FIELDS:
                 continue
-            if f.name == "jwt_audience" and not raw:
+            if f.name in ("jwt_audience", *_BEARER_FIELDS) and not raw:
                 continue
             values[f.name] = _parse(f.name, raw)
         for side in ("subscriber", "publisher"):
@@ -291,7 +308,7 @@ class Config:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if no_auth:
-            for name in _AUTH_FIELDS:
+            for name in (*_AUTH_FIELDS, *_BEARER_FIELDS):
                 values[name] = None
         else:
             for side, path in key_files.items():
@@ -304,6 +321,10 @@ class Config:
 
 
 ENV_PREFIX = "ESPER_"
+#: Static bearer tokens: set only from the environment, empty is unset.
+_BEARER_FIELDS = ("api_token", "metrics_token")
+#: A static token shorter than this is guessable.
+MIN_BEARER_CHARS = 16
 #: Fields read from variables of their own (``*_SECRET``, ``*_KEY_FILE``).
 _AUTH_FIELDS = ("subscriber_secret", "publisher_secret", "subscriber_keys", "publisher_keys")
 #: Each field's declared type, as written (``from __future__ import

@@ -60,6 +60,7 @@ from . import endpoints, h1
 from .config import Config
 from .errors import EsperError, LimitReached, RequestTimeout
 from .hub import Hub
+from .metrics import Metrics
 
 log = logging.getLogger("trio_esper")
 
@@ -227,10 +228,13 @@ class _HypercornStream:
 class Edge:
     """Accepts and serves every connection of :func:`~trio_esper.server.serve`."""
 
-    def __init__(self, config: Config, hub: Hub, app: AppWrapper) -> None:
+    def __init__(
+        self, config: Config, hub: Hub, app: AppWrapper, metrics: Metrics | None = None
+    ) -> None:
         self._config = config
         self._hub = hub
         self._app = app
+        self._metrics = metrics
         self._hyper = HypercornConfig()
         self._hyper.keep_alive_timeout = config.keep_alive_seconds
         # Publishers keep one connection for millions of requests (Hypercorn: 1000).
@@ -251,6 +255,10 @@ class Edge:
         # The same for every stream: encoded once.
         self._stream_fields = _encode_headers(endpoints.STREAM_HEADERS)
         self._opening_chunk = h1.chunk(endpoints.opening_frame(config))
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     async def serve(
         self,
@@ -289,6 +297,8 @@ class Edge:
         if held >= config.max_connections_per_address:
             # Debug only: a client could otherwise flood the log at will.
             log.debug("refused a connection from %s: its limit of connections is reached", address)
+            if self._metrics is not None:
+                self._metrics.connection_error("refused")
             refusal = LimitReached(
                 f"this address holds its limit of {held} connections",
                 retry_after_seconds=CONNECTION_RETRY_AFTER_SECONDS,
@@ -315,6 +325,8 @@ class Edge:
                 "connection from %s ended by %s: %s", connection.peer, type(error).__name__, error
             )
             log.debug("connection from %s failed", connection.peer, exc_info=group)
+            if self._metrics is not None:
+                self._metrics.connection_error("failure")
             del error  # its traceback holds this frame: a cycle
         finally:
             stream.socket.close()
@@ -664,6 +676,8 @@ class Edge:
         self, connection: Connection, answer: endpoints.Answer, keep_alive: bool
     ) -> bool:
         """Write ``answer``; whether the connection stays open."""
+        if answer.status >= 400 and self._metrics is not None:
+            self._metrics.error_answered(answer.status)
         keep = keep_alive and not self._closing and not _closes(answer)
         try:
             await connection.send_all(self._head(answer, close=not keep) + answer.body)

@@ -10,8 +10,10 @@ body) and raises an :class:`~trio_esper.errors.EsperError` for a bad request;
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -19,8 +21,15 @@ from urllib.parse import parse_qsl
 
 from .auth import bearer_token, verify_token
 from .config import Config
-from .errors import BadRequest, EsperError, TooManyRequests
-from .hub import Hub, Subscription
+from .errors import (
+    BadRequest,
+    EsperError,
+    Forbidden,
+    InvalidTopic,
+    TooManyRequests,
+    Unauthorized,
+)
+from .hub import Hub, Published, Subscription
 from .sse import SUBSCRIBED_FRAME, Event, check_resumable_id, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
@@ -111,8 +120,8 @@ def cookie(header: str | None, name: str | None) -> str | None:
 def error_answer(error: EsperError, cors: Headers) -> Answer:
     """``error``'s status with a one-line ``text/plain`` reason."""
     headers: Headers = [("content-type", TEXT), *cors]
-    if error.status == 401:
-        headers.append(("www-authenticate", 'Bearer realm="trio_esper"'))
+    if error.status in (401, 403):
+        headers.append(("www-authenticate", www_authenticate(error.reason)))
     if error.retry_after_seconds is not None:
         headers.append(("retry-after", str(error.retry_after_seconds)))
     if error.close_connection:
@@ -120,8 +129,17 @@ def error_answer(error: EsperError, cors: Headers) -> Answer:
     return Answer(error.status, headers, (error.reason + "\n").encode())
 
 
-def json_answer(body: bytes, cors: Headers) -> Answer:
-    return Answer(200, [("content-type", JSON), *cors], body)
+def www_authenticate(reason: str) -> str:
+    """RFC 6750, section 3: the challenge of a 401 or 403, saying why. The
+    description may hold printable ASCII but ``"`` and ``\\``."""
+    description = "".join(
+        c if " " <= c <= "~" and c not in '"\\' else "'" if c in '"\\' else "?" for c in reason
+    )
+    return f'Bearer realm="trio_esper", error="invalid_token", error_description="{description}"'
+
+
+def json_answer(body: bytes, cors: Headers, status: int = 200) -> Answer:
+    return Answer(status, [("content-type", JSON), *cors], body)
 
 
 def authorise(
@@ -168,9 +186,64 @@ def _checked(
 def query_or_cookie_token(
     config: Config, args: dict[str, str], cookie_header: str | None
 ) -> str | None:
-    """The token a request gives other than in ``Authorization``: ``?token=``,
-    else the auth cookie (``--auth-cookie``)."""
-    return args.get("token") or cookie(cookie_header, config.auth_cookie)
+    """The token a request gives other than in ``Authorization``: ``?token=``
+    or ``?access_token=`` (RFC 6750, section 2.3), else the auth cookie
+    (``--auth-cookie``)."""
+    return (
+        args.get("token") or args.get("access_token") or cookie(cookie_header, config.auth_cookie)
+    )
+
+
+def authorise_management(
+    config: Config,
+    *,
+    authorization: str | None,
+    token: str | None,
+    topic: str | None = None,
+    metrics: bool = False,
+) -> None:
+    """Check the credential of a management route (the topic API), or with
+    ``metrics`` of a monitoring one (``/metrics``, ``/stats``, the dashboard).
+
+    Accepted: ``ESPER_API_TOKEN``; a publisher JWT with ``"admin": true``
+    (any ``sub``); with ``topic``, a publisher JWT for that topic too; with
+    ``metrics``, ``ESPER_METRICS_TOKEN`` or any publisher JWT. Open when none
+    of these credentials is configured.
+
+    Raises:
+        Unauthorized: no token, or a malformed ``Authorization`` header.
+        Forbidden: the token is none of the accepted ones.
+    """
+    offered = {"API token": config.api_token, "metrics token": config.metrics_token}
+    if not metrics:
+        del offered["metrics token"]
+    statics = {name: t for name, t in offered.items() if t}
+    key = config.publisher_key
+    if not statics and key is None:
+        return
+    presented = bearer_token(authorization, token)
+    if presented is None:
+        raise Unauthorized("a token is required (Authorization: Bearer or ?access_token=)")
+    if any(hmac.compare_digest(presented.encode(), t.encode()) for t in statics.values()):
+        return
+    if key is None:
+        raise Forbidden(f"token is not the {' or the '.join(statics)}")
+    claims = verify_token(
+        presented, key, topic=None, algorithms=config.jwt_algorithms, audience=config.jwt_audience
+    )
+    if metrics or claims.get("admin") is True:
+        return
+    if topic is not None and _names(claims.get("sub"), topic):
+        return
+    raise Forbidden('token is not an API credential (ESPER_API_TOKEN or "admin": true)')
+
+
+def _names(sub: object, topic: str) -> bool:
+    """Whether a token's ``sub`` names ``topic``."""
+    try:
+        return isinstance(sub, str) and normalise_topic(sub) == topic
+    except InvalidTopic:
+        return False
 
 
 class PublishBudget:
@@ -252,7 +325,11 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
     for parsed in events:
         if parsed.id is not None:
             check_resumable_id(parsed.id)
-    published = await hub.publish(topic, events)
+    return publish_answer(await hub.publish(topic, events))
+
+
+def publish_answer(published: Published) -> bytes:
+    """The JSON body answering a publish."""
     # json.dumps of the whole dict costs more than the rest of this answer.
     return b'{"id": %b, "events": %d, "subscribers": %d}\n' % (
         json.dumps(published.records[-1].id).encode(),
@@ -348,6 +425,24 @@ async def replay_pages(
         if page.next_after is None:
             return
         after = page.next_after
+
+
+#: Only ASCII digits: ``str.isdigit`` also takes "²", which ``int`` refuses.
+DIGITS = re.compile(r"[0-9]+")
+
+
+def int_arg(args: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Query argument ``name`` as an integer from ``low`` to ``high``.
+
+    Raises:
+        BadRequest: it is not one.
+    """
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if DIGITS.fullmatch(raw) is None or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 def json_body(payload: dict[str, object]) -> bytes:

@@ -14,6 +14,7 @@
     ├── Conflict                    (409) publisher-given id already in the topic's history
     ├── RequestTimeout              (408) request head or body too slow: closes
     ├── PayloadTooLarge             (413) published body over the size limit: closes
+    ├── UnsupportedMediaType        (415) a body in a format the route does not take
     ├── TooManyRequests             (429) a connection publishes faster than allowed
     ├── ServiceUnavailable          (503) the broker is shutting down: closes
     │   └── LimitReached            (503) a limit on subscribers, topics or connections
@@ -87,6 +88,10 @@ class Forbidden(EsperError):
 class PayloadTooLarge(EsperError):
     status = 413
     close_connection = True
+
+
+class UnsupportedMediaType(EsperError):
+    status = 415
 
 
 class ServiceUnavailable(EsperError):

@@ -22,18 +22,22 @@ as Mercure's localsubscriber does.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
-from .errors import LimitReached, ServiceUnavailable
+from .catalog import Catalog, TopicEntry
+from .errors import BadRequest, Conflict, LimitReached, NotFound, ServiceUnavailable
 from .history import History, Record
 from .history.memory import MemoryHistory
-from .sse import HEARTBEAT_FRAME, Event
+from .sse import HEARTBEAT_FRAME, Event, encode
 
 log = logging.getLogger("trio_esper")
 
@@ -41,6 +45,10 @@ log = logging.getLogger("trio_esper")
 TOPIC_INBOX_BATCHES = 256
 #: At most this many queued frames are joined into one write.
 MAX_FRAMES_PER_CHUNK = 256
+#: Random bytes in a topic id the hub makes up (hex: twice as many characters).
+TOPIC_ID_BYTES = 16
+#: The last event a deleted topic's subscribers get before their stream ends.
+DELETED_FRAME = encode(Event('{"reason": "topic-deleted"}', event="deleted"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,21 @@ class HubStatistics:
     """Events handed to subscriber connections since start."""
     dropped: int
     """Subscribers disconnected because their queue was full."""
+    known_topics: int
+    """Topics in the catalog: created, or used lately (see :mod:`.catalog`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """One topic as the topic API shows it."""
+
+    id: str
+    persist: bool
+    created: float
+    managed: bool
+    """Created through the API (else used ad hoc)."""
+    published: int
+    subscribers: int
 
 
 #: A queued item: the seq of the record it carries (None for a heartbeat or
@@ -346,6 +369,14 @@ class Topic:
         """No more subscribers: let the task finish once publishers let go."""
         self._inbox_send.close()
 
+    def end_streams(self, last: bytes) -> None:
+        """Send ``last`` to every subscriber (after what each has queued),
+        then end their streams."""
+        for subscription in list(self.subscribers):
+            data = subscription.frame(last)
+            subscription.deliver_nowait([(None, data)], data, 0)
+            subscription.close()
+
 
 class Subscribing:
     """What :meth:`Hub.subscribe` returns: ``async with`` it for the
@@ -406,8 +437,10 @@ class Hub:
         heartbeat_seconds: float,
         queue_events: int,
         limits: Limits,
+        catalog: Catalog | None = None,
     ) -> None:
         self._nursery = nursery
+        self.catalog = Catalog(limits.topics, durable=False) if catalog is None else catalog
         self._limits = limits
         self._subscriptions = 0
         self._per_client: dict[str, int] = {}
@@ -416,10 +449,14 @@ class Hub:
         self._queue_events = queue_events
         self._topics: dict[str, Topic] = {}
         self._closing = False
+        self._closing_started = trio.Event()
         self._closed = trio.Event()
         self._published = 0
         self._delivered = 0
         self._dropped = 0
+        #: Told of each publish: how long it took (seconds) and the
+        #: subscribers it reached (e.g. :class:`~trio_esper.metrics.Metrics`).
+        self.observe_publish: Callable[[float, int], object] | None = None
 
     def subscribe(
         self, topic: str, *, frame: Frame | None = None, client: str = ""
@@ -437,6 +474,7 @@ class Hub:
         cancellation, an error -- unsubscribes.
 
         Raises (on entry):
+            NotFound: the topic was deleted and not created again.
             ServiceUnavailable: the hub is shutting down.
             LimitReached: one of the hub's :class:`Limits` is reached.
         """
@@ -448,11 +486,13 @@ class Hub:
         before the subscription opens (:meth:`subscribe` checks again).
 
         Raises:
+            NotFound: the topic was deleted and not created again.
             ServiceUnavailable: the hub is shutting down.
             LimitReached: one of the hub's :class:`Limits` is reached.
         """
         if self._closing:
             raise ServiceUnavailable("the broker is shutting down")
+        self._check_not_deleted(topic)
         limits = self._limits
         entry = self._topics.get(topic)
         if self._subscriptions >= limits.subscribers:
@@ -474,6 +514,7 @@ class Hub:
         if entry is None:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
+        self.catalog.used(topic, self._in_use)
         subscription = Subscription(self, entry, self._queue_events, frame=frame, client=client)
         entry.subscribers.add(subscription)
         self._subscriptions += 1
@@ -518,13 +559,123 @@ class Hub:
         for the topic's task to have room in its inbox, never for a subscriber.
 
         Raises:
+            NotFound: the topic was deleted and not created again.
             Conflict: an event id is already in the topic's history.
             HistoryError: the history store failed.
         """
+        self._check_not_deleted(topic)
+        started = time.perf_counter()
         records = await self.history.append(topic, events, self._deliver)
         self._published += len(records)
+        self.catalog.published(self.catalog.used(topic, self._in_use), len(records))
         entry = self._topics.get(topic)
-        return Published(records, 0 if entry is None else len(entry.subscribers))
+        subscribers = 0 if entry is None else len(entry.subscribers)
+        if self.observe_publish is not None:
+            self.observe_publish(time.perf_counter() - started, subscribers)
+        return Published(records, subscribers)
+
+    def _check_not_deleted(self, topic: str) -> None:
+        if self.catalog.is_deleted(topic):
+            raise NotFound("topic was deleted; create it again with POST /api/v1/pubsubs")
+
+    def _in_use(self, topic: str) -> bool:
+        return topic in self._topics
+
+    def create_topic(self, topic: str | None, *, persist: bool | None) -> TopicInfo:
+        """Enter a topic in the catalog as created: ``topic`` (normalised),
+        or a new random id if ``None``. ``persist`` ``None``: the default
+        (the durable backend, when there is one).
+
+        Raises:
+            BadRequest: ``persist`` is true and no durable history is configured.
+            Conflict: the topic exists already.
+            LimitReached: the catalog holds as many created topics as allowed.
+            ServiceUnavailable: the hub is shutting down.
+        """
+        if self._closing:
+            raise ServiceUnavailable("the broker is shutting down")
+        catalog = self.catalog
+        if persist and not catalog.durable:
+            raise BadRequest(
+                "persist: true needs a durable history (--history sqlite:PATH); "
+                "this broker keeps history in memory"
+            )
+        if catalog.full():
+            raise LimitReached(f"the broker holds its limit of {catalog.capacity} created topics")
+        if topic is None:
+            topic = secrets.token_hex(TOPIC_ID_BYTES)
+        created = catalog.create(topic, persist=catalog.durable if persist is None else persist)
+        if created is None:
+            raise Conflict(f"topic {topic} exists already")
+        return self._info(created)
+
+    def topic(self, topic: str) -> TopicInfo:
+        """The catalog's entry for ``topic`` (normalised).
+
+        Raises:
+            NotFound: the catalog does not list it.
+        """
+        return self._info(self._entry(topic))
+
+    def _entry(self, topic: str) -> TopicEntry:
+        self._check_not_deleted(topic)
+        entry = self.catalog.get(topic)
+        if entry is None:
+            raise NotFound(f"topic {topic} is not known (created, or used lately)")
+        return entry
+
+    def topics(self, after: str | None, limit: int) -> tuple[list[TopicInfo], str | None]:
+        """A page of the catalog, by id (see :meth:`Catalog.page`)."""
+        entries, cursor = self.catalog.page(after, limit)
+        return [self._info(e) for e in entries], cursor
+
+    def busiest(self, count: int) -> list[tuple[TopicInfo, int]]:
+        """The topics with the most events published since the last call
+        (each with that number), topped up with those with the most
+        subscribers; resets the counts (one caller: the statistics stream)."""
+        ranked = self.catalog.busiest(count, self._subscriber_count)
+        chosen = {info.id for info, _ in ranked}
+        if len(ranked) < count:
+            by_subscribers = heapq.nlargest(
+                count, self._topics.values(), key=lambda t: len(t.subscribers)
+            )
+            for entry in by_subscribers:
+                known = self.catalog.get(entry.name)
+                if known is not None and entry.name not in chosen and len(ranked) < count:
+                    ranked.append((known, 0))
+        return [(self._info(entry), recent) for entry, recent in ranked]
+
+    def _subscriber_count(self, topic: str) -> int:
+        entry = self._topics.get(topic)
+        return 0 if entry is None else len(entry.subscribers)
+
+    def _info(self, entry: TopicEntry) -> TopicInfo:
+        return TopicInfo(
+            entry.id,
+            entry.persist,
+            entry.created,
+            entry.managed,
+            entry.published,
+            self._subscriber_count(entry.id),
+        )
+
+    async def delete_topic(self, topic: str) -> TopicInfo:
+        """Delete ``topic`` (normalised): its subscribers get an ``event:
+        deleted`` and their streams end, its history goes, and publishing or
+        subscribing to it is refused (404) until it is created again.
+
+        Raises:
+            NotFound: the catalog does not list it.
+            HistoryError: its history could not be deleted (it is deleted
+                from the catalog all the same: try again to delete the history).
+        """
+        info = self._info(self._entry(topic))
+        self.catalog.delete(topic)
+        live = self._topics.get(topic)
+        if live is not None:
+            live.end_streams(DELETED_FRAME)
+        await self.history.delete(topic)
+        return info
 
     async def _deliver(self, topic: str, records: Sequence[Record]) -> None:
         """Hand stored records to the topic's task (called in seq order)."""
@@ -544,11 +695,22 @@ class Hub:
     def close(self) -> None:
         """Start shutting down: refuse new subscribers, end every open stream."""
         self._closing = True
+        self._closing_started.set()
         for entry in self._topics.values():
             for subscription in entry.subscribers:
                 subscription.close()
         if not self._topics:
             self._closed.set()
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called (the broker is shutting down)."""
+        return self._closing
+
+    async def wait_closing(self) -> None:
+        """Wait until :meth:`close` is called: for streams the hub does not
+        feed (the statistics stream), to end with the others."""
+        await self._closing_started.wait()
 
     async def wait_closed(self) -> None:
         """After :meth:`close`, wait until every subscription has left."""
@@ -561,6 +723,7 @@ class Hub:
             published=self._published,
             delivered=self._delivered,
             dropped=self._dropped,
+            known_topics=len(self.catalog),
         )
 
 
@@ -571,6 +734,7 @@ async def open_hub(
     heartbeat_seconds: float = math.inf,
     queue_events: int = 1000,
     limits: Limits = Limits(),  # frozen: one shared default is safe
+    catalog: Catalog | None = None,
 ) -> AsyncIterator[Hub]:
     """Open a :class:`Hub` whose topic tasks live for the ``async with`` block.
 
@@ -584,6 +748,7 @@ async def open_hub(
             heartbeat_seconds=heartbeat_seconds,
             queue_events=queue_events,
             limits=limits,
+            catalog=catalog,
         )
         try:
             yield hub

@@ -14,12 +14,15 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
 from .app import create_app
+from .catalog import Catalog
 from .config import Config
 from .edge import Edge
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
+from .history.split import SplitHistory
 from .history.sqlite import open_sqlite_history
 from .hub import Limits, open_hub
+from .metrics import Metrics
 
 log = logging.getLogger("trio_esper")
 
@@ -54,10 +57,27 @@ async def serve(
     )
     for listener in listeners:
         _tune_listener(listener.socket, config)
-    address = listeners[0].socket.getsockname()[:2]
 
+    async with open_history(config) as stored:
+        durable = stored.statistics().backend != "memory"
+        catalog = Catalog(config.max_topics, durable=durable)
+        history: History = stored
+        if durable:
+            # Topics created with persist: false keep their history in memory.
+            history = SplitHistory(stored, _memory_history(config), catalog.ephemeral)
+        await _serve(config, history, catalog, listeners, shutdown, task_status)
+
+
+async def _serve(
+    config: Config,
+    history: History,
+    catalog: Catalog,
+    listeners: list[trio.SocketListener],
+    shutdown: trio.Event | None,
+    task_status: trio.TaskStatus[tuple[str, int]],
+) -> None:
+    address = listeners[0].socket.getsockname()[:2]
     async with (
-        open_history(config) as history,
         open_hub(
             history,
             heartbeat_seconds=config.heartbeat_seconds,
@@ -68,10 +88,15 @@ async def serve(
                 subscribers_per_topic=config.max_subscribers_per_topic,
                 subscriptions_per_client=config.max_subscriptions_per_address,
             ),
+            catalog=catalog,
         ) as hub,
     ):
-        app = wrap_app(create_app(config, hub), HypercornConfig.wsgi_max_body_size, "asgi")
-        edge = Edge(config, hub, app)
+        metrics = Metrics(hub)
+        app = wrap_app(
+            create_app(config, hub, metrics), HypercornConfig.wsgi_max_body_size, "asgi"
+        )
+        edge = Edge(config, hub, app, metrics)
+        metrics.connections = lambda: edge.open_connections
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
@@ -95,9 +120,13 @@ async def open_history(config: Config) -> AsyncIterator[History]:
         ) as history:
             yield history
     else:
-        yield MemoryHistory(
-            max_events_per_topic=config.history_events, max_bytes=config.history_max_bytes
-        )
+        yield _memory_history(config)
+
+
+def _memory_history(config: Config) -> MemoryHistory:
+    return MemoryHistory(
+        max_events_per_topic=config.history_events, max_bytes=config.history_max_bytes
+    )
 
 
 def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:

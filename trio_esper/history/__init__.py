@@ -97,6 +97,19 @@ class History(Protocol):
         """
         ...
 
+    async def delete(self, topic: str) -> None:
+        """Drop every retained record of ``topic``.
+
+        Raises:
+            HistoryError: the store failed; nothing is dropped.
+        """
+        ...
+
+    async def check(self) -> str | None:
+        """Whether the store takes writes now: ``None`` if it does, else why
+        not (one line). For readiness probes: cheap, never raises."""
+        ...
+
     def statistics(self) -> HistoryStatistics: ...
 
     async def aclose(self) -> None: ...

@@ -291,6 +291,25 @@ class MemoryHistory:
             return Replay(ring.oldest(limit), last_id is None)
         return Replay(ring.newer(start.seq)[:limit], True)
 
+    async def delete(self, topic: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.forget(topic)
+
+    def forget(self, topic: str) -> None:
+        """Drop every retained record of ``topic`` now."""
+        ring = self._rings.get(topic)
+        if ring is None:
+            return
+        while ring:
+            record = ring.popleft()
+            self._bytes -= record_bytes(record, ring.topic)
+            self._events -= 1
+        self._forget(ring)
+
+    async def check(self) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return None
+
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics("memory", len(self._rings), self._events, self._bytes)
 

@@ -30,6 +30,7 @@ logger with its reason, at most once per :data:`LOG_INTERVAL_SECONDS`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -74,8 +75,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_topic_id ON events (topic, id);
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
+-- One row, rewritten by each readiness probe: proof that a commit goes through.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), time REAL NOT NULL);
 """
 
+
+#: The writer's kinds of work (:class:`_Append`), done in the order queued.
+APPEND, PURGE, PROBE = "append", "purge", "probe"
 
 INSERT = (
     "INSERT INTO events (seq, topic, id, event, data, retry, time) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -89,9 +95,13 @@ def _row(record: Record) -> tuple[object, ...]:
 
 @dataclass
 class _Append:
+    """What the writer is asked to do: store ``events`` (``APPEND``), drop a
+    topic's history (``PURGE``), or prove the file takes a commit (``PROBE``)."""
+
     topic: str
     events: Sequence[Event]
     deliver: Deliver
+    kind: str = "append"
     done: trio.Event = field(default_factory=trio.Event)
     records: list[Record] | None = None
     error: Exception | None = None
@@ -294,19 +304,36 @@ class SqliteHistory:
         )
 
     async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
-        item = _Append(topic, events, deliver)
+        item = await self._queue(_Append(topic, events, deliver))
+        assert item.records is not None
+        return item.records
+
+    async def delete(self, topic: str) -> None:
+        await self._queue(_Append(topic, (), _no_delivery, PURGE))
+
+    async def check(self) -> str | None:
+        """Commit one row (the writer's own work queue, so it waits behind
+        queued publishes): the store takes writes if that commit succeeds."""
+        try:
+            # Not shielded: a probe given up on is harmless.
+            await self._queue(_Append("", (), _no_delivery, PROBE), shield=False)
+        except HistoryError as exc:
+            return exc.reason
+        return None
+
+    async def _queue(self, item: _Append, *, shield: bool = True) -> _Append:
+        """Hand ``item`` to the writer and wait until it is done."""
         try:
             await self._send.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise HistoryError("history is closed") from None
         # Once queued the append will be committed; wait for it even if our
         # client gives up, so a cancelled publish does not race its own commit.
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=shield):
             await item.done.wait()
         if item.error is not None:
             raise item.error
-        assert item.records is not None
-        return item.records
+        return item
 
     async def run(self) -> None:
         """The writer task: commit queued appends in batches until closed.
@@ -324,7 +351,14 @@ class SqliteHistory:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     try:
-                        await self._store(batch)
+                        # Appends in a row commit together; a purge or a
+                        # probe waits for what was queued before it.
+                        for kind, run in itertools.groupby(batch, key=lambda item: item.kind):
+                            if kind == APPEND:
+                                await self._store(list(run))
+                            else:
+                                for item in run:
+                                    await self._maintain(item)
                     finally:
                         _answer(batch, HistoryError("history writer stopped"))
                     if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_SECONDS:
@@ -368,6 +402,36 @@ class SqliteHistory:
             if item.records is not None:
                 self._cache.remember(item.topic, item.records)
                 await item.deliver(item.topic, item.records)
+
+    async def _maintain(self, item: _Append) -> None:
+        """Purge ``item.topic``'s history, or probe the file (``item.kind``)."""
+        try:
+            await trio.to_thread.run_sync(self._maintain_sync, item)
+        except _FileMoved:
+            item.error = HistoryError("history file was removed or replaced while the broker runs")
+        except (sqlite3.Error, OSError) as exc:
+            item.error = HistoryError(f"history write failed: {exc}")
+        else:
+            item.records = []
+            if item.kind == PURGE:
+                self._counts.pop(item.topic, None)
+                self._touched.discard(item.topic)
+                self._cache.forget(item.topic)
+
+    def _maintain_sync(self, item: _Append) -> None:
+        """Thread: the one transaction of a purge or a probe."""
+        conn = self._writer
+        try:
+            _begin(conn)
+            if item.kind == PURGE:
+                conn.execute("DELETE FROM events WHERE topic = ?", (item.topic,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
+            self._check_files()
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
 
     async def _enforce_retention(self) -> None:
         try:
@@ -584,6 +648,10 @@ async def open_sqlite_history(
         writer.close()
         reader.close()
         history._failures.flush()
+
+
+async def _no_delivery(topic: str, records: Sequence[Record]) -> None:
+    """A purge or probe delivers nothing."""
 
 
 def _begin(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,186 @@
+"""Routes for operators: statistics (``/stats`` and its live stream), the
+dashboard, Prometheus metrics, liveness and readiness, and the OpenAPI
+document. Quart-Trio routes.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import trio
+from quart import Response
+from werkzeug.datastructures import Headers
+
+from . import __version__, endpoints, openapi, web
+from .config import Config
+from .errors import NotFound
+from .hub import Hub
+from .metrics import CONTENT_TYPE, Metrics
+from .sse import SUBSCRIBED_FRAME, Event, encode
+
+#: How often the statistics stream sends a snapshot.
+STATS_INTERVAL_SECONDS = 1.0
+#: Topics listed in a snapshot's ``busiest``.
+BUSIEST_TOPICS = 20
+#: A readiness answer is reused this long: probing commits to the history
+#: store, and ``/ready`` needs no credential.
+READY_CACHE_SECONDS = 1.0
+#: A history probe that takes longer than this counts as failed.
+READY_PROBE_SECONDS = 2.0
+#: The dashboard's files, served from the package (no CDN: it works offline).
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+#: The dashboard loads nothing but its own files and the broker's stream.
+DASHBOARD_HEADERS = [
+    ("cache-control", "no-cache"),
+    ("x-content-type-options", "nosniff"),
+    (
+        "content-security-policy",
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    ),
+]
+
+
+def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metrics) -> None:
+    """Add the operators' routes to ``app``."""
+    feed = _StatsFeed(hub, metrics)
+    readiness = _Readiness(hub)
+
+    def authorise_monitoring() -> None:
+        endpoints.authorise_management(config, metrics=True, **web.credentials(config))
+
+    @route("/stats", "GET")
+    async def stats() -> Response:
+        authorise_monitoring()
+        return web.json_response(config, _statistics(hub))
+
+    @route("/stats/stream", "GET")
+    async def stats_stream() -> Response:
+        authorise_monitoring()
+        headers = [*endpoints.STREAM_HEADERS, *web.cors_headers(config)]
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield SUBSCRIBED_FRAME
+            while not hub.closing:
+                yield encode(Event(json.dumps(feed.snapshot()), event="stats"))
+                with trio.move_on_after(STATS_INTERVAL_SECONDS):
+                    await hub.wait_closing()
+
+        return web.endless(Response(stream(), status=200, headers=Headers(headers)))
+
+    @route("/metrics", "GET")
+    async def prometheus() -> Response:
+        authorise_monitoring()
+        headers = [("content-type", CONTENT_TYPE), *web.cors_headers(config)]
+        return web.response(endpoints.Answer(200, headers, metrics.exposition()))
+
+    @route("/health", "GET")
+    async def health() -> Response:
+        return web.json_response(config, {"status": "ok", "version": __version__})
+
+    @route("/ready", "GET")
+    async def ready() -> Response:
+        reason = await readiness.check()
+        if reason is None:
+            return web.json_response(config, {"status": "ready"})
+        return web.json_response(config, {"status": "not ready", "reason": reason}, 503)
+
+    @route("/openapi.json", "GET")
+    async def openapi_document() -> Response:
+        return web.json_response(config, openapi.document())
+
+    @route("/dashboard", "GET")
+    async def dashboard() -> Response:
+        return _dashboard_file("index.html")
+
+    @route("/dashboard/<name>", "GET")
+    async def dashboard_asset(name: str) -> Response:
+        return _dashboard_file(name)
+
+
+def _statistics(hub: Hub) -> dict[str, Any]:
+    """What ``/stats`` answers."""
+    return {
+        "version": __version__,
+        **asdict(hub.statistics()),
+        "history": asdict(hub.history.statistics()),
+    }
+
+
+class _StatsFeed:
+    """Snapshots for the statistics stream: taken at most once an interval,
+    shared by every open stream (the busiest topics are counted per interval)."""
+
+    def __init__(self, hub: Hub, metrics: Metrics) -> None:
+        self._hub = hub
+        self._metrics = metrics
+        #: Rates in the first snapshot are over the time since start.
+        self._taken = time.monotonic()
+        self._snapshot: dict[str, Any] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = now - self._taken
+        if self._snapshot and elapsed < STATS_INTERVAL_SECONDS * 0.9:
+            return self._snapshot
+        self._taken = now
+        busiest = self._hub.busiest(BUSIEST_TOPICS)
+        seconds = max(elapsed, 0.001)
+        self._snapshot = {
+            "time": time.time(),
+            **_statistics(self._hub),
+            "connections": self._metrics.connections(),
+            "busiest": [
+                {
+                    "id": info.id,
+                    "subscribers": info.subscribers,
+                    "published": info.published,
+                    "rate": round(recent / seconds, 3),
+                }
+                for info, recent in busiest
+            ],
+        }
+        return self._snapshot
+
+
+class _Readiness:
+    """Whether the broker can do its job: it accepts subscriptions and its
+    history store takes a write. Probed at most once a second."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._lock = trio.Lock()
+        self._checked = -float("inf")
+        self._reason: str | None = None
+
+    async def check(self) -> str | None:
+        """``None`` if ready, else why not."""
+        if self._hub.closing:
+            return "the broker is shutting down"
+        async with self._lock:  # one probe at a time; the others reuse it
+            if trio.current_time() - self._checked >= READY_CACHE_SECONDS:
+                self._reason = f"history store did not answer in {READY_PROBE_SECONDS:g} s"
+                with trio.move_on_after(READY_PROBE_SECONDS):
+                    problem = await self._hub.history.check()
+                    self._reason = None if problem is None else f"history store: {problem}"
+                self._checked = trio.current_time()
+            return self._reason
+
+
+def _dashboard_file(name: str) -> Response:
+    """A file of the dashboard, from the package."""
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    content_type = DASHBOARD_TYPES.get(suffix)
+    resource = importlib.resources.files(__package__).joinpath("dashboard", name)
+    if content_type is None or "/" in name or name.startswith(".") or not resource.is_file():
+        raise NotFound(f"the dashboard has no file {name[:64]!r}")
+    headers = [("content-type", content_type), *DASHBOARD_HEADERS]
+    return Response(resource.read_bytes(), status=200, headers=Headers(headers))

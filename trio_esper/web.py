@@ -1,0 +1,155 @@
+"""What every Quart-Trio route handler needs of the request it serves: its
+CORS headers, query arguments, token and body, and a way to answer with an
+:class:`~trio_esper.endpoints.Answer`. Used by :mod:`.app`, :mod:`.api` and
+:mod:`.ops`, inside a request context."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypedDict
+
+from quart import Response, request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import endpoints
+from .config import Config
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .hub import Hub
+
+#: A route handler.
+Handler = Callable[..., Awaitable[Response]]
+#: Registers a handler for a path and its methods (CORS preflight included).
+Route = Callable[..., Callable[[Handler], Handler]]
+
+
+def response(answer: endpoints.Answer) -> Response:
+    # The header list carries content-type, so Quart adds only content-length.
+    return Response(answer.body, status=answer.status, headers=Headers(answer.headers))
+
+
+def json_response(config: Config, payload: dict[str, Any], status: int = 200) -> Response:
+    """``payload`` as a JSON answer, with the request's CORS headers."""
+    return response(
+        endpoints.json_answer(endpoints.json_body(payload), cors_headers(config), status)
+    )
+
+
+def cors_headers(config: Config) -> endpoints.Headers:
+    return endpoints.cors_headers(config, request.headers.get("Origin"))
+
+
+def query() -> dict[str, str]:
+    """The query string's arguments (400 if it does not decode)."""
+    return endpoints.query_args(request.query_string)
+
+
+class Credentials(TypedDict):
+    """A request's token, as the ``authorise*`` functions of :mod:`.endpoints` take it."""
+
+    authorization: str | None
+    token: str | None
+
+
+def credentials(config: Config) -> Credentials:
+    """The request's ``Authorization`` header and its other token."""
+    return Credentials(
+        authorization=request.headers.get("Authorization"),
+        token=endpoints.query_or_cookie_token(config, query(), request.headers.get("Cookie")),
+    )
+
+
+async def body(config: Config) -> bytes:
+    """The whole request body, within ``config.max_body_bytes`` (413 past it)."""
+    try:
+        data = await request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"body is larger than the {config.max_body_bytes}-byte limit"
+        ) from None
+    assert isinstance(data, bytes)
+    return data
+
+
+async def json_body(config: Config) -> Any:
+    """The request body parsed as JSON (``application/json``, or no
+    ``Content-Type``); an empty body is ``{}``.
+
+    Raises:
+        UnsupportedMediaType: another ``Content-Type``.
+        BadRequest: the body is not JSON (``NaN`` and ``Infinity`` included).
+        PayloadTooLarge: the body is over the limit.
+    """
+    kind = endpoints.mimetype(request.headers.get("Content-Type"))
+    if kind not in ("", endpoints.JSON):
+        raise UnsupportedMediaType(f"the body must be {endpoints.JSON}, not {kind}")
+    data = await body(config)
+    if not data.strip():
+        return {}
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+
+
+def charge_budget() -> None:
+    """Charge the connection's publish rate limit, if it has one (429)."""
+    budget = request.scope.get("state", {}).get(endpoints.BUDGET_KEY)
+    if budget is not None:
+        budget.charge()
+
+
+def subscribe_request(topic: str) -> endpoints.SubscribeRequest:
+    """The current request as a subscribe to ``topic`` (as in its path)."""
+    return endpoints.SubscribeRequest(
+        topic,
+        request.query_string,
+        authorization=request.headers.get("Authorization"),
+        cookie=request.headers.get("Cookie"),
+        last_event_id=request.headers.get("Last-Event-ID"),
+    )
+
+
+def stream_response(config: Config, hub: Hub, plan: endpoints.Stream, opening: bytes) -> Response:
+    """The event stream ``plan`` describes: ``opening``, the history it
+    resumes from, then live events until it ends. A ``HEAD`` request gets
+    the head alone (RFC 9110, section 9.3.2) and subscribes to nothing.
+
+    Raises:
+        EsperError: the hub refuses the subscription now (shutting down,
+            a limit, a deleted topic).
+    """
+    headers = [*endpoints.STREAM_HEADERS, *cors_headers(config)]
+    client = request.remote_addr or ""
+    # Refused now, with its status; the stream subscribes when it starts
+    # (a client gone before then leaves nothing registered).
+    hub.admit(plan.topic, client)
+    if request.method == "HEAD":
+        return Response(b"", headers=Headers(headers))
+
+    async def stream() -> AsyncIterator[bytes]:
+        # Subscribing inside the generator: if the client is gone before
+        # the body starts, the generator never runs and nothing is
+        # registered; once it runs, `async with` unregisters on any exit.
+        async with hub.subscribe(plan.topic, client=client) as subscription:
+            yield opening
+            async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
+                async for page in pages:
+                    yield page
+            async for chunk in subscription:
+                yield chunk
+
+    return endless(Response(stream(), status=200, headers=Headers(headers)))
+
+
+def endless(streaming: Response) -> Response:
+    """``streaming`` without Quart's response timeout (60 s by default),
+    which would cut every stream."""
+    streaming.timeout = None
+    return streaming
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
