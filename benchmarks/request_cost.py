@@ -13,7 +13,9 @@ for
 - ``hypercorn-asgi``: a trivial raw ASGI app on ``hypercorn.trio``;
 - ``hypercorn-quart-trio``: a trivial Quart-Trio route on Hypercorn;
 - ``trio_esper-no-lane`` and ``trio_esper``: the broker without and with its
-  fast lane (publishing to a topic without subscribers, memory history).
+  fast lane (publishing to a topic without subscribers, memory history);
+- ``trio_esper-json-api``: the same event published through the topic API
+  (``POST /api/v1/pubsubs/{id}/events``, a JSON body; Quart-Trio serves it).
 
 Load: 16 keep-alive connections, one request in flight each, from a separate
 process (so the client's own CPU does not count), bounded by ``--requests``
@@ -44,6 +46,11 @@ BODY = b"data: " + b"x" * 93 + b"\n"
 REQUEST = (
     b"POST /publish/benchtopic1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     b"Content-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(BODY), BODY)
+)
+JSON_BODY = b'{"event": {"message": "%b"}}' % (b"x" * 93)
+JSON_REQUEST = (
+    b"POST /api/v1/pubsubs/benchtopic1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(JSON_BODY), JSON_BODY)
 )
 DEADLINE_SECONDS = 120.0
 
@@ -185,9 +192,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(requests: int) -> float:
-    """Send ``requests`` over CONNECTIONS keep-alive connections, one in flight
-    each, with plain blocking sockets and select; return the wall time."""
+def drive(requests: int, request: bytes = REQUEST) -> float:
+    """Send ``requests`` copies of ``request`` over CONNECTIONS keep-alive
+    connections, one in flight each, with plain blocking sockets and select;
+    return the wall time."""
     import selectors
 
     per = requests // CONNECTIONS
@@ -198,7 +206,7 @@ def drive(requests: int) -> float:
     for _ in range(CONNECTIONS):
         sock = socket.create_connection(("127.0.0.1", PORT))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(REQUEST)
+        sock.sendall(request)
         left[sock], pending[sock] = per - 1, b""
         selector.register(sock, selectors.EVENT_READ)
     while left and time.monotonic() - start < DEADLINE_SECONDS:
@@ -224,7 +232,7 @@ def drive(requests: int) -> float:
                     del left[sock]
                     break
                 left[sock] -= 1
-                sock.sendall(REQUEST)
+                sock.sendall(request)
             pending[sock] = buffer
     if left:
         raise RuntimeError("deadline reached")
@@ -237,6 +245,7 @@ SERVERS = (
     "hypercorn-quart-trio",
     "trio_esper-no-lane",
     "trio_esper",
+    "trio_esper-json-api",
 )
 
 
@@ -244,6 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=16_000)
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma list of servers to measure"
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
@@ -252,12 +264,13 @@ def main() -> None:
         {"server": "h11 (in-process)", "cpu_us_per_request": h11_cost()},
         {"server": "lane-parse (in-process)", "cpu_us_per_request": lane_parse_cost()},
     ]
-    for name in SERVERS:
+    for name in args.servers.split(","):
+        request = JSON_REQUEST if name == "trio_esper-json-api" else REQUEST
         proc = start(name)
         try:
-            drive(CONNECTIONS * 20)  # warm-up
+            drive(CONNECTIONS * 20)  # warm-up; the topic is then known to the API
             before = cpu_seconds(proc.pid)
-            wall = drive(args.requests)
+            wall = drive(args.requests, request)
             cpu = cpu_seconds(proc.pid) - before
         finally:
             stop(proc, signal.SIGINT)
