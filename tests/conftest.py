@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from trio_esper.config import Config
-from trio_esper.server import serve
+from trio_esper.hub import Hub
+from trio_esper.server import Listening, serve
 
 TOPIC = "testtopic01"
 #: Generous bound for anything that should take milliseconds; a hang fails, not stalls CI.
@@ -32,6 +33,7 @@ class Broker:
     url: str
     config: Config
     shutdown: trio.Event
+    hub: Hub
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -51,14 +53,16 @@ async def start_broker(nursery: trio.Nursery, **overrides: Any) -> Broker:
     shutdown = trio.Event()
     done = trio.Event()
 
-    async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    async def run(task_status: trio.TaskStatus[Listening]) -> None:
         try:
             await serve(config, shutdown=shutdown, task_status=task_status)
         finally:
             done.set()
 
-    host, port = await nursery.start(run)
-    return Broker(f"http://{host}:{port}", config, shutdown, done)
+    listening = await nursery.start(run)
+    return Broker(
+        f"http://{listening.host}:{listening.port}", config, shutdown, listening.hub, done
+    )
 
 
 @dataclass
@@ -74,21 +78,31 @@ class BrokerProcess:
         return [line for line in lines if re.search(pattern, line)]
 
 
+#: How a broker says where it listens: ``trio-esper``, and Hypercorn's own line.
+LISTENING = rb"(?:listening|Running) on (http://[\d.]+:\d+)"
+
+
 @asynccontextmanager
-async def broker_process(*args: str, command: Sequence[str] = ()) -> AsyncIterator[BrokerProcess]:
+async def broker_process(
+    *args: str,
+    command: Sequence[str] = (),
+    argv: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[BrokerProcess]:
     """Run ``python -m trio_esper --port 0 --no-auth ARGS`` (``command`` in place
-    of ``python -m trio_esper``); yield it once it listens. Killed on exit."""
-    argv = [*(command or (sys.executable, "-m", "trio_esper")), "--port", "0", "--no-auth"]
+    of ``python -m trio_esper``; or ``argv`` as it is, e.g. ``hypercorn``);
+    yield it once it listens. Killed on exit."""
+    if not argv:
+        argv = [*(command or (sys.executable, "-m", "trio_esper")), "--port", "0", "--no-auth"]
+        argv += args
     process = await trio.lowlevel.open_process(
-        [*argv, *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        list(argv), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     assert process.stderr is not None
     try:
         running = BrokerProcess(process, "")
         with trio.fail_after(20):
-            while (
-                match := re.search(rb"listening on (http://[\d.]+:\d+)", running.stderr)
-            ) is None:
+            while (match := re.search(LISTENING, running.stderr)) is None:
                 chunk = await process.stderr.receive_some()
                 if not chunk:
                     pytest.fail(f"broker exited before listening: {running.stderr.decode()}")

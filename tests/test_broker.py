@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Any
 
 import httpx
 import pytest
 import trio
+
+from trio_esper.errors import InvalidEvent, InvalidTopic
+from trio_esper.sse import Event
 
 from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker, wait_for_stats
 
@@ -345,3 +349,21 @@ async def test_bytes_a_subscriber_sends_are_ignored(
     assert b"HTTP/1.1 200" not in data.partition(b"\r\n\r\n")[2]
     sock.close()
     await wait_for_stats(client, broker, clients=0)
+
+
+async def test_in_process_publish_reaches_http_subscribers_and_is_validated(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    # serve() hands over the hub; its publish checks topics and ids as the routes do.
+    broker = await start_broker(nursery)
+    stream = await subscribe(f"{broker.url}/subscribe/myTopic123")
+    published = await broker.hub.publish("MyTopic123", [Event("from the app", id="app-1")])
+    assert published.subscribers == 1
+    assert await stream.next_event() == b"id: app-1\ndata: from the app\n\n"
+    with pytest.raises(InvalidTopic):
+        await broker.hub.publish("ab", [Event("x")])
+    with pytest.raises(InvalidEvent, match="no events"):
+        await broker.hub.publish("mytopic123", [])
+    with pytest.raises(InvalidEvent, match="must not be empty"):
+        await broker.hub.publish("mytopic123", [Event("x", id="")])
+    await broker.stop()

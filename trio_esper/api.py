@@ -23,7 +23,7 @@ from .auth import HMAC_ALGORITHMS, PublicKeys
 from .config import Config
 from .errors import BadRequest, InvalidTopic
 from .hub import Hub, TopicInfo
-from .sse import Event, check_resumable_id
+from .sse import Event
 from .topics import normalise_topic
 
 PREFIX = "/api/v1/pubsubs"
@@ -101,8 +101,6 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
         hub.topic(topic)  # 404 for a topic the catalog does not list
         data = json.dumps(event["message"], ensure_ascii=False, allow_nan=False)
         published = Event(data, fields["type"] or None, fields["id"])
-        if published.id is not None:
-            check_resumable_id(published.id)
         answer_body = endpoints.publish_answer(await hub.publish(topic, [published]))
         return web.response(endpoints.json_answer(answer_body, web.cors_headers(config)))
 

@@ -114,6 +114,7 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
         if headers:
             # Every rule of the path: each route registers its own.
             adapter = app.create_url_adapter(request)
+            assert adapter is not None  # inside a request
             methods = sorted(set(adapter.allowed_methods()) - {"HEAD"})
             headers.append(("access-control-allow-methods", ", ".join(methods)))
             headers.append(

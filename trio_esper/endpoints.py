@@ -30,7 +30,7 @@ from .errors import (
     Unauthorized,
 )
 from .hub import Hub, Published, Subscription
-from .sse import SUBSCRIBED_FRAME, Event, check_resumable_id, encode, parse_body, parse_plain
+from .sse import SUBSCRIBED_FRAME, Event, encode, parse_body, parse_plain
 from .topics import normalise_topic
 
 #: Header fields are listed as (name, value), names lower-case, in the order
@@ -322,9 +322,6 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
         )
     else:
         events = parse_body(request.body)
-    for parsed in events:
-        if parsed.id is not None:
-            check_resumable_id(parsed.id)
     return publish_answer(await hub.publish(topic, events))
 
 

@@ -34,10 +34,18 @@ from dataclasses import dataclass
 import trio
 
 from .catalog import Catalog, TopicEntry
-from .errors import BadRequest, Conflict, LimitReached, NotFound, ServiceUnavailable
+from .errors import (
+    BadRequest,
+    Conflict,
+    InvalidEvent,
+    LimitReached,
+    NotFound,
+    ServiceUnavailable,
+)
 from .history import History, Record
 from .history.memory import MemoryHistory
-from .sse import HEARTBEAT_FRAME, Event, encode
+from .sse import HEARTBEAT_FRAME, Event, check_resumable_id, encode
+from .topics import normalise_topic
 
 log = logging.getLogger("trio_esper")
 
@@ -461,7 +469,7 @@ class Hub:
     def subscribe(
         self, topic: str, *, frame: Frame | None = None, client: str = ""
     ) -> Subscribing:
-        """Subscribe to ``topic`` (already normalised) for an ``async with``
+        """Subscribe to ``topic`` (normalised here) for an ``async with``
         block, which gives the :class:`Subscription`.
 
         ``frame``: how the transport frames what it is handed (see
@@ -478,7 +486,7 @@ class Hub:
             ServiceUnavailable: the hub is shutting down.
             LimitReached: one of the hub's :class:`Limits` is reached.
         """
-        return Subscribing(self, topic, _bare if frame is None else frame, client)
+        return Subscribing(self, normalise_topic(topic), _bare if frame is None else frame, client)
 
     def admit(self, topic: str, client: str = "") -> None:
         """Check that a subscription to ``topic`` by ``client`` would be
@@ -558,11 +566,23 @@ class Hub:
         Waits for the history to store them (a durable backend: to commit) and
         for the topic's task to have room in its inbox, never for a subscriber.
 
+        ``topic`` is validated and normalised as the HTTP routes do it
+        (``MyTopic123`` is ``mytopic123``), and each event's ``id`` must be
+        one a client can resume from (:func:`~trio_esper.sse.check_resumable_id`).
+
         Raises:
+            InvalidTopic: ``topic`` is not a topic id.
+            InvalidEvent: no events, or an id a client could not send back.
             NotFound: the topic was deleted and not created again.
             Conflict: an event id is already in the topic's history.
             HistoryError: the history store failed.
         """
+        topic = normalise_topic(topic)
+        if not events:
+            raise InvalidEvent("nothing to publish: no events")
+        for event in events:
+            if event.id is not None:
+                check_resumable_id(event.id)
         self._check_not_deleted(topic)
         started = time.perf_counter()
         records = await self.history.append(topic, events, self._deliver)

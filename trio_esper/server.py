@@ -8,10 +8,12 @@ import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
 
 from .app import create_app
 from .catalog import Catalog
@@ -21,7 +23,7 @@ from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
 from .history.sqlite import open_sqlite_history
-from .hub import Limits, open_hub
+from .hub import Hub, Limits, open_hub
 from .metrics import Metrics
 
 log = logging.getLogger("trio_esper")
@@ -32,16 +34,71 @@ TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 LISTEN_BACKLOG = 4096
 
 
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """An open broker, whatever serves it (:func:`serve`'s edge, or an ASGI
+    server through :mod:`.asgi`): publish in-process through :attr:`hub`."""
+
+    config: Config
+    hub: Hub
+    metrics: Metrics
+    app: QuartTrio
+    """The Quart-Trio application serving every route."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """What :func:`serve` reports once it listens."""
+
+    host: str
+    port: int
+    hub: Hub
+    """For publishing in-process (``await hub.publish(topic, events)``)."""
+
+
+@asynccontextmanager
+async def open_broker(config: Config) -> AsyncIterator[Broker]:
+    """Open the history store, the hub and the application ``config``
+    describes, for the block; on exit every open stream is ended and the
+    store is closed (queued writes committed).
+
+    Raises:
+        HistoryError: the history store cannot be opened.
+    """
+    async with open_history(config) as stored:
+        durable = stored.statistics().backend != "memory"
+        catalog = Catalog(config.max_topics, durable=durable)
+        history: History = stored
+        if durable:
+            # Topics created with persist: false keep their history in memory.
+            history = SplitHistory(stored, _memory_history(config), catalog.ephemeral)
+        async with open_hub(
+            history,
+            heartbeat_seconds=config.heartbeat_seconds,
+            queue_events=config.queue_events,
+            limits=Limits(
+                topics=config.max_topics,
+                subscribers=config.max_subscribers,
+                subscribers_per_topic=config.max_subscribers_per_topic,
+                subscriptions_per_client=config.max_subscriptions_per_address,
+            ),
+            catalog=catalog,
+        ) as hub:
+            metrics = Metrics(hub)
+            yield Broker(config, hub, metrics, create_app(config, hub, metrics))
+
+
 async def serve(
     config: Config,
     *,
     shutdown: trio.Event | None = None,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the broker until ``shutdown`` is set (forever if ``None``).
 
-    Reports the bound ``(host, port)`` through ``task_status`` once listening,
-    so ``await nursery.start(serve, config)`` works with ``port=0``.
+    Reports :class:`Listening` (the bound host and port, and the hub)
+    through ``task_status`` once listening, so ``await nursery.start(serve,
+    config)`` works with ``port=0`` and gives the caller the hub to publish to.
 
     Shutdown: new subscriptions are refused, every open stream ends cleanly
     (its terminating chunk is written), idle keep-alive connections close;
@@ -57,52 +114,17 @@ async def serve(
     )
     for listener in listeners:
         _tune_listener(listener.socket, config)
-
-    async with open_history(config) as stored:
-        durable = stored.statistics().backend != "memory"
-        catalog = Catalog(config.max_topics, durable=durable)
-        history: History = stored
-        if durable:
-            # Topics created with persist: false keep their history in memory.
-            history = SplitHistory(stored, _memory_history(config), catalog.ephemeral)
-        await _serve(config, history, catalog, listeners, shutdown, task_status)
-
-
-async def _serve(
-    config: Config,
-    history: History,
-    catalog: Catalog,
-    listeners: list[trio.SocketListener],
-    shutdown: trio.Event | None,
-    task_status: trio.TaskStatus[tuple[str, int]],
-) -> None:
-    address = listeners[0].socket.getsockname()[:2]
-    async with (
-        open_hub(
-            history,
-            heartbeat_seconds=config.heartbeat_seconds,
-            queue_events=config.queue_events,
-            limits=Limits(
-                topics=config.max_topics,
-                subscribers=config.max_subscribers,
-                subscribers_per_topic=config.max_subscribers_per_topic,
-                subscriptions_per_client=config.max_subscriptions_per_address,
-            ),
-            catalog=catalog,
-        ) as hub,
-    ):
-        metrics = Metrics(hub)
-        app = wrap_app(
-            create_app(config, hub, metrics), HypercornConfig.wsgi_max_body_size, "asgi"
-        )
-        edge = Edge(config, hub, app, metrics)
-        metrics.connections = lambda: edge.open_connections
+    host, port = listeners[0].socket.getsockname()[:2]
+    async with open_broker(config) as broker:
+        app = wrap_app(broker.app, HypercornConfig.wsgi_max_body_size, "asgi")
+        edge = Edge(config, broker.hub, app, broker.metrics)
+        broker.metrics.connections = lambda: edge.open_connections
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
             )
-            log.info("listening on http://%s:%d", *address)
-            task_status.started((str(address[0]), int(address[1])))
+            log.info("listening on http://%s:%d", host, port)
+            task_status.started(Listening(str(host), int(port), broker.hub))
 
 
 @asynccontextmanager
