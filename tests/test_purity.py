@@ -60,3 +60,17 @@ def test_all_pure_modules_together() -> None:
 def test_check_detects_trio() -> None:
     # The same check on a module that does use trio must notice it.
     assert "trio" in _forbidden_after(_STUB_PACKAGE + "import trio_esper.hub\n")
+
+
+def test_the_package_loads_no_server_until_a_server_name_is_used() -> None:
+    # `trio-esper --help` and `import trio_esper` stay quick: quart and
+    # hypercorn load with the first server-side name (trio_esper.serve...).
+    assert _forbidden_after("import trio_esper\n") == ["trio"]
+    assert {"quart", "hypercorn"} <= set(_forbidden_after("from trio_esper import serve\n"))
+
+
+def test_every_public_name_is_importable() -> None:
+    for name in trio_esper.__all__:
+        assert getattr(trio_esper, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = trio_esper.nothing  # type: ignore[attr-defined]
