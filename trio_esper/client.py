@@ -320,12 +320,14 @@ class Subscription:
 
     Resource handling: it holds at most one HTTP response, opened when an
     event is first asked for; :meth:`aclose` (or leaving ``async with``)
-    closes it and ends the iteration. Iterate it from one task at a time.
+    closes it and ends the iteration, also while another task waits for an
+    event. Iterate it from one task at a time.
 
     Error handling: permanent refusals raise :class:`BrokerError` from
     ``__anext__`` and end the subscription; everything else is retried.
-    Cancelling a wait for the next event is safe: no event is lost (at worst
-    the interrupted stream is replaced by a resuming one).
+    Cancelling a wait for the next event (a timeout around it) closes the
+    stream, since httpcore closes a connection whose read was interrupted; the
+    next call reconnects at once and resumes as after any outage.
     """
 
     def __init__(
@@ -364,11 +366,19 @@ class Subscription:
         self._decoder = _StreamDecoder()
         self._ready: deque[ReceivedEvent] = deque()
         self._closed = False
+        #: Around the wait in ``__anext__``, for ``aclose()`` from another task.
+        self._scope: anyio.CancelScope | None = None
 
     @property
     def last_event_id(self) -> str | None:
         """The id a reconnection resumes after: the last id the caller received."""
         return self._last_event_id
+
+    @property
+    def reconnection_seconds(self) -> float:
+        """The wait after a stream ends: the server's last ``retry:``, else
+        ``initial_delay_seconds``; failed attempts back off from it."""
+        return self._reconnection_seconds
 
     @property
     def connections(self) -> int:
@@ -382,18 +392,12 @@ class Subscription:
         while not self._ready:
             if self._closed:
                 raise StopAsyncIteration
-            if self._chunks is None:
-                await self._connect()
-                continue
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                # The broker ended the stream: shutdown, or a full queue (slow subscriber).
-                await self._lost("the stream ended")
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                await self._lost(f"the stream broke ({_describe(exc)})")
-            else:
-                self._take(chunk)
+            # aclose() from another task cancels this scope, and the loop ends.
+            with anyio.CancelScope() as self._scope:
+                try:
+                    await self._step()
+                finally:
+                    self._scope = None
         event = self._ready.popleft()
         if event.id is not None:
             self._last_event_id = event.id or None  # WHATWG: an empty id clears it
@@ -411,10 +415,36 @@ class Subscription:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the stream, if one is open; iteration then ends."""
+        """End the iteration and close the stream. Called while another task
+        waits for an event, it cancels that wait; that task then closes the
+        stream and its ``async for`` ends."""
         self._closed = True
         self._ready.clear()
-        await self._close_stream()
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            await self._close_stream()
+
+    async def _step(self) -> None:
+        """Connect, or read what the stream has next."""
+        if self._chunks is None:
+            await self._connect()
+            return
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            # The broker ended the stream: shutdown, or a full queue (slow subscriber).
+            await self._lost("the stream ended")
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            await self._lost(f"the stream broke ({_describe(exc)})")
+        except BaseException:
+            # Cancelled mid-read: httpcore closes a connection whose read was
+            # interrupted. The next call reconnects at once and resumes.
+            await self._close_stream()
+            self._wait_seconds = None
+            raise
+        else:
+            self._take(chunk)
 
     def _take(self, chunk: bytes) -> None:
         for block in self._decoder.feed(chunk):
