@@ -1,11 +1,65 @@
-"""The one entry point: ``python3 -m nox -s tests lint typing`` is what CI runs."""
+"""The one entry point: ``python3 noxfile.py -s tests lint typing`` is what CI runs.
+
+Run as a script, this file brings nox itself (``python3 -m nox`` works too
+where nox is installed): when nox cannot be imported, it is installed with
+pip into ``.nox/bootstrap`` (``pip --target``, which a PEP 668 "externally
+managed" system Python such as Debian's or Ubuntu's allows, unlike a plain
+``pip install``), and every session then makes its own virtualenv.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-import nox
+#: Where ``python3 noxfile.py`` puts nox when this Python has none.
+BOOTSTRAP = Path(
+    os.environ.get("TRIO_ESPER_NOX_BOOTSTRAP", Path(__file__).parent / ".nox" / "bootstrap")
+)
+#: The nox series this file is written for.
+NOX_REQUIREMENT = "nox>=2025.5"
+
+
+def _bootstrap_nox() -> None:
+    """Make sure nox runs this file: in this interpreter if it has nox, else
+    in a virtualenv of its own (made once, then reused), re-executing there.
+
+    The virtualenv is made with ``virtualenv`` installed by ``pip --target``,
+    which a PEP 668 "externally managed" system Python (Debian's, Ubuntu's)
+    allows, and which needs neither ``python3-venv`` nor ``ensurepip``.
+    """
+    if importlib.util.find_spec("nox") is not None:
+        return
+    python = BOOTSTRAP / "venv" / "bin" / "python"
+    if not python.exists():
+        print(f"noxfile.py: installing nox into {BOOTSTRAP}", file=sys.stderr)
+        packages = BOOTSTRAP / "virtualenv"
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+        steps = [
+            ([*pip, "--upgrade", "--target", str(packages), "virtualenv"], {}),
+            (
+                [sys.executable, "-m", "virtualenv", "--quiet", str(python.parent.parent)],
+                {"PYTHONPATH": str(packages)},
+            ),
+            ([str(python), "-m", "pip", "install", "--quiet", NOX_REQUIREMENT], {}),
+        ]
+        for command, env in steps:
+            if subprocess.run(command, env={**os.environ, **env}, check=False).returncode:
+                sys.exit(
+                    f"noxfile.py: cannot install nox ({' '.join(command[:4])} failed); "
+                    "install pip first (Debian/Ubuntu: apt-get install python3-pip), or nox"
+                )
+    os.execv(python, [str(python), __file__, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _bootstrap_nox()
+
+import nox  # noqa: E402
 
 nox.options.sessions = ["tests", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
@@ -17,21 +71,24 @@ nox.options.error_on_missing_interpreters = True
 PYTHON = None
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
+#: Debian packages other tests drive: curl (the README's commands, TLS).
+TOOL_PACKAGES = ["curl"]
 LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "noxfile.py"]
 
 
 def _ensure_browser(session: nox.Session) -> None:
-    """Install Chromium and ChromeDriver from Debian if they are missing."""
-    if shutil.which("chromium") and shutil.which("chromedriver"):
+    """Install Chromium, ChromeDriver and curl from Debian if they are missing."""
+    if shutil.which("chromium") and shutil.which("chromedriver") and shutil.which("curl"):
         return
     if os.geteuid() != 0:
         session.error(
-            "the browser tests need chromium and chromedriver: "
-            "sudo apt-get install chromium chromium-driver"
+            "the tests need chromium, chromedriver and curl: "
+            "sudo apt-get install chromium chromium-driver curl"
         )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", *BROWSER_PACKAGES, external=True, env=env)
+    packages = [*BROWSER_PACKAGES, *TOOL_PACKAGES]
+    session.run("apt-get", "install", "-y", "-qq", *packages, external=True, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -61,8 +118,17 @@ def typing(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def run(session: nox.Session) -> None:
+    """Run a command with the package installed: ``-s run -- trio-esper token ...``."""
+    if not session.posargs:
+        session.error("give the command after --, e.g. -s run -- python examples/subscribe.py T")
+    session.install("-e", ".")
+    session.run(*session.posargs)
+
+
+@nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
-    """Run the broker: ``python3 -m nox -s serve -- --port 3000``."""
+    """Run the broker: ``python3 noxfile.py -s serve -- --port 3000``."""
     session.install("-e", ".")
     session.run("trio-esper", *session.posargs)
 
@@ -134,3 +200,8 @@ def soak(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+if __name__ == "__main__":
+    os.chdir(Path(__file__).parent)  # where nox looks for this file, and runs sessions
+    nox.main()
