@@ -7,15 +7,20 @@ paths. A missing browser fails these tests: CI installs it, so a skip would
 only hide a broken setup.
 
 Selenium's calls block, so each runs in a worker thread (:func:`in_thread`)
-while the broker keeps serving in the test's own Trio loop.
+while the broker keeps serving in the test's own Trio loop. Pages are served
+over HTTP by :func:`serve_directory`, as ``python3 -m http.server`` serves them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,3 +93,42 @@ def chrome() -> Iterator[webdriver.Chrome]:
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking selenium call without blocking the Trio loop."""
     return await trio.to_thread.run_sync(fn, *args)
+
+
+async def poll_script(
+    driver: webdriver.Chrome,
+    script: str,
+    done: Callable[[Any], bool],
+    what: str,
+    timeout: float = STEP_SECONDS,
+) -> Any:
+    """Run ``script`` in the page until ``done(result)``; return that result.
+    Fails after ``timeout`` with ``what`` was awaited and the last result."""
+    result: Any = None
+    with trio.move_on_after(timeout):
+        while not done(result := await in_thread(driver.execute_script, script)):
+            await trio.sleep(0.05)
+        return result
+    pytest.fail(f"waited {timeout:g} s for {what}; the page shows {result!r}")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1 from a thread, as
+    ``python3 -m http.server`` does, and yield its origin: another origin than
+    the broker's, so the browser applies CORS. Stopped on exit."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            host, port = server.server_address[:2]
+            yield f"http://{host}:{port}"
+        finally:
+            server.shutdown()
+            thread.join()

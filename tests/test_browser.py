@@ -3,11 +3,8 @@ to a real broker."""
 
 from __future__ import annotations
 
-import functools
 import re
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,7 +15,7 @@ import trio
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from .browser import BROWSER_SECONDS, in_thread
+from .browser import BROWSER_SECONDS, in_thread, serve_directory
 from .browser import chrome as chrome  # the fixture
 from .conftest import STEP_SECONDS, Broker, make_token, start_broker, wait_for_stats
 
@@ -35,24 +32,11 @@ return Array.from(document.querySelectorAll('#events li')).map((li) => ({
 """
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def page_server() -> Iterator[str]:
     """Serve examples/ over HTTP from its own port: an origin other than the broker's."""
-    handler = functools.partial(_QuietHandler, directory=str(EXAMPLES))
-    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            host, port = server.server_address[:2]
-            yield f"http://{host}:{port}"
-        finally:
-            server.shutdown()
-            thread.join()
+    with serve_directory(EXAMPLES) as origin:
+        yield origin
 
 
 class Page:
