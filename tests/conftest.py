@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -72,10 +76,20 @@ class BrokerProcess:
     process: trio.Process
     url: str
     stderr: bytearray = field(default_factory=bytearray)
+    #: Set once stderr is read to its end (the process has exited).
+    stderr_closed: trio.Event = field(default_factory=trio.Event)
 
     def log_lines(self, pattern: str) -> list[str]:
         lines = self.stderr.decode(errors="replace").splitlines()
         return [line for line in lines if re.search(pattern, line)]
+
+    async def stop(self, timeout: float = STEP_SECONDS) -> int:
+        """SIGTERM, then wait for the exit and the end of stderr; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(timeout):
+            status = await self.process.wait()
+            await self.stderr_closed.wait()
+        return status
 
 
 #: How a broker says where it listens: ``trio-esper``, and Hypercorn's own line.
@@ -109,7 +123,7 @@ async def broker_process(
                 running.stderr += chunk
         running.url = match.group(1).decode()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect, process.stderr, running.stderr)
+            nursery.start_soon(_collect, process.stderr, running)
             yield running
             nursery.cancel_scope.cancel()
     finally:
@@ -120,9 +134,10 @@ async def broker_process(
         await process.stderr.aclose()
 
 
-async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+async def _collect(stream: trio.abc.ReceiveStream, running: BrokerProcess) -> None:
     while chunk := await stream.receive_some():
-        into += chunk
+        running.stderr += chunk
+    running.stderr_closed.set()
 
 
 @pytest.fixture
@@ -236,3 +251,68 @@ async def wait_for_stats(
 
 
 __all__ = ["STEP_SECONDS", "TOPIC", "Broker", "SSEStream", "make_token", "partial", "start_broker"]
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port."""
+
+    port: int
+    directory: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart) it; append-only file on, so a restart keeps the streams."""
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER or "redis-server",
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + STEP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        pytest.fail("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: Redis goes away at once, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=STEP_SECONDS)
+            self.process = None
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """redis-server (Debian's package) for the session's backplane tests.
+    Missing: the tests skip with a reason, but in CI (CI=true) they fail."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "redis-server is missing: .ci/run installs it (apt-get install redis-server)"
+            )
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = RedisServer(port, str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    yield server
+    server.kill()

@@ -265,7 +265,16 @@ class Subscription:
 
     def drop(self) -> None:
         if not self.dropped:
-            log.info("subscriber to %s dropped: its queue was full", self.topic.name)
+            log.info(
+                "subscriber %s to %s dropped: its queue was full",
+                self.client or "in-process",
+                self.topic.name,
+                extra={
+                    "event": "subscriber_dropped",
+                    "client": self.client or None,
+                    "topic": self.topic.name,
+                },
+            )
             self.dropped = True
             self._hub._dropped += 1
             self.close()
@@ -330,6 +339,11 @@ class Topic:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[Record]](
             TOPIC_INBOX_BATCHES
         )
+        #: Set once the history watches the topic for this node (see
+        #: :meth:`Hub._watched`); ``None`` until the first subscriber asks.
+        self.watched: trio.Event | None = None
+        self.watching = False
+        self.watch_error: Exception | None = None
 
     def open_publisher(self) -> trio.MemorySendChannel[Sequence[Record]]:
         """A clone of the topic's inbox for one publisher; close it when done."""
@@ -401,8 +415,14 @@ class Subscribing:
         self._subscription: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        self._subscription = self._hub._subscribe(self._topic, self._frame, self._client)
-        return self._subscription
+        subscription = self._hub._subscribe(self._topic, self._frame, self._client)
+        try:
+            await self._hub._watched(subscription.topic)
+        except BaseException:
+            self._hub._unsubscribe(subscription)
+            raise
+        self._subscription = subscription
+        return subscription
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._subscription is not None:
@@ -529,6 +549,35 @@ class Hub:
         self._per_client[client] = self._per_client.get(client, 0) + 1
         return subscription
 
+    async def _watched(self, entry: Topic) -> None:
+        """Wait until the history watches ``entry``'s topic for this node
+        (the first subscriber asks it to): from then on, nothing published
+        to it is missed (for the Redis backplane, the stream's position is
+        read before the subscriber is told it is subscribed).
+
+        Raises:
+            HistoryError: the history cannot watch it now.
+        """
+        while not entry.watching:
+            if entry.watched is not None:
+                await entry.watched.wait()
+                if entry.watch_error is not None:
+                    raise entry.watch_error
+                continue  # done, or interrupted (then this subscriber asks again)
+            entry.watched = done = trio.Event()
+            try:
+                await self.history.watch(entry.name, self._deliver)
+            except Exception as error:
+                entry.watch_error = error
+                raise
+            except BaseException:
+                entry.watched = None  # cancelled: whoever waits asks again
+                raise
+            else:
+                entry.watching = True
+            finally:
+                done.set()
+
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
         self._subscriptions -= 1
@@ -542,6 +591,8 @@ class Hub:
         if not entry.subscribers and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
             entry.close()
+            if entry.watching:
+                self.history.unwatch(entry.name)
             if self._closing and not self._topics:
                 self._closed.set()
 

@@ -105,6 +105,21 @@ class History(Protocol):
         """
         ...
 
+    async def watch(self, topic: str, deliver: Deliver) -> None:
+        """The node has a subscriber to ``topic`` now: a backend that delivers
+        what other processes store (the Redis backplane) starts reading it
+        and calls ``deliver``; others need do nothing (they deliver in
+        :meth:`append`).
+
+        Raises:
+            HistoryError: the store cannot be reached (the subscribe is refused).
+        """
+        ...
+
+    def unwatch(self, topic: str) -> None:
+        """The node's last subscriber to ``topic`` left."""
+        ...
+
     async def check(self) -> str | None:
         """Whether the store takes writes now: ``None`` if it does, else why
         not (one line). For readiness probes: cheap, never raises."""

@@ -306,6 +306,12 @@ class MemoryHistory:
             self._events -= 1
         self._forget(ring)
 
+    async def watch(self, topic: str, deliver: Deliver) -> None:
+        """Nothing to do: :meth:`append` delivers."""
+
+    def unwatch(self, topic: str) -> None:
+        """Nothing to do."""
+
     async def check(self) -> str | None:
         await trio.lowlevel.checkpoint()
         return None

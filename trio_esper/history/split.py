@@ -36,6 +36,12 @@ class SplitHistory:
         await self.memory.delete(topic)
         await self.durable.delete(topic)
 
+    async def watch(self, topic: str, deliver: Deliver) -> None:
+        await self._backend(topic).watch(topic, deliver)
+
+    def unwatch(self, topic: str) -> None:
+        self._backend(topic).unwatch(topic)
+
     async def check(self) -> str | None:
         return await self.durable.check()
 

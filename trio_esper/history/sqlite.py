@@ -241,7 +241,12 @@ class _FailureLog:
             self._left_out[kind] += 1
             return
         self._quiet_until[kind] = now + LOG_INTERVAL_SECONDS
-        log.error("history store: %s%s", message, self._left_out_note(kind))
+        log.error(
+            "history store: %s%s",
+            message,
+            self._left_out_note(kind),
+            extra={"event": "store_error", "kind": kind},
+        )
 
     def succeeded(self, kind: str, message: str) -> None:
         """``kind`` worked: if it had failed, say so once its quiet time is over."""
@@ -249,12 +254,22 @@ class _FailureLog:
         if quiet_until is None or trio.current_time() < quiet_until:
             return
         del self._quiet_until[kind]
-        log.info("history store: %s%s", message, self._left_out_note(kind))
+        log.info(
+            "history store: %s%s",
+            message,
+            self._left_out_note(kind),
+            extra={"event": "store_recovered", "kind": kind},
+        )
 
     def flush(self) -> None:
         """Log the counts of lines left out (on closing)."""
         for kind, count in sorted(self._left_out.items()):
-            log.error("history store: %d more %s failures not logged", count, kind)
+            log.error(
+                "history store: %d more %s failures not logged",
+                count,
+                kind,
+                extra={"event": "store_error", "kind": kind, "left_out": count},
+            )
         self._left_out.clear()
 
     def _left_out_note(self, kind: str) -> str:
@@ -310,6 +325,12 @@ class SqliteHistory:
 
     async def delete(self, topic: str) -> None:
         await self._queue(_Append(topic, (), _no_delivery, PURGE))
+
+    async def watch(self, topic: str, deliver: Deliver) -> None:
+        """Nothing to do: :meth:`append` delivers."""
+
+    def unwatch(self, topic: str) -> None:
+        """Nothing to do."""
 
     async def check(self) -> str | None:
         """Commit one row (the writer's own work queue, so it waits behind
