@@ -71,19 +71,21 @@ nox.options.error_on_missing_interpreters = True
 PYTHON = None
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
-#: Debian packages other tests drive: curl (the README's commands, TLS).
-TOOL_PACKAGES = ["curl"]
+#: Debian packages other tests drive: curl (the README's commands, TLS),
+#: redis-server (the backplane's tests start their own).
+TOOL_PACKAGES = ["curl", "redis-server"]
 LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "noxfile.py"]
 
 
 def _ensure_browser(session: nox.Session) -> None:
-    """Install Chromium, ChromeDriver and curl from Debian if they are missing."""
-    if shutil.which("chromium") and shutil.which("chromedriver") and shutil.which("curl"):
+    """Install Chromium, ChromeDriver, curl and redis-server from Debian if missing."""
+    tools = ("chromium", "chromedriver", "curl", "redis-server")
+    if all(shutil.which(tool) for tool in tools):
         return
     if os.geteuid() != 0:
         session.error(
-            "the tests need chromium, chromedriver and curl: "
-            "sudo apt-get install chromium chromium-driver curl"
+            "the tests need chromium, chromedriver, curl and redis-server: "
+            "sudo apt-get install chromium chromium-driver curl redis-server"
         )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
