@@ -261,6 +261,7 @@ def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
         "history": "memory",
         "history_sync": "normal",
         "log_level": "debug",
+        "log_format": "json",
         "api_token": "an-api-token-of-32-characters-xx",
         "metrics_token": "a-metrics-token-of-32-characters",
     }

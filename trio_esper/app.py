@@ -18,7 +18,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
-from . import api, endpoints, ops, web
+from . import api, endpoints, logs, ops, web
 from .config import Config
 from .errors import (
     AmbiguousFraming,
@@ -134,6 +134,8 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
 
     @app.errorhandler(EsperError)
     async def esper_error(error: EsperError) -> Response:
+        topic = (request.view_args or {}).get("topic")
+        logs.auth_failed(error, client=request.remote_addr, topic=topic)
         return web.response(endpoints.error_answer(error, web.cors_headers(config)))
 
     @app.errorhandler(HTTPException)

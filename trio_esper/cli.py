@@ -17,7 +17,7 @@ from functools import partial
 
 import trio
 
-from . import __version__
+from . import __version__, logs
 from .config import (
     DEFAULT_ACCESS_TOKEN_TTL_SECONDS,
     DEFAULT_BIND,
@@ -40,6 +40,7 @@ from .config import (
     ConfigError,
 )
 from .errors import HistoryError
+from .logs import LOG_FORMATS
 
 #: Generation-0 threshold while serving. CPython's default (700) runs a young
 #: collection every few hundred allocations, which under fan-out cost ~45% of
@@ -279,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"[ESPER_ACCESS_TOKEN_TTL_SECONDS] (default {DEFAULT_ACCESS_TOKEN_TTL_SECONDS:g})",
     )
     add("--log-level", choices=LOG_LEVELS, help="[ESPER_LOG_LEVEL] (default info)")
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json: one object per line with time, level, logger, message and "
+        "the event's fields [ESPER_LOG_FORMAT] (default text)",
+    )
     add("--version", action="version", version=f"trio-esper {__version__}")
     return parser
 
@@ -311,8 +318,9 @@ async def _run(config: Config) -> None:
 async def _watch_signals(shutdown: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
             logging.getLogger("trio_esper").info(
-                "%s received, shutting down", signal.Signals(signum).name
+                "%s received, shutting down", name, extra={"event": "signal", "signal": name}
             )
             shutdown.set()
             return
@@ -325,13 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         sys.exit(token_main(args[1:]))
     config = parse_config(argv, dict(os.environ))
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for side, on in (("subscriber", config.subscriber_auth), ("publisher", config.publisher_auth)):
-        logging.getLogger("trio_esper").info("%s auth: %s", side, "JWT" if on else "open")
+    logs.configure(config.log_level, config.log_format)
     if config.subscriber_auth and config.subscriber_key == config.publisher_key:
         logging.getLogger("trio_esper").warning(
             "subscriber and publisher secrets are equal: any subscriber token can publish"

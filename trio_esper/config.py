@@ -19,6 +19,7 @@ from .auth import (
     load_public_keys,
 )
 from .history.spec import parse_history_spec
+from .logs import LOG_FORMATS
 
 #: esper's defaults.
 DEFAULT_BIND = "127.0.0.1"
@@ -102,6 +103,8 @@ class Config:
     #: ``?token=``); allowed origins then get ``Access-Control-Allow-Credentials``.
     auth_cookie: str | None = None
     log_level: str = "info"
+    #: ``text``, or ``json``: one object per line (see logs.py).
+    log_format: str = "text"
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS
     #: ``memory`` or ``sqlite:PATH``.
@@ -202,6 +205,8 @@ class Config:
             raise ConfigError(str(exc)) from None
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}")
         if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):
             raise ConfigError("jwt algorithms must be a non-empty list without 'none'")
         known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
@@ -344,7 +349,7 @@ def _parse(name: str, raw: str) -> object:
         raise ConfigError(f"{env}={raw!r} is not a number") from None
     if kind == "bool":
         return _parse_bool(env, raw)
-    if name == "log_level":
+    if name in ("log_level", "log_format"):
         return raw.strip().lower()
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())

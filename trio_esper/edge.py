@@ -56,7 +56,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 
-from . import endpoints, h1
+from . import endpoints, h1, logs
 from .config import Config
 from .errors import EsperError, LimitReached, RequestTimeout
 from .hub import Hub
@@ -296,7 +296,11 @@ class Edge:
         held = self._per_address.get(address, 0)
         if held >= config.max_connections_per_address:
             # Debug only: a client could otherwise flood the log at will.
-            log.debug("refused a connection from %s: its limit of connections is reached", address)
+            log.debug(
+                "refused a connection from %s: its limit of connections is reached",
+                address,
+                extra={"event": "connection_refused", "client": address},
+            )
             if self._metrics is not None:
                 self._metrics.connection_error("refused")
             refusal = LimitReached(
@@ -321,10 +325,19 @@ class Edge:
             await self._linger(connection)
         except* Exception as group:
             error = _first_leaf(group)
+            # One line; at debug level with the traceback.
             log.warning(
-                "connection from %s ended by %s: %s", connection.peer, type(error).__name__, error
+                "connection from %s ended by %s: %s",
+                connection.peer,
+                type(error).__name__,
+                error,
+                exc_info=group if log.isEnabledFor(logging.DEBUG) else None,
+                extra={
+                    "event": "connection_failed",
+                    "client": address,
+                    "error": type(error).__name__,
+                },
             )
-            log.debug("connection from %s failed", connection.peer, exc_info=group)
             if self._metrics is not None:
                 self._metrics.connection_error("failure")
             del error  # its traceback holds this frame: a cycle
@@ -362,7 +375,11 @@ class Edge:
                 drained += len(data)
 
     async def _shut_down(self, grace_seconds: float) -> None:
-        log.info("shutting down: %d connections open", len(self._connections))
+        log.info(
+            "shutting down: %d connections open",
+            len(self._connections),
+            extra={"event": "stop", "connections": len(self._connections)},
+        )
         self._closing = True
         self._hub.close()
         for connection, (_, idle) in list(self._waiting.items()):
@@ -385,7 +402,9 @@ class Edge:
                 await self._empty.wait()
         if self._connections:
             log.warning(
-                "closing %d connections still open after the grace period", len(self._connections)
+                "closing %d connections still open after the grace period",
+                len(self._connections),
+                extra={"event": "stop_forced", "connections": len(self._connections)},
             )
         for connection in list(self._connections):
             # Closing the socket wakes a write blocked on a peer that stopped
@@ -430,7 +449,7 @@ class Edge:
                 return buffer  # declined, or cut short: Hypercorn answers as it would
             if request.route == "subscribe":
                 buffer = buffer[request.head_bytes :]
-                opened = self._open_stream(request)
+                opened = self._open_stream(request, connection.address)
                 del request  # an open stream keeps nothing of its request
                 if isinstance(opened, _Refused):
                     if not await self._send_answer(connection, opened.answer, opened.keep_alive):
@@ -583,11 +602,12 @@ class Edge:
                 await endpoints.publish(config, self._hub, publish), cors
             )
         except EsperError as error:
+            logs.auth_failed(error, client=connection.address, topic=request.topic)
             answer = endpoints.error_answer(error, cors)
         return await self._send_answer(connection, answer, request.keep_alive)
 
-    def _open_stream(self, request: h1.Request) -> _Opened | _Refused:
-        """Check a subscribe request: where its stream starts, or its refusal."""
+    def _open_stream(self, request: h1.Request, client: str) -> _Opened | _Refused:
+        """Check ``client``'s subscribe request: where its stream starts, or its refusal."""
         config = self._config
         cors = endpoints.cors_headers(config, request.header(b"origin"))
         subscribe = endpoints.SubscribeRequest(
@@ -600,6 +620,7 @@ class Edge:
         try:
             plan = endpoints.plan_subscribe(config, subscribe)
         except EsperError as error:
+            logs.auth_failed(error, client=client, topic=request.topic)
             return _Refused(endpoints.error_answer(error, cors), request.keep_alive)
         return _Opened(plan, cors, close=not request.keep_alive)
 
@@ -664,7 +685,18 @@ class Edge:
             if started:
                 # A history read failed: end the stream; the client
                 # reconnects and resumes.
-                log.warning("stream to %s ended: %s", connection.peer, error.reason)
+                log.warning(
+                    "stream to %s on %s ended: %s",
+                    connection.peer,
+                    opened.plan.topic,
+                    error.reason,
+                    extra={
+                        "event": "stream_failed",
+                        "client": connection.address,
+                        "topic": opened.plan.topic,
+                        "reason": error.reason,
+                    },
+                )
             else:  # refused on entry: the broker is shutting down
                 await self._send_answer(
                     connection, endpoints.error_answer(error, opened.cors), keep_alive=False
@@ -754,7 +786,12 @@ async def _accept(
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.warning("accept failed (%s); retrying in %g s", exc, ACCEPT_RETRY_SECONDS)
+                log.warning(
+                    "accept failed (%s); retrying in %g s",
+                    exc,
+                    ACCEPT_RETRY_SECONDS,
+                    extra={"event": "accept_failed", "error": str(exc)},
+                )
                 await trio.sleep(ACCEPT_RETRY_SECONDS)
             else:
                 nursery.start_soon(handle, stream)

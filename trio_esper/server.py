@@ -15,6 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
+from . import logs
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
@@ -123,7 +124,7 @@ async def serve(
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
             )
-            log.info("listening on http://%s:%d", host, port)
+            logs.started(config, f"http://{host}:{port}")
             task_status.started(Listening(str(host), int(port), broker.hub))
 
 
