@@ -151,7 +151,14 @@ async def test_redis_goes_away_and_comes_back(
         ready = await client.get(f"{a.url}/ready")
         assert ready.status_code == 503
         assert "backplane" in ready.json()["reason"]
-        refused = await client.get(f"{b.url}/subscribe/newtopic123")
+        problem = (await client.get(f"{b.url}/stats")).json()["history"]["problem"]
+        assert "is unavailable" in problem
+        # Through Quart (the connection went there for /stats) and the fast lane.
+        for fresh in (False, True):
+            async with httpx.AsyncClient(timeout=STEP_SECONDS) as other:
+                refused = await (other if fresh else client).get(f"{b.url}/subscribe/newtopic123")
+            assert refused.status_code == 503
+
         assert refused.status_code == 503
         # The open stream stays open: heartbeats go on.
         assert await stream.next_frame() == b": heartbeat\n\n"
@@ -165,6 +172,7 @@ async def test_redis_goes_away_and_comes_back(
         assert [_data_and_id(f) for f in frames] == [("after", acknowledged[1])]
         stats = (await client.get(f"{a.url}/stats")).json()
         assert stats["history"]["backend"] == "redis"
+        assert stats["history"]["problem"] is None
         history = await client.get(f"{a.url}/history/{topic}")
         assert [json.loads(line)["id"] for line in history.text.splitlines()] == acknowledged
     assert a.log_lines("backplane: .* failed")

@@ -108,7 +108,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
     async def pubsub_subscribe(topic: str) -> Response:
         plan = endpoints.plan_subscribe(config, web.subscribe_request(topic))
         hub.topic(plan.topic)  # 404 for a topic the catalog does not list
-        return web.stream_response(config, hub, plan, opening)
+        return await web.stream_response(config, hub, plan, opening)
 
 
 def _object(value: object, what: str, fields: set[str]) -> dict[str, Any]:

@@ -150,7 +150,7 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
     @route("/subscribe/<topic>", "GET")
     async def subscribe(topic: str) -> Response:
         plan = endpoints.plan_subscribe(config, web.subscribe_request(topic))
-        return web.stream_response(config, hub, plan, opening)
+        return await web.stream_response(config, hub, plan, opening)
 
     @route("/publish/<topic>", "POST")
     async def publish(topic: str) -> Response:

@@ -6,6 +6,7 @@ CORS headers, query arguments, token and body, and a way to answer with an
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypedDict
@@ -16,8 +17,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import endpoints
 from .config import Config
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadRequest, EsperError, HistoryError, PayloadTooLarge, UnsupportedMediaType
 from .hub import Hub
+
+log = logging.getLogger("trio_esper")
 
 #: A route handler.
 Handler = Callable[..., Awaitable[Response]]
@@ -112,7 +115,9 @@ def subscribe_request(topic: str) -> endpoints.SubscribeRequest:
     )
 
 
-def stream_response(config: Config, hub: Hub, plan: endpoints.Stream, opening: bytes) -> Response:
+async def stream_response(
+    config: Config, hub: Hub, plan: endpoints.Stream, opening: bytes
+) -> Response:
     """The event stream ``plan`` describes: ``opening``, the history it
     resumes from, then live events until it ends. A ``HEAD`` request gets
     the head alone (RFC 9110, section 9.3.2) and subscribes to nothing.
@@ -126,6 +131,12 @@ def stream_response(config: Config, hub: Hub, plan: endpoints.Stream, opening: b
     # Refused now, with its status; the stream subscribes when it starts
     # (a client gone before then leaves nothing registered).
     hub.admit(plan.topic, client)
+    if hub.history.statistics().problem is not None:
+        # The store (the backplane) was failing: ask it again rather than
+        # answer 200 and end the stream when the subscription cannot open.
+        problem = await hub.history.check()
+        if problem is not None:
+            raise HistoryError(problem)
     if request.method == "HEAD":
         return Response(b"", headers=Headers(headers))
 
@@ -133,13 +144,17 @@ def stream_response(config: Config, hub: Hub, plan: endpoints.Stream, opening: b
         # Subscribing inside the generator: if the client is gone before
         # the body starts, the generator never runs and nothing is
         # registered; once it runs, `async with` unregisters on any exit.
-        async with hub.subscribe(plan.topic, client=client) as subscription:
-            yield opening
-            async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
-                async for page in pages:
-                    yield page
-            async for chunk in subscription:
-                yield chunk
+        try:
+            async with hub.subscribe(plan.topic, client=client) as subscription:
+                yield opening
+                async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
+                    async for page in pages:
+                        yield page
+                async for chunk in subscription:
+                    yield chunk
+        except EsperError as error:
+            # After the head: end the stream; the client reconnects and resumes.
+            log.warning("stream to %s on %s ended: %s", client, plan.topic, error.reason)
 
     return endless(Response(stream(), status=200, headers=Headers(headers)))
 

@@ -69,6 +69,8 @@ class HistoryStatistics:
     """Retained events, all topics."""
     bytes: int
     """Memory held (memory) or file size (sqlite), approximately."""
+    problem: str | None = None
+    """Why the store cannot do its job now (the backplane is down), if it cannot."""
 
 
 Deliver = Callable[[str, Sequence[Record]], Awaitable[None]]

@@ -31,6 +31,7 @@ on anyio, so natively under Trio (README, "Beyond one process").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -184,7 +185,7 @@ class RedisHistory:
         return self.down_reason
 
     def statistics(self) -> HistoryStatistics:
-        return self._statistics
+        return dataclasses.replace(self._statistics, problem=self.down_reason)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -318,6 +319,9 @@ async def open_redis_history(
     Raises:
         HistoryError: Redis cannot be reached at start-up.
     """
+    # coredis logs each lost connection with an empty traceback: our own
+    # lines say what failed, once per interval.
+    logging.getLogger("coredis").setLevel(logging.WARNING)
     client = coredis.Redis.from_url(
         url,
         decode_responses=True,
