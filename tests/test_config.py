@@ -143,6 +143,18 @@ BAD_CONFIG = [
     pytest.param({"ESPER_THREADS": "2"}, {}, r"--threads > 1", id="threads-2"),
     pytest.param({}, {"threads": 4}, r"--threads > 1", id="threads-override"),
     pytest.param({"ESPER_THREADS": "0"}, {}, r"threads must be at least 1", id="threads-0"),
+    pytest.param(
+        {"ESPER_BACKPLANE": "http://redis:6379"},
+        {},
+        r"redis://, rediss:// or unix://",
+        id="backplane-url",
+    ),
+    pytest.param(
+        {"ESPER_BACKPLANE": "redis://r:6379", "ESPER_HISTORY": "sqlite:x.db"},
+        {},
+        r"with a backplane, Redis keeps the history",
+        id="backplane-and-sqlite",
+    ),
     pytest.param({"ESPER_LOG_LEVEL": "verbose"}, {}, r"log level must be one of", id="log"),
     pytest.param({"ESPER_JWT_ALGORITHMS": "none"}, {}, r"'none'", id="alg-none"),
     pytest.param({"ESPER_JWT_ALGORITHMS": "HS256,NoNe"}, {}, r"'none'", id="alg-none-mixed"),
@@ -263,6 +275,7 @@ def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
         "log_level": "debug",
         "log_format": "json",
         "api_token": "an-api-token-of-32-characters-xx",
+        "backplane": "redis://127.0.0.1:6379/0",
         "metrics_token": "a-metrics-token-of-32-characters",
     }
     text = values.get(field.name, "127.0.0.2")

@@ -141,18 +141,20 @@ def started(config: Config, address: str) -> None:
     tokens (``open``, ``secret`` or ``public keys``), and its history."""
     subscribers = _auth_mode(config.subscriber_secret, config.subscriber_keys)
     publishers = _auth_mode(config.publisher_secret, config.publisher_keys)
+    # The backplane's URL may hold a password: only its kind is logged.
+    history = config.history if config.backplane is None else "redis backplane"
     log.info(
         "listening on %s (subscribers: %s, publishers: %s, history: %s)",
         address,
         subscribers,
         publishers,
-        config.history,
+        history,
         extra={
             "event": "start",
             "address": address,
             "subscriber_auth": subscribers,
             "publisher_auth": publishers,
-            "history": config.history,
+            "history": history,
         },
     )
 
