@@ -181,6 +181,25 @@ def fuzz(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def schemathesis(session: nox.Session) -> None:
+    """tests/test_openapi.py with 1000 examples an operation and schemathesis's coverage
+    phase (boundary values), which the default run leaves out to stay under a minute.
+
+    ``SCHEMATHESIS_EXAMPLES=5000 python3 -m nox -s schemathesis -- -x``
+    """
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "tests/test_openapi.py",
+        *session.posargs,
+        env={
+            "SCHEMATHESIS_EXAMPLES": os.environ.get("SCHEMATHESIS_EXAMPLES", "1000"),
+            "SCHEMATHESIS_PHASES": "examples,coverage,fuzzing",
+        },
+    )
+
+
+@nox.session(python=PYTHON)
 def bench_slow(session: nox.Session) -> None:
     """Slow readers (issue 10, point 10): 1000 readers' latency with and without 100 stalled
     subscribers on their topic, the stalled ones dropped per --queue, the broker's memory.
