@@ -17,7 +17,7 @@ from functools import partial
 
 import trio
 
-from . import __version__, logs
+from . import __version__, logs, workers
 from .config import (
     DEFAULT_ACCESS_TOKEN_TTL_SECONDS,
     DEFAULT_BIND,
@@ -67,10 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bind", help=f"address to listen on [ESPER_BIND] (default {DEFAULT_BIND})")
     add("--port", type=int, help=f"port, 0 for any free one [ESPER_PORT] (default {DEFAULT_PORT})")
     add(
+        "--certfile",
+        metavar="PATH",
+        help="PEM certificate chain: with --keyfile, serve TLS only, HTTP/2 by ALPN "
+        "[ESPER_CERTFILE] (default none: plaintext)",
+    )
+    add(
+        "--keyfile",
+        metavar="PATH",
+        help="PEM private key of --certfile, unencrypted [ESPER_KEYFILE] (default none)",
+    )
+    add(
         "--threads",
         type=int,
-        help="worker processes [ESPER_THREADS] (default 1; more need a shared backplane "
-        "and are refused in this version)",
+        help="worker processes sharing the port [ESPER_THREADS] (default 1; more need "
+        "--backplane)",
+    )
+    add(
+        "--workers",
+        type=int,
+        dest="threads",
+        help="the same as --threads",
+    )
+    add(
+        "--backplane",
+        metavar="URL",
+        help="redis://[:password@]host:port/db the broker processes and nodes share "
+        "[ESPER_BACKPLANE] (default: none, one process)",
     )
     add(
         "--no-auth",
@@ -309,7 +332,9 @@ async def _run(config: Config) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown)
-        await nursery.start(partial(serve, config, shutdown=shutdown))
+        listeners = workers.inherited_listeners()
+        await nursery.start(partial(serve, config, shutdown=shutdown, listeners=listeners))
+        workers.report_ready()
         gc.freeze()  # start-up objects are permanent: keep them out of every collection
         await shutdown.wait()
     # serve() has returned once the nursery exits
@@ -334,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(token_main(args[1:]))
     config = parse_config(argv, dict(os.environ))
     logs.configure(config.log_level, config.log_format)
+    if workers.is_worker():
+        workers.become_worker()
+    elif config.threads > 1:
+        sys.exit(workers.supervise(config, args))
     if config.subscriber_auth and config.subscriber_key == config.publisher_key:
         logging.getLogger("trio_esper").warning(
             "subscriber and publisher secrets are equal: any subscriber token can publish"
@@ -347,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(_run, config)
     except* HistoryError as group:
         failure, code = _first_leaf(group).args[0], EXIT_HISTORY
+    except* ConfigError as group:  # the TLS files (server.serve loads them first)
+        failure, code = str(_first_leaf(group)), EXIT_USAGE
     except* OSError as group:
         bind = f"{config.bind}:{config.port}"
         failure, code = f"cannot listen on {bind}: {_first_leaf(group)}", EXIT_USAGE

@@ -77,8 +77,17 @@ class Config:
 
     bind: str = DEFAULT_BIND
     port: int = DEFAULT_PORT
-    #: esper's worker-thread count; trio_esper runs one Trio process (see README).
+    #: PEM certificate chain (the server's certificate first): with
+    #: ``keyfile``, the listener speaks TLS only, HTTP/2 by ALPN.
+    certfile: str | None = None
+    #: PEM private key of ``certfile``'s certificate, unencrypted.
+    keyfile: str | None = None
+    #: esper's worker-thread count: worker processes sharing the port (and
+    #: the backplane, which more than one needs).
     threads: int = 1
+    #: ``redis://[:password@]host:port/db`` (or ``rediss://``): the Redis
+    #: every broker process and node shares; ``None``: one process, alone.
+    backplane: str | None = field(default=None, repr=False)
     #: HMAC secret for subscribers; with no keys either, subscribing is open.
     subscriber_secret: str | None = field(default=None, repr=False)
     #: HMAC secret for publishers and /stats; with no keys either, they are open.
@@ -157,14 +166,28 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        # That both are given, and name a certificate and its key, is checked
+        # where the TLS context is built, first thing at start-up
+        # (edge.load_tls_context): the files are read once, there.
+        if self.certfile == "" or self.keyfile == "":
+            raise ConfigError("certfile and keyfile must not be empty")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
-        if self.threads > 1:
+        if self.threads > 1 and self.backplane is None:
             raise ConfigError(
-                "--threads > 1 needs a shared backplane between worker processes, "
-                "which this version does not have; run one process per topic set "
-                "or use --threads 1"
+                "--threads > 1 runs worker processes that must share events through a "
+                "backplane: give --backplane redis://HOST:PORT (or use --threads 1)"
             )
+        if self.backplane is not None:
+            if not self.backplane.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(
+                    "backplane must be a redis://, rediss:// or unix:// URL "
+                    "(redis://[:password@]host:port/db)"
+                )
+            if self.history != "memory":
+                raise ConfigError(
+                    "with a backplane, Redis keeps the history: leave --history unset"
+                )
         for name in _TYPES:
             # Every duration must be positive, but the age limit (0: none).
             # (`not > 0` refuses NaN too.)

@@ -70,8 +70,9 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
         durable = stored.statistics().backend != "memory"
         catalog = Catalog(config.max_topics, durable=durable)
         history: History = stored
-        if durable:
-            # Topics created with persist: false keep their history in memory.
+        # Topics created with persist: false keep their history in memory,
+        # except with a backplane: other nodes see a topic through Redis only.
+        if durable and config.backplane is None:
             history = SplitHistory(stored, _memory_history(config), catalog.ephemeral)
         async with open_hub(
             history,
@@ -93,6 +94,7 @@ async def serve(
     config: Config,
     *,
     shutdown: trio.Event | None = None,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the broker until ``shutdown`` is set (forever if ``None``).
@@ -100,6 +102,7 @@ async def serve(
     Reports :class:`Listening` (the bound host and port, and the hub)
     through ``task_status`` once listening, so ``await nursery.start(serve,
     config)`` works with ``port=0`` and gives the caller the hub to publish to.
+    ``listeners``: sockets listening already (else it binds ``config``'s address).
 
     Shutdown: new subscriptions are refused, every open stream ends cleanly
     (its terminating chunk is written), idle keep-alive connections close;
@@ -110,9 +113,10 @@ async def serve(
         HistoryError: the history store cannot be opened (before listening).
         OSError: the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(
-        config.port, host=config.bind, backlog=LISTEN_BACKLOG
-    )
+    if listeners is None:  # else listening already (a worker of --threads: workers.py)
+        listeners = await trio.open_tcp_listeners(
+            config.port, host=config.bind, backlog=LISTEN_BACKLOG
+        )
     for listener in listeners:
         _tune_listener(listener.socket, config)
     host, port = listeners[0].socket.getsockname()[:2]
@@ -131,6 +135,14 @@ async def serve(
 @asynccontextmanager
 async def open_history(config: Config) -> AsyncIterator[History]:
     """The history backend ``config.history`` names, open for the block."""
+    if config.backplane is not None:
+        from .history.redis import open_redis_history  # coredis loads only when used
+
+        async with open_redis_history(
+            config.backplane, max_events_per_topic=config.history_events
+        ) as shared:
+            yield shared
+        return
     kind, path = parse_history_spec(config.history)
     max_age = config.history_max_age_seconds or math.inf
     if kind == "sqlite":
