@@ -129,6 +129,19 @@ def run(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Rewrite README.md's table of settings from their declaration (the Config fields in
+    trio_esper/config.py); tests/test_config.py fails while the two differ."""
+    session.install("-e", ".")
+    session.run(
+        "python",
+        "-c",
+        "from pathlib import Path; from trio_esper.config import with_readme_table; "
+        "readme = Path('README.md'); readme.write_text(with_readme_table(readme.read_text()))",
+    )
+
+
+@nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Run the broker: ``python3 noxfile.py -s serve -- --port 3000``."""
     session.install("-e", ".")

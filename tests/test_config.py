@@ -1,17 +1,31 @@
-"""trio_esper.config (Config.from_env) and trio_esper.cli.parse_config."""
+"""trio_esper.config (Config.from_env, the settings' declaration) and trio_esper.cli
+(parse_config, --help): every setting is tested from its declaration (SETTINGS)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from trio_esper.cli import EXIT_USAGE, parse_config
+from trio_esper.auth import PublicKeys
+from trio_esper.cli import EXIT_USAGE, build_parser, parse_config
 from trio_esper.config import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_PORT,
+    README_START,
+    SETTINGS,
     Config,
     ConfigError,
+    Setting,
+    readme_table,
+    with_readme_table,
 )
 
 SECRETS = {"ESPER_SUBSCRIBER_SECRET": "sub-secret", "ESPER_PUBLISHER_SECRET": "pub-secret"}
@@ -258,48 +272,238 @@ def test_parse_config_exits_2(
     assert message in capsys.readouterr().err
 
 
-def _variable_value(field: dataclasses.Field[object]) -> tuple[str, object]:
-    """A value other than the default for ``field``, as its variable and as parsed."""
-    kind = str(field.type)
-    if kind in ("int", "int | None"):
-        return "7", 7
-    if kind == "float":
-        return "7.5", 7.5
-    if kind == "bool":
-        return "0", False
-    if kind.startswith("tuple"):
-        return "HS384,HS512", ("HS384", "HS512")
-    values = {
-        "history": "memory",
-        "history_sync": "normal",
-        "log_level": "debug",
-        "log_format": "json",
-        "api_token": "an-api-token-of-32-characters-xx",
-        "backplane": "redis://127.0.0.1:6379/0",
-        "metrics_token": "a-metrics-token-of-32-characters",
-    }
-    text = values.get(field.name, "127.0.0.2")
-    return text, text
+# --- every setting, from its declaration (SETTINGS) ----------------------------
+
+#: Settings whose text must be particular to be accepted.
+_TEXTS = {
+    "history": ("sqlite:/var/lib/esper/history.db", "memory"),
+    "backplane": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/1"),
+    "jwt_algorithms": ("HS384,HS512", "HS256"),
+}
+#: What some settings need beside them to be accepted.
+_CONTEXT = {
+    "threads": {"ESPER_BACKPLANE": "redis://127.0.0.1:6379/0"},
+    "subscriber_keys": {"ESPER_JWT_ALGORITHMS": "ES256"},
+    "publisher_keys": {"ESPER_JWT_ALGORITHMS": "ES256"},
+    "no_auth": {"ESPER_SUBSCRIBER_SECRET": "a-subscriber-secret-of-40-characters-xxx"},
+}
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Two PEM files, each with one EC public key."""
+    paths = []
+    for n in (1, 2):
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        path = tmp_path_factory.mktemp("keys") / f"key{n}.pem"
+        path.write_bytes(
+            key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def _texts(s: Setting, key_files: tuple[str, str]) -> tuple[str, str]:
+    """Two texts of ``s``'s variable, both accepted, neither its default."""
+    if s.field in _TEXTS:
+        return _TEXTS[s.field]
+    if s.choices:
+        # Upper case: a word is read lower-cased.
+        return s.choices[-1].upper(), s.choices[-2].upper()
+    return {
+        "int": ("7", "9"),
+        "float": ("2.5", "3.5"),
+        "bool": ("0", "1") if s.default else ("1", "0"),
+        "list": ("https://a.example, https://b.example", "https://c.example"),
+        "path": key_files,
+    }.get(s.kind, ("a-text-of-32-characters-or-more!", "another-text-of-32-characters-xx"))
+
+
+def _observed(config: Config, s: Setting) -> object:
+    """What ``config`` holds of ``s``, comparable with :func:`_expected`."""
+    if not s.field:  # ESPER_NO_AUTH: whether auth is off
+        return not config.subscriber_auth
+    value = getattr(config, s.field)
+    if s.kind == "path":  # the keys read from the file
+        return value.source if isinstance(value, PublicKeys) else value
+    return value
+
+
+def _expected(s: Setting, text: str) -> object:
+    if s.kind == "path":
+        return text
+    return s.read(text)
+
+
+def _argv(s: Setting, flag: str, text: str) -> list[str]:
+    """``text`` given to ``s`` through ``flag``."""
+    if s.switch is not None:
+        return [flag] if s.read(text) == s.switch else []
+    if s.kind == "list":
+        return [a for item in text.split(",") for a in (flag, item.strip())]
+    return [flag, text]
+
+
+def _ids(s: Setting) -> str:
+    return s.variable
+
+
+def test_the_declaration_covers_every_field() -> None:
+    declared = [s.field for s in SETTINGS if s.field]
+    assert declared == [f.name for f in dataclasses.fields(Config)]
+    assert len({s.variable for s in SETTINGS}) == len(SETTINGS)
+    flags = [f for s in SETTINGS for f in s.flags]
+    assert len(set(flags)) == len(flags)
+    # A credential is never a flag: its value would show in `ps`.
+    for s in SETTINGS:
+        if s.secret:
+            assert not s.flags, s
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=_ids)
+def test_every_variable_reads_as_its_kind(setting: Setting, key_files: tuple[str, str]) -> None:
+    # ESPER_HISTORY_EVENTS and three more once stayed strings and ended the broker.
+    text, _ = _texts(setting, key_files)
+    context = _CONTEXT.get(setting.field or setting.name, {})
+    config = Config.from_env({**context, setting.variable: text})
+    assert _observed(config, setting) == _expected(setting, text)
+    assert _observed(config, setting) != _observed(Config.from_env(context), setting)
+
+
+FLAGGED = [pytest.param(s, f, id=f) for s in SETTINGS for f in s.flags]
+
+
+@pytest.mark.parametrize(("setting", "flag"), FLAGGED)
+def test_every_flag_reads_as_its_variable(
+    setting: Setting, flag: str, key_files: tuple[str, str]
+) -> None:
+    text, _ = _texts(setting, key_files)
+    environ = _CONTEXT.get(setting.field or setting.name, {})
+    config = parse_config(_argv(setting, flag, text), environ)
+    assert _observed(config, setting) == _expected(setting, text)
+
+
+@pytest.mark.parametrize(("setting", "flag"), FLAGGED)
+def test_the_flag_wins_over_the_variable(
+    setting: Setting, flag: str, key_files: tuple[str, str]
+) -> None:
+    text, other = _texts(setting, key_files)
+    environ = {**_CONTEXT.get(setting.field or setting.name, {}), setting.variable: other}
+    config = parse_config(_argv(setting, flag, text), environ)
+    assert _observed(config, setting) == _expected(setting, text)
+
+
+#: Settings whose text can be unreadable (not a number, not a word it takes).
+READ = [s for s in SETTINGS if s.kind in ("int", "float", "bool") or s.choices]
+#: A value each setting refuses, and what the message says.
+_REFUSED = {
+    "port": "70000",
+    "threads": "0",
+    "history": "mysql:x",
+    "history_sync": "fast",
+    "log_level": "verbose",
+    "log_format": "xml",
+    "jwt_algorithms": "none",
+    "api_token": "short",
+    "metrics_token": "short",
+    "backplane": "http://127.0.0.1",
+    "certfile": "",
+    "keyfile": "",
+}
+
+
+@pytest.mark.parametrize("setting", READ, ids=_ids)
+def test_an_unreadable_variable_exits_2_naming_it(
+    setting: Setting, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_config([], {setting.variable: "many"})
+    assert excinfo.value.code == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("trio-esper: error: ")
+    assert setting.variable in line
 
 
 @pytest.mark.parametrize(
-    "field",
-    [
-        f
-        for f in dataclasses.fields(Config)
-        if f.name
-        not in (
-            "subscriber_secret",
-            "publisher_secret",
-            "subscriber_keys",
-            "publisher_keys",
-            "threads",
-        )
-    ],
-    ids=lambda f: f.name,
+    ("setting", "flag"), [p for p in FLAGGED if p.values[0] in READ and p.values[0].switch is None]
 )
-def test_every_variable_is_read_with_its_type(field: dataclasses.Field[object]) -> None:
-    # ESPER_HISTORY_EVENTS and three more once stayed strings and ended the broker.
-    raw, expected = _variable_value(field)
-    config = Config.from_env({f"ESPER_{field.name.upper()}": raw})
-    assert getattr(config, field.name) == expected
+def test_an_unreadable_flag_exits_2_naming_it(
+    setting: Setting, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_config([flag, "many"], {})
+    assert excinfo.value.code == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"trio-esper: error: argument {setting.flags[0]}")
+
+
+def _refusable() -> list[Any]:
+    cases = []
+    for s in SETTINGS:
+        text = _REFUSED.get(s.field) or {"int": "-1", "float": "-1"}.get(s.kind)
+        if text is not None and s.kind != "bool":
+            cases.append(pytest.param(s, text, id=s.variable))
+    return cases
+
+
+@pytest.mark.parametrize(("setting", "text"), _refusable())
+def test_a_refused_value_exits_2_naming_its_variable_or_flag(
+    setting: Setting, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_config([], {setting.variable: text})
+    assert excinfo.value.code == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert setting.variable in line
+    if setting.flags and setting.switch is None and setting.kind != "list":
+        with pytest.raises(SystemExit) as excinfo:
+            parse_config([setting.flags[0], text], {})
+        [line] = capsys.readouterr().err.splitlines()
+        assert setting.flags[0] in line
+
+
+def test_help_lists_every_flag_and_every_variable() -> None:
+    text = build_parser().format_help()
+    for s in SETTINGS:
+        assert s.variable in text, s
+        for flag in s.flags:
+            assert flag in text, s
+    only = text[text.index("environment only") :]
+    for s in SETTINGS:
+        assert (s.variable in only) == (not s.flags), s
+    assert "trio-esper token" in text
+
+
+def test_help_is_fast_and_shows_no_secret_value() -> None:
+    secrets = {s.variable: f"value-of-{s.variable}-0123456789" for s in SETTINGS if s.secret}
+    script = (
+        "import sys\n"
+        "from trio_esper.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'quart' not in sys.modules, 'trio-esper --help imported quart'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **secrets},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for variable, value in secrets.items():
+        assert variable in result.stdout
+        assert value not in result.stdout + result.stderr
+
+
+def test_the_readme_table_is_the_declarations() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert README_START in readme
+    assert with_readme_table(readme) == readme, (
+        "README.md's settings table differs from the declaration: run python3 noxfile.py -s docs"
+    )
+    for s in SETTINGS:
+        assert f"`{s.variable}" in readme_table(), s

@@ -1,13 +1,18 @@
 """Settings: one frozen dataclass, filled from the environment and the command line.
 
-Pure: no trio, no quart. Every setting has a command-line flag and an
-``ESPER_*`` environment variable; the flag wins. Units are in the names.
+Pure: no trio, no quart. Each setting is declared once, on its field
+(:func:`setting`): its flags, its ``ESPER_*`` variable, how its text reads,
+its help. :meth:`Config.from_env`, the command line (cli.py), ``--help``, the
+tests and the README's table are derived from :data:`SETTINGS`. The flag
+wins over the variable. Units are in the names.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import TypeVar
 
 from .auth import (
     DEFAULT_ALGORITHMS,
@@ -66,102 +71,415 @@ DEFAULT_ACCESS_TOKEN_TTL_SECONDS = 86_400.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+#: Every variable's prefix.
+ENV_PREFIX = "ESPER_"
+#: Where the README's table of settings starts and ends (``nox -s docs`` rewrites it).
+README_START = "<!-- settings:start -->"
+README_END = "<!-- settings:end -->"
+
+_T = TypeVar("_T")
+#: A Markdown link to a section of the README: ``[title](#anchor)``.
+_README_LINK = re.compile(r"\[([^\]]+)\]\(#[a-z0-9-]+\)")
+
 
 class ConfigError(ValueError):
     """A setting has a value the broker cannot run with."""
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """How one setting is given, declared once, on its :class:`Config` field
+    (:func:`setting`). :meth:`Config.from_env`, the command line and its
+    ``--help`` (cli.py), the tests and the README's table are derived from
+    these; :data:`SETTINGS` lists them all."""
+
+    #: What it does, in one line: the README's "meaning" (Markdown: code
+    #: spans and links within the README) and, as :attr:`plain_help`, ``--help``'s.
+    help: str
+    #: Its command-line flags, the first its name; none: environment only.
+    flags: tuple[str, ...] = ()
+    #: What ``--help`` calls the flag's argument; ``None`` for a switch.
+    metavar: str | None = None
+    #: A switch (a flag that takes no argument) sets this value.
+    switch: bool | None = None
+    #: The environment variable: ``ESPER_`` and the field's name in capitals,
+    #: unless declared.
+    variable: str = ""
+    #: The words it takes, if it takes a few (lower-cased when read).
+    choices: tuple[str, ...] = ()
+    #: An empty variable leaves it unset.
+    empty_is_unset: bool = False
+    #: A credential: set from the environment only (a flag's value shows in
+    #: ``ps``), never shown, and an empty variable leaves it unset.
+    secret: bool = False
+    #: The :class:`Config` field it sets; ``""`` for ``ESPER_NO_AUTH``,
+    #: which decides others.
+    field: str = ""
+    #: How its text reads, from the field's type: ``int``, ``float``,
+    #: ``bool``, ``list`` (comma-separated; the flag is repeatable), ``path``
+    #: (a key file, read into the field) or ``str``.
+    kind: str = "str"
+    #: The field's default.
+    default: object = None
+
+    @property
+    def name(self) -> str:
+        """What :meth:`Config.from_env`'s overrides and the flag parser call
+        it: the variable's name, lower-cased, without ``ESPER_``."""
+        return self.variable.removeprefix(ENV_PREFIX).lower()
+
+    def read(self, text: str) -> object:
+        """``text`` (a variable's value, or a flag's argument) as a value.
+
+        Raises:
+            ValueError: it does not read as this setting's kind; the message
+                says why, after the text (``is not a number``).
+        """
+        try:
+            if self.kind == "int":
+                return int(text)
+            if self.kind == "float":
+                return float(text)
+        except ValueError:
+            raise ValueError("is not a number") from None
+        if self.kind == "bool":
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("", "0", "false", "no", "off"):
+                return False
+            raise ValueError("is not a boolean")
+        if self.kind == "list":
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if self.choices:
+            return text.strip().lower()
+        return text
+
+    def read_variable(self, text: str) -> object:
+        """``text``, the variable's value, as a value.
+
+        Raises:
+            ConfigError: it does not read; the message names the variable.
+        """
+        try:
+            return self.read(text)
+        except ValueError as exc:
+            raise ConfigError(f"{self.variable}={text!r} {exc}") from None
+
+    @property
+    def shown_default(self) -> str:
+        """The default as ``--help`` and the README say it."""
+        value = self.default
+        if value is None or value == ():
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    @property
+    def shown_variable(self) -> str:
+        """The variable as ``--help`` names it: with the value a switch
+        stands for, and how a list is written."""
+        if self.switch is not None:
+            return f"{self.variable}={int(self.switch)}"
+        if self.kind == "list":
+            return f"{self.variable}, comma-separated"
+        return self.variable
+
+    @property
+    def plain_help(self) -> str:
+        """:attr:`help` as text: code spans unquoted, a link to a README
+        section its title and "in the README"."""
+        return _README_LINK.sub(r"\1 in the README", self.help).replace("`", "")
+
+    @property
+    def flag_help(self) -> str:
+        """The flag's ``--help`` line: what it does, its variable, its default."""
+        if self.switch is not None:
+            return f"{self.plain_help} [{self.shown_variable}]"
+        return f"{self.plain_help} [{self.shown_variable}] (default {self.shown_default})"
+
+
+def setting(
+    default: _T,
+    *flags: str,
+    help: str,
+    metavar: str | None = None,
+    switch: bool | None = None,
+    variable: str = "",
+    choices: tuple[str, ...] = (),
+    empty_is_unset: bool = False,
+    secret: bool = False,
+    repr: bool = True,
+) -> _T:
+    """A :class:`Config` field with ``default``, declared as a :class:`Setting`
+    (see its attributes). A secret is never in the repr."""
+    declared = Setting(
+        help=help,
+        flags=flags,
+        metavar=metavar,
+        switch=switch,
+        variable=variable,
+        choices=choices,
+        empty_is_unset=empty_is_unset,
+        secret=secret,
+    )
+    return field(default=default, repr=repr and not secret, metadata={"setting": declared})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the broker can be told. Build with :meth:`from_env` or directly."""
 
-    bind: str = DEFAULT_BIND
-    port: int = DEFAULT_PORT
-    #: PEM certificate chain (the server's certificate first): with
-    #: ``keyfile``, the listener speaks TLS only, HTTP/2 by ALPN.
-    certfile: str | None = None
-    #: PEM private key of ``certfile``'s certificate, unencrypted.
-    keyfile: str | None = None
-    #: esper's worker-thread count: worker processes sharing the port (and
-    #: the backplane, which more than one needs).
-    threads: int = 1
-    #: ``redis://[:password@]host:port/db`` (or ``rediss://``): the Redis
-    #: every broker process and node shares; ``None``: one process, alone.
-    backplane: str | None = field(default=None, repr=False)
-    #: HMAC secret for subscribers; with no keys either, subscribing is open.
-    subscriber_secret: str | None = field(default=None, repr=False)
-    #: HMAC secret for publishers and /stats; with no keys either, they are open.
-    publisher_secret: str | None = field(default=None, repr=False)
-    #: Public keys subscriber tokens are verified with instead of a secret
-    #: (read from ``ESPER_SUBSCRIBER_KEY_FILE``).
-    subscriber_keys: PublicKeys | None = field(default=None, repr=False)
-    #: The same for publishers and /stats (``ESPER_PUBLISHER_KEY_FILE``).
-    publisher_keys: PublicKeys | None = field(default=None, repr=False)
-    #: Accepted ``alg`` values: a secret side uses the HMAC ones, a key-file
-    #: side the public-key ones.
-    jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    #: The ``aud`` every token must carry; ``None``: tokens naming any
-    #: audience are refused (they were minted for another service).
-    jwt_audience: str | None = None
-    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    queue_events: int = DEFAULT_QUEUE_EVENTS
-    #: Origins allowed to subscribe/publish from a browser; ``("*",)`` for any.
-    cors_origins: tuple[str, ...] = ()
-    #: Name of a cookie that may carry the JWT (besides ``Authorization`` and
-    #: ``?token=``); allowed origins then get ``Access-Control-Allow-Credentials``.
-    auth_cookie: str | None = None
-    log_level: str = "info"
-    #: ``text``, or ``json``: one object per line (see logs.py).
-    log_format: str = "text"
-    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
-    write_timeout_seconds: float = DEFAULT_WRITE_TIMEOUT_SECONDS
-    #: ``memory`` or ``sqlite:PATH``.
-    history: str = "memory"
-    #: Events retained per topic.
-    history_events: int = DEFAULT_HISTORY_EVENTS
-    #: Events older than this are dropped from history; 0 keeps them (count only).
-    history_max_age_seconds: float = 0.0
-    #: Memory history's total budget, all topics together.
-    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
-    #: sqlite: ``full`` (flush every commit) or ``normal`` (WAL, no flush per commit).
-    history_sync: str = "full"
-    #: ``retry:`` hint (reconnection delay) sent when a stream opens; None sends none.
-    retry_ms: int | None = None
-    #: An idle keep-alive connection is closed after this long.
-    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
-    #: A request head not complete this long after its first byte: 408, closed.
-    request_head_timeout_seconds: float = DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS
-    #: A request body with no byte for this long: 408, closed.
-    request_body_timeout_seconds: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS
-    #: A request body must arrive within ``request_body_timeout_seconds`` plus
-    #: its length over this rate (bytes per second), else 408.
-    request_body_min_rate_bytes: int = DEFAULT_REQUEST_BODY_MIN_RATE_BYTES
-    #: Topics with subscribers held at once; a subscribe to another: 503.
-    max_topics: int = DEFAULT_MAX_TOPICS
-    #: Subscriptions held at once, all topics; past it: 503.
-    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
-    #: Subscriptions to one topic; past it: 503.
-    max_subscribers_per_topic: int = DEFAULT_MAX_SUBSCRIBERS
-    #: Open connections from one client address; past it: 503, closed.
-    max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
-    #: Subscriptions from one client address; past it: 503.
-    max_subscriptions_per_address: int = DEFAULT_MAX_PER_ADDRESS
-    #: Publish requests per second on one connection (burst: one second's
-    #: worth); past it: 429. 0: no limit.
-    publish_rate_per_connection: float = 0.0
-    #: Serve plain HTTP/1.1 publishes and subscribes without Hypercorn and
-    #: Quart (see edge.py).
-    fast_lane: bool = True
-    #: Bearer token for the topic API's management routes (and /metrics,
-    #: /stats); ``None``: only publisher JWTs with ``"admin": true`` (or
-    #: nothing, if the publisher side is open). From ``ESPER_API_TOKEN``.
-    api_token: str | None = field(default=None, repr=False)
-    #: Bearer token for /metrics (and /stats, the dashboard); ``None``: the
-    #: API credential, or open if there is none. From ``ESPER_METRICS_TOKEN``.
-    metrics_token: str | None = field(default=None, repr=False)
-    #: Lifetime of the subscriber token ``POST /api/v1/pubsubs`` returns.
-    access_token_ttl_seconds: float = DEFAULT_ACCESS_TOKEN_TTL_SECONDS
+    bind: str = setting(DEFAULT_BIND, "--bind", metavar="ADDR", help="address to listen on")
+    port: int = setting(DEFAULT_PORT, "--port", metavar="N", help="port; `0` picks a free one")
+    certfile: str | None = setting(
+        None,
+        "--certfile",
+        metavar="PATH",
+        help="PEM certificate chain, the server's certificate first: with `--keyfile`, the "
+        "port speaks TLS only, HTTP/2 or HTTP/1.1 by ALPN (see [TLS and HTTP/2](#tls-and-http2))",
+    )
+    keyfile: str | None = setting(
+        None, "--keyfile", metavar="PATH", help="the certificate's private key, PEM, unencrypted"
+    )
+    threads: int = setting(
+        1,
+        "--threads",
+        "--workers",
+        metavar="N",
+        help="worker processes on one port; more than 1 needs `--backplane` (see below)",
+    )
+    backplane: str | None = setting(
+        None,
+        "--backplane",
+        metavar="URL",
+        help="`redis://[:password@]host:port/db` (or `rediss://`, `unix://`): the Redis every "
+        "process and node shares ([Beyond one process](#beyond-one-process))",
+        repr=False,
+    )
+    subscriber_secret: str | None = setting(
+        None,
+        help="HMAC secret for subscribers; unset or empty, and no key file: subscribing is open",
+        secret=True,
+    )
+    publisher_secret: str | None = setting(
+        None,
+        help="HMAC secret for publishers and `/stats`; unset or empty, and no key file: open",
+        secret=True,
+    )
+    subscriber_keys: PublicKeys | None = setting(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        "--subscriber-key-file",
+        metavar="PATH",
+        variable="ESPER_SUBSCRIBER_KEY_FILE",
+        empty_is_unset=True,
+        help="PEM or JWKS file of the public keys subscriber tokens are verified with, "
+        "instead of the secret",
+        repr=False,
+    )
+    publisher_keys: PublicKeys | None = setting(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        "--publisher-key-file",
+        metavar="PATH",
+        variable="ESPER_PUBLISHER_KEY_FILE",
+        empty_is_unset=True,
+        help="the same for publishers and `/stats`",
+        repr=False,
+    )
+    jwt_algorithms: tuple[str, ...] = setting(
+        DEFAULT_ALGORITHMS,
+        help="accepted algorithms: `HS256` `HS384` `HS512` for secrets; `RS256` `RS384` "
+        "`RS512` `PS256` `PS384` `PS512` `ES256` `ES384` `ES512` `ES256K` `EdDSA` for key "
+        "files (`none` and unknown names are refused at start-up)",
+    )
+    jwt_audience: str | None = setting(
+        None,
+        "--jwt-audience",
+        metavar="AUD",
+        empty_is_unset=True,
+        help="`aud` every token must carry; unset or empty: a token that carries an `aud` "
+        "is refused",
+    )
+    heartbeat_seconds: float = setting(
+        DEFAULT_HEARTBEAT_SECONDS,
+        "--heartbeat",
+        metavar="SECONDS",
+        help="comment sent on idle streams this often",
+    )
+    max_body_bytes: int = setting(
+        DEFAULT_MAX_BODY_BYTES, "--max-body", metavar="BYTES", help="largest publish body"
+    )
+    queue_events: int = setting(
+        DEFAULT_QUEUE_EVENTS,
+        "--queue",
+        metavar="EVENTS",
+        help="events buffered per subscriber; a subscriber this far behind is disconnected",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "--cors-origin",
+        metavar="ORIGIN",
+        help="browser origins allowed; repeatable; `*` for any",
+    )
+    auth_cookie: str | None = setting(
+        None,
+        "--auth-cookie",
+        metavar="NAME",
+        help="a cookie that may carry the JWT; allowed origins then get "
+        "`Access-Control-Allow-Credentials` (see [Auth](#auth))",
+    )
+    log_level: str = setting(
+        "info",
+        "--log-level",
+        metavar="LEVEL",
+        choices=LOG_LEVELS,
+        help="`debug`, `info`, `warning`, `error`, `critical`",
+    )
+    log_format: str = setting(
+        "text",
+        "--log-format",
+        metavar="FORMAT",
+        choices=LOG_FORMATS,
+        help="`text`, or `json`: one object per line (see [Logs](#logs))",
+    )
+    shutdown_grace_seconds: float = setting(
+        DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        "--shutdown-grace",
+        metavar="SECONDS",
+        help="time open connections get to finish on SIGINT/SIGTERM",
+    )
+    write_timeout_seconds: float = setting(
+        DEFAULT_WRITE_TIMEOUT_SECONDS,
+        help="a connection whose sent data stays unacknowledged this long is aborted "
+        "(`TCP_USER_TIMEOUT`)",
+    )
+    history: str = setting(
+        "memory",
+        "--history",
+        metavar="SPEC",
+        help="`memory` or `sqlite:PATH` (see [History and resume](#history-and-resume))",
+    )
+    history_events: int = setting(
+        DEFAULT_HISTORY_EVENTS, "--history-events", metavar="N", help="events retained per topic"
+    )
+    history_max_age_seconds: float = setting(
+        0.0,
+        "--history-max-age",
+        metavar="SECONDS",
+        help="sqlite: drop older events; `0`: none",
+    )
+    history_max_bytes: int = setting(
+        DEFAULT_HISTORY_MAX_BYTES,
+        "--history-max-bytes",
+        metavar="BYTES",
+        help="memory: budget for all topics",
+    )
+    history_sync: str = setting(
+        "full",
+        "--history-sync",
+        metavar="MODE",
+        choices=("full", "normal"),
+        help="sqlite: `full` flushes every commit to disk (survives power loss); `normal` "
+        "survives the broker's own crash (`kill -9`) only",
+    )
+    retry_ms: int | None = setting(
+        None,
+        "--retry",
+        metavar="MS",
+        help="`retry:` hint sent when a stream opens; none: the browser's own",
+    )
+    keep_alive_seconds: float = setting(
+        DEFAULT_KEEP_ALIVE_SECONDS,
+        "--keep-alive",
+        metavar="SECONDS",
+        help="a connection idle between requests is closed after this long",
+    )
+    request_head_timeout_seconds: float = setting(
+        DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS,
+        "--request-head-timeout",
+        metavar="SECONDS",
+        help="a request head not complete this long after its first byte: 408, closed",
+    )
+    request_body_timeout_seconds: float = setting(
+        DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS,
+        "--request-body-timeout",
+        metavar="SECONDS",
+        help="a request body that stalls (no byte) this long: 408, closed",
+    )
+    request_body_min_rate_bytes: int = setting(
+        DEFAULT_REQUEST_BODY_MIN_RATE_BYTES,
+        "--request-body-min-rate",
+        metavar="BYTES",
+        help="a body must arrive within the body timeout plus its length at this many "
+        "bytes/s: 408, closed",
+    )
+    max_topics: int = setting(
+        DEFAULT_MAX_TOPICS,
+        "--max-topics",
+        metavar="N",
+        help="topics with subscribers held at once; a subscribe to another: 503",
+    )
+    max_subscribers: int = setting(
+        DEFAULT_MAX_SUBSCRIBERS,
+        "--max-subscribers",
+        metavar="N",
+        help="subscriptions held at once, all topics: past it 503",
+    )
+    max_subscribers_per_topic: int = setting(
+        DEFAULT_MAX_SUBSCRIBERS,
+        "--max-subscribers-per-topic",
+        metavar="N",
+        help="subscriptions to one topic: past it 503",
+    )
+    max_connections_per_address: int = setting(
+        DEFAULT_MAX_PER_ADDRESS,
+        "--max-connections-per-address",
+        metavar="N",
+        help="open connections from one client address: past it 503 at once, and closed",
+    )
+    max_subscriptions_per_address: int = setting(
+        DEFAULT_MAX_PER_ADDRESS,
+        "--max-subscriptions-per-address",
+        metavar="N",
+        help="subscriptions from one client address: past it 503",
+    )
+    publish_rate_per_connection: float = setting(
+        0.0,
+        "--publish-rate",
+        metavar="PER_SECOND",
+        help="publish requests a second on one connection (burst: one second's worth): past "
+        "it 429; `0`: none",
+    )
+    fast_lane: bool = setting(
+        True,
+        "--no-fast-lane",
+        switch=False,
+        help="serve every request through Quart-Trio, none through the edge's fast forms "
+        "(see [Design](#design))",
+    )
+    api_token: str | None = setting(
+        None,
+        help="bearer token for the [topic API](#topic-api)'s management routes and "
+        "monitoring (16 characters or more; empty is unset)",
+        secret=True,
+    )
+    metrics_token: str | None = setting(
+        None,
+        help="bearer token for `/metrics`, `/stats`, `/stats/stream` and the dashboard (16 "
+        "characters or more)",
+        secret=True,
+    )
+    access_token_ttl_seconds: float = setting(
+        DEFAULT_ACCESS_TOKEN_TTL_SECONDS,
+        "--access-token-ttl",
+        metavar="SECONDS",
+        help="lifetime of the subscriber token `POST /api/v1/pubsubs` returns",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -303,7 +621,10 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
-        """Build from ``ESPER_*`` variables, then apply ``overrides`` (CLI flags).
+        """Build from ``ESPER_*`` variables (:data:`SETTINGS`), then apply
+        ``overrides`` (CLI flags): keyword arguments named as
+        :attr:`Setting.name` (``port``, ``no_auth``, ``subscriber_key_file``)
+        or as a field; ``None`` is not given.
 
         ``ESPER_SUBSCRIBER_SECRET`` / ``ESPER_PUBLISHER_SECRET`` unset or empty
         leave that side open, unless ``ESPER_SUBSCRIBER_KEY_FILE`` /
@@ -316,67 +637,144 @@ class Config:
             ConfigError: a variable does not parse or a value is out of range.
         """
         values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is None or f.name in _AUTH_FIELDS:
-                continue
-            if f.name in ("jwt_audience", *_BEARER_FIELDS) and not raw:
-                continue
-            values[f.name] = _parse(f.name, raw)
-        for side in ("subscriber", "publisher"):
-            secret = environ.get(f"{ENV_PREFIX}{side.upper()}_SECRET")
-            values[f"{side}_secret"] = secret or None
-        no_auth = overrides.pop("no_auth", None)
-        if no_auth is None:
-            no_auth = _parse_bool("ESPER_NO_AUTH", environ.get("ESPER_NO_AUTH", "0"))
-        key_files = {
-            side: overrides.pop(f"{side}_key_file", None)
-            or environ.get(f"{ENV_PREFIX}{side.upper()}_KEY_FILE")
-            for side in ("subscriber", "publisher")
-        }
+        key_files: dict[str, str] = {}
+        #: Where each field's value came from: its variable, or its flag.
+        sources: dict[str, str] = {}
+        no_auth = False
+        for s in SETTINGS:
+            value = overrides.pop(s.name, None)
+            source = s.flags[0] if s.flags else s.name
+            if value is None or (value == "" and s.empty_is_unset):
+                text = environ.get(s.variable)
+                if text is None or (not text and (s.empty_is_unset or s.secret)):
+                    continue
+                value, source = s.read_variable(text), s.variable
+            sources[s.field] = source
+            if not s.field:
+                no_auth = bool(value)
+            elif s.kind == "path":
+                key_files[s.field] = str(value)
+            else:
+                values[s.field] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         if no_auth:
             for name in (*_AUTH_FIELDS, *_BEARER_FIELDS):
                 values[name] = None
         else:
-            for side, path in key_files.items():
-                if path:
-                    values[f"{side}_keys"] = _read_key_file(side, str(path))
+            for name, path in key_files.items():
+                values[name] = _read_key_file(name.removesuffix("_keys"), path)
         try:
             return cls(**values)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
+        except ConfigError as exc:
+            # Name the variables (or flags) the refusal is about, unless it does.
+            named = [
+                source
+                for name, source in sources.items()
+                if name and source not in str(exc) and _builds_without(cls, values, name)
+            ]
+            if not named:
+                raise
+            raise ConfigError(f"{exc} ({', '.join(named)})") from None
 
 
-ENV_PREFIX = "ESPER_"
-#: Static bearer tokens: set only from the environment, empty is unset.
+#: ``ESPER_NO_AUTH`` sets no field: it clears the secrets, keys and tokens.
+NO_AUTH = Setting(
+    "turn JWT checks off for both sides, whatever the secrets and key files say (key files "
+    "are then not read)",
+    ("--no-auth",),
+    switch=True,
+    variable=f"{ENV_PREFIX}NO_AUTH",
+    kind="bool",
+    default=False,
+)
+#: Static bearer tokens: at least :data:`MIN_BEARER_CHARS` long.
 _BEARER_FIELDS = ("api_token", "metrics_token")
 #: A static token shorter than this is guessable.
 MIN_BEARER_CHARS = 16
-#: Fields read from variables of their own (``*_SECRET``, ``*_KEY_FILE``).
+#: What ``ESPER_NO_AUTH`` clears.
 _AUTH_FIELDS = ("subscriber_secret", "publisher_secret", "subscriber_keys", "publisher_keys")
 #: Each field's declared type, as written (``from __future__ import
-#: annotations`` keeps annotations as strings): what its variable parses as.
+#: annotations`` keeps annotations as strings).
 _TYPES = {f.name: str(f.type) for f in fields(Config)}
+#: How a variable of each declared type reads (anything else: as text).
+_KINDS = {
+    "int": "int",
+    "int | None": "int",
+    "float": "float",
+    "bool": "bool",
+    "tuple[str, ...]": "list",
+    "PublicKeys | None": "path",
+}
 
 
-def _parse(name: str, raw: str) -> object:
-    env = ENV_PREFIX + name.upper()
-    kind = _TYPES[name]
+def _declared() -> tuple[Setting, ...]:
+    """Every field's :class:`Setting`, completed from the field, in the
+    fields' order; :data:`NO_AUTH` before the secrets it clears."""
+    declared: list[Setting] = []
+    for f in fields(Config):
+        if f.name == "subscriber_secret":
+            declared.append(NO_AUTH)
+        given: Setting = f.metadata["setting"]
+        declared.append(
+            replace(
+                given,
+                field=f.name,
+                variable=given.variable or ENV_PREFIX + f.name.upper(),
+                kind=_KINDS.get(_TYPES[f.name], "str"),
+                default=f.default,
+            )
+        )
+    return tuple(declared)
+
+
+#: Every setting, in the order ``--help`` and the README list them.
+SETTINGS = _declared()
+
+
+def readme_table() -> str:
+    """The README's table of settings (Markdown), from :data:`SETTINGS`."""
+    rows = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        flags = ", ".join(f"`{f} {s.metavar}`" if s.metavar else f"`{f}`" for f in s.flags)
+        if s.kind == "list":
+            variable = f"`{s.variable}` (comma-separated)"
+        elif s.switch is not None:
+            variable = f"`{s.variable}={int(s.switch)}`"
+        else:
+            variable = f"`{s.variable}`"
+        default = s.shown_default
+        if s.default is not None and s.default != () and not isinstance(s.default, bool):
+            default = f"`{default}`"
+        meaning = s.help.replace("|", "\\|")
+        rows.append(f"| {flags} | {variable} | {default} | {meaning} |".replace("|  |", "| |"))
+    rows.append("| `--version`, `--help` | | | |")
+    return "\n".join(rows) + "\n"
+
+
+def with_readme_table(readme: str) -> str:
+    """``readme`` with its table of settings, between :data:`README_START`
+    and :data:`README_END`, replaced by :func:`readme_table`.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    head, start, rest = readme.partition(README_START)
+    _, end, tail = rest.partition(README_END)
+    if not (start and end):
+        raise ValueError(f"no {README_START} ... {README_END} in the README")
+    return f"{head}{start}\n{readme_table()}{end}{tail}"
+
+
+def _builds_without(cls: type[Config], values: dict[str, object], name: str) -> bool:
+    """Whether ``values`` but ``name`` make a :class:`Config`: then a
+    refusal of ``values`` is about ``name``."""
     try:
-        if kind in ("int", "int | None"):
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"{env}={raw!r} is not a number") from None
-    if kind == "bool":
-        return _parse_bool(env, raw)
-    if name in ("log_level", "log_format"):
-        return raw.strip().lower()
-    if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    return raw
+        cls(**{k: v for k, v in values.items() if k != name})  # type: ignore[arg-type]
+    except (ConfigError, TypeError):
+        return False
+    return True
 
 
 def _read_key_file(side: str, path: str) -> PublicKeys:
@@ -385,12 +783,3 @@ def _read_key_file(side: str, path: str) -> PublicKeys:
         return load_public_keys(path)
     except KeyFileError as exc:
         raise ConfigError(f"{side} key file {path}: {exc}") from None
-
-
-def _parse_bool(env: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("", "0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{env}={raw!r} is not a boolean")
