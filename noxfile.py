@@ -236,6 +236,18 @@ def soak(session: nox.Session) -> None:
     session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def bench_h2(session: nox.Session) -> None:
+    """Fan-out over HTTP/2 against HTTP/1.1, plaintext and over TLS, in one run
+    (benchmarks/h2_fanout.py): deliveries/s and broker CPU per delivery, subscribe and
+    publish.
+
+    ``python3 -m nox -s bench_h2 -- --repeat 3 --subscribers 200 --modes h1-tls,h2-tls``
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/h2_fanout.py", *session.posargs)
+
+
 if __name__ == "__main__":
     os.chdir(Path(__file__).parent)  # where nox looks for this file, and runs sessions
     nox.main()

@@ -19,12 +19,22 @@ end of shutdown (below). A connection is served one of two ways:
   runs Hypercorn's HTTP protocol on the connection, with the bytes already
   read replayed first; Hypercorn and Quart-Trio answer as they always do.
   ``fast_lane=False`` sends every connection there.
+* **TLS.** With a TLS context (``--certfile``/``--keyfile``) the task wraps
+  the socket in a :class:`trio.SSLStream`, does the handshake within the
+  request-head timeout, and runs Hypercorn on the encrypted stream, which
+  speaks HTTP/2 if ALPN chose ``h2`` and HTTP/1.1 otherwise. The fast forms
+  read and write the socket's descriptor directly, so they serve plaintext
+  connections only (README, "TLS and HTTP/2", has the measurements behind
+  that choice). The task closes the TLS stream itself: ``close_notify``,
+  within :data:`TLS_CLOSE_SECONDS`.
 
 Error handling
 --------------
 Whatever fails while serving a connection -- our code, h11, h2, Hypercorn,
 Quart -- ends that connection only: it is logged once, in one line (the
-traceback at debug level), and never reaches the edge's nursery.
+traceback at debug level), and never reaches the edge's nursery. A TLS
+handshake that fails or times out (a scanner, plaintext sent to the TLS port,
+a reset) is logged at debug level only: any client can cause one at will.
 
 Timeouts
 --------
@@ -43,6 +53,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -57,7 +68,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 
 from . import endpoints, h1, logs
-from .config import Config
+from .config import Config, ConfigError
 from .errors import EsperError, LimitReached, RequestTimeout
 from .hub import Hub
 from .metrics import Metrics
@@ -79,6 +90,16 @@ LINGER_MAX_BYTES = 256 * 1024
 CONNECTION_RETRY_AFTER_SECONDS = 1
 #: See :meth:`Edge._shut_down`.
 STREAM_FLUSH_SECONDS = 0.1
+#: ALPN protocols offered, preferred first (RFC 7301): a browser opens at most
+#: six HTTP/1.1 connections per origin, while over HTTP/2 every EventSource of
+#: a page shares one.
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+#: RFC 9113, section 9.2.2: TLS 1.2 cipher suites for HTTP/2 must be
+#: ephemeral and AEAD (Appendix A lists the rest as prohibited); TLS 1.3's are.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+#: Closing a TLS connection writes ``close_notify``; a peer that stopped
+#: reading gets this long before the socket is closed without it.
+TLS_CLOSE_SECONDS = 1.0
 
 
 def _address_of(stream: trio.SocketStream) -> str:
@@ -195,8 +216,7 @@ class _HypercornStream:
       response is still written.
     """
 
-    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
-        self.socket = stream.socket
+    def __init__(self, stream: trio.abc.Stream, unread: bytes) -> None:
         self._stream = stream
         self._unread = unread
         self._closed = False
@@ -225,13 +245,118 @@ class _HypercornStream:
         await trio.lowlevel.checkpoint()
 
 
+class _HypercornPlainStream(_HypercornStream):
+    """A plaintext connection: Hypercorn reads the peer's address from
+    ``socket``, and takes a stream without ``do_handshake`` for plaintext."""
+
+    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
+        super().__init__(stream, unread)
+        self.socket = stream.socket
+
+
+class _HypercornTLSStream(_HypercornStream):
+    """A TLS connection whose handshake the edge has done: Hypercorn sees TLS
+    by ``do_handshake`` (here a checkpoint), picks HTTP/2 or HTTP/1.1 by
+    ``selected_alpn_protocol()``, and reads the peer's address from
+    ``transport_stream.socket``, as it does with the ``SSLStream`` its own
+    listener makes."""
+
+    def __init__(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+        super().__init__(tls, b"")
+        self._tls = tls
+        self.transport_stream = tls.transport_stream
+
+    async def do_handshake(self) -> None:
+        await self._tls.do_handshake()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
+
+
+def load_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context for ``config.certfile`` and ``config.keyfile``
+    (``None`` without either): TLS 1.2 or later, ALPN ``h2`` then ``http/1.1``.
+
+    Raises:
+        ConfigError: only one of the two is set; a file cannot be read,
+            holds no PEM certificate or unencrypted PEM private key, or the
+            key is not the certificate's.
+    """
+    certfile, keyfile = config.certfile, config.keyfile
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        given, missing = ("certfile", "keyfile") if keyfile is None else ("keyfile", "certfile")
+        raise ConfigError(
+            f"{given} is set but {missing} is not (--{missing}, ESPER_{missing.upper()}): "
+            "TLS needs both"
+        )
+    certificate, key = _read_pem(certfile), _read_pem(keyfile)
+    if b"-----BEGIN CERTIFICATE-----" not in certificate:
+        raise ConfigError(f"certfile {certfile} holds no PEM certificate")
+    # PKCS#8 ("BEGIN ENCRYPTED PRIVATE KEY") and OpenSSL's legacy PEM encryption.
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in key or b"Proc-Type: 4,ENCRYPTED" in key:
+        raise ConfigError(
+            f"keyfile {keyfile} is encrypted: the broker takes an unencrypted key "
+            "(protect it with file permissions)"
+        )
+    if b"PRIVATE KEY-----" not in key:
+        raise ConfigError(f"keyfile {keyfile} holds no PEM private key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # RFC 9113, section 9.2: TLS 1.2 or later, without compression.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.set_ciphers(TLS12_CIPHERS)
+    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    try:
+        # A password callback that refuses: OpenSSL would otherwise prompt
+        # on the terminal for a key encrypted in a form not recognised above.
+        context.load_cert_chain(certfile, keyfile, password=_no_password)
+    except _PasswordNeeded:
+        raise ConfigError(f"keyfile {keyfile} is encrypted") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"keyfile {keyfile} is not the key of the certificate in certfile {certfile}"
+            ) from None
+        raise ConfigError(f"certfile {certfile} and keyfile {keyfile}: {exc}") from None
+    except OSError as exc:  # removed or changed since it was read
+        raise ConfigError(f"certfile {certfile} and keyfile {keyfile}: {exc.strerror}") from None
+    return context
+
+
+class _PasswordNeeded(Exception):
+    pass
+
+
+def _no_password() -> bytes:
+    raise _PasswordNeeded
+
+
+def _read_pem(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
 class Edge:
     """Accepts and serves every connection of :func:`~trio_esper.server.serve`."""
 
     def __init__(
-        self, config: Config, hub: Hub, app: AppWrapper, metrics: Metrics | None = None
+        self,
+        config: Config,
+        hub: Hub,
+        app: AppWrapper,
+        metrics: Metrics | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: every connection is TLS (:func:`load_tls_context`)."""
         self._config = config
+        self._tls = tls
         self._hub = hub
         self._app = app
         self._metrics = metrics
@@ -250,6 +375,8 @@ class Edge:
         #: Connections waiting for bytes: until when, and whether idle
         #: between requests (nothing of a request read yet).
         self._waiting: dict[Connection, tuple[float, bool]] = {}
+        #: TLS handshakes in progress: shutdown cancels them.
+        self._handshakes: set[trio.CancelScope] = set()
         self._closing = False
         self._date = (0, b"")
         # The same for every stream: encoded once.
@@ -303,6 +430,10 @@ class Edge:
             )
             if self._metrics is not None:
                 self._metrics.connection_error("refused")
+            if self._tls is not None:
+                # An answer would take a handshake first: the CPU the limit saves.
+                stream.socket.close()
+                return
             refusal = LimitReached(
                 f"this address holds its limit of {held} connections",
                 retry_after_seconds=CONNECTION_RETRY_AFTER_SECONDS,
@@ -315,14 +446,17 @@ class Edge:
         self._per_address[address] = held + 1
         self._connections.add(connection)
         try:
-            if config.fast_lane:
-                unread = await self._serve_fast(connection)
+            if self._tls is not None:
+                await self._serve_tls(connection, self._tls)
             else:
-                read = await self._read_head(connection, b"")
-                unread = None if read is None else read[0]
-            if unread is not None:
-                await self._serve_hypercorn(connection, unread)
-            await self._linger(connection)
+                if config.fast_lane:
+                    unread = await self._serve_fast(connection)
+                else:
+                    read = await self._read_head(connection, b"")
+                    unread = None if read is None else read[0]
+                if unread is not None:
+                    await self._serve_hypercorn(connection, _HypercornPlainStream(stream, unread))
+                await self._linger(connection)
         except* Exception as group:
             error = _first_leaf(group)
             # One line; at debug level with the traceback.
@@ -382,6 +516,8 @@ class Edge:
         )
         self._closing = True
         self._hub.close()
+        for handshake in self._handshakes:
+            handshake.cancel()
         for connection, (_, idle) in list(self._waiting.items()):
             if idle and not connection.has_arrived():
                 connection.stop_reading()
@@ -413,8 +549,7 @@ class Edge:
 
     # --- Hypercorn --------------------------------------------------------
 
-    async def _serve_hypercorn(self, connection: Connection, unread: bytes) -> None:
-        stream = _HypercornStream(connection.stream, unread)
+    async def _serve_hypercorn(self, connection: Connection, stream: _HypercornStream) -> None:
         # Every request's ASGI scope gets a copy of this state: the publish
         # route charges the connection's budget, as the fast forms do.
         state = ConnectionState({endpoints.BUDGET_KEY: connection.budget})
@@ -426,6 +561,68 @@ class Edge:
             # reference cycle of about 4 KB per connection that only the cyclic
             # collector would free (and rarely, under our raised thresholds).
             server.__dict__.pop("protocol", None)
+
+    # --- TLS ----------------------------------------------------------------
+
+    async def _serve_tls(self, connection: Connection, context: ssl.SSLContext) -> None:
+        """Handshake, then serve the connection through Hypercorn (HTTP/2 if
+        ALPN chose ``h2``) and close the TLS stream. Without a handshake there
+        is nothing to close but the socket (:meth:`handle` does): a stream
+        whose handshake never ran would try it in ``aclose``."""
+        tls = trio.SSLStream(connection.stream, context, server_side=True)
+        if not await self._handshake(connection, tls):
+            return
+        try:
+            await self._serve_hypercorn(connection, _HypercornTLSStream(tls))
+        finally:
+            await self._close_tls(connection, tls)
+
+    async def _handshake(
+        self, connection: Connection, tls: trio.SSLStream[trio.SocketStream]
+    ) -> bool:
+        """Do the TLS handshake within the request-head timeout; whether it
+        succeeded. A failure is the client's (a scanner, plaintext HTTP, a
+        reset, no shared protocol version or cipher): logged at debug level."""
+        if self._closing:
+            return False
+        with trio.move_on_after(self._config.request_head_timeout_seconds) as scope:
+            self._handshakes.add(scope)
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                reason = str(error.__cause__ or error)
+                log.debug(
+                    "TLS handshake with %s failed: %s",
+                    connection.peer,
+                    reason,
+                    extra={"event": "tls_failed", "client": connection.address, "reason": reason},
+                )
+                return False
+            finally:
+                self._handshakes.discard(scope)
+            return True
+        reason = "cut short by shutdown" if self._closing else "timed out"
+        log.debug(
+            "TLS handshake with %s %s",
+            connection.peer,
+            reason,
+            extra={"event": "tls_failed", "client": connection.address, "reason": reason},
+        )
+        return False
+
+    async def _close_tls(
+        self, connection: Connection, tls: trio.SSLStream[trio.SocketStream]
+    ) -> None:
+        """Close the TLS stream: ``close_notify`` (RFC 8446, section 6.1), then
+        the socket; within :data:`TLS_CLOSE_SECONDS` even when cancelled or
+        the peer stopped reading. A peer still sending (a body after 413)
+        gets the lingering close instead, so the answer is not lost to a reset."""
+        await self._linger(connection)
+        with (
+            trio.CancelScope(deadline=trio.current_time() + TLS_CLOSE_SECONDS, shield=True),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            await tls.aclose()
 
     # --- Fast forms -------------------------------------------------------
 

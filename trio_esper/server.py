@@ -19,7 +19,7 @@ from . import logs
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
-from .edge import Edge
+from .edge import Edge, load_tls_context
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
@@ -110,9 +110,11 @@ async def serve(
     that stopped reading) has its socket closed. Returns once all are gone.
 
     Raises:
+        ConfigError: the TLS certificate or key cannot be loaded (first).
         HistoryError: the history store cannot be opened (before listening).
         OSError: the address cannot be bound.
     """
+    tls = load_tls_context(config)
     if listeners is None:  # else listening already (a worker of --threads: workers.py)
         listeners = await trio.open_tcp_listeners(
             config.port, host=config.bind, backlog=LISTEN_BACKLOG
@@ -122,13 +124,13 @@ async def serve(
     host, port = listeners[0].socket.getsockname()[:2]
     async with open_broker(config) as broker:
         app = wrap_app(broker.app, HypercornConfig.wsgi_max_body_size, "asgi")
-        edge = Edge(config, broker.hub, app, broker.metrics)
+        edge = Edge(config, broker.hub, app, broker.metrics, tls=tls)
         broker.metrics.connections = lambda: edge.open_connections
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
             )
-            logs.started(config, f"http://{host}:{port}")
+            logs.started(config, f"{'http' if tls is None else 'https'}://{host}:{port}")
             task_status.started(Listening(str(host), int(port), broker.hub))
 
 
