@@ -26,8 +26,9 @@ PUB_SECRET = "publisher-secret-of-at-least-32-bytes!"
 SUB_SECRET = "subscriber-secret-of-at-least-32-bytes"
 ORIGIN = "https://app.example"
 #: How long a connection stays quiet before its answer is taken as complete
-#: (streams never end; keep-alive connections stay open).
-QUIET_SECONDS = 1.0
+#: (streams never end; keep-alive connections stay open); generous, since a
+#: loaded machine can hold a Quart answer back for most of a second.
+QUIET_SECONDS = 2.0
 
 
 @dataclass(frozen=True)

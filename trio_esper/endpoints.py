@@ -384,15 +384,13 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
         EsperError: a bad topic, token or query.
     """
     topic, args = _checked(config, config.subscriber_key, request)
+    since = args.get("since")
+    if since is not None and since != "earliest":
+        raise BadRequest("since must be 'earliest'")
     last_id = _header_text(request.last_event_id) or args.get("lastEventId")
     if last_id:
         return Stream(topic, True, last_id)
-    since = args.get("since")
-    if since is None:
-        return Stream(topic, False, None)
-    if since != "earliest":
-        raise BadRequest("since must be 'earliest'")
-    return Stream(topic, True, None)
+    return Stream(topic, since is not None, None)
 
 
 def opening_frame(config: Config) -> bytes:
@@ -437,7 +435,8 @@ def int_arg(args: dict[str, str], name: str, default: int, low: int, high: int) 
     raw = args.get(name)
     if raw is None:
         return default
-    if DIGITS.fullmatch(raw) is None or not low <= int(raw) <= high:
+    # The length first: int() refuses more than 4300 digits (ValueError).
+    if len(raw) > len(str(high)) or DIGITS.fullmatch(raw) is None or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Response, request
 from werkzeug.datastructures import Headers
 
 from . import __version__, endpoints, openapi, web
@@ -66,6 +66,8 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
     async def stats_stream() -> Response:
         authorise_monitoring()
         headers = [*endpoints.STREAM_HEADERS, *web.cors_headers(config)]
+        if request.method == "HEAD":  # RFC 9110, section 9.3.2: the head alone
+            return Response(b"", headers=Headers(headers))
 
         async def stream() -> AsyncIterator[bytes]:
             yield SUBSCRIBED_FRAME

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypedDict
@@ -82,7 +83,8 @@ async def json_body(config: Config) -> Any:
 
     Raises:
         UnsupportedMediaType: another ``Content-Type``.
-        BadRequest: the body is not JSON (``NaN`` and ``Infinity`` included).
+        BadRequest: the body is not JSON (``NaN``, ``Infinity``, numbers out of
+            range and lone surrogates included).
         PayloadTooLarge: the body is over the limit.
     """
     kind = endpoints.mimetype(request.headers.get("Content-Type"))
@@ -92,9 +94,19 @@ async def json_body(config: Config) -> Any:
     if not data.strip():
         return {}
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        # JSON text may escape a lone surrogate ("\\ud800"), which no UTF-8 holds.
+        json.dumps(value, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    return value
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:32]} is out of range for a number")
+    return number
 
 
 def charge_budget() -> None:
