@@ -72,7 +72,7 @@ class _App(QuartTrio):
 def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> QuartTrio:
     """Build the Quart-Trio application serving ``hub`` under ``config``;
     ``metrics`` counts its error answers and serves ``/metrics``."""
-    app = _App("trio_esper")
+    app = _App("trio_esper", static_folder=None)  # no /static route: every route is ours
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     opening = endpoints.opening_frame(config)
