@@ -103,7 +103,7 @@ class _Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if not await self._start_generation():
-                log.error("workers did not start; exiting")
+                log.error("workers did not start; exiting", extra={"event": "workers_failed"})
                 await self._stop(self._workers)
                 return 1
             log.info(
@@ -117,7 +117,12 @@ class _Supervisor:
                     if signum == signal.SIGHUP:
                         await self._rolling_restart()
                         continue
-                    log.info("%s received, stopping the workers", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    log.info(
+                        "%s received, stopping the workers",
+                        name,
+                        extra={"event": "signal", "signal": name},
+                    )
                     self._stopping = True
                     await self._stop(self._workers)
                     break
@@ -126,11 +131,22 @@ class _Supervisor:
 
     async def _rolling_restart(self) -> None:
         old = self._workers
-        log.info("rolling restart: starting %d fresh workers", self._config.threads)
+        log.info(
+            "rolling restart: starting %d fresh workers",
+            self._config.threads,
+            extra={"event": "rolling_restart"},
+        )
         if not await self._start_generation():
-            log.error("rolling restart failed: the fresh workers did not start; keeping the old")
+            log.error(
+                "rolling restart failed: the fresh workers did not start; keeping the old",
+                extra={"event": "rolling_restart_failed"},
+            )
             return
-        log.info("rolling restart: fresh workers serve; stopping %d old ones", len(old))
+        log.info(
+            "rolling restart: fresh workers serve; stopping %d old ones",
+            len(old),
+            extra={"event": "rolling_restart_done"},
+        )
         await self._stop(old)
 
     async def _start_generation(self) -> bool:
@@ -176,7 +192,12 @@ class _Supervisor:
         status = await process.wait()
         if self._stopping or process not in self._workers:
             return
-        log.error("worker %d exited with status %d; starting another", process.pid, status)
+        log.error(
+            "worker %d exited with status %d; starting another",
+            process.pid,
+            status,
+            extra={"event": "worker_died", "pid": process.pid, "status": status},
+        )
         self._workers.remove(process)
         await trio.sleep(RESPAWN_DELAY_SECONDS)
         replacement: list[trio.Process] = []

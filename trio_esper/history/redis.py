@@ -147,9 +147,7 @@ class RedisHistory:
             raise self._unavailable("publish", exc) from None
         self._up()
         return [
-            Record.create(
-                seq_of(entry_id), topic, Event(e.data, e.event, entry_id, e.retry), now
-            )
+            Record.create(seq_of(entry_id), topic, Event(e.data, e.event, entry_id, e.retry), now)
             for entry_id, e in zip(ids, events, strict=True)
         ]
 
@@ -294,13 +292,22 @@ class RedisHistory:
         now = trio.current_time()
         if now >= self._quiet_until.get(what, -math.inf):
             self._quiet_until[what] = now + LOG_INTERVAL_SECONDS
-            log.error("backplane: %s failed: %s", what, _reason(exc))
+            log.error(
+                "backplane: %s failed: %s",
+                what,
+                _reason(exc),
+                extra={"event": "backplane_error", "operation": what, "reason": _reason(exc)},
+            )
 
     def _up(self) -> None:
         if self.down_reason is not None:
             self.down_reason = None
             self._quiet_until.clear()
-            log.info("backplane: %s is reachable again", self.url_for_logs)
+            log.info(
+                "backplane: %s is reachable again",
+                self.url_for_logs,
+                extra={"event": "backplane_recovered"},
+            )
 
 
 def _reason(exc: BaseException) -> str:
