@@ -40,6 +40,7 @@ from trio_esper.edge import load_tls_context
 from .browser import BROWSER_SECONDS, in_thread
 from .browser import chrome as chrome  # the fixture
 from .conftest import STEP_SECONDS, Broker, SSEStream, open_sse, start_broker
+from .test_h2 import H2Client
 
 SUBSCRIBED = b": subscribed\n\n"
 #: EventSources on one page: more than the six HTTP/1.1 connections a browser
@@ -47,6 +48,8 @@ SUBSCRIBED = b": subscribed\n\n"
 PAGE_SOURCES = 10
 #: Subscriptions on one httpx HTTP/2 connection.
 H2_STREAMS = 20
+#: Streams on one HTTP/2 connection at shutdown: Hypercorn's limit per connection.
+SHUTDOWN_H2_STREAMS = 100
 
 
 @dataclass(frozen=True)
@@ -246,16 +249,61 @@ async def test_shutdown_ends_tls_streams_cleanly(nursery: trio.Nursery, pki: PKI
     async with (
         tls_client(pki) as h2_client,
         tls_client(pki, http2=False) as h1_client,
-        streams(h2_client, url, 10) as over_h2,
+        streams(h2_client, url, SHUTDOWN_H2_STREAMS) as over_h2,
         streams(h1_client, url, 2) as over_h1,
     ):
-        assert await publish(h1_client, broker, "tlsshutdown1", "last") == 12
+        assert await publish(h1_client, broker, "tlsshutdown1", "last") == SHUTDOWN_H2_STREAMS + 2
         with trio.fail_after(STEP_SECONDS):
             broker.shutdown.set()
             for stream in [*over_h2, *over_h1]:
                 rest = await stream.read_to_end()
                 assert b"data: last\n\n" in stream.raw + rest
             await broker.done.wait()
+
+
+@asynccontextmanager
+async def open_h2_tls(broker: Broker, pki: PKI, nursery: trio.Nursery) -> AsyncIterator[H2Client]:
+    """test_h2's raw HTTP/2 client over TLS (ALPN h2), its reader in ``nursery``."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.set_alpn_protocols(["h2"])
+    tls = trio.SSLStream(
+        await trio.open_tcp_stream(*broker.host_port), context, server_hostname="127.0.0.1"
+    )
+    await tls.do_handshake()
+    assert tls.selected_alpn_protocol() == "h2"
+    client = H2Client(tls)  # annotated for a SocketStream; it uses send_all, receive_some
+    try:
+        client.conn.initiate_connection()
+        await client.flush()
+        nursery.start_soon(client.run)
+        await client.wait_for(lambda: client.settings_received, what="server SETTINGS")
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_streams_reset_by_the_client_do_not_hold_shutdown(
+    nursery: trio.Nursery, pki: PKI
+) -> None:
+    """Shutdown waits for HTTP/2 streams to be written out, but not for
+    streams the client reset (RST_STREAM) while they were open."""
+    broker = await start_tls_broker(nursery, pki, shutdown_grace_seconds=5)
+    topic = "tlsreset0001"
+    async with open_h2_tls(broker, pki, nursery) as client:
+        for stream_id in await client.subscribe(topic, 5):
+            client.reset(stream_id)
+        await client.ping()  # the server has read the resets
+        with trio.fail_after(STEP_SECONDS):
+            while broker.hub.statistics().clients:
+                await trio.sleep(0.02)
+        [live] = await client.subscribe(topic, 1)
+        start = trio.current_time()
+        with trio.fail_after(STEP_SECONDS):
+            broker.shutdown.set()
+            await broker.done.wait()
+        assert trio.current_time() - start < 2, "shutdown waited for the reset streams"
+        await client.wait_for(lambda: client.eof, what="the connection to close")
+        assert client.streams[live].ended, client.describe()
 
 
 # --- curl -----------------------------------------------------------------------

@@ -63,6 +63,7 @@ from wsgiref.handlers import format_date_time
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
@@ -88,8 +89,9 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 256 * 1024
 #: Retry-After for a connection over its address's limit.
 CONNECTION_RETRY_AFTER_SECONDS = 1
-#: See :meth:`Edge._shut_down`.
-STREAM_FLUSH_SECONDS = 0.1
+#: How often shutdown looks whether HTTP/2 connections have written their
+#: streams out (see :meth:`Edge._shut_down`).
+STREAM_FLUSH_POLL_SECONDS = 0.01
 #: ALPN protocols offered, preferred first (RFC 7301): a browser opens at most
 #: six HTTP/1.1 connections per origin, while over HTTP/2 every EventSource of
 #: a page shares one.
@@ -375,6 +377,8 @@ class Edge:
         #: Connections waiting for bytes: until when, and whether idle
         #: between requests (nothing of a request read yet).
         self._waiting: dict[Connection, tuple[float, bool]] = {}
+        #: Hypercorn's servers of the connections it serves now.
+        self._servers: set[TCPServer] = set()
         #: TLS handshakes in progress: shutdown cancels them.
         self._handshakes: set[trio.CancelScope] = set()
         self._closing = False
@@ -528,8 +532,10 @@ class Edge:
             await self._hub.wait_closed()
             # Hypercorn's HTTP/2 protocol writes a stream's END_STREAM from
             # its send task after the stream's body ended; told to stop before
-            # that, it closes the connection first. A moment lets it catch up.
-            await trio.sleep(STREAM_FLUSH_SECONDS)
+            # that, it closes the connection first (a fixed moment's wait was
+            # not enough on a busy machine). Hypercorn signals nothing: poll.
+            while self._h2_unflushed():  # noqa: ASYNC110
+                await trio.sleep(STREAM_FLUSH_POLL_SECONDS)
             # Hypercorn closes a connection after its current response once
             # `terminated` is set, and wakes idle keep-alive ones.
             await self._context.terminated.set()
@@ -554,13 +560,36 @@ class Edge:
         # route charges the connection's budget, as the fast forms do.
         state = ConnectionState({endpoints.BUDGET_KEY: connection.budget})
         server = TCPServer(self._app, self._hyper, self._context, state, stream)  # type: ignore[arg-type]
+        self._servers.add(server)
         try:
             await server
         finally:
+            self._servers.discard(server)
             # TCPServer -> protocol -> its bound protocol_send -> TCPServer: a
             # reference cycle of about 4 KB per connection that only the cyclic
             # collector would free (and rarely, under our raised thresholds).
             server.__dict__.pop("protocol", None)
+
+    def _h2_unflushed(self) -> bool:
+        """Whether an HTTP/2 connection Hypercorn serves still has a stream
+        open, or data or an END_STREAM to write.
+
+        Reads Hypercorn 0.18's ``H2Protocol``: ``streams`` holds the streams
+        whose response has not ended; ``stream_buffers`` the data its send
+        task has yet to write, each entry removed once the stream's
+        END_STREAM is written (``complete``: only END_STREAM is left). An
+        entry whose stream the client reset before its body ended is never
+        written nor removed: it is neither of those and is not waited for.
+        """
+        for server in self._servers:
+            protocol = getattr(server.__dict__.get("protocol"), "protocol", None)
+            if not isinstance(protocol, H2Protocol) or protocol.closed:
+                continue
+            if protocol.streams or any(
+                buffer.buffer or buffer.complete for buffer in protocol.stream_buffers.values()
+            ):
+                return True
+        return False
 
     # --- TLS ----------------------------------------------------------------
 
