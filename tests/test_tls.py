@@ -634,14 +634,23 @@ def test_an_encrypted_key_is_refused_without_a_prompt(pki: PKI, tmp_path: Path) 
         load_tls_context(Config(certfile=str(pki.certfile), keyfile=str(encrypted)))
 
 
-@pytest.mark.parametrize("case", [0, 6], ids=["keyfile missing", "key of another certificate"])
+@pytest.mark.parametrize(
+    ("case", "extra"),
+    [
+        (0, ()),
+        (6, ()),
+        # Checked once, before worker processes start (no Redis is reached).
+        (6, ("--threads", "2", "--backplane", "redis://127.0.0.1:1/0")),
+    ],
+    ids=["keyfile missing", "key of another certificate", "with workers"],
+)
 async def test_bad_tls_files_stop_the_broker_with_status_2(
-    pki: PKI, tmp_path: Path, case: int
+    pki: PKI, tmp_path: Path, case: int, extra: tuple[str, ...]
 ) -> None:
     files, expected = bad_configurations(pki, tmp_path)[case]
     args = [arg for name, path in files.items() for arg in (f"--{name}", path)]
     result = await trio.run_process(
-        [sys.executable, "-m", "trio_esper", "--port", "0", "--no-auth", *args],
+        [sys.executable, "-m", "trio_esper", "--port", "0", "--no-auth", *args, *extra],
         stdin=subprocess.DEVNULL,
         capture_stderr=True,
         check=False,

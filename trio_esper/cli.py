@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if workers.is_worker():
         workers.become_worker()
     elif config.threads > 1:
+        _check_tls_files(config)
         sys.exit(workers.supervise(config, args))
     if config.subscriber_auth and config.subscriber_key == config.publisher_key:
         logging.getLogger("trio_esper").warning(
@@ -186,6 +187,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if failure is not None:
         print(f"trio-esper: error: {failure}", file=sys.stderr)
         sys.exit(code)
+
+
+def _check_tls_files(config: Config) -> None:
+    """Exit with status 2 and one line if the TLS files cannot serve: checked
+    once here, before worker processes start (each loads them again)."""
+    from .edge import load_tls_context
+
+    try:
+        load_tls_context(config)
+    except ConfigError as exc:
+        print(f"trio-esper: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def _raise_open_files_limit() -> None:
