@@ -26,8 +26,11 @@ EVENTS = 300
 QUEUE = 20
 #: ~1 KB of data per event.
 PAD = "x" * 1000
-#: A publish must be answered within this, stalled subscribers or not.
-PUBLISH_BOUND_S = 1.0
+#: A publish must be answered within this, stalled subscribers or not: well
+#: under the write timeout (10 s) a publish held by a stalled reader would
+#: wait, and loose enough for a loaded CI machine (not a speed target: those
+#: are in benchmarks/slow_readers.py).
+PUBLISH_BOUND_S = 5.0
 #: A receive buffer this small fills after a few events, so the broker's
 #: writes to the subscriber stop and its queue fills.
 STALLED_RCVBUF = 2048
