@@ -51,6 +51,8 @@ SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", ROOT.parent / "shared" / "ben
 OUT = ROOT / "bench-results"
 ESPER_PORT = 3091
 NCHAN_PORT = 8081  # fixed by nchan.conf
+#: The backplane benchmark's own redis-server.
+REDIS_PORT = 6391
 NGINX_PREFIX = Path("/tmp/trio-esper-bench/nginx")
 
 
@@ -156,6 +158,25 @@ def esper(history: str = "memory", *extra: str, source: Path | None = None) -> I
             yield [proc.pid]
         finally:
             stop(proc, signal.SIGINT)
+
+
+@contextmanager
+def esper_redis() -> Iterator[list[int]]:
+    """trio_esper with the Redis backplane: a redis-server of its own (no
+    persistence) on REDIS_PORT; both processes' CPU counts."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(REDIS_PORT)
+        url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+        with esper("memory", "--backplane", url) as pids:
+            yield [*pids, redis.pid]
+    finally:
+        stop(redis, signal.SIGTERM)
 
 
 def stop(proc: subprocess.Popen[bytes], graceful: signal.Signals) -> None:
@@ -544,6 +565,7 @@ BROKERS: dict[str, Callable[[], AbstractContextManager[list[int]]]] = {
     "trio_esper": esper,
     "trio_esper_sqlite": lambda: esper("sqlite"),
     "trio_esper_sqlite_normal": lambda: esper("sqlite", "--history-sync", "normal"),
+    "trio_esper_redis": esper_redis,
     "nchan": nchan,
 }
 

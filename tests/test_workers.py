@@ -27,14 +27,16 @@ async def test_threads_2_spreads_subscribers_and_all_get_everything(
     async with broker_process("--threads", "2", "--backplane", redis_server.url) as running:
         url = running.url
         streams = [await subscribe(f"{url}/subscribe/workerstopic1") for _ in range(SUBSCRIBERS)]
-        # Each worker answers /stats for itself: two different counts that
-        # add up to all the subscribers show both took some.
-        counts: set[int] = set()
+        # Each worker answers /stats for itself (with its pid): between them
+        # they hold every subscriber, and each holds some.
+        per_worker: dict[int, int] = {}
         with trio.fail_after(STEP_SECONDS):
-            while len(counts) < 2:
-                async with httpx.AsyncClient() as fresh:  # a new connection: any worker
-                    counts.add((await fresh.get(f"{url}/stats")).json()["clients"])
-        assert sum(counts) == SUBSCRIBERS, counts
+            while len(per_worker) < 2:
+                async with httpx.AsyncClient() as fresh:  # a new connection: the next worker
+                    stats = (await fresh.get(f"{url}/stats")).json()
+                per_worker[stats["pid"]] = stats["clients"]
+        assert sum(per_worker.values()) == SUBSCRIBERS, per_worker
+        assert all(per_worker.values()), per_worker
         for n in range(5):
             reply = await client.post(f"{url}/publish/workerstopic1", content=b"data: %d\n" % n)
             assert reply.status_code == 200

@@ -56,9 +56,10 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from typing import Protocol
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -344,6 +345,21 @@ def _read_pem(path: str) -> bytes:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
+class ConnectionSource(Protocol):
+    """Where the edge's connections come from: trio's ``SocketListener``, or
+    a ``--threads`` worker's connections handed over by its supervisor
+    (:class:`~trio_esper.workers.HandedListener`)."""
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The listening socket (its address and options)."""
+        ...
+
+    async def accept(self) -> trio.SocketStream: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Edge:
     """Accepts and serves every connection of :func:`~trio_esper.server.serve`."""
 
@@ -393,7 +409,7 @@ class Edge:
 
     async def serve(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: Sequence[ConnectionSource],
         shutdown: trio.Event,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -1000,12 +1016,12 @@ ACCEPT_RETRY_SECONDS = 0.1
 
 
 async def _accept(
-    listener: trio.SocketListener,
+    listener: ConnectionSource,
     handle: Callable[[trio.SocketStream], Awaitable[object]],
     nursery: trio.Nursery,
 ) -> None:
     """Accept connections until cancelled, each handled in ``nursery``."""
-    async with listener:
+    async with aclosing(listener):
         while True:
             try:
                 stream = await listener.accept()

@@ -219,6 +219,10 @@ def _statistics(cls: type, descriptions: dict[str, str], **overrides: Json) -> J
 
 _STATS_FIELDS: dict[str, Json] = {
     "version": {"type": "string", "description": "The broker's version."},
+    "pid": {
+        "type": "integer",
+        "description": "The process answering (with --threads, each worker answers for itself).",
+    },
     **_statistics(HubStatistics, STATISTICS)["properties"],
     "history": _statistics(
         HistoryStatistics,
@@ -619,6 +623,7 @@ _PUBSUB_EXAMPLE = {
 }
 _STATS_EXAMPLE = {
     "version": __version__,
+    "pid": 4242,
     "clients": 1,
     "topics": 1,
     "published": 10,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -112,6 +113,7 @@ def _statistics(hub: Hub) -> dict[str, Any]:
     """What ``/stats`` answers."""
     return {
         "version": __version__,
+        "pid": os.getpid(),
         **asdict(hub.statistics()),
         "history": asdict(hub.history.statistics()),
     }

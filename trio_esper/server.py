@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -19,7 +19,7 @@ from . import logs
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
-from .edge import Edge, load_tls_context
+from .edge import ConnectionSource, Edge, load_tls_context
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
@@ -94,7 +94,7 @@ async def serve(
     config: Config,
     *,
     shutdown: trio.Event | None = None,
-    listeners: list[trio.SocketListener] | None = None,
+    listeners: Sequence[ConnectionSource] | None = None,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the broker until ``shutdown`` is set (forever if ``None``).

@@ -3,9 +3,12 @@ listening socket, sharing events through the backplane, and rolling restarts
 that refuse no connection.
 
 The supervisor (the process the user started) binds the listening socket
-once and hands it to each worker (an inherited file descriptor), so every
-worker accepts from the one queue the kernel keeps: a connection waits there
-until some worker takes it, whichever workers come and go.
+once and is the only process that accepts from it: it hands each connection
+to a worker in turn (the connection's file descriptor, over a Unix socket
+pair per worker), so the load is spread evenly (workers racing on one
+socket are not: the one the kernel wakes first wins nearly every time), and
+a connection waits in the listen queue until a worker gets it, whichever
+workers come and go.
 
 Signals to the supervisor:
 
@@ -22,12 +25,14 @@ A worker that dies unexpectedly is replaced.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -35,9 +40,15 @@ from .config import Config
 
 log = logging.getLogger("trio_esper")
 
-#: Where a worker finds its listening socket and the pipe it reports on.
+#: Where a worker finds the listening socket (for its address and options;
+#: it never accepts from it), the socket pair its connections come through,
+#: and the pipe it reports on.
 LISTEN_FD_VARIABLE = "TRIO_ESPER_LISTEN_FD"
+HANDOFF_FD_VARIABLE = "TRIO_ESPER_HANDOFF_FD"
 READY_FD_VARIABLE = "TRIO_ESPER_READY_FD"
+#: Old workers get this long to take the connections already handed to
+#: them before they are told to stop.
+HANDOFF_SETTLE_SECONDS = 0.2
 #: How long fresh workers get to start serving.
 START_SECONDS = 30.0
 #: A worker that dies this soon after starting is not restarted at once.
@@ -49,13 +60,55 @@ def is_worker() -> bool:
     return LISTEN_FD_VARIABLE in os.environ
 
 
-def inherited_listeners() -> list[trio.SocketListener] | None:
-    """A worker's listening socket, from its supervisor (``None`` if not a worker)."""
+def inherited_listeners() -> list[HandedListener] | None:
+    """A worker's listener: the connections its supervisor hands it
+    (``None`` if not a worker)."""
     fd = os.environ.get(LISTEN_FD_VARIABLE)
-    if fd is None:
+    handoff = os.environ.get(HANDOFF_FD_VARIABLE)
+    if fd is None or handoff is None:
         return None
-    sock = socket.socket(fileno=int(fd))
-    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    listening = trio.socket.from_stdlib_socket(socket.socket(fileno=int(fd)))
+    channel = trio.socket.from_stdlib_socket(socket.socket(fileno=int(handoff)))
+    return [HandedListener(listening, channel)]
+
+
+class HandedListener(trio.abc.Listener[trio.SocketStream]):
+    """The connections a worker's supervisor accepted and handed over.
+
+    :attr:`socket` is the listening socket they came from (its address and
+    options; this worker never accepts from it); connections arrive over
+    ``channel`` (``SCM_RIGHTS``).
+    """
+
+    def __init__(self, listening: trio.socket.SocketType, channel: trio.socket.SocketType) -> None:
+        self.socket = listening
+        self._channel = channel
+
+    async def accept(self) -> trio.SocketStream:
+        """The next connection handed over.
+
+        Raises:
+            ConnectionError: the supervisor is gone (the worker then stops).
+        """
+        size = array.array("i").itemsize
+        while True:
+            data, ancillary, _flags, _address = await self._channel.recvmsg(
+                1, socket.CMSG_SPACE(size)
+            )
+            if not data:
+                raise ConnectionError("the supervisor closed the hand-off socket")
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % size])
+                    if fds:
+                        sock = socket.socket(fileno=fds[0])
+                        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+    async def aclose(self) -> None:
+        self._channel.close()
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
 
 
 def become_worker() -> None:
@@ -87,6 +140,13 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
         listener.close()
 
 
+@dataclass
+class _Worker:
+    process: trio.Process
+    #: The supervisor's end of the socket pair connections are handed over.
+    channel: trio.socket.SocketType
+
+
 class _Supervisor:
     def __init__(
         self, config: Config, argv: list[str], listener: socket.socket, address: str
@@ -95,8 +155,9 @@ class _Supervisor:
         self._argv = argv
         self._listener = listener
         self._address = address
-        #: The generation serving now.
-        self._workers: list[trio.Process] = []
+        #: The generation serving now: new connections go to these, in turn.
+        self._workers: list[_Worker] = []
+        self._next = 0
         self._stopping = False
 
     async def run(self) -> int:
@@ -106,6 +167,7 @@ class _Supervisor:
                 log.error("workers did not start; exiting", extra={"event": "workers_failed"})
                 await self._stop(self._workers)
                 return 1
+            nursery.start_soon(self._hand_out)
             log.info(
                 "listening on http://%s with %d workers (SIGHUP: rolling restart)",
                 self._address,
@@ -129,6 +191,32 @@ class _Supervisor:
             nursery.cancel_scope.cancel()
         return 0
 
+    async def _hand_out(self) -> None:
+        """Accept every connection and hand it to the serving workers in turn."""
+        listener = trio.socket.from_stdlib_socket(self._listener)
+        while True:
+            try:
+                connection, _ = await listener.accept()
+            except OSError as exc:  # out of file descriptors, for a while
+                log.warning("accept failed (%s); retrying", exc, extra={"event": "accept_failed"})
+                await trio.sleep(0.1)
+                continue
+            with connection:
+                await self._hand(connection)
+
+    async def _hand(self, connection: trio.socket.SocketType) -> None:
+        """Give ``connection`` to the next serving worker that takes it."""
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [connection.fileno()]))]
+        for _ in range(len(self._workers)):
+            worker = self._workers[self._next % len(self._workers)]
+            self._next += 1
+            try:
+                await worker.channel.sendmsg([b"c"], fds)
+            except OSError:
+                continue  # that worker is gone: the next one
+            return
+        log.warning("no worker took a connection", extra={"event": "connection_dropped"})
+
     async def _rolling_restart(self) -> None:
         old = self._workers
         log.info(
@@ -147,12 +235,15 @@ class _Supervisor:
             len(old),
             extra={"event": "rolling_restart_done"},
         )
+        # New connections go to the fresh workers now; the old ones take
+        # what was handed to them before they are told to stop.
+        await trio.sleep(HANDOFF_SETTLE_SECONDS)
         await self._stop(old)
 
     async def _start_generation(self) -> bool:
         """Start a full set of workers; once all report ready, they replace
         the current set (returns True). Otherwise they are stopped (False)."""
-        fresh: list[trio.Process] = []
+        fresh: list[_Worker] = []
         with trio.move_on_after(START_SECONDS) as waited:
             async with trio.open_nursery() as starting:
                 for _ in range(self._config.threads):
@@ -161,61 +252,72 @@ class _Supervisor:
             await self._stop(fresh)
             return False
         self._workers = fresh
-        for process in fresh:
-            self._nursery.start_soon(self._watch, process)
+        for worker in fresh:
+            self._nursery.start_soon(self._watch, worker)
         return True
 
-    async def _start_one(self, into: list[trio.Process]) -> None:
+    async def _start_one(self, into: list[_Worker]) -> None:
         """Start one worker and wait until it reports that it serves."""
         read_end, write_end = os.pipe()
-        fd = self._listener.fileno()
-        env = {**os.environ, LISTEN_FD_VARIABLE: str(fd), READY_FD_VARIABLE: str(write_end)}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening = self._listener.fileno()
+        env = {
+            **os.environ,
+            LISTEN_FD_VARIABLE: str(listening),
+            HANDOFF_FD_VARIABLE: str(theirs.fileno()),
+            READY_FD_VARIABLE: str(write_end),
+        }
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "trio_esper", *self._argv],
                 env=env,
-                pass_fds=(fd, write_end),
+                pass_fds=(listening, theirs.fileno(), write_end),
             )
         finally:
             os.close(write_end)
-        into.append(process)
+            theirs.close()
+        worker = _Worker(process, trio.socket.from_stdlib_socket(ours))
+        into.append(worker)
         ready = trio.lowlevel.FdStream(read_end)
         async with ready:
             if await ready.receive_some() == b"ready\n":
                 return
         # The pipe closed without a word: the worker failed to start.
-        into.remove(process)
+        into.remove(worker)
+        worker.channel.close()
         await process.wait()
 
-    async def _watch(self, process: trio.Process) -> None:
-        """Replace ``process`` if it dies while it is in the serving set."""
-        status = await process.wait()
-        if self._stopping or process not in self._workers:
+    async def _watch(self, worker: _Worker) -> None:
+        """Replace ``worker`` if it dies while it is in the serving set."""
+        status = await worker.process.wait()
+        worker.channel.close()
+        if self._stopping or worker not in self._workers:
             return
         log.error(
             "worker %d exited with status %d; starting another",
-            process.pid,
+            worker.process.pid,
             status,
-            extra={"event": "worker_died", "pid": process.pid, "status": status},
+            extra={"event": "worker_died", "pid": worker.process.pid, "status": status},
         )
-        self._workers.remove(process)
+        self._workers.remove(worker)
         await trio.sleep(RESPAWN_DELAY_SECONDS)
-        replacement: list[trio.Process] = []
+        replacement: list[_Worker] = []
         with trio.move_on_after(START_SECONDS):
             await self._start_one(replacement)
         for started in replacement:
             self._workers.append(started)
             self._nursery.start_soon(self._watch, started)
 
-    async def _stop(self, processes: list[trio.Process]) -> None:
+    async def _stop(self, workers: list[_Worker]) -> None:
         """SIGTERM each; SIGKILL what is left after the grace period."""
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
         with trio.move_on_after(self._config.shutdown_grace_seconds + 5):
-            for process in processes:
-                await process.wait()
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            for worker in workers:
+                await worker.process.wait()
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.kill()
+                await worker.process.wait()
+            worker.channel.close()
