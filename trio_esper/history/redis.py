@@ -7,12 +7,15 @@ One Redis Stream per topic is the topic's ordered log (``XADD`` with
 ``MAXLEN ~ N`` as retention). The stream entry id (``1795947651928-0``) is
 the event's SSE id, so a subscriber resumes with ``Last-Event-ID`` on any
 node. A publish is acknowledged once Redis has accepted its ``XADD``
-(the events of one body in one ``MULTI``/``EXEC``), and is *not* delivered
-by the node that took it: every node, that one included, reads the streams
-of the topics it has local subscribers for (one reader task, ``XREAD``
-over those streams) and hands what it reads to the hub, so every subscriber
-everywhere sees one order, the stream's. A node pays nothing for topics it
-has no subscribers for.
+(the events of one body, and a notice naming the topic on
+:data:`NOTIFY_CHANNEL`, in one ``MULTI``/``EXEC``), and is *not* delivered
+by the node that took it: every node, that one included, follows the
+notices and reads (``XRANGE``, pipelined) the streams they name that it has
+local subscribers for, and hands what it reads to the hub, so every
+subscriber everywhere sees one order, the stream's. A node pays nothing for
+topics it has no subscribers for but a notice each. Notices are lost while a
+node is unsubscribed: each (re)subscription reads every watched stream, and
+every stream is read every :data:`SWEEP_SECONDS` besides.
 
 A subscription to a topic new to the node first *watches* the stream
 (:meth:`RedisHistory.watch`): it reads the stream's last id before the
@@ -35,7 +38,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,10 +55,14 @@ log = logging.getLogger("trio_esper")
 
 #: Key of a topic's stream.
 KEY_PREFIX = "trio_esper:topic:"
-#: How long the reader's XREAD blocks before it looks at its topics again.
-READ_BLOCK_MS = 1000
-#: Most entries one XREAD returns per stream.
+#: The channel every publish names its topic on (in the XADD's MULTI).
+NOTIFY_CHANNEL = "trio_esper:published"
+#: Most entries one XRANGE reads of a stream (more: read again).
 READ_COUNT = 1000
+#: Every watched stream is read this often even without a notice (a notice
+#: lost with a connection is caught up at once on reconnecting; this is the
+#: belt to those braces).
+SWEEP_SECONDS = 30.0
 #: A command Redis has not answered in this long fails (publishes: 503).
 COMMAND_TIMEOUT_SECONDS = 2.0
 #: The reader's retry delays after a failure: from the first to the cap.
@@ -112,8 +119,9 @@ class RedisHistory:
         #: Watched topics: the id the reader reads after, per stream key.
         self._positions: dict[str, str] = {}
         self._deliver: dict[str, Deliver] = {}
+        #: Watched streams with entries to read (a notice came, or a catch-up).
+        self._dirty: set[str] = set()
         self._changed = trio.Event()
-        self._read_scope: trio.CancelScope | None = None
         self._quiet_until: dict[str, float] = {}
         self.down_reason: str | None = None
         self._statistics = HistoryStatistics("redis", 0, 0, 0)
@@ -142,7 +150,9 @@ class RedisHistory:
                         )
                         for event in events
                     ]
+                    notice = pipe.publish(NOTIFY_CHANNEL, topic)
                 ids = [await request for request in pending]
+                await notice
         except REDIS_ERRORS as exc:
             raise self._unavailable("publish", exc) from None
         self._up()
@@ -206,59 +216,101 @@ class RedisHistory:
             raise self._unavailable("subscribe", exc) from None
         self._positions[key] = last[0].identifier if last else "0-0"
         self._deliver[key] = deliver
-        self._wake_reader()
+        # Read once now: a notice that came while the last id was being read
+        # was for a topic not watched yet.
+        self._mark([key])
 
     def unwatch(self, topic: str) -> None:
         """Stop reading ``topic``'s stream (its last local subscriber left)."""
         key = KEY_PREFIX + topic
         self._positions.pop(key, None)
         self._deliver.pop(key, None)
+        self._dirty.discard(key)
 
-    def _wake_reader(self) -> None:
-        self._changed.set()
-        if self._read_scope is not None:
-            self._read_scope.cancel()
+    def _mark(self, keys: Iterable[str]) -> None:
+        """Have the reader read ``keys`` (those still watched)."""
+        self._dirty.update(key for key in keys if key in self._positions)
+        if self._dirty:
+            self._changed.set()
 
     async def run(self) -> None:
-        """The reader: read the watched streams, hand entries to the hub, in
-        stream order; on a failure, retry with backoff from where it was."""
+        """The reader: follow the publish notices, read the watched streams
+        they name, and hand entries to the hub in stream order."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listen)
+            nursery.start_soon(self._sweep)
+            await self._read()
+
+    async def _listen(self) -> None:
+        """Follow :data:`NOTIFY_CHANNEL`. Each (re)subscription reads every
+        watched stream: notices published while unsubscribed are lost."""
         delay = RETRY_FIRST_SECONDS
-        next_statistics = -math.inf
         while True:
-            if not self._positions:
-                await self._changed.wait()
+            try:
+                # Its own retries would hide an outage: this loop retries.
+                async with self._client.pubsub(
+                    channels=[NOTIFY_CHANNEL], retry_policy=coredis.retry.NoRetryPolicy()
+                ) as notices:
+                    async for message in notices:
+                        delay = RETRY_FIRST_SECONDS
+                        if message["type"] == "subscribe":
+                            self._up()
+                            self._mark(list(self._positions))
+                        elif message["type"] == "message":
+                            self._mark([KEY_PREFIX + str(message["data"])])
+            except Exception as exc:
+                # Whatever ends the subscription (a lost connection, in the
+                # pub/sub task group), it is logged and taken again.
+                self._down("notices", _first_leaf(exc))
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _sweep(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            self._mark(list(self._positions))
+            await self._refresh_statistics()
+
+    async def _read(self) -> None:
+        """Read the marked streams after each one's position, in one
+        pipeline; on a failure, mark them again and retry with backoff."""
+        delay = RETRY_FIRST_SECONDS
+        await self._refresh_statistics()
+        while True:
+            await self._changed.wait()
             self._changed = trio.Event()
-            if trio.current_time() >= next_statistics:
-                next_statistics = trio.current_time() + STATISTICS_INTERVAL_SECONDS
-                await self._refresh_statistics()
-            positions = dict(self._positions)
-            if not positions:
+            keys = [key for key in self._dirty if key in self._positions]
+            self._dirty.clear()
+            if not keys:
                 continue
-            with trio.CancelScope() as scope:
-                self._read_scope = scope
-                try:
-                    read = await self._client.xread(
-                        positions, count=READ_COUNT, block=READ_BLOCK_MS
-                    )
-                except REDIS_ERRORS as exc:
-                    self._down("read", exc)
-                    self._read_scope = None
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_SECONDS)
-                    continue
-            self._read_scope = None
-            if scope.cancelled_caught:
-                continue  # the watched set changed: read again with it
+            positions = {key: self._positions[key] for key in keys}
+            try:
+                with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        pending = [
+                            pipe.xrange(key, "(" + position, "+", count=READ_COUNT)
+                            for key, position in positions.items()
+                        ]
+                    read = [await request for request in pending]
+            except REDIS_ERRORS as exc:
+                self._down("read", exc)
+                self._mark(keys)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
             delay = RETRY_FIRST_SECONDS
             self._up()
-            for key, entries in (read or {}).items():
+            for key, entries in zip(positions, read, strict=True):
                 deliver = self._deliver.get(key)
-                if deliver is None or not entries or key not in self._positions:
-                    continue  # unwatched meanwhile
+                if not entries or deliver is None or self._positions.get(key) != positions[key]:
+                    continue  # nothing new, or unwatched (or watched afresh) meanwhile
                 topic = key.removeprefix(KEY_PREFIX)
                 self._positions[key] = entries[-1].identifier
-                records = [_record(topic, e.identifier, e.field_values) for e in entries]
-                await deliver(topic, records)
+                if len(entries) == READ_COUNT:
+                    self._mark([key])  # more to read
+                await deliver(
+                    topic, [_record(topic, e.identifier, e.field_values) for e in entries]
+                )
 
     async def _refresh_statistics(self) -> None:
         try:
@@ -308,6 +360,12 @@ class RedisHistory:
                 self.url_for_logs,
                 extra={"event": "backplane_recovered"},
             )
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 def _reason(exc: BaseException) -> str:
