@@ -5,6 +5,8 @@ node, and survive Redis going away and coming back."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 import trio
 
 from .conftest import (
+    REDIS_SERVER,
     STEP_SECONDS,
     BrokerProcess,
     RedisServer,
@@ -177,3 +180,44 @@ async def test_redis_goes_away_and_comes_back(
         assert [json.loads(line)["id"] for line in history.text.splitlines()] == acknowledged
     assert a.log_lines("backplane: .* failed")
     assert not a.log_lines("Traceback")
+
+
+async def test_a_password_in_the_url_is_used_and_never_logged(
+    tmp_path: Any, client: httpx.AsyncClient, streams: Streams
+) -> None:
+    password = "backplane-password-for-the-test"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    guarded = subprocess.Popen(
+        [
+            REDIS_SERVER or "redis-server",
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--requirepass", password, "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        with trio.fail_after(STEP_SECONDS):
+            while True:  # listening?
+                try:
+                    probe = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    await trio.sleep(0.05)
+                else:
+                    await probe.aclose()
+                    break
+        async with broker_process("--backplane", url, "--log-level", "debug") as node:
+            stream = await streams.open(f"{node.url}/subscribe/guardedtopic1")
+            entry_id = await publish(client, node, "guardedtopic1", "behind a password")
+            assert _data_and_id(await stream.next_event()) == ("behind a password", entry_id)
+            guarded.kill()  # the failure lines name the URL: without its password
+            reply = await client.post(f"{node.url}/publish/guardedtopic1", content=b"data: x\n")
+            assert reply.status_code == 503
+            assert (await client.get(f"{node.url}/ready")).status_code == 503
+        assert node.log_lines("backplane")
+        assert password not in node.stderr.decode()
+    finally:
+        guarded.kill()
+        guarded.wait()
