@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from typing import Any
 
-import jwt
 from quart import Response
 
-from . import endpoints, web
+from . import endpoints, tokens, web
 from .auth import HMAC_ALGORITHMS, PublicKeys
 from .config import Config
 from .errors import BadRequest, InvalidTopic
@@ -146,8 +146,9 @@ def _subscriber_token(config: Config, topic: str) -> tuple[str | None, str | Non
         return None, None
     algorithm = next(a for a in config.jwt_algorithms if a in HMAC_ALGORITHMS)
     now = int(time.time())
-    expires = now + int(config.access_token_ttl_seconds)
-    claims: dict[str, Any] = {"sub": topic, "iat": now, "exp": expires}
-    if config.jwt_audience is not None:
-        claims["aud"] = config.jwt_audience
-    return jwt.encode(claims, secret, algorithm=algorithm), _rfc3339(expires)
+    # Whole seconds, at least one: a fraction of one would mint a token already expired.
+    ttl = math.ceil(config.access_token_ttl_seconds)
+    token = tokens.mint(
+        secret, topic, ttl, audience=config.jwt_audience, algorithm=algorithm, now=now
+    )
+    return token, _rfc3339(now + ttl)

@@ -77,11 +77,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Final, Self, TypedDict, cast
 from urllib.parse import quote
 
 import anyio
+import anyio.abc
 import httpx
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
@@ -173,7 +173,7 @@ class ReceivedEvent:
         return self.event == RESET_EVENT
 
 
-class Client:
+class Client(anyio.abc.AsyncResource):
     """Publishes to and subscribes at one broker.
 
     Args:
@@ -196,17 +196,6 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout_seconds)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP client if this client made it."""
@@ -314,7 +303,7 @@ class Client:
         )
 
 
-class Subscription:
+class Subscription(anyio.abc.AsyncResource):
     """An async iterator of :class:`ReceivedEvent`, reconnecting and resuming
     by itself (module docstring); made by :meth:`Client.subscribe`.
 
@@ -402,17 +391,6 @@ class Subscription:
         if event.id is not None:
             self._last_event_id = event.id or None  # WHATWG: an empty id clears it
         return event
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """End the iteration and close the stream. Called while another task

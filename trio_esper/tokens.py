@@ -28,6 +28,7 @@ from typing import NoReturn
 
 import jwt
 
+from .auth import HMAC_ALGORITHMS
 from .errors import InvalidTopic
 from .topics import normalise_topic
 
@@ -39,7 +40,6 @@ EXIT_USAGE = 2
 PROG = "trio-esper token"
 #: The broker's default; HMAC is the only kind a shared secret can sign.
 DEFAULT_ALGORITHM = "HS256"
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 
 
 class TokenError(Exception):
@@ -72,7 +72,9 @@ def mint(
     if ttl_seconds < 1:
         raise TokenError(f"--ttl must be a positive number of seconds, got {ttl_seconds}")
     if algorithm not in HMAC_ALGORITHMS:
-        raise TokenError(f"{algorithm} is not an HMAC algorithm ({', '.join(HMAC_ALGORITHMS)})")
+        raise TokenError(
+            f"{algorithm} is not an HMAC algorithm ({', '.join(sorted(HMAC_ALGORITHMS))})"
+        )
     issued = int(time.time() if now is None else now)
     claims: dict[str, str | int] = {"sub": subject, "iat": issued, "exp": issued + ttl_seconds}
     if audience:
