@@ -636,21 +636,17 @@ class Edge:
                 await tls.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 reason = str(error.__cause__ or error)
-                log.debug(
-                    "TLS handshake with %s failed: %s",
-                    connection.peer,
-                    reason,
-                    extra={"event": "tls_failed", "client": connection.address, "reason": reason},
-                )
-                return False
+                outcome = f"failed: {reason}"
+            else:
+                return True
             finally:
                 self._handshakes.discard(scope)
-            return True
-        reason = "cut short by shutdown" if self._closing else "timed out"
+        if scope.cancelled_caught:
+            reason = outcome = "cut short by shutdown" if self._closing else "timed out"
         log.debug(
             "TLS handshake with %s %s",
             connection.peer,
-            reason,
+            outcome,
             extra={"event": "tls_failed", "client": connection.address, "reason": reason},
         )
         return False
