@@ -239,6 +239,7 @@ class RedisHistory:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._listen)
             nursery.start_soon(self._sweep)
+            nursery.start_soon(self._keep_statistics)
             await self._read()
 
     async def _listen(self) -> None:
@@ -269,13 +270,11 @@ class RedisHistory:
         while True:
             await trio.sleep(SWEEP_SECONDS)
             self._mark(list(self._positions))
-            await self._refresh_statistics()
 
     async def _read(self) -> None:
         """Read the marked streams after each one's position, in one
         pipeline; on a failure, mark them again and retry with backoff."""
         delay = RETRY_FIRST_SECONDS
-        await self._refresh_statistics()
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
@@ -312,18 +311,23 @@ class RedisHistory:
                     topic, [_record(topic, e.identifier, e.field_values) for e in entries]
                 )
 
-    async def _refresh_statistics(self) -> None:
-        try:
-            with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                events = 0
-                for key in list(self._positions)[:1000]:
-                    events += await self._client.xlen(key)
-                memory = await self._client.info("memory")
-        except REDIS_ERRORS:
-            return  # the reader reports the failure
-        self._statistics = HistoryStatistics(
-            "redis", len(self._positions), events, int(memory.get("used_memory", 0))
-        )
+    async def _keep_statistics(self) -> None:
+        """Refresh what ``/stats`` shows every :data:`STATISTICS_INTERVAL_SECONDS`:
+        the watched streams' lengths (one pipeline) and Redis' memory."""
+        while True:
+            keys = list(self._positions)
+            try:
+                with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        lengths = [pipe.xlen(key) for key in keys]
+                        memory = pipe.info("memory")
+                    events = sum([await length for length in lengths])
+                    used = int((await memory).get("used_memory", 0))
+            except REDIS_ERRORS:
+                pass  # the reader and the publishes report the failure
+            else:
+                self._statistics = HistoryStatistics("redis", len(keys), events, used)
+            await trio.sleep(STATISTICS_INTERVAL_SECONDS)
 
     # -- failures -------------------------------------------------------------
 
