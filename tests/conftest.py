@@ -253,35 +253,55 @@ async def wait_for_stats(
 __all__ = ["STEP_SECONDS", "TOPIC", "Broker", "SSEStream", "make_token", "partial", "start_broker"]
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return int(free.getsockname()[1])
+
+
 @dataclass
 class RedisServer:
-    """A redis-server of the test's own on a free loopback port."""
+    """A redis-server of the test's own on a free loopback port (with
+    ``password``: it asks for it, and :attr:`url` carries it)."""
 
     port: int
     directory: str
+    password: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = "" if self.password is None else f":{self.password}@"
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start (or restart) it; append-only file on, so a restart keeps the streams."""
+        guard = () if self.password is None else ("--requirepass", self.password)
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER or "redis-server",
                 *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
                 *("--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory),
+                *guard,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        probe = (
+            b"PING\r\n"
+            if self.password is None
+            else b"AUTH %s\r\nPING\r\n" % (self.password.encode())
+        )
         deadline = time.monotonic() + STEP_SECONDS
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(probe)
+                    answer = b""
+                    while b"+PONG" not in answer and (chunk := sock.recv(64)):
+                        answer += chunk
+                    if b"+PONG" in answer:
                         return
             except OSError:
                 pass
@@ -309,10 +329,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
                 "redis-server is missing: .ci/run installs it (apt-get install redis-server)"
             )
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    server = RedisServer(port, str(tmp_path_factory.mktemp("redis")))
+    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
     server.start()
     yield server
     server.kill()

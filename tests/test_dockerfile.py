@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -30,7 +29,7 @@ import httpx
 import pytest
 import trio
 
-from .conftest import STEP_SECONDS
+from .conftest import STEP_SECONDS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -277,13 +276,6 @@ def test_context_has_the_package_and_nothing_generated(installed: Installed) -> 
         check=True,
     )
     assert Path(where.stdout.decode().strip()).is_relative_to(installed.site)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_entry_command_serves_and_the_health_check_follows_it(
