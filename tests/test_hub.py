@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 import trio.testing
 
 from trio_esper.errors import ServiceUnavailable
+from trio_esper.history import Deliver, Record
+from trio_esper.history.memory import MemoryHistory
 from trio_esper.hub import Hub, open_hub
 from trio_esper.sse import HEARTBEAT_FRAME, Event
 
@@ -144,3 +148,62 @@ async def test_subscribing_while_closing_is_refused_and_wait_closed_returns() ->
                 await sub.__anext__()
         with trio.fail_after(1):
             await hub.wait_closed()
+
+
+async def test_publish_returns_once_every_subscriber_has_the_events() -> None:
+    # The answer to a publish means the event is out: written to a parked
+    # subscriber's socket, queued for one whose task is busy.
+    written: list[bytes] = []
+
+    def write_nowait(data: bytes) -> int:
+        written.append(data)
+        return len(data)
+
+    async with (
+        open_hub() as hub,
+        hub.subscribe("topic0001") as parked,
+        hub.subscribe("topic0001") as busy,
+    ):
+        parked.attach(write_nowait)
+        assert parked.park(lambda: None)
+        published = await hub.publish("topic0001", ev("1"))
+        # No checkpoint in between: the topic's task ran before publish returned.
+        assert written == [b"id: i1\ndata: 1\n\n"]
+        assert busy.queued == 1
+        assert published.subscribers == 2
+        assert hub.statistics().delivered == 1  # the direct write; the queued one when read
+
+
+async def test_publish_does_not_wait_on_a_topic_task_that_ended() -> None:
+    # Records handed to a topic whose task is cancelled (the hub closing)
+    # before it fans them out: a publisher waiting on them is let go.
+    async with open_hub() as hub, hub.subscribe("topic0001") as sub:
+        topic = sub.topic
+        # Two hand-offs without a checkpoint: the first wakes the topic's
+        # task, the second waits in its inbox.
+        first = await hub.history.append("topic0001", ev("1"), hub._deliver)
+        second = await hub.history.append("topic0001", ev("2"), hub._deliver)
+        hub._nursery.cancel_scope.cancel()
+        with trio.fail_after(1):
+            await topic.wait_fanned_out(second[-1].seq)
+        assert topic.fanned_through == first[-1].seq  # the second was never fanned out
+
+
+async def test_publish_does_not_wait_for_records_delivered_later() -> None:
+    # A history that delivers after append returns (the Redis backplane's
+    # reader does): the publisher is answered at once.
+    class Later(MemoryHistory):
+        async def append(
+            self, topic: str, events: Sequence[Event], deliver: Deliver
+        ) -> list[Record]:
+            return await super().append(topic, events, _ignore)
+
+    async with open_hub(Later()) as hub, hub.subscribe("topic0001") as sub:
+        with trio.fail_after(1):
+            published = await hub.publish("topic0001", ev("1"))
+        assert published.subscribers == 1
+        assert sub.queued == 0
+
+
+async def _ignore(topic: str, records: Sequence[Record]) -> None:
+    pass

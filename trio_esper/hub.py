@@ -17,7 +17,10 @@ topic in ``__aexit__``.
 Publishers never wait for a subscriber: the topic task delivers with
 ``send_nowait``, and a subscriber whose queue is full is dropped (its stream
 ends; the client reconnects and, with history, resumes by Last-Event-ID),
-as Mercure's localsubscriber does.
+as Mercure's localsubscriber does. A publisher does wait for the topic task
+to have handed its records to every subscriber (written or queued): that
+takes no longer than one pass over the subscribers, and it keeps a publisher
+from running ahead of its topic (its answer means the event is out).
 """
 
 from __future__ import annotations
@@ -344,6 +347,14 @@ class Topic:
         self.watched: trio.Event | None = None
         self.watching = False
         self.watch_error: Exception | None = None
+        #: The last seq handed to the inbox (by :meth:`Hub._deliver`), and
+        #: the last one fanned out: what publishers wait on.
+        self.handed_through = -1
+        self.fanned_through = -1
+        self._ended = False
+        # Made by the first publisher that waits: a topic whose publishers
+        # never catch its task mid-fan-out costs no lot.
+        self._fanned: trio.lowlevel.ParkingLot | None = None
 
     def open_publisher(self) -> trio.MemorySendChannel[Sequence[Record]]:
         """A clone of the topic's inbox for one publisher; close it when done."""
@@ -351,13 +362,32 @@ class Topic:
 
     async def run(self, heartbeat_seconds: float) -> None:
         """The topic's task: fan out published records; heartbeat idle streams."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat, heartbeat_seconds)
-            async with self._inbox_receive:
-                async for records in self._inbox_receive:
-                    self._fan_out(records)
-            # The inbox ends once the last subscriber has left.
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat, heartbeat_seconds)
+                async with self._inbox_receive:
+                    async for records in self._inbox_receive:
+                        self._fan_out(records)
+                        self.fanned_through = records[-1].seq
+                        if self._fanned is not None:
+                            self._fanned.unpark_all()
+                # The inbox ends once the last subscriber has left.
+                nursery.cancel_scope.cancel()
+        finally:
+            self._ended = True  # cancelled too (the hub closing): nobody waits on
+            if self._fanned is not None:
+                self._fanned.unpark_all()
+
+    async def wait_fanned_out(self, seq: int) -> None:
+        """Wait until the records through ``seq`` are fanned out, if they
+        were handed to this task (records a history delivers later, as the
+        Redis backplane's reader does, are not waited for), or the task ended."""
+        if seq > self.handed_through:
+            return
+        while self.fanned_through < seq and not self._ended:
+            if self._fanned is None:
+                self._fanned = trio.lowlevel.ParkingLot()
+            await self._fanned.park()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
         # Encoded once per batch, and framed once per batch for each framing
@@ -450,7 +480,7 @@ class Published:
     records: list[Record]
     """The stored events, ids assigned, in order."""
     subscribers: int
-    """Subscribers of the topic when the events were handed to its task."""
+    """Subscribers of the topic once its task had handed the events to them."""
 
 
 class Hub:
@@ -615,7 +645,9 @@ class Hub:
         """Store ``events`` (in order) in history and broadcast them to ``topic``.
 
         Waits for the history to store them (a durable backend: to commit) and
-        for the topic's task to have room in its inbox, never for a subscriber.
+        for the topic's task to have handed them to every subscriber (written
+        to its socket or queued; see :meth:`Topic.wait_fanned_out`), never
+        for a subscriber.
 
         ``topic`` is validated and normalised as the HTTP routes do it
         (``MyTopic123`` is ``mytopic123``), and each event's ``id`` must be
@@ -640,7 +672,10 @@ class Hub:
         self._published += len(records)
         self.catalog.published(self.catalog.used(topic, self._in_use), len(records))
         entry = self._topics.get(topic)
-        subscribers = 0 if entry is None else len(entry.subscribers)
+        subscribers = 0
+        if entry is not None:
+            await entry.wait_fanned_out(records[-1].seq)
+            subscribers = len(entry.subscribers)
         if self.observe_publish is not None:
             self.observe_publish(time.perf_counter() - started, subscribers)
         return Published(records, subscribers)
@@ -762,6 +797,7 @@ class Hub:
                 # blocks, so this wait is short.
                 with trio.CancelScope(shield=True):
                     await inbox.send(records)
+        entry.handed_through = records[-1].seq
 
     def close(self) -> None:
         """Start shutting down: refuse new subscribers, end every open stream."""

@@ -38,13 +38,13 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._publish_seconds = Histogram(
             "trio_esper_publish_duration_seconds",
-            "Time to store a publish and hand it to its topic.",
+            "Time to store a publish and hand it to every subscriber of its topic.",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._fanout = Histogram(
             "trio_esper_publish_fanout_subscribers",
-            "Subscribers of the topic when a publish was handed to it.",
+            "Subscribers of the topic a publish was handed to.",
             buckets=FANOUT_BUCKETS,
             registry=self.registry,
         )
