@@ -207,3 +207,33 @@ async def test_publish_does_not_wait_for_records_delivered_later() -> None:
 
 async def _ignore(topic: str, records: Sequence[Record]) -> None:
     pass
+
+
+async def test_a_stream_that_never_queued_ends_and_drains_like_any_other() -> None:
+    # A subscriber the topic only ever wrote to directly has nothing queued
+    # (its queue opens when something must wait); it still reports that,
+    # and ends cleanly, by either way of reading.
+    written: list[bytes] = []
+
+    def write_nowait(data: bytes) -> int:
+        written.append(data)
+        return len(data)
+
+    async with open_hub() as hub:
+        async with hub.subscribe("topic0001") as direct, hub.subscribe("topic0001") as iterated:
+            direct.attach(write_nowait)
+            assert direct.park(lambda: None)
+            await hub.publish("topic0001", ev("1"))
+            assert written == [b"id: i1\ndata: 1\n\n"]
+            assert direct.take_nowait() == b""  # nothing waits in its queue
+            assert await iterated.__anext__() == b"id: i1\ndata: 1\n\n"
+            direct.close()
+            iterated.close()
+            assert direct.take_nowait() is None
+            with pytest.raises(StopAsyncIteration):
+                await iterated.__anext__()
+        async with hub.subscribe("topic0001") as untouched:
+            untouched.close()  # closed before anything was offered
+            assert untouched.take_nowait() is None
+            with pytest.raises(StopAsyncIteration):
+                await untouched.__anext__()

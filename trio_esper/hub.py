@@ -9,7 +9,8 @@ task starts with its first subscriber and ends when the last one leaves: the
 topic then closes its own send channel, and its task finishes once the
 publishers holding clones of that channel have let go.
 
-A subscriber gets a bounded memory channel. :meth:`Hub.subscribe` is an async
+A subscriber gets a bounded memory channel (opened the first time something
+must wait in it: see :class:`Subscription`). :meth:`Hub.subscribe` is an async
 context manager, so whatever ends the subscriber's task -- a normal return,
 a client disconnect arriving as cancellation, an error -- removes it from its
 topic in ``__aexit__``.
@@ -143,6 +144,7 @@ class Subscription:
         "_closed",
         "_hub",
         "_parked",
+        "_queue_events",
         "_receive",
         "_send",
         "_wake",
@@ -165,11 +167,12 @@ class Subscription:
         self.client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
         self.frame = frame
-        # Not open_memory_channel[Item](...): subscripting builds a typing
-        # alias on every call, a measurable cost per subscribe.
-        self._send: trio.MemorySendChannel[Item]
-        self._receive: trio.MemoryReceiveChannel[Item]
-        self._send, self._receive = trio.open_memory_channel(queue_events)
+        self._queue_events = queue_events
+        # The bounded queue, opened the first time an item must wait in it
+        # (:meth:`_open`): a subscriber the topic writes to directly may never
+        # need one, and opening it is a tenth of what a subscribe costs.
+        self._send: trio.MemorySendChannel[Item] | None = None
+        self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
         self.queued = 0
         #: Set when the topic disconnected this subscriber for falling behind.
@@ -184,6 +187,17 @@ class Subscription:
         #: elsewhere than on its queue (see :meth:`park`).
         self._wake: Callable[[], object] | None = None
         self._closed = False
+
+    def _open(self) -> tuple[trio.MemorySendChannel[Item], trio.MemoryReceiveChannel[Item]]:
+        """The subscriber's queue, opened now if it is not yet (closed at
+        once if the stream has ended)."""
+        if self._send is None or self._receive is None:
+            # Not open_memory_channel[Item](...): subscripting builds a typing
+            # alias on every call.
+            self._send, self._receive = trio.open_memory_channel(self._queue_events)
+            if self._closed:
+                self._send.close()
+        return self._send, self._receive
 
     def attach(self, write_nowait: WriteNowait | None) -> None:
         """Let the topic write to the subscriber directly (``None``: stop)."""
@@ -210,8 +224,10 @@ class Subscription:
 
     def _offer(self, item: Item) -> bool:
         self._parked = False  # the task will wake to this: no direct write may overtake it
+        if self._closed:
+            return False  # gone or ended already: not a slow subscriber
         try:
-            self._send.send_nowait(item)
+            self._open()[0].send_nowait(item)
             self.queued += 1
         except trio.WouldBlock:
             self.drop()
@@ -251,6 +267,8 @@ class Subscription:
         """The queued items joined into one chunk (``b""`` if none are
         queued), or ``None`` once the stream has ended and its queue is
         drained (at once if dropped)."""
+        if self._receive is None:  # nothing was ever queued
+            return None if self._ended else b""
         frames: list[bytes] = []
         while len(frames) < MAX_FRAMES_PER_CHUNK:
             if self.dropped:
@@ -289,18 +307,20 @@ class Subscription:
         (at once if dropped)."""
         self._parked = False
         self._closed = True
-        self._send.close()
+        if self._send is not None:
+            self._send.close()
         self._wake_task()
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> bytes:
+        receive = self._open()[1]
         frames: list[bytes] = []
         while not frames:
             self._parked = self.queued == 0
             try:
-                seq, data = await self._receive.receive()
+                seq, data = await receive.receive()
             except trio.EndOfChannel:
                 raise StopAsyncIteration from None
             finally:
@@ -310,7 +330,7 @@ class Subscription:
             self._take(seq, data, frames)
             while len(frames) < MAX_FRAMES_PER_CHUNK:
                 try:
-                    seq, data = self._receive.receive_nowait()
+                    seq, data = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 self._take(seq, data, frames)
@@ -328,8 +348,9 @@ class Subscription:
         self._parked = False
         self._wake = None
         self._closed = True
-        self._send.close()
-        self._receive.close()
+        if self._send is not None and self._receive is not None:
+            self._send.close()
+            self._receive.close()
 
 
 class Topic:
