@@ -177,16 +177,25 @@ async def test_publish_returns_once_every_subscriber_has_the_events() -> None:
 async def test_publish_does_not_wait_on_a_topic_task_that_ended() -> None:
     # Records handed to a topic whose task is cancelled (the hub closing)
     # before it fans them out: a publisher waiting on them is let go.
-    async with open_hub() as hub, hub.subscribe("topic0001") as sub:
-        topic = sub.topic
-        # Two hand-offs without a checkpoint: the first wakes the topic's
-        # task, the second waits in its inbox.
-        first = await hub.history.append("topic0001", ev("1"), hub._deliver)
-        second = await hub.history.append("topic0001", ev("2"), hub._deliver)
-        hub._nursery.cancel_scope.cancel()
+    released = trio.Event()
+    async with trio.open_nursery() as outside:  # the waiter is not in the hub's scope
+        async with open_hub() as hub, hub.subscribe("topic0001") as sub:
+            topic = sub.topic
+            await trio.testing.wait_all_tasks_blocked()  # the topic's task waits on its inbox
+            # Two hand-offs without a checkpoint: the first wakes the topic's
+            # task, the second waits in its inbox.
+            first = await hub.history.append("topic0001", ev("1"), hub._deliver)
+            second = await hub.history.append("topic0001", ev("2"), hub._deliver)
+
+            async def publisher() -> None:
+                await topic.wait_fanned_out(second[-1].seq)
+                released.set()
+
+            outside.start_soon(publisher)
+            hub._nursery.cancel_scope.cancel()
         with trio.fail_after(1):
-            await topic.wait_fanned_out(second[-1].seq)
-        assert topic.fanned_through == first[-1].seq  # the second was never fanned out
+            await released.wait()
+    assert topic.fanned_through == first[-1].seq  # the second was never fanned out
 
 
 async def test_publish_does_not_wait_for_records_delivered_later() -> None:
