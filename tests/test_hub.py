@@ -246,3 +246,22 @@ async def test_a_stream_that_never_queued_ends_and_drains_like_any_other() -> No
             assert untouched.take_nowait() is None
             with pytest.raises(StopAsyncIteration):
                 await untouched.__anext__()
+
+
+async def test_a_subscriber_that_leaves_once_it_has_the_event_is_counted() -> None:
+    # The count is taken when the events are handed to the topic: one that
+    # reads its event and leaves before the publisher's answer still got it.
+    async def subscriber(hub: Hub, got: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        async with hub.subscribe("topic0001") as sub:
+            task_status.started()
+            await sub.__anext__()
+        got.set()  # left as soon as it had the event
+
+    async with open_hub() as hub:
+        for n in range(40):
+            got = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(subscriber, hub, got)
+                published = await hub.publish("topic0001", ev(str(n)))
+                await got.wait()
+            assert published.subscribers == 1, n

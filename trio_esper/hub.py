@@ -501,7 +501,7 @@ class Published:
     records: list[Record]
     """The stored events, ids assigned, in order."""
     subscribers: int
-    """Subscribers of the topic once its task had handed the events to them."""
+    """Subscribers of the topic when the events were handed to its task."""
 
 
 class Hub:
@@ -695,8 +695,10 @@ class Hub:
         entry = self._topics.get(topic)
         subscribers = 0
         if entry is not None:
-            await entry.wait_fanned_out(records[-1].seq)
+            # Counted at hand-off: a subscriber that leaves once it has the
+            # events (while this publisher waits) still got them.
             subscribers = len(entry.subscribers)
+            await entry.wait_fanned_out(records[-1].seq)
         if self.observe_publish is not None:
             self.observe_publish(time.perf_counter() - started, subscribers)
         return Published(records, subscribers)

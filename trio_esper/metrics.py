@@ -44,7 +44,7 @@ class Metrics:
         )
         self._fanout = Histogram(
             "trio_esper_publish_fanout_subscribers",
-            "Subscribers of the topic a publish was handed to.",
+            "Subscribers of the topic when a publish was handed to it.",
             buckets=FANOUT_BUCKETS,
             registry=self.registry,
         )
