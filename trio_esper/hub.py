@@ -144,7 +144,6 @@ class Subscription:
         "_closed",
         "_hub",
         "_parked",
-        "_queue_events",
         "_receive",
         "_send",
         "_wake",
@@ -158,19 +157,17 @@ class Subscription:
         "topic",
     )
 
-    def __init__(
-        self, hub: Hub, topic: Topic, queue_events: int, *, frame: Frame, client: str
-    ) -> None:
+    def __init__(self, hub: Hub, topic: Topic, *, frame: Frame, client: str) -> None:
         self._hub = hub
         self.topic = topic
         #: Who subscribed (see :meth:`Hub.subscribe`).
         self.client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
         self.frame = frame
-        self._queue_events = queue_events
-        # The bounded queue, opened the first time an item must wait in it
-        # (:meth:`_open`): a subscriber the topic writes to directly may never
-        # need one, and opening it is a tenth of what a subscribe costs.
+        # The bounded queue (the hub's ``queue_events``), opened the first
+        # time an item must wait in it (:meth:`_open`): a subscriber the topic
+        # writes to directly may never need one, and opening it is a tenth of
+        # what a subscribe costs.
         self._send: trio.MemorySendChannel[Item] | None = None
         self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
@@ -194,7 +191,7 @@ class Subscription:
         if self._send is None or self._receive is None:
             # Not open_memory_channel[Item](...): subscripting builds a typing
             # alias on every call.
-            self._send, self._receive = trio.open_memory_channel(self._queue_events)
+            self._send, self._receive = trio.open_memory_channel(self._hub._queue_events)
             if self._closed:
                 self._send.close()
         return self._send, self._receive
@@ -232,8 +229,6 @@ class Subscription:
         except trio.WouldBlock:
             self.drop()
             return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False  # gone or ended already: not a slow subscriber
         self._wake_task()
         return True
 
@@ -594,7 +589,7 @@ class Hub:
             entry = self._topics[topic] = Topic(self, topic)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
         self.catalog.used(topic, self._in_use)
-        subscription = Subscription(self, entry, self._queue_events, frame=frame, client=client)
+        subscription = Subscription(self, entry, frame=frame, client=client)
         entry.subscribers.add(subscription)
         self._subscriptions += 1
         self._per_client[client] = self._per_client.get(client, 0) + 1
