@@ -72,7 +72,7 @@ class H2Stream:
 class H2Client:
     """One h2c connection: the ``h2`` state machine over a trio TCP stream.
 
-    A reader task (:meth:`run`, started by :func:`open_h2`) feeds every
+    A reader task (:meth:`run`, started by :meth:`start`) feeds every
     received byte to the state machine, records status and DATA per stream,
     acknowledges DATA (so flow-control windows reopen), and flushes whatever
     ``h2`` wants to send (SETTINGS ACKs, WINDOW_UPDATEs, PING ACKs). Writers
@@ -110,6 +110,14 @@ class H2Client:
     def closing(self) -> bool:
         """The server sent GOAWAY or closed the connection."""
         return self.eof or self.goaway is not None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Send the preface and SETTINGS, start the reader in ``nursery``, and
+        wait for the server's SETTINGS (so its MAX_CONCURRENT_STREAMS is known)."""
+        self.conn.initiate_connection()
+        await self.flush()
+        nursery.start_soon(self.run)
+        await self.wait_for(lambda: self.settings_received, what="server SETTINGS")
 
     def close_now(self) -> None:
         """Close the socket at once (idempotent); wakes the reader, which ends."""
@@ -280,16 +288,12 @@ class H2Client:
 
 @asynccontextmanager
 async def open_h2(broker: Broker, nursery: trio.Nursery) -> AsyncIterator[H2Client]:
-    """An h2c connection: the preface and SETTINGS sent, the reader started in
-    ``nursery``, and the server's SETTINGS received (so its
-    MAX_CONCURRENT_STREAMS is known). Its socket is closed on the way out."""
+    """An h2c connection, started (:meth:`H2Client.start`) with its reader in
+    ``nursery``. Its socket is closed on the way out."""
     stream = await trio.open_tcp_stream(*broker.host_port)
     client = H2Client(stream)
     try:
-        client.conn.initiate_connection()
-        await client.flush()
-        nursery.start_soon(client.run)
-        await client.wait_for(lambda: client.settings_received, what="server SETTINGS")
+        await client.start(nursery)
         yield client
     finally:
         client.close_now()

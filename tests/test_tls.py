@@ -273,10 +273,7 @@ async def open_h2_tls(broker: Broker, pki: PKI, nursery: trio.Nursery) -> AsyncI
     assert tls.selected_alpn_protocol() == "h2"
     client = H2Client(tls)  # annotated for a SocketStream; it uses send_all, receive_some
     try:
-        client.conn.initiate_connection()
-        await client.flush()
-        nursery.start_soon(client.run)
-        await client.wait_for(lambda: client.settings_received, what="server SETTINGS")
+        await client.start(nursery)
         yield client
     finally:
         await client.aclose()
