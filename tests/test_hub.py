@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
@@ -133,8 +134,22 @@ async def test_each_framing_is_applied_once_per_batch() -> None:
         assert await first.__anext__() == b"<id: i1\ndata: 1\n\n>"
         assert await second.__anext__() == b"<id: i1\ndata: 1\n\n>"
         assert await bare.__anext__() == b"id: i1\ndata: 1\n\n"
-    # The record once, and the batch's joined bytes once (for direct writes).
-    assert framed == [b"id: i1\ndata: 1\n\n"] * 2
+    # A batch of one record is framed once: its item's bytes are the batch's.
+    assert framed == [b"id: i1\ndata: 1\n\n"]
+    framed.clear()
+    async with (
+        open_hub() as hub,
+        hub.subscribe("topic0001", frame=frame) as first,
+        hub.subscribe("topic0001", frame=frame) as second,
+    ):
+        await hub.publish("topic0001", ev("1", "2"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await first.__anext__() == b"<id: i1\ndata: 1\n\n><id: i2\ndata: 2\n\n>"
+        assert await second.__anext__() == b"<id: i1\ndata: 1\n\n><id: i2\ndata: 2\n\n>"
+    # Each record once, and the batch's joined bytes once (for direct writes).
+    assert sorted(framed) == sorted(
+        [b"id: i1\ndata: 1\n\nid: i2\ndata: 2\n\n", b"id: i1\ndata: 1\n\n", b"id: i2\ndata: 2\n\n"]
+    )
 
 
 async def test_subscribing_while_closing_is_refused_and_wait_closed_returns() -> None:
@@ -172,6 +187,26 @@ async def test_publish_returns_once_every_subscriber_has_the_events() -> None:
         assert busy.queued == 1
         assert published.subscribers == 2
         assert hub.statistics().delivered == 1  # the direct write; the queued one when read
+
+
+@pytest.mark.parametrize("subscribed", [False, True], ids=["no-subscriber", "subscriber"])
+async def test_publish_is_a_checkpoint(subscribed: bool) -> None:
+    # The edge serves publishes back to back on one connection without a
+    # checkpoint of its own: Hub.publish must yield, with or without a
+    # topic task to wait for, and with records delivered later.
+    class Later(MemoryHistory):
+        async def append(
+            self, topic: str, events: Sequence[Event], deliver: Deliver
+        ) -> list[Record]:
+            return await super().append(topic, events, _ignore)
+
+    for history in (MemoryHistory(), Later()):
+        async with open_hub(history) as hub, AsyncExitStack() as stack:
+            if subscribed:
+                await stack.enter_async_context(hub.subscribe("topic0001"))
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_checkpoints():
+                await hub.publish("topic0001", ev("1"))
 
 
 async def test_publish_does_not_wait_on_a_topic_task_that_ended() -> None:

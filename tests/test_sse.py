@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,6 +196,69 @@ def test_parse_raises_only_invalid_event(body: bytes) -> None:
         assert events
         return
     assert len(reason.splitlines()) == 1
+
+
+def _whatwg_reading(body: bytes) -> list[Event] | str:
+    """The reference: WHATWG's "Interpreting an event stream" step by step
+    (split on CRLF, CR or LF; a blank line dispatches; the end of the body
+    does too), with this broker's refusals, as the first reason met."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not valid UTF-8"
+    text = text.removeprefix("\ufeff")
+    lines = re.split(r"\r\n|\r|\n", text)
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    events: list[Event] = []
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    has_data = False
+    for line in [*lines, ""]:
+        if not line:
+            if has_data:
+                retry = fields.get("retry")
+                try:
+                    event = Event(
+                        "\n".join(data),
+                        fields.get("event"),
+                        fields.get("id"),
+                        None if retry is None else int(retry),
+                    )
+                except InvalidEvent as exc:
+                    return str(exc)
+                events.append(event)
+            elif fields:
+                return "event has no data field"
+            fields, data, has_data = {}, [], False
+        elif not line.startswith(":"):
+            name, colon, value = line.partition(":")
+            value = value[1:] if colon and value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+                has_data = True
+            elif name not in ("event", "id", "retry"):
+                return "unknown field"
+            elif name == "retry" and not re.fullmatch("[0-9]+", value):
+                return "retry must be ASCII digits"
+            else:
+                fields[name] = value
+    return events or "body holds no event"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64) | _LINES.map(lambda ls: "".join("".join(t) for t in ls).encode()))
+def test_parse_reads_as_whatwg_does(body: bytes) -> None:
+    expected = _whatwg_reading(body)
+    try:
+        read: list[Event] | str = parse_body(body)
+    except InvalidEvent as exc:
+        read = str(exc)
+    if isinstance(read, str):
+        assert isinstance(expected, str), f"refused {body!r}: {read}"
+        assert read.startswith(expected)
+    else:
+        assert read == expected
 
 
 # The id grammar at publish: what survives Last-Event-ID and ?lastEventId=.

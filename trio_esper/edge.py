@@ -156,7 +156,8 @@ class Connection:
             OSError: the connection is broken or closed.
         """
         try:
-            return os.write(self.fileno, data)
+            # Not self.fileno: the topic calls this once per subscriber per event.
+            return os.write(self.stream.socket.fileno(), data)
         except BlockingIOError:
             return 0
 
@@ -187,7 +188,9 @@ class Connection:
             self.stream.socket.shutdown(socket.SHUT_RD)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class _Opened:
     """A subscribe request checked, its stream not yet open."""
 
@@ -197,7 +200,9 @@ class _Opened:
     """The connection ends with the stream (the client sent ``Connection: close``)."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class _Refused:
     """A subscribe request refused: its answer, and whether the client keeps
     the connection."""
@@ -677,8 +682,12 @@ class Edge:
         """
         config = self._config
         buffer = b""
+        checkpointed = False  # since the last read
         while True:
-            read = await self._read_head(connection, buffer, self._parse_head)
+            read = await self._read_head(
+                connection, buffer, self._parse_head, checkpointed=checkpointed
+            )
+            checkpointed = False
             if read is None:
                 return None
             buffer, request = read
@@ -717,6 +726,7 @@ class Edge:
             body, buffer = buffer[request.head_bytes : end], buffer[end:]
             if not await self._publish(connection, request, body):
                 return None
+            checkpointed = True
 
     def _parse_head(self, buffer: bytes) -> h1.Request | h1.Sentinel:
         """The fast forms' reading of a head; a head they decline is read
@@ -731,11 +741,14 @@ class Edge:
         connection: Connection,
         buffer: bytes,
         parse: Callable[[bytes], h1.Request | h1.Sentinel] = _whole_head,
+        *,
+        checkpointed: bool = False,
     ) -> tuple[bytes, h1.Request | h1.Sentinel] | None:
         """Read a request head: until ``parse(buffer)`` is not
         :data:`~.h1.NEED_DATA` (by default: until the head is whole, for
         Hypercorn). Idle until its first byte (the keep-alive timeout), then
-        the head timeout (408).
+        the head timeout (408). ``checkpointed``: the task has yielded since
+        it last read (see :meth:`_receive`).
 
         Returns the buffer and what ``parse`` made of it (``NEED_DATA`` if
         the peer ended its side mid-head: Hypercorn answers that); ``None``
@@ -749,7 +762,9 @@ class Edge:
             if not buffer and self._closing:
                 return None
             try:
-                data = await self._receive(connection, deadline, idle=not buffer)
+                data = await self._receive(
+                    connection, deadline, idle=not buffer, checkpointed=checkpointed
+                )
             except _Expired:
                 if buffer:
                     await self._refuse(connection, RequestTimeout("request head too slow"))
@@ -759,12 +774,20 @@ class Edge:
             if not buffer:
                 deadline = trio.current_time() + config.request_head_timeout_seconds
             buffer += data
+            checkpointed = False
         return buffer, parsed
 
     async def _receive(
-        self, connection: Connection, deadline: float, *, idle: bool = False
+        self,
+        connection: Connection,
+        deadline: float,
+        *,
+        idle: bool = False,
+        checkpointed: bool = False,
     ) -> bytes:
-        """The next bytes from the connection, or ``b""`` at its end.
+        """The next bytes from the connection, or ``b""`` at its end. A
+        checkpoint, unless ``checkpointed`` (the task yielded since its last
+        read: a publish always does) and the bytes are there already.
 
         Reads the socket directly: trio's ``receive_some`` costs more than
         the rest of a publish's reading.
@@ -784,7 +807,7 @@ class Edge:
             else:
                 if not data and connection.expired:
                     raise _Expired
-                if not waited:
+                if not waited and not checkpointed:
                     # Under load the next request is often there already; the
                     # checkpoint keeps one busy publisher from starving the
                     # rest (after a wait, the task has yielded already).
@@ -823,7 +846,7 @@ class Edge:
         await self._send_answer(connection, endpoints.error_answer(error, []), keep_alive=False)
 
     async def _publish(self, connection: Connection, request: h1.Request, body: bytes) -> bool:
-        """Answer a publish; whether the connection stays open."""
+        """Answer a publish; whether the connection stays open. A checkpoint."""
         config = self._config
         cors = endpoints.cors_headers(config, request.header(b"origin"))
         publish = endpoints.PublishRequest(
@@ -842,6 +865,9 @@ class Edge:
         except EsperError as error:
             logs.auth_failed(error, client=connection.address, topic=request.topic)
             answer = endpoints.error_answer(error, cors)
+            # Hub.publish is a checkpoint; so is a refusal, so that a client
+            # pipelining bad requests cannot keep the task from yielding.
+            await trio.lowlevel.checkpoint()
         return await self._send_answer(connection, answer, request.keep_alive)
 
     def _open_stream(self, request: h1.Request, client: str) -> _Opened | _Refused:

@@ -55,7 +55,9 @@ REPLAY_PAGE_EVENTS = 1000
 RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset"))
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class Answer:
     """A complete response: status, header fields (``content-length`` is
     added by whoever writes it), body."""
@@ -282,7 +284,9 @@ class PublishBudget:
 BUDGET_KEY = "trio_esper.publish_budget"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class PublishRequest:
     """A ``POST /publish/{topic}``, as either front end read it."""
 
@@ -335,7 +339,9 @@ def publish_answer(published: Published) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class SubscribeRequest:
     """A ``GET /subscribe/{topic}``, as either front end read it."""
 
@@ -349,7 +355,9 @@ class SubscribeRequest:
     """The ``Last-Event-ID`` header."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class Stream:
     """An authorised subscription, not yet open: where it starts."""
 

@@ -123,6 +123,15 @@ def _bare(data: bytes) -> bytes:
     return data
 
 
+def _framed(frame: Frame, bare: list[Item], wire: bytes) -> tuple[list[Item], bytes]:
+    """A batch's items and their joined bytes, each framed with ``frame``
+    (a batch of one record: one framing serves both)."""
+    framed_wire = frame(wire)
+    if len(bare) == 1:
+        return [(bare[0][0], framed_wire)], framed_wire
+    return [(seq, frame(data)) for seq, data in bare], framed_wire
+
+
 class Subscription:
     """One subscriber's end of its topic: an async iterator of byte chunks.
 
@@ -397,8 +406,10 @@ class Topic:
     async def wait_fanned_out(self, seq: int) -> None:
         """Wait until the records through ``seq`` are fanned out, if they
         were handed to this task (records a history delivers later, as the
-        Redis backplane's reader does, are not waited for), or the task ended."""
-        if seq > self.handed_through:
+        Redis backplane's reader does, are not waited for), or the task ended.
+        A checkpoint, whether it waits or not."""
+        if seq > self.handed_through or self.fanned_through >= seq or self._ended:
+            await trio.lowlevel.checkpoint()
             return
         while self.fanned_through < seq and not self._ended:
             if self._fanned is None:
@@ -409,14 +420,14 @@ class Topic:
         # Encoded once per batch, and framed once per batch for each framing
         # in use, whatever the number of subscribers.
         bare: list[Item] = [(r.seq, r.frame) for r in records]
-        wire = b"".join(frame for _, frame in bare)
+        wire = bare[0][1] if len(bare) == 1 else b"".join([frame for _, frame in bare])
         framed: dict[Frame, tuple[list[Item], bytes]] = {_bare: (bare, wire)}
+        events = len(records)
         for subscription in list(self.subscribers):
             batch = framed.get(subscription.frame)
             if batch is None:
-                frame = subscription.frame
-                batch = framed[frame] = ([(seq, frame(data)) for seq, data in bare], frame(wire))
-            if not subscription.deliver_nowait(*batch, len(records)):
+                batch = framed[subscription.frame] = _framed(subscription.frame, bare, wire)
+            if not subscription.deliver_nowait(batch[0], batch[1], events):
                 self.subscribers.discard(subscription)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
@@ -476,7 +487,9 @@ class Subscribing:
             self._subscription = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class ReplayPage:
     """A page of history for a resuming subscriber (:meth:`Hub.replay`)."""
 
@@ -489,7 +502,9 @@ class ReplayPage:
     """The id to read the next page after; ``None`` once history is read."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per request, and a frozen dataclass's __init__
+# (object.__setattr__ per field) takes four times as long.
+@dataclass(slots=True)
 class Published:
     """What :meth:`Hub.publish` did."""
 
@@ -663,7 +678,9 @@ class Hub:
         Waits for the history to store them (a durable backend: to commit) and
         for the topic's task to have handed them to every subscriber (written
         to its socket or queued; see :meth:`Topic.wait_fanned_out`), never
-        for a subscriber.
+        for a subscriber. Always a checkpoint (it yields to other tasks at
+        least once), so a front end serving publishes back to back needs no
+        checkpoint of its own between them.
 
         ``topic`` is validated and normalised as the HTTP routes do it
         (``MyTopic123`` is ``mytopic123``), and each event's ``id`` must be
@@ -694,6 +711,8 @@ class Hub:
             # events (while this publisher waits) still got them.
             subscribers = len(entry.subscribers)
             await entry.wait_fanned_out(records[-1].seq)
+        else:
+            await trio.lowlevel.checkpoint()
         if self.observe_publish is not None:
             self.observe_publish(time.perf_counter() - started, subscribers)
         return Published(records, subscribers)

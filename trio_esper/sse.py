@@ -10,7 +10,6 @@ better served by a 400 than by an event that quietly lost its id.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import InvalidEvent
@@ -57,9 +56,10 @@ class Event:
         # says: "If the field value does not contain U+0000 NULL, then set the
         # last event ID buffer to the field value. Otherwise, ignore the
         # field." -- a NUL would silently drop the id, so refuse it.
-        for name, value in (("event", self.event), ("id", self.id)):
-            if value is not None and ("\r" in value or "\n" in value or "\0" in value):
-                raise InvalidEvent(f"{name} must not contain CR, LF or NUL")
+        if self.event is not None or self.id is not None:
+            for name, value in (("event", self.event), ("id", self.id)):
+                if value is not None and ("\r" in value or "\n" in value or "\0" in value):
+                    raise InvalidEvent(f"{name} must not contain CR, LF or NUL")
         if "\r" in self.data:
             raise InvalidEvent("data must not contain CR (lines are separated by LF)")
         if self.retry is not None and self.retry < 0:
@@ -110,16 +110,17 @@ def _field(name: str, value: str) -> str:
 def encode(event: Event) -> bytes:
     """Encode ``event`` canonically: ``id``, ``event``, ``retry``, then one
     ``data`` line per line of data, then a blank line."""
-    parts: list[str] = []
-    if event.id is not None:
-        parts.append(_field("id", event.id))
+    text = "" if event.id is None else _field("id", event.id)
     if event.event is not None:
-        parts.append(_field("event", event.event))
+        text += _field("event", event.event)
     if event.retry is not None:
-        parts.append(f"retry: {event.retry}\n")
-    parts.extend(_field("data", line) for line in event.data.split("\n"))
-    parts.append("\n")
-    return "".join(parts).encode()
+        text += f"retry: {event.retry}\n"
+    data = event.data
+    if "\n" in data:
+        text += "".join([_field("data", line) for line in data.split("\n")])
+    else:
+        text += _field("data", data)
+    return (text + "\n").encode()
 
 
 def _decode(body: bytes) -> str:
@@ -130,27 +131,11 @@ def _decode(body: bytes) -> str:
 
 
 def _split_lines(text: str) -> list[str]:
-    lines = _LINE_END.split(text)
+    # Without a CR, every line end is an LF: str.split is a tenth of the regex.
+    lines = _LINE_END.split(text) if "\r" in text else text.split("\n")
     if len(lines) > 1 and lines[-1] == "":
         lines.pop()  # the final line end does not start another line
     return lines
-
-
-def _split_fields(text: str) -> Iterator[tuple[str, str] | None]:
-    """Yield ``(field, value)`` per line, ``None`` for a blank line."""
-    for line in _split_lines(text):
-        if line == "":
-            yield None
-        elif line.startswith(":"):
-            continue  # WHATWG: a line starting with a colon is a comment
-        else:
-            # WHATWG: "Collect the characters on the line before the first
-            # U+003A COLON character (:) ... If value starts with a U+0020
-            # SPACE character, remove it from value."
-            name, colon, value = line.partition(":")
-            if colon and value.startswith(" "):
-                value = value[1:]
-            yield name, value
 
 
 def parse_body(body: bytes) -> list[Event]:
@@ -170,47 +155,53 @@ def parse_body(body: bytes) -> list[Event]:
     events: list[Event] = []
     fields: dict[str, str] = {}
     data: list[str] | None = None
-
-    def dispatch() -> None:
-        nonlocal fields, data
-        if data is None:
-            if fields:
+    # One pass over the lines; the empty line after the last one ends the
+    # last event, as the end of the body does.
+    for line in [*_split_lines(text), ""]:
+        if line == "":
+            if data is not None:
+                events.append(_event(data, fields))
+                fields, data = {}, None
+            elif fields:
                 raise InvalidEvent("event has no data field")
-            return
-        retry = fields.get("retry")
-        try:
-            retry_ms = None if retry is None else int(retry)
-        except ValueError:  # more digits than sys.get_int_max_str_digits() (4300)
-            raise InvalidEvent("retry has too many digits") from None
-        events.append(
-            Event(
-                data="\n".join(data),
-                event=fields.get("event"),
-                id=fields.get("id"),
-                retry=retry_ms,
-            )
-        )
-        fields, data = {}, None
-
-    for item in _split_fields(text):
-        if item is None:
-            dispatch()
             continue
-        name, value = item
+        if line[0] == ":":
+            continue  # WHATWG: a line starting with a colon is a comment
+        # WHATWG: "Collect the characters on the line before the first U+003A
+        # COLON character (:) ... If value starts with a U+0020 SPACE
+        # character, remove it from value."
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
         if name == "data":
             if data is None:
-                data = []
-            data.append(value)
+                data = [value]
+            else:
+                data.append(value)
         elif name in KNOWN_FIELDS:
             if name == "retry" and not _DIGITS.fullmatch(value):
                 raise InvalidEvent("retry must be ASCII digits (milliseconds)")
             fields[name] = value
         else:
             raise InvalidEvent(f"unknown field {name[:32]!r}")
-    dispatch()
     if not events:
         raise InvalidEvent("body holds no event (at least one data: line is required)")
     return events
+
+
+def _event(data: list[str], fields: dict[str, str]) -> Event:
+    """The event a blank line dispatches (WHATWG: "Dispatch the event")."""
+    retry = fields.get("retry")
+    try:
+        retry_ms = None if retry is None else int(retry)
+    except ValueError:  # more digits than sys.get_int_max_str_digits() (4300)
+        raise InvalidEvent("retry has too many digits") from None
+    return Event(
+        data=data[0] if len(data) == 1 else "\n".join(data),
+        event=fields.get("event"),
+        id=fields.get("id"),
+        retry=retry_ms,
+    )
 
 
 def parse_plain(body: bytes, *, event: str | None = None, id: str | None = None) -> Event:

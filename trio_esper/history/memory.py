@@ -103,18 +103,19 @@ def record_bytes(record: Record, topic: str | None = None) -> int:
     plus its id, data, event type, retry and frame, and its topic string
     unless it is ``topic`` (the ring's own, shared by the ring's records)."""
     event = record.event
+    sizeof = sys.getsizeof
     size = (
         RECORD_FIXED_BYTES
-        + allocated_bytes(sys.getsizeof(event.data))
-        + allocated_bytes(sys.getsizeof(record.frame))
-        + allocated_bytes(sys.getsizeof(record.id))
+        + allocated_bytes(sizeof(event.data))
+        + allocated_bytes(sizeof(record.frame))
+        + allocated_bytes(sizeof(event.id))
     )
     if event.event is not None:
-        size += allocated_bytes(sys.getsizeof(event.event))
+        size += allocated_bytes(sizeof(event.event))
     if event.retry is not None and event.retry > _SHARED_INT_MAX:
-        size += allocated_bytes(sys.getsizeof(event.retry))
+        size += allocated_bytes(sizeof(event.retry))
     if record.topic is not topic:
-        size += allocated_bytes(sys.getsizeof(record.topic))
+        size += allocated_bytes(sizeof(record.topic))
     return size
 
 
@@ -127,7 +128,7 @@ class _Ring:
     list is compacted once half of it is cleared: O(1) amortised.
     """
 
-    __slots__ = ("by_id", "bytes", "head", "records", "topic")
+    __slots__ = ("by_id", "bytes", "fixed_bytes", "head", "records", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
@@ -136,6 +137,10 @@ class _Ring:
         self.by_id: dict[str, Record] = {}
         #: What the ring itself holds, its records apart (see _resize).
         self.bytes = 0
+        #: The part of that which never changes: this object and its topic string.
+        self.fixed_bytes = allocated_bytes(sys.getsizeof(self)) + allocated_bytes(
+            sys.getsizeof(topic)
+        )
 
     def __len__(self) -> int:
         return len(self.records) - self.head
@@ -185,11 +190,14 @@ class MemoryHistory:
         self._seqs = SeqClock()
 
     async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
-        ring = self._rings.get(topic)
         ids = [e.id for e in events if e.id is not None]
-        if len(set(ids)) != len(ids) or (ring is not None and any(i in ring.by_id for i in ids)):
-            await trio.lowlevel.checkpoint()
-            raise Conflict("event id is already in this topic's history")
+        if ids:
+            ring = self._rings.get(topic)
+            if len(set(ids)) != len(ids) or (
+                ring is not None and any(i in ring.by_id for i in ids)
+            ):
+                await trio.lowlevel.checkpoint()
+                raise Conflict("event id is already in this topic's history")
         ring = self._touch(topic)
         now = time.time()
         records = []
@@ -231,18 +239,26 @@ class MemoryHistory:
         self._events += 1
 
     def _evict(self, ring: _Ring) -> None:
-        self._resize(ring)
-        while len(ring) > self.max_events_per_topic:
-            self._drop_oldest(ring)
+        """After records were stored in ``ring``: its count limit, then the
+        byte budget (which may take records of other topics)."""
+        for _ in range(len(ring) - self.max_events_per_topic):
+            self._pop_oldest(ring)
+        # Re-measured once, after the pops: a publish to a full ring stores
+        # one record and drops one.
+        if ring:
+            self._resize(ring)
+        elif ring.topic in self._rings:  # no events kept (or an append of none)
+            self._forget(ring)
         while self._bytes > self.max_bytes and self._rings:
             self._drop_oldest(next(iter(self._rings.values())))
-        if not ring and ring.topic in self._rings:  # an append of no events
-            self._forget(ring)
 
-    def _drop_oldest(self, ring: _Ring) -> None:
+    def _pop_oldest(self, ring: _Ring) -> None:
         record = ring.popleft()
         self._bytes -= record_bytes(record, ring.topic)
         self._events -= 1
+
+    def _drop_oldest(self, ring: _Ring) -> None:
+        self._pop_oldest(ring)
         if ring:
             self._resize(ring)
         else:
@@ -263,12 +279,7 @@ class MemoryHistory:
 
     def _resize(self, ring: _Ring) -> None:
         """Re-measure what ``ring`` holds besides its records."""
-        size = (
-            allocated_bytes(sys.getsizeof(ring))
-            + allocated_bytes(sys.getsizeof(ring.topic))
-            + _container_bytes(ring.records)
-            + _container_bytes(ring.by_id)
-        )
+        size = ring.fixed_bytes + _container_bytes(ring.records) + _container_bytes(ring.by_id)
         self._bytes += size - ring.bytes
         ring.bytes = size
 
@@ -301,9 +312,7 @@ class MemoryHistory:
         if ring is None:
             return
         while ring:
-            record = ring.popleft()
-            self._bytes -= record_bytes(record, ring.topic)
-            self._events -= 1
+            self._pop_oldest(ring)
         self._forget(ring)
 
     async def watch(self, topic: str, deliver: Deliver) -> None:
