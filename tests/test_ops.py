@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from trio_esper.metrics import FANOUT_BUCKETS, LATENCY_BUCKETS, _Histogram
 
 from .conftest import STEP_SECONDS, Broker, make_token, start_broker
 
@@ -34,6 +39,27 @@ async def scrape(client: httpx.AsyncClient, broker: Broker, **headers: str) -> d
 
 def value(samples: dict[str, Any], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.mark.parametrize("buckets", [LATENCY_BUCKETS, FANOUT_BUCKETS], ids=["latency", "fanout"])
+def test_publish_histograms_expose_as_prometheus_client_does(buckets: tuple[float, ...]) -> None:
+    # The hot path's histogram against prometheus-client's own, the same
+    # observations (bounds exactly, between, below and above them): the same
+    # exposition but for the creation time.
+    reference_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("x_seconds", "Help.", buckets=buckets, registry=reference_registry)
+    ours = _Histogram("x_seconds", "Help.", buckets)
+    ours_registry.register(ours)
+    for observed in [*buckets, *(b + 0.00001 for b in buckets), -1, 0, 0.5, 10**9]:
+        reference.observe(observed)
+        ours.observe(observed)
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return [line for line in lines if not line.startswith("x_seconds_created ")]
+
+    assert exposition(ours_registry) == exposition(reference_registry)
+    assert "x_seconds_created " in generate_latest(ours_registry).decode()
 
 
 async def test_metrics_move_as_events_flow(
