@@ -702,7 +702,9 @@ class Edge:
         """
         config = self._config
         buffer = b""
-        checkpointed = False  # since the last read
+        # Whether the task yielded since its last read: a task just started
+        # has had no step yet, so its first request is read without one.
+        checkpointed = True
         while True:
             read = await self._read_head(
                 connection, buffer, self._parse_head, checkpointed=checkpointed
