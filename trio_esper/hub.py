@@ -423,12 +423,14 @@ class Topic:
         wire = bare[0][1] if len(bare) == 1 else b"".join([frame for _, frame in bare])
         framed: dict[Frame, tuple[list[Item], bytes]] = {_bare: (bare, wire)}
         events = len(records)
-        for subscription in list(self.subscribers):
+        gone: list[Subscription] = []
+        for subscription in self.subscribers:  # nothing it calls adds or removes one
             batch = framed.get(subscription.frame)
             if batch is None:
                 batch = framed[subscription.frame] = _framed(subscription.frame, bare, wire)
             if not subscription.deliver_nowait(batch[0], batch[1], events):
-                self.subscribers.discard(subscription)
+                gone.append(subscription)
+        self.subscribers.difference_update(gone)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
         while True:
