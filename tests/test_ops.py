@@ -62,6 +62,19 @@ def test_publish_histograms_expose_as_prometheus_client_does(buckets: tuple[floa
     assert "x_seconds_created " in generate_latest(ours_registry).decode()
 
 
+def test_publish_histograms_follow_the_created_series_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # prometheus-client's documented switch (it reads it at import, so its
+    # own Histogram cannot be compared here).
+    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+    registry = CollectorRegistry()
+    registry.register(_Histogram("x_seconds", "Help.", LATENCY_BUCKETS))
+    text = generate_latest(registry).decode()
+    assert "x_seconds_bucket" in text
+    assert "_created" not in text
+
+
 async def test_metrics_move_as_events_flow(
     nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
 ) -> None:

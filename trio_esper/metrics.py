@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -101,8 +102,9 @@ class Metrics:
 
 class _Histogram(Collector):
     """A histogram without labels, exposed as prometheus-client's
-    ``Histogram`` exposes one (``_bucket``, ``_count``, ``_sum``,
-    ``_created``). Observed from the broker's one thread only."""
+    ``Histogram`` exposes one (``_bucket``, ``_count``, ``_sum``, and
+    ``_created`` unless ``PROMETHEUS_DISABLE_CREATED_SERIES`` says not to, as
+    prometheus-client reads it). Observed from the broker's one thread only."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
         self._name = name
@@ -113,6 +115,9 @@ class _Histogram(Collector):
         self._counts = [0] * (len(self._bounds) + 1)
         self._sum = 0.0
         self._created = time.time()
+        self._expose_created = os.environ.get(
+            "PROMETHEUS_DISABLE_CREATED_SERIES", "False"
+        ).lower() not in ("true", "1", "t")
 
     def observe(self, value: float) -> None:
         # Prometheus buckets are "less than or equal": bisect_left finds the
@@ -129,7 +134,8 @@ class _Histogram(Collector):
         yield HistogramMetricFamily(
             self._name, self._documentation, buckets=buckets, sum_value=self._sum
         )
-        yield GaugeMetricFamily(f"{self._name}_created", self._documentation, self._created)
+        if self._expose_created:
+            yield GaugeMetricFamily(f"{self._name}_created", self._documentation, self._created)
 
 
 class _HubCollector(Collector):
