@@ -144,9 +144,9 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
     method, target, route, topic, query = match.groups()
     if (method == b"POST") != (route == b"publish"):
         return DECLINE  # the Quart route answers 405 with Allow
-    lines = fields.split(b"\r\n") if fields else []
-    if _field_block.fullmatch(fields + b"\r\n" if fields else b"") is None:
+    if fields and _field_block.fullmatch(fields + b"\r\n") is None:
         return DECLINE  # obs-fold, obs-text, a control character, no colon...
+    lines = fields.split(b"\r\n") if fields else []
     headers: dict[bytes, bytes] = {}
     for line in lines:
         name, _, value = line.partition(b":")

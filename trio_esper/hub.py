@@ -420,7 +420,7 @@ class Topic:
         # Encoded once per batch, and framed once per batch for each framing
         # in use, whatever the number of subscribers.
         bare: list[Item] = [(r.seq, r.frame) for r in records]
-        wire = bare[0][1] if len(bare) == 1 else b"".join([frame for _, frame in bare])
+        wire = b"".join([frame for _, frame in bare])  # one frame: that object itself
         framed: dict[Frame, tuple[list[Item], bytes]] = {_bare: (bare, wire)}
         events = len(records)
         gone: list[Subscription] = []

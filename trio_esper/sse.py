@@ -197,7 +197,7 @@ def _event(data: list[str], fields: dict[str, str]) -> Event:
     except ValueError:  # more digits than sys.get_int_max_str_digits() (4300)
         raise InvalidEvent("retry has too many digits") from None
     return Event(
-        data=data[0] if len(data) == 1 else "\n".join(data),
+        data="\n".join(data),
         event=fields.get("event"),
         id=fields.get("id"),
         retry=retry_ms,
