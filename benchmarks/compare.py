@@ -152,6 +152,7 @@ def esper(history: str = "memory", *extra: str, source: Path | None = None) -> I
             ],
             env=env,
             cwd=source,
+            start_new_session=True,
         )
         try:
             wait_listening(ESPER_PORT)

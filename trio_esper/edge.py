@@ -2,8 +2,8 @@
 
 Resource handling
 -----------------
-:meth:`Edge.serve` accepts connections and runs :meth:`Edge.handle` for each
-in the edge's nursery. ``handle`` owns its socket until it closes it, in its
+:meth:`Edge.serve` accepts connections (:mod:`.accepting`) and runs
+:meth:`Edge.handle` for each in the edge's nursery. ``handle`` owns its socket until it closes it, in its
 own ``finally``, whatever happened; nothing else closes it but the forced
 end of shutdown (below). A connection is served one of two ways:
 
@@ -48,7 +48,6 @@ first byte), and the body (a stall, and a minimum average rate).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
@@ -56,10 +55,9 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from typing import Protocol
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -70,6 +68,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 
 from . import endpoints, h1, logs
+from .accepting import ConnectionSource, accept_connections
 from .config import Config, ConfigError
 from .errors import EsperError, LimitReached, RequestTimeout
 from .hub import Hub
@@ -371,21 +370,6 @@ def _read_pem(path: str) -> bytes:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
-class ConnectionSource(Protocol):
-    """Where the edge's connections come from: trio's ``SocketListener``, or
-    a ``--threads`` worker's connections handed over by its supervisor
-    (:class:`~trio_esper.workers.HandedListener`)."""
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        """The listening socket (its address and options)."""
-        ...
-
-    async def accept(self) -> trio.SocketStream: ...
-
-    async def aclose(self) -> None: ...
-
-
 class Edge:
     """Accepts and serves every connection of :func:`~trio_esper.server.serve`."""
 
@@ -449,7 +433,7 @@ class Edge:
             nursery.start_soon(self._reap)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
-                    accepting.start_soon(_accept, listener, self.handle, nursery)
+                    accepting.start_soon(accept_connections, listener, self.handle, nursery)
                 task_status.started()
                 await shutdown.wait()
                 accepting.cancel_scope.cancel()
@@ -1052,33 +1036,3 @@ def _hypercorn_logger() -> logging.Logger:
     if not logger.filters:
         logger.addFilter(_OneLineTracebacks())
     return logger
-
-
-#: accept() errors that mean "out of file descriptors or memory for now".
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-#: How long to wait before accepting again after one of them.
-ACCEPT_RETRY_SECONDS = 0.1
-
-
-async def _accept(
-    listener: ConnectionSource,
-    handle: Callable[[trio.SocketStream], Awaitable[object]],
-    nursery: trio.Nursery,
-) -> None:
-    """Accept connections until cancelled, each handled in ``nursery``."""
-    async with aclosing(listener):
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.warning(
-                    "accept failed (%s); retrying in %g s",
-                    exc,
-                    ACCEPT_RETRY_SECONDS,
-                    extra={"event": "accept_failed", "error": str(exc)},
-                )
-                await trio.sleep(ACCEPT_RETRY_SECONDS)
-            else:
-                nursery.start_soon(handle, stream)

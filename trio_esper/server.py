@@ -16,10 +16,11 @@ from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from . import logs
+from .accepting import ConnectionSource, SocketAcceptor
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
-from .edge import ConnectionSource, Edge, load_tls_context
+from .edge import Edge, load_tls_context
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
@@ -116,9 +117,12 @@ async def serve(
     """
     tls = load_tls_context(config)
     if listeners is None:  # else listening already (a worker of --threads: workers.py)
-        listeners = await trio.open_tcp_listeners(
-            config.port, host=config.bind, backlog=LISTEN_BACKLOG
-        )
+        listeners = [
+            SocketAcceptor(listener)
+            for listener in await trio.open_tcp_listeners(
+                config.port, host=config.bind, backlog=LISTEN_BACKLOG
+            )
+        ]
     for listener in listeners:
         _tune_listener(listener.socket, config)
     host, port = listeners[0].socket.getsockname()[:2]

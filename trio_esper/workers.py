@@ -105,6 +105,11 @@ class HandedListener(trio.abc.Listener[trio.SocketStream]):
                         sock = socket.socket(fileno=fds[0])
                         return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
+    async def accept_batch(self) -> list[trio.SocketStream]:
+        """The next connection handed over, as a batch of one (the
+        supervisor accepts; see :class:`~trio_esper.accepting.ConnectionSource`)."""
+        return [await self.accept()]
+
     async def aclose(self) -> None:
         self._channel.close()
         self.socket.close()

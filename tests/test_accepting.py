@@ -1,0 +1,176 @@
+"""Accepting connections in batches (:mod:`trio_esper.accepting`), on a real
+listening socket on loopback with real clients, and through a broker: a
+burst of subscribers connecting at once is accepted and served."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, aclosing, contextmanager
+
+import pytest
+import trio
+
+from trio_esper import accepting
+from trio_esper.accepting import SocketAcceptor
+
+from .conftest import STEP_SECONDS, start_broker
+from .test_edge import Raw, assert_still_serves, open_subscriber, publish
+
+
+async def _acceptor() -> SocketAcceptor:
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=128)
+    return SocketAcceptor(listener)
+
+
+@contextmanager
+def _clients(acceptor: SocketAcceptor, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connected clients (the kernel completes a connection into
+    the listener's backlog before it is accepted)."""
+    port = acceptor.socket.getsockname()[1]
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            for _ in range(count)
+        ]
+
+
+async def _peers(streams: list[trio.SocketStream], clients: list[socket.socket]) -> set[int]:
+    """Which client each stream is connected to: client ``i`` sends its
+    number, each stream reads it."""
+    for i, client in enumerate(clients):
+        client.sendall(b"%d\n" % i)
+    seen = set()
+    for stream in streams:
+        with trio.fail_after(5):
+            seen.add(int(await stream.receive_some(16)))
+    return seen
+
+
+async def test_one_call_takes_every_waiting_connection() -> None:
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        with _clients(acceptor, 10) as clients:
+            streams = await acceptor.accept_batch()
+            assert await _peers(streams, clients) == set(range(10))
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_batch_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accepting, "ACCEPT_BATCH", 4)
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        with _clients(acceptor, 10) as clients:
+            batches = [await acceptor.accept_batch() for _ in range(3)]
+            assert [len(batch) for batch in batches] == [4, 4, 2]
+            streams = [stream for batch in batches for stream in batch]
+            assert await _peers(streams, clients) == set(range(10))
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_waits_for_a_connection_and_yields() -> None:
+    acceptor = await _acceptor()
+    async with aclosing(acceptor), trio.open_nursery() as nursery:
+        got: list[trio.SocketStream] = []
+
+        async def accept() -> None:
+            got.extend(await acceptor.accept_batch())
+
+        nursery.start_soon(accept)
+        await trio.sleep(0.05)
+        assert got == []  # nothing waiting: it waits
+        with _clients(acceptor, 1) as clients:
+            with trio.fail_after(5):
+                while not got:
+                    await trio.sleep(0.01)
+            assert await _peers(got, clients) == {0}
+            await got[0].aclose()
+    with trio.testing.assert_checkpoints():
+        acceptor = await _acceptor()
+        async with aclosing(acceptor):
+            with _clients(acceptor, 1):
+                (stream,) = await acceptor.accept_batch()
+                await stream.aclose()
+
+
+async def test_cancelled_takes_nothing() -> None:
+    """A cancelled call raises before it accepts: no connection is taken and lost."""
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        with _clients(acceptor, 3) as clients:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await acceptor.accept_batch()
+                pytest.fail("not cancelled")
+            streams = await acceptor.accept_batch()
+            assert await _peers(streams, clients) == {0, 1, 2}
+            for stream in streams:
+                await stream.aclose()
+
+
+class _FailingFirst:
+    """The listening socket, whose next accept() fails with ``errno``."""
+
+    def __init__(self, sock: socket.socket, code: int) -> None:
+        self._sock = sock
+        self._code: int | None = code
+
+    def accept(self) -> tuple[socket.socket, object]:
+        code, self._code = self._code, None
+        if code is not None:
+            raise OSError(code, "injected")
+        return self._sock.accept()
+
+
+async def test_skips_a_connection_reset_before_it_was_accepted() -> None:
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        acceptor._listening = _FailingFirst(acceptor._listening, errno.ECONNABORTED)  # type: ignore[assignment]
+        with _clients(acceptor, 2) as clients:
+            streams = await acceptor.accept_batch()
+            assert await _peers(streams, clients) == {0, 1}
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_out_of_descriptors_is_raised_to_the_loop() -> None:
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        acceptor._listening = _FailingFirst(acceptor._listening, errno.EMFILE)  # type: ignore[assignment]
+        with _clients(acceptor, 1) as clients:
+            with pytest.raises(OSError) as raised:
+                await acceptor.accept_batch()
+            assert raised.value.errno == errno.EMFILE
+            streams = await acceptor.accept_batch()  # the connection still waits
+            assert await _peers(streams, clients) == {0}
+            await streams[0].aclose()
+
+
+async def test_a_burst_of_subscribers_is_served(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 subscribers connecting at once all get their stream, and all
+    receive an event (a small batch bound: the burst spans several batches)."""
+    monkeypatch.setattr(accepting, "ACCEPT_BATCH", 16)
+    broker = await start_broker(nursery)
+    subscribers: list[Raw] = []
+
+    async def subscribe() -> None:
+        subscribers.append(await open_subscriber(broker, "bursttopic1"))
+
+    try:
+        with trio.fail_after(STEP_SECONDS):
+            async with trio.open_nursery() as connecting:
+                for _ in range(200):
+                    connecting.start_soon(subscribe)
+            reply = await publish(broker, "bursttopic1", b"data: to all\n")
+            assert reply["subscribers"] == 200
+            for subscriber in subscribers:
+                await subscriber.read_until(b"data: to all\n\n")
+    finally:
+        for subscriber in subscribers:
+            await subscriber.aclose()
+    await assert_still_serves(broker)
