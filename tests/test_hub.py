@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 
 import pytest
 import trio
@@ -300,3 +303,33 @@ async def test_a_subscriber_that_leaves_once_it_has_the_event_is_counted() -> No
                 published = await hub.publish("topic0001", ev(str(n)))
                 await got.wait()
             assert published.subscribers == 1, n
+
+
+async def test_a_direct_writer_that_would_block_queues_the_rest() -> None:
+    # The edge's writer is os.write on a non-blocking socket: a full socket
+    # raises BlockingIOError. Nothing is lost or reordered: what the socket
+    # did not take waits in the queue, in order, and the subscriber stays.
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = "x" * 1000
+        async with open_hub() as hub, hub.subscribe("topic0001") as sub:
+            sub.attach(functools.partial(os.write, ours.fileno()))
+            assert sub.park(lambda: None)
+            for n in range(64):
+                published = await hub.publish("topic0001", [Event(data, id=f"i{n}")])
+                assert published.subscribers == 1
+            assert sub.queued > 0  # the socket filled up: the rest waits
+            assert not sub.dropped
+            queued = b""
+            while chunk := sub.take_nowait():
+                queued += chunk
+        peer.setblocking(False)
+        sent = b""
+        with suppress(BlockingIOError):
+            while received := peer.recv(1 << 20):
+                sent += received
+    assert sent  # some was written directly
+    expected = b"".join(b"id: i%d\ndata: %s\n\n" % (n, data.encode()) for n in range(64))
+    assert sent + queued == expected

@@ -111,7 +111,9 @@ class TopicInfo:
 #: the unwritten rest of a direct write, never skipped), and its bytes as
 #: they go on the wire.
 Item = tuple[int | None, bytes]
-#: Writes bytes without blocking; returns how many were written.
+#: Writes bytes without blocking: returns how many were written; raises
+#: ``BlockingIOError`` (or returns 0) if none can be now, as ``os.write`` on
+#: a non-blocking descriptor does, and another ``OSError`` once broken.
 WriteNowait = Callable[[bytes], int]
 #: A transport's framing of SSE bytes (e.g. one HTTP/1.1 chunk). The topic
 #: applies each distinct framing once per batch, whatever the number of
@@ -218,6 +220,8 @@ class Subscription:
             if first_seq is None or first_seq > self.replayed_through:
                 try:
                     written = self._write_nowait(wire)
+                except BlockingIOError:
+                    written = 0
                 except OSError:
                     self.close()  # the peer is gone; its task sees the end of the queue
                     return False
