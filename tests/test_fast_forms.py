@@ -141,3 +141,26 @@ async def test_a_request_that_arrived_is_served_not_cut() -> None:
         assert answers.count(b"HTTP/1.1 200 ") == 2
         await idle.aclose()
         await busy.aclose()
+
+
+async def test_stream_heads_follow_each_request(nursery: trio.Nursery) -> None:
+    # The edge makes a stream's head once a second for each kind of request
+    # (CORS fields, Connection: close): subscribers of each kind, one after
+    # another in the same second, each get the head their request asks for.
+    origin = "https://app.example"
+    broker = await start_broker(nursery, cors_origins=(origin,))
+    kinds = [
+        ((), None, False),
+        ((f"Origin: {origin}",), origin, False),
+        (("Origin: https://other.example",), None, False),
+        ((f"Origin: {origin}", "Connection: close"), origin, True),
+        (("Connection: close",), None, True),
+    ]
+    for headers, allowed, close in kinds * 2:
+        async with await Raw.connect(broker) as raw:
+            await raw.send(request("GET", f"/subscribe/{TOPIC}", None, *headers))
+            head = await raw.read_response(body=False)
+        assert head.status == 200, headers
+        assert head.headers.get("access-control-allow-origin") == allowed, headers
+        assert ("vary" in head.headers) == (allowed is not None), headers
+        assert (head.headers.get("connection") == "close") == close, headers

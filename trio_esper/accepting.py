@@ -140,6 +140,8 @@ async def accept_connections(
 ) -> None:
     """Accept connections from ``source`` until cancelled (then close it),
     each handled by its own task in ``nursery``."""
+    # Named once: trio would format the name of the function for every task.
+    name = f"{getattr(handle, '__module__', None)}.{getattr(handle, '__qualname__', handle)}"
     async with aclosing(source):
         while True:
             try:
@@ -156,4 +158,4 @@ async def accept_connections(
                 await trio.sleep(ACCEPT_RETRY_SECONDS)
             else:
                 for stream in streams:
-                    nursery.start_soon(handle, stream)
+                    nursery.start_soon(handle, stream, name=name)

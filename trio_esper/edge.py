@@ -404,6 +404,9 @@ class Edge:
         self._handshakes: set[trio.CancelScope] = set()
         self._closing = False
         self._date = (0, b"")
+        #: Stream heads made this second (see _stream_head), and that second's Date.
+        self._stream_heads: dict[tuple[object, ...], bytes] = {}
+        self._stream_heads_date = b""
         # The same for every stream: encoded once.
         self._stream_fields = _encode_headers(endpoints.STREAM_HEADERS)
         self._opening_chunk = h1.chunk(endpoints.opening_frame(config))
@@ -905,16 +908,7 @@ class Edge:
             async with self._hub.subscribe(
                 opened.plan.topic, frame=h1.chunk, client=connection.address
             ) as subscription:
-                await connection.send_all(
-                    h1.response_head(
-                        200,
-                        self._stream_fields + _encode_headers(opened.cors),
-                        date=self._http_date(),
-                        close=opened.close,
-                        chunked=True,
-                    )
-                    + self._opening_chunk
-                )
+                await connection.send_all(self._stream_head(opened.cors, opened.close))
                 started = True
                 if opened.plan.resume:
                     async with aclosing(
@@ -988,6 +982,30 @@ class Edge:
         return h1.response_head(
             answer.status, _encode_headers(headers), date=self._http_date(), close=close
         )
+
+    def _stream_head(self, cors: endpoints.Headers, close: bool) -> bytes:
+        """A stream's response head and opening chunk. Every subscriber with
+        the same CORS fields and ``close`` gets the same bytes within a
+        second (its Date), so each is made once a second; the CORS fields
+        take one value per allowed origin, plus none, which bounds the cache."""
+        date = self._http_date()
+        if date is not self._stream_heads_date:
+            self._stream_heads = {}
+            self._stream_heads_date = date
+        key = (close, *cors)
+        head = self._stream_heads.get(key)
+        if head is None:
+            head = self._stream_heads[key] = (
+                h1.response_head(
+                    200,
+                    self._stream_fields + _encode_headers(cors),
+                    date=date,
+                    close=close,
+                    chunked=True,
+                )
+                + self._opening_chunk
+            )
+        return head
 
     def _http_date(self) -> bytes:
         # RFC 9110, section 6.6.1: an origin server with a clock MUST send Date.
