@@ -16,7 +16,7 @@ from trio_esper import accepting
 from trio_esper.accepting import SocketAcceptor
 
 from .conftest import STEP_SECONDS, start_broker
-from .test_edge import Raw, assert_still_serves, open_subscriber, publish
+from .test_edge import Raw, _accepted_socket_fds, assert_still_serves, open_subscriber, publish
 
 
 async def _acceptor() -> SocketAcceptor:
@@ -36,15 +36,15 @@ def _clients(acceptor: SocketAcceptor, count: int) -> Iterator[list[socket.socke
         ]
 
 
-async def _peers(streams: list[trio.SocketStream], clients: list[socket.socket]) -> set[int]:
-    """Which client each stream is connected to: client ``i`` sends its
-    number, each stream reads it."""
+async def _peers(accepted: list[trio.socket.SocketType], clients: list[socket.socket]) -> set[int]:
+    """Which client each accepted socket is connected to: client ``i`` sends
+    its number, each accepted socket reads it (and is closed)."""
     for i, client in enumerate(clients):
         client.sendall(b"%d\n" % i)
     seen = set()
-    for stream in streams:
-        with trio.fail_after(5):
-            seen.add(int(await stream.receive_some(16)))
+    for sock in accepted:
+        with sock, trio.fail_after(5):
+            seen.add(int(await sock.recv(16)))
     return seen
 
 
@@ -52,10 +52,8 @@ async def test_one_call_takes_every_waiting_connection() -> None:
     acceptor = await _acceptor()
     async with aclosing(acceptor):
         with _clients(acceptor, 10) as clients:
-            streams = await acceptor.accept_batch()
-            assert await _peers(streams, clients) == set(range(10))
-            for stream in streams:
-                await stream.aclose()
+            accepted = await acceptor.accept_batch()
+            assert await _peers(accepted, clients) == set(range(10))
 
 
 async def test_a_batch_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,16 +63,14 @@ async def test_a_batch_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         with _clients(acceptor, 10) as clients:
             batches = [await acceptor.accept_batch() for _ in range(3)]
             assert [len(batch) for batch in batches] == [4, 4, 2]
-            streams = [stream for batch in batches for stream in batch]
-            assert await _peers(streams, clients) == set(range(10))
-            for stream in streams:
-                await stream.aclose()
+            accepted = [sock for batch in batches for sock in batch]
+            assert await _peers(accepted, clients) == set(range(10))
 
 
 async def test_waits_for_a_connection_and_yields() -> None:
     acceptor = await _acceptor()
     async with aclosing(acceptor), trio.open_nursery() as nursery:
-        got: list[trio.SocketStream] = []
+        got: list[trio.socket.SocketType] = []
 
         async def accept() -> None:
             got.extend(await acceptor.accept_batch())
@@ -87,13 +83,12 @@ async def test_waits_for_a_connection_and_yields() -> None:
                 while not got:
                     await trio.sleep(0.01)
             assert await _peers(got, clients) == {0}
-            await got[0].aclose()
     with trio.testing.assert_checkpoints():
         acceptor = await _acceptor()
         async with aclosing(acceptor):
             with _clients(acceptor, 1):
-                (stream,) = await acceptor.accept_batch()
-                await stream.aclose()
+                (sock,) = await acceptor.accept_batch()
+                sock.close()
 
 
 async def test_cancelled_takes_nothing() -> None:
@@ -105,10 +100,8 @@ async def test_cancelled_takes_nothing() -> None:
                 scope.cancel()
                 await acceptor.accept_batch()
                 pytest.fail("not cancelled")
-            streams = await acceptor.accept_batch()
-            assert await _peers(streams, clients) == {0, 1, 2}
-            for stream in streams:
-                await stream.aclose()
+            accepted = await acceptor.accept_batch()
+            assert await _peers(accepted, clients) == {0, 1, 2}
 
 
 class _FailingFirst:
@@ -130,10 +123,8 @@ async def test_skips_a_connection_reset_before_it_was_accepted() -> None:
     async with aclosing(acceptor):
         acceptor._listening = _FailingFirst(acceptor._listening, errno.ECONNABORTED)  # type: ignore[assignment]
         with _clients(acceptor, 2) as clients:
-            streams = await acceptor.accept_batch()
-            assert await _peers(streams, clients) == {0, 1}
-            for stream in streams:
-                await stream.aclose()
+            accepted = await acceptor.accept_batch()
+            assert await _peers(accepted, clients) == {0, 1}
 
 
 async def test_out_of_descriptors_is_raised_to_the_loop() -> None:
@@ -144,9 +135,8 @@ async def test_out_of_descriptors_is_raised_to_the_loop() -> None:
             with pytest.raises(OSError) as raised:
                 await acceptor.accept_batch()
             assert raised.value.errno == errno.EMFILE
-            streams = await acceptor.accept_batch()  # the connection still waits
-            assert await _peers(streams, clients) == {0}
-            await streams[0].aclose()
+            accepted = await acceptor.accept_batch()  # the connection still waits
+            assert await _peers(accepted, clients) == {0}
 
 
 async def test_a_burst_of_subscribers_is_served(
@@ -174,3 +164,20 @@ async def test_a_burst_of_subscribers_is_served(
         for subscriber in subscribers:
             await subscriber.aclose()
     await assert_still_serves(broker)
+
+
+async def test_accepted_sockets_bound_their_unsent_bytes(nursery: trio.Nursery) -> None:
+    """The edge makes no trio SocketStream for the fast forms, so the options
+    trio's stream would set come from the listening socket: no Nagle, and at
+    most 16 KiB unsent per socket (a subscriber that stops reading fills its
+    queue and is dropped, rather than parking megabytes in the kernel)."""
+    broker = await start_broker(nursery)
+    async with await open_subscriber(broker, "optionstopic1") as subscriber:
+        peer = subscriber.stream.socket.getsockname()[:2]
+        fd = _accepted_socket_fds(broker.host_port[1])[peer]
+        sock = socket.socket(fileno=fd)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 16 * 1024
+        finally:
+            sock.detach()

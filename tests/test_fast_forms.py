@@ -114,11 +114,11 @@ async def test_a_request_that_arrived_is_served_not_cut() -> None:
         config = Config(bind="127.0.0.1", port=0)
         edge = Edge(config, hub, app=None)  # type: ignore[arg-type]  # no request reaches Quart
         pairs = [socket.socketpair() for _ in range(2)]
-        ours = [trio.SocketStream(trio.socket.from_stdlib_socket(a)) for a, _ in pairs]
+        ours = [trio.socket.from_stdlib_socket(a) for a, _ in pairs]
         (_, idle_peer), (_, busy_peer) = pairs
         async with trio.open_nursery() as nursery:
-            for stream in ours:
-                nursery.start_soon(edge.handle, stream)
+            for sock in ours:
+                nursery.start_soon(edge.handle, sock)
             await trio.testing.wait_all_tasks_blocked()
             # A blocking send from the stdlib socket: no checkpoint, so the
             # connection's task has not run when the reaper looks.

@@ -64,7 +64,7 @@ class ConnectionSource(Protocol):
         """The listening socket (its address and options)."""
         ...
 
-    async def accept_batch(self) -> Sequence[trio.SocketStream]:
+    async def accept_batch(self) -> Sequence[trio.socket.SocketType]:
         """The next connections: at least one, as many as are waiting.
 
         Raises:
@@ -92,7 +92,7 @@ class SocketAcceptor:
         #: The listening socket as trio sees it (waits, address, options).
         self.socket = trio.socket.from_stdlib_socket(self._listening)
 
-    async def accept_batch(self) -> list[trio.SocketStream]:
+    async def accept_batch(self) -> list[trio.socket.SocketType]:
         """The connections waiting (:data:`ACCEPT_BATCH` at most); waits
         for one if none is. A checkpoint.
 
@@ -102,7 +102,7 @@ class SocketAcceptor:
                 connection was taken.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        accepted: list[trio.SocketStream] = []
+        accepted: list[trio.socket.SocketType] = []
         waited = False
         while True:
             try:
@@ -119,7 +119,7 @@ class SocketAcceptor:
                 if accepted:
                     break  # the error comes again on the next call
                 raise
-            accepted.append(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+            accepted.append(trio.socket.from_stdlib_socket(sock))
             if len(accepted) == ACCEPT_BATCH:
                 break
         if not waited:
@@ -135,7 +135,7 @@ class SocketAcceptor:
 
 async def accept_connections(
     source: ConnectionSource,
-    handle: Callable[[trio.SocketStream], Awaitable[object]],
+    handle: Callable[[trio.socket.SocketType], Awaitable[object]],
     nursery: trio.Nursery,
 ) -> None:
     """Accept connections from ``source`` until cancelled (then close it),
@@ -145,7 +145,7 @@ async def accept_connections(
     async with aclosing(source):
         while True:
             try:
-                streams = await source.accept_batch()
+                accepted = await source.accept_batch()
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
@@ -157,5 +157,5 @@ async def accept_connections(
                 )
                 await trio.sleep(ACCEPT_RETRY_SECONDS)
             else:
-                for stream in streams:
-                    nursery.start_soon(handle, stream, name=name)
+                for sock in accepted:
+                    nursery.start_soon(handle, sock, name=name)

@@ -106,9 +106,9 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 TLS_CLOSE_SECONDS = 1.0
 
 
-def _address_of(stream: trio.SocketStream) -> str:
+def _address_of(sock: trio.socket.SocketType) -> str:
     try:
-        address = stream.socket.getpeername()
+        address = sock.getpeername()
     except OSError:
         return ""
     # Interned: every subscription of the address holds the same string.
@@ -126,29 +126,41 @@ class _Expired(Exception):
 class Connection:
     """One accepted connection, as the edge sees it."""
 
-    __slots__ = ("address", "budget", "expired", "stream")
+    __slots__ = ("_stream", "address", "budget", "expired", "socket")
 
-    def __init__(self, stream: trio.SocketStream, budget: endpoints.PublishBudget | None) -> None:
-        self.stream = stream
+    def __init__(
+        self, sock: trio.socket.SocketType, budget: endpoints.PublishBudget | None
+    ) -> None:
+        self.socket = sock
+        self._stream: trio.SocketStream | None = None
         #: The client's address (IP), what per-address limits count.
-        self.address = _address_of(stream)
+        self.address = _address_of(sock)
         #: The connection's publish rate limit, whoever serves it.
         self.budget = budget
         #: Set by the reaper: the wait that timed out.
         self.expired = False
 
     @property
+    def stream(self) -> trio.SocketStream:
+        """The socket as a trio stream, made when first asked for: the fast
+        forms write the descriptor directly and never need one (making it
+        costs two ``setsockopt`` calls per connection)."""
+        if self._stream is None:
+            self._stream = trio.SocketStream(self.socket)
+        return self._stream
+
+    @property
     def peer(self) -> str:
         """``host:port`` for the log (and ``local`` for a non-IP socket)."""
         try:
-            address = self.stream.socket.getpeername()
+            address = self.socket.getpeername()
         except OSError:
             return "?"
         return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local"
 
     @property
     def fileno(self) -> int:
-        return self.stream.socket.fileno()
+        return self.socket.fileno()
 
     def write_nowait(self, data: bytes) -> int:
         """Write what the socket takes now; return how many bytes that was.
@@ -195,12 +207,12 @@ class Connection:
         """Wake the connection's task from a read (it sees end of input) and
         from a write (it fails); the task closes the socket itself."""
         with suppress(OSError):  # not connected any more: its task already knows
-            self.stream.socket.shutdown(socket.SHUT_RDWR)
+            self.socket.shutdown(socket.SHUT_RDWR)
 
     def stop_reading(self) -> None:
         """Wake the connection's task from a read: it sees end of input."""
         with suppress(OSError):
-            self.stream.socket.shutdown(socket.SHUT_RD)
+            self.socket.shutdown(socket.SHUT_RD)
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
@@ -438,7 +450,7 @@ class Edge:
             await self._shut_down(self._config.shutdown_grace_seconds)
             nursery.cancel_scope.cancel()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, sock: trio.socket.SocketType) -> None:
         """Serve one connection until it ends, and close it.
 
         Never raises but for cancellation: a failure ends this connection
@@ -446,7 +458,7 @@ class Edge:
         """
         config = self._config
         rate = config.publish_rate_per_connection
-        connection = Connection(stream, endpoints.PublishBudget(rate) if rate else None)
+        connection = Connection(sock, endpoints.PublishBudget(rate) if rate else None)
         address = connection.address
         held = self._per_address.get(address, 0)
         if held >= config.max_connections_per_address:
@@ -460,7 +472,7 @@ class Edge:
                 self._metrics.connection_error("refused")
             if self._tls is not None:
                 # An answer would take a handshake first: the CPU the limit saves.
-                stream.socket.close()
+                sock.close()
                 return
             refusal = LimitReached(
                 f"this address holds its limit of {held} connections",
@@ -469,7 +481,7 @@ class Edge:
             with trio.move_on_after(LINGER_SECONDS):
                 await self._refuse(connection, refusal)
                 await self._linger(connection)
-            stream.socket.close()
+            sock.close()
             return
         self._per_address[address] = held + 1
         self._connections.add(connection)
@@ -483,7 +495,9 @@ class Edge:
                     read = await self._read_head(connection, b"")
                     unread = None if read is None else read[0]
                 if unread is not None:
-                    await self._serve_hypercorn(connection, _HypercornPlainStream(stream, unread))
+                    await self._serve_hypercorn(
+                        connection, _HypercornPlainStream(connection.stream, unread)
+                    )
                 await self._linger(connection)
         except* Exception as group:
             error = _first_leaf(group)
@@ -504,7 +518,7 @@ class Edge:
                 self._metrics.connection_error("failure")
             del error  # its traceback holds this frame: a cycle
         finally:
-            stream.socket.close()
+            sock.close()
             if self._per_address[address] == 1:
                 del self._per_address[address]
             else:
@@ -521,14 +535,14 @@ class Edge:
         if connection.fileno < 0 or not connection.has_arrived():
             return
         with suppress(OSError):
-            connection.stream.socket.shutdown(socket.SHUT_WR)
+            connection.socket.shutdown(socket.SHUT_WR)
         drained = 0
         with trio.move_on_after(LINGER_SECONDS):
             while drained < LINGER_MAX_BYTES:
                 try:
                     data = os.read(connection.fileno, RECEIVE_BYTES)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(connection.stream.socket)
+                    await trio.lowlevel.wait_readable(connection.socket)
                     continue
                 except OSError:
                     return
@@ -575,7 +589,7 @@ class Edge:
         for connection in list(self._connections):
             # Closing the socket wakes a write blocked on a peer that stopped
             # reading (trio.lowlevel.notify_closing), even a shielded one.
-            connection.stream.socket.close()
+            connection.socket.close()
 
     # --- Hypercorn --------------------------------------------------------
 
@@ -821,7 +835,7 @@ class Edge:
             waited = True
             self._waiting[connection] = (deadline, idle)
             try:
-                await trio.lowlevel.wait_readable(connection.stream.socket)
+                await trio.lowlevel.wait_readable(connection.socket)
             finally:
                 self._waiting.pop(connection, None)
 
@@ -902,7 +916,7 @@ class Edge:
         (:meth:`Subscription.park`), and only what the socket does not take
         at once is queued and wakes this task to write it.
         """
-        sock = connection.stream.socket
+        sock = connection.socket
         started = False
         try:
             async with self._hub.subscribe(

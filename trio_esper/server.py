@@ -34,6 +34,8 @@ log = logging.getLogger("trio_esper")
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 #: Listen backlog: 10k subscribers may connect in a burst.
 LISTEN_BACKLOG = 4096
+#: Unsent bytes a connection's socket takes (see _tune_listener): trio's value.
+NOTSENT_LOWAT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +174,15 @@ def _memory_history(config: Config) -> MemoryHistory:
 
 def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:
     # Accepted sockets inherit these. TCP_NODELAY: an event is one small
-    # write and must not wait for Nagle. TCP_USER_TIMEOUT: a write nobody
+    # write and must not wait for Nagle. TCP_NOTSENT_LOWAT: a socket takes
+    # at most 16 KiB that are not sent yet, so a subscriber that stopped
+    # reading fills its queue and is dropped, instead of parking megabytes in
+    # the kernel (trio's SocketStream sets the same; the edge makes one only
+    # when it needs trio's stream API). TCP_USER_TIMEOUT: a write nobody
     # acknowledges for this long aborts the connection (dead peer).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
     try:
         sock.setsockopt(
             socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(config.write_timeout_seconds * 1000)

@@ -90,6 +90,15 @@ class HandedListener(trio.abc.Listener[trio.SocketStream]):
         Raises:
             ConnectionError: the supervisor is gone (the worker then stops).
         """
+        return trio.SocketStream((await self.accept_batch())[0])
+
+    async def accept_batch(self) -> list[trio.socket.SocketType]:
+        """The next connection handed over, as a batch of one (the
+        supervisor accepts; see :class:`~trio_esper.accepting.ConnectionSource`).
+
+        Raises:
+            ConnectionError: the supervisor is gone (the worker then stops).
+        """
         size = array.array("i").itemsize
         while True:
             data, ancillary, _flags, _address = await self._channel.recvmsg(
@@ -102,13 +111,7 @@ class HandedListener(trio.abc.Listener[trio.SocketStream]):
                     fds = array.array("i")
                     fds.frombytes(payload[: len(payload) - len(payload) % size])
                     if fds:
-                        sock = socket.socket(fileno=fds[0])
-                        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-
-    async def accept_batch(self) -> list[trio.SocketStream]:
-        """The next connection handed over, as a batch of one (the
-        supervisor accepts; see :class:`~trio_esper.accepting.ConnectionSource`)."""
-        return [await self.accept()]
+                        return [trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))]
 
     async def aclose(self) -> None:
         self._channel.close()
