@@ -13,15 +13,16 @@ import pytest
 import trio
 
 from trio_esper import accepting
-from trio_esper.accepting import SocketAcceptor
+from trio_esper.accepting import SocketAcceptor, listening_socket, open_listeners
 
 from .conftest import STEP_SECONDS, start_broker
 from .test_edge import Raw, _accepted_socket_fds, assert_still_serves, open_subscriber, publish
 
 
 async def _acceptor() -> SocketAcceptor:
-    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=128)
-    return SocketAcceptor(listener)
+    return SocketAcceptor(
+        listening_socket(socket.AF_INET, ("127.0.0.1", 0), write_timeout_seconds=10)
+    )
 
 
 @contextmanager
@@ -83,12 +84,13 @@ async def test_waits_for_a_connection_and_yields() -> None:
                 while not got:
                     await trio.sleep(0.01)
             assert await _peers(got, clients) == {0}
-    with trio.testing.assert_checkpoints():
-        acceptor = await _acceptor()
-        async with aclosing(acceptor):
-            with _clients(acceptor, 1):
+    # A connection already waiting: taken without a wait, and still a checkpoint.
+    acceptor = await _acceptor()
+    async with aclosing(acceptor):
+        with _clients(acceptor, 1):
+            with trio.testing.assert_checkpoints():
                 (sock,) = await acceptor.accept_batch()
-                sock.close()
+            sock.close()
 
 
 async def test_cancelled_takes_nothing() -> None:
@@ -181,3 +183,22 @@ async def test_accepted_sockets_bound_their_unsent_bytes(nursery: trio.Nursery) 
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 16 * 1024
         finally:
             sock.detach()
+
+
+def test_connections_queued_before_they_are_accepted_have_the_options() -> None:
+    """Linux copies the listening socket's options into a connection when its
+    handshake completes, before it is accepted: so they are set before the
+    socket listens, and a connection that waited in the backlog (a worker
+    starting, a burst) has them too."""
+    for listening in (
+        listening_socket(socket.AF_INET, ("127.0.0.1", 0), write_timeout_seconds=7),
+        *open_listeners("127.0.0.1", 0, write_timeout_seconds=7),
+    ):
+        with listening, socket.create_connection(listening.getsockname()[:2]):
+            accepted, _ = listening.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                lowat = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+                assert lowat == 16 * 1024
+                timeout = accepted.getsockopt(socket.IPPROTO_TCP, accepting.TCP_USER_TIMEOUT)
+                assert timeout == 7000

@@ -1,4 +1,10 @@
-"""Where the edge's connections come from, and the loop that accepts them.
+"""Where the edge's connections come from: listening sockets, set up before
+they listen, and the loop that accepts from them.
+
+Accepted sockets inherit the listening socket's TCP options on Linux, taken
+when their handshake completes (in the backlog, before they are accepted): so
+the options go on before ``listen()`` (:func:`listening_socket`), and the
+edge sets none per connection.
 
 trio's ``SocketListener.accept`` takes one connection per call and yields
 after each, so a storm of new connections (every subscriber reconnecting
@@ -22,6 +28,13 @@ import trio
 
 log = logging.getLogger("trio_esper")
 
+#: Connections the kernel completes and holds until they are accepted.
+LISTEN_BACKLOG = 4096
+#: Unsent bytes a connection's socket takes at most (see :func:`listening_socket`):
+#: trio's ``SocketStream`` value.
+NOTSENT_LOWAT_BYTES = 16 * 1024
+#: Linux's TCP_USER_TIMEOUT option number (the socket module lacks it before 3.12).
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 #: At most this many connections are accepted in one step (then the
 #: acceptor yields, so that the connections' own tasks get to run).
 ACCEPT_BATCH = 64
@@ -54,6 +67,75 @@ ACCEPT_SKIPPED_ERRNOS = frozenset(
 )
 
 
+def listening_socket(
+    family: socket.AddressFamily, address: tuple[object, ...], *, write_timeout_seconds: float
+) -> socket.socket:
+    """A TCP socket listening on ``address``, with the options every
+    connection accepted from it inherits set before it listens:
+
+    * ``TCP_NODELAY``: an event is one small write and must not wait for Nagle.
+    * ``TCP_NOTSENT_LOWAT``: a socket takes at most 16 KiB not yet sent, so a
+      subscriber that stopped reading fills its queue and is dropped instead
+      of parking megabytes in the kernel (trio's ``SocketStream`` sets the
+      same; the edge makes one only when it needs trio's stream API).
+    * ``TCP_USER_TIMEOUT``: a write nobody acknowledges for
+      ``write_timeout_seconds`` aborts the connection (a dead peer).
+
+    ``SO_REUSEADDR`` and, for IPv6, ``IPV6_V6ONLY``, as trio's
+    ``open_tcp_listeners`` sets them.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
+        try:
+            sock.setsockopt(
+                socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(write_timeout_seconds * 1000)
+            )
+        except OSError:  # not Linux
+            log.debug("TCP_USER_TIMEOUT is not available here")
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_listeners(host: str, port: int, *, write_timeout_seconds: float) -> list[socket.socket]:
+    """:func:`listening_socket` on every address ``host`` stands for, as
+    trio's ``open_tcp_listeners`` does (``localhost``: IPv4 and IPv6);
+    address families this system lacks are skipped. Blocking: resolving a
+    name may wait on DNS.
+
+    Raises:
+        OSError: an address cannot be bound, or no family is supported.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            try:
+                sockets.append(
+                    listening_socket(family, address, write_timeout_seconds=write_timeout_seconds)
+                )
+            except OSError as exc:
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(errno.EAFNOSUPPORT, f"no address family of {host} is supported here")
+    return sockets
+
+
 class ConnectionSource(Protocol):
     """Where the edge's connections come from: a :class:`SocketAcceptor`,
     or a ``--threads`` worker's connections handed over by its supervisor
@@ -65,7 +147,8 @@ class ConnectionSource(Protocol):
         ...
 
     async def accept_batch(self) -> Sequence[trio.socket.SocketType]:
-        """The next connections: at least one, as many as are waiting.
+        """The next connections: at least one (a :class:`SocketAcceptor`
+        takes those waiting, up to :data:`ACCEPT_BATCH`).
 
         Raises:
             OSError: accepting failed (see :data:`ACCEPT_CAPACITY_ERRNOS`).
@@ -76,21 +159,16 @@ class ConnectionSource(Protocol):
 
 
 class SocketAcceptor:
-    """A listening socket, accepted from in batches (see the module docstring).
+    """A listening socket (:func:`listening_socket`), accepted from in
+    batches (see the module docstring); it owns the socket."""
 
-    It takes over the socket of the trio ``SocketListener`` it is made from:
-    close the acceptor, not that listener.
-    """
-
-    def __init__(self, listener: trio.SocketListener) -> None:
-        listening = listener.socket
-        # The same descriptor as a stdlib socket, whose accept() does not
-        # yield: trio sockets have no synchronous accept.
-        self._listening = socket.socket(
-            listening.family, listening.type, listening.proto, fileno=listening.detach()
-        )
-        #: The listening socket as trio sees it (waits, address, options).
-        self.socket = trio.socket.from_stdlib_socket(self._listening)
+    def __init__(self, listening: socket.socket) -> None:
+        # A stdlib socket, whose accept() does not yield: trio sockets have
+        # no synchronous accept.
+        self._listening = listening
+        #: The listening socket as trio sees it (waits, address, options);
+        #: non-blocking from here on.
+        self.socket = trio.socket.from_stdlib_socket(listening)
 
     async def accept_batch(self) -> list[trio.socket.SocketType]:
         """The connections waiting (:data:`ACCEPT_BATCH` at most); waits

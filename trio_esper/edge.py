@@ -478,10 +478,12 @@ class Edge:
                 f"this address holds its limit of {held} connections",
                 retry_after_seconds=CONNECTION_RETRY_AFTER_SECONDS,
             )
-            with trio.move_on_after(LINGER_SECONDS):
-                await self._refuse(connection, refusal)
-                await self._linger(connection)
-            sock.close()
+            try:
+                with trio.move_on_after(LINGER_SECONDS):
+                    await self._refuse(connection, refusal)
+                    await self._linger(connection)
+            finally:
+                sock.close()  # cancelled too (shutdown): never left to the collector
             return
         self._per_address[address] = held + 1
         self._connections.add(connection)

@@ -125,7 +125,7 @@ def _bare(data: bytes) -> bytes:
     return data
 
 
-def _write_nowait(write: WriteNowait, data: bytes) -> int | None:
+def _try_write(write: WriteNowait, data: bytes) -> int | None:
     """What ``write`` took of ``data``: 0 if nothing now, ``None`` if the
     transport is broken."""
     try:
@@ -234,7 +234,7 @@ class Subscription:
         if write is not None:
             first_seq = items[0][0]
             if first_seq is None or first_seq > self.replayed_through:
-                return self.wrote(_write_nowait(write, wire), items, wire, events)
+                return self.wrote(_try_write(write, wire), items, wire, events)
         return all(self._offer(item) for item in items)
 
     def wrote(self, written: int | None, items: Sequence[Item], wire: bytes, events: int) -> bool:

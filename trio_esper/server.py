@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -16,7 +16,7 @@ from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from . import logs
-from .accepting import ConnectionSource, SocketAcceptor
+from .accepting import ConnectionSource, SocketAcceptor, open_listeners
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
@@ -29,13 +29,6 @@ from .hub import Hub, Limits, open_hub
 from .metrics import Metrics
 
 log = logging.getLogger("trio_esper")
-
-#: Linux's TCP_USER_TIMEOUT option number (the socket module lacks it before 3.12).
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
-#: Listen backlog: 10k subscribers may connect in a burst.
-LISTEN_BACKLOG = 4096
-#: Unsent bytes a connection's socket takes (see _tune_listener): trio's value.
-NOTSENT_LOWAT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +98,8 @@ async def serve(
     Reports :class:`Listening` (the bound host and port, and the hub)
     through ``task_status`` once listening, so ``await nursery.start(serve,
     config)`` works with ``port=0`` and gives the caller the hub to publish to.
-    ``listeners``: sockets listening already (else it binds ``config``'s address).
+    ``listeners``: where connections come from, listening already (else it
+    binds ``config``'s address with :func:`~trio_esper.accepting.open_listeners`).
 
     Shutdown: new subscriptions are refused, every open stream ends cleanly
     (its terminating chunk is written), idle keep-alive connections close;
@@ -119,14 +113,15 @@ async def serve(
     """
     tls = load_tls_context(config)
     if listeners is None:  # else listening already (a worker of --threads: workers.py)
-        listeners = [
-            SocketAcceptor(listener)
-            for listener in await trio.open_tcp_listeners(
-                config.port, host=config.bind, backlog=LISTEN_BACKLOG
+        sockets = await trio.to_thread.run_sync(
+            partial(
+                open_listeners,
+                config.bind,
+                config.port,
+                write_timeout_seconds=config.write_timeout_seconds,
             )
-        ]
-    for listener in listeners:
-        _tune_listener(listener.socket, config)
+        )
+        listeners = [SocketAcceptor(sock) for sock in sockets]
     host, port = listeners[0].socket.getsockname()[:2]
     async with open_broker(config) as broker:
         app = wrap_app(broker.app, HypercornConfig.wsgi_max_body_size, "asgi")
@@ -170,22 +165,3 @@ def _memory_history(config: Config) -> MemoryHistory:
     return MemoryHistory(
         max_events_per_topic=config.history_events, max_bytes=config.history_max_bytes
     )
-
-
-def _tune_listener(sock: trio.socket.SocketType, config: Config) -> None:
-    # Accepted sockets inherit these. TCP_NODELAY: an event is one small
-    # write and must not wait for Nagle. TCP_NOTSENT_LOWAT: a socket takes
-    # at most 16 KiB that are not sent yet, so a subscriber that stopped
-    # reading fills its queue and is dropped, instead of parking megabytes in
-    # the kernel (trio's SocketStream sets the same; the edge makes one only
-    # when it needs trio's stream API). TCP_USER_TIMEOUT: a write nobody
-    # acknowledges for this long aborts the connection (dead peer).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
-    try:
-        sock.setsockopt(
-            socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(config.write_timeout_seconds * 1000)
-        )
-    except OSError:  # not Linux
-        log.debug("TCP_USER_TIMEOUT is not available here")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .accepting import listening_socket
 from .config import Config
 
 log = logging.getLogger("trio_esper")
@@ -53,7 +54,6 @@ HANDOFF_SETTLE_SECONDS = 0.2
 START_SECONDS = 30.0
 #: A worker that dies this soon after starting is not restarted at once.
 RESPAWN_DELAY_SECONDS = 1.0
-LISTEN_BACKLOG = 4096
 
 
 def is_worker() -> bool:
@@ -72,7 +72,7 @@ def inherited_listeners() -> list[HandedListener] | None:
     return [HandedListener(listening, channel)]
 
 
-class HandedListener(trio.abc.Listener[trio.SocketStream]):
+class HandedListener:
     """The connections a worker's supervisor accepted and handed over.
 
     :attr:`socket` is the listening socket they came from (its address and
@@ -83,14 +83,6 @@ class HandedListener(trio.abc.Listener[trio.SocketStream]):
     def __init__(self, listening: trio.socket.SocketType, channel: trio.socket.SocketType) -> None:
         self.socket = listening
         self._channel = channel
-
-    async def accept(self) -> trio.SocketStream:
-        """The next connection handed over.
-
-        Raises:
-            ConnectionError: the supervisor is gone (the worker then stops).
-        """
-        return trio.SocketStream((await self.accept_batch())[0])
 
     async def accept_batch(self) -> list[trio.socket.SocketType]:
         """The next connection handed over, as a batch of one (the
@@ -137,8 +129,10 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
     """Run ``config.threads`` workers (``python -m trio_esper ARGV``) on one
     socket until SIGTERM or SIGINT; the exit status."""
     family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
-    listener = socket.create_server(
-        (config.bind, config.port), family=family, backlog=LISTEN_BACKLOG
+    # Tuned before it listens: the connections it queues while the workers
+    # start inherit the options too (see accepting.listening_socket).
+    listener = listening_socket(
+        family, (config.bind, config.port), write_timeout_seconds=config.write_timeout_seconds
     )
     listener.set_inheritable(True)
     host, port = listener.getsockname()[:2]
