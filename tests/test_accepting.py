@@ -185,14 +185,14 @@ async def test_accepted_sockets_bound_their_unsent_bytes(nursery: trio.Nursery) 
             sock.detach()
 
 
-def test_connections_queued_before_they_are_accepted_have_the_options() -> None:
+async def test_connections_queued_before_they_are_accepted_have_the_options() -> None:
     """Linux copies the listening socket's options into a connection when its
     handshake completes, before it is accepted: so they are set before the
     socket listens, and a connection that waited in the backlog (a worker
     starting, a burst) has them too."""
     for listening in (
         listening_socket(socket.AF_INET, ("127.0.0.1", 0), write_timeout_seconds=7),
-        *open_listeners("127.0.0.1", 0, write_timeout_seconds=7),
+        *await open_listeners("127.0.0.1", 0, write_timeout_seconds=7),
     ):
         with listening, socket.create_connection(listening.getsockname()[:2]):
             accepted, _ = listening.accept()

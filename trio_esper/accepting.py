@@ -106,20 +106,24 @@ def listening_socket(
     return sock
 
 
-def open_listeners(host: str, port: int, *, write_timeout_seconds: float) -> list[socket.socket]:
+async def open_listeners(
+    host: str, port: int, *, write_timeout_seconds: float
+) -> list[socket.socket]:
     """:func:`listening_socket` on every address ``host`` stands for, as
     trio's ``open_tcp_listeners`` does (``localhost``: IPv4 and IPv6);
-    address families this system lacks are skipped. Blocking: resolving a
-    name may wait on DNS.
+    address families this system lacks are skipped. trio resolves a numeric
+    address at once, and only a name in a thread: a thread left in the
+    process cost 6% of the subscribe rate (BENCHMARKS.md).
 
     Raises:
         OSError: an address cannot be bound, or no family is supported.
     """
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     sockets: list[socket.socket] = []
     try:
-        for family, _, _, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
+        for family, _, _, _, address in addresses:
             try:
                 sockets.append(
                     listening_socket(family, address, write_timeout_seconds=write_timeout_seconds)

@@ -8,7 +8,6 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -113,13 +112,8 @@ async def serve(
     """
     tls = load_tls_context(config)
     if listeners is None:  # else listening already (a worker of --threads: workers.py)
-        sockets = await trio.to_thread.run_sync(
-            partial(
-                open_listeners,
-                config.bind,
-                config.port,
-                write_timeout_seconds=config.write_timeout_seconds,
-            )
+        sockets = await open_listeners(
+            config.bind, config.port, write_timeout_seconds=config.write_timeout_seconds
         )
         listeners = [SocketAcceptor(sock) for sock in sockets]
     host, port = listeners[0].socket.getsockname()[:2]
