@@ -455,9 +455,10 @@ class Topic:
             )
             write = subscription.direct
             if write is not None and first_seq > subscription.replayed_through:
-                # Subscription.deliver_nowait's direct write, inline: the
-                # whole write is the common case, and a Python call per
-                # subscriber was a fifth of the loop's instructions.
+                # Subscription.deliver_nowait's direct write, inline (the
+                # try below is _try_write's body): the whole write is the
+                # common case, and a Python call per subscriber was a fifth
+                # of the loop's instructions.
                 try:
                     written: int | None = write(data)
                 except BlockingIOError:
