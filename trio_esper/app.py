@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from . import api, endpoints, logs, ops, web
 from .config import Config
+from .edge.bridge import ClosingHTTPConnection
 from .errors import (
     AmbiguousFraming,
     EsperError,
@@ -40,33 +38,8 @@ HISTORY_LIMIT_DEFAULT = 1000
 HISTORY_LIMIT_MAX = 10_000
 
 
-class _ClosingHTTPConnection(TrioASGIHTTPConnection):
-    """quart-trio's HTTP connection, with the final response message shielded.
-
-    quart-trio cancels its per-request nursery as soon as it receives
-    ``http.disconnect``. Hypercorn sends that message from *inside* our final
-    ``send()`` (when it tidies the stream), so the cancellation lands while
-    hypercorn is still closing a ``Connection: close`` / HTTP/1.0 socket or
-    arming the keep-alive idle timer: the client never sees EOF and idle
-    connections are never closed. Shielding that one call lets hypercorn
-    finish; its socket writes are shielded anyway, so this adds no new wait.
-    """
-
-    async def handle_request(  # type: ignore[override]
-        self, nursery: trio.Nursery, request: Any, send: Callable[[Any], Awaitable[None]]
-    ) -> None:
-        async def send_last_shielded(message: Any) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                with trio.CancelScope(shield=True):
-                    await send(message)
-            else:
-                await send(message)
-
-        await super().handle_request(nursery, request, send_last_shielded)
-
-
 class _App(QuartTrio):
-    asgi_http_class = _ClosingHTTPConnection
+    asgi_http_class = ClosingHTTPConnection
 
 
 def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> QuartTrio:

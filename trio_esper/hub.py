@@ -30,8 +30,9 @@ import heapq
 import logging
 import math
 import secrets
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -111,10 +112,11 @@ class TopicInfo:
 #: the unwritten rest of a direct write, never skipped), and its bytes as
 #: they go on the wire.
 Item = tuple[int | None, bytes]
-#: Writes bytes without blocking: returns how many were written; raises
-#: ``BlockingIOError`` (or returns 0) if none can be now, as ``os.write`` on
-#: a non-blocking descriptor does, and another ``OSError`` once broken.
-WriteNowait = Callable[[bytes], int]
+#: A transport's direct write (see :meth:`Subscription.attach`): writes what
+#: it can of the bytes now and returns how many that was; raises
+#: ``BlockingIOError`` (or returns 0) if none can go now, as ``os.write`` on a
+#: non-blocking descriptor does, and another ``OSError`` once broken.
+DirectWrite = Callable[[bytes], int]
 #: A transport's framing of SSE bytes (e.g. one HTTP/1.1 chunk). The topic
 #: applies each distinct framing once per batch, whatever the number of
 #: subscribers using it; ``None`` leaves the bytes bare.
@@ -125,15 +127,9 @@ def _bare(data: bytes) -> bytes:
     return data
 
 
-def _try_write(write: WriteNowait, data: bytes) -> int | None:
-    """What ``write`` took of ``data``: 0 if nothing now, ``None`` if the
-    transport is broken."""
-    try:
-        return write(data)
-    except BlockingIOError:
-        return 0
-    except OSError:
-        return None
+#: The "seq" of items that are not records (a heartbeat, a last frame): it
+#: compares above every record's, so replay never holds them back.
+_NOT_A_RECORD = sys.maxsize
 
 
 def _framed(frame: Frame, bare: list[Item], wire: bytes) -> tuple[list[Item], bytes]:
@@ -146,46 +142,53 @@ def _framed(frame: Frame, bare: list[Item], wire: bytes) -> tuple[list[Item], by
 
 
 class Subscription:
-    """One subscriber's end of its topic: an async iterator of byte chunks.
+    """One subscriber's end of its topic.
+
+    Its front end reads it one of two ways:
+
+    * As an async iterator of byte chunks (the Quart routes, in-process use).
+    * Through the **transport interface**, for a front end that writes the
+      subscriber's socket itself (the edge's fast forms): :meth:`attach` a
+      direct write, :meth:`park` while waiting on the socket,
+      :meth:`take_nowait` what was queued, :meth:`detach` before the socket
+      closes. While the task is parked, the topic's task writes each batch
+      to the socket itself instead of waking that task; what the socket does
+      not take at once is queued as usual, which keeps the queue's order and
+      bound and saves two task switches per delivery.
 
     Each chunk is one or more queued items joined, so a subscriber that fell
-    behind catches up in few writes. Records at or below
-    :attr:`replayed_through` (sent already from history) are skipped.
-
-    Direct writes: while the subscriber's task is parked waiting for its
-    queue, and a :data:`WriteNowait` is attached, the topic's task writes to
-    the subscriber's socket itself instead of waking that task; whatever the
-    socket does not take at once goes into the queue as usual. This keeps the
-    queue's order and bound and saves two task switches per delivery.
+    behind catches up in few writes. Records at or below the last one
+    replayed from history (:meth:`Hub.replay`) are skipped. Everything else
+    is the hub's own.
     """
 
-    # Slots: every open stream holds one, and a dict of its fourteen
-    # attributes would cost several hundred bytes more per subscriber.
+    # Slots: every open stream holds one, and a dict of its attributes would
+    # cost several hundred bytes more per subscriber.
     __slots__ = (
         "__weakref__",
+        "_attached",
+        "_client",
         "_closed",
+        "_direct",
+        "_dropped",
+        "_frame",
         "_hub",
+        "_interrupt",
+        "_queued",
         "_receive",
+        "_replayed_through",
         "_send",
+        "_topic",
         "_wake",
-        "_write_nowait",
-        "client",
-        "direct",
-        "dropped",
-        "frame",
-        "on_drop",
-        "queued",
-        "replayed_through",
-        "topic",
     )
 
     def __init__(self, hub: Hub, topic: Topic, *, frame: Frame, client: str) -> None:
         self._hub = hub
-        self.topic = topic
+        self._topic = topic
         #: Who subscribed (see :meth:`Hub.subscribe`).
-        self.client = client
+        self._client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
-        self.frame = frame
+        self._frame = frame
         # The bounded queue (the hub's ``queue_events``), opened the first
         # time an item must wait in it (:meth:`_open`): a subscriber the topic
         # writes to directly may never need one, and opening it is a tenth of
@@ -193,21 +196,127 @@ class Subscription:
         self._send: trio.MemorySendChannel[Item] | None = None
         self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
-        self.queued = 0
+        self._queued = 0
         #: Set when the topic disconnected this subscriber for falling behind.
-        self.dropped = False
+        self._dropped = False
         #: Highest seq already sent from history; live records up to it are skipped.
-        self.replayed_through = -1
-        #: Called when the subscriber is dropped (e.g. to abandon a stuck write).
-        self.on_drop: Callable[[], object] | None = None
-        self._write_nowait: WriteNowait | None = None
-        #: The attached writer while the subscriber is parked (a direct write
-        #: may go out now), else ``None``: one attribute the topic's loop reads.
-        self.direct: WriteNowait | None = None
+        self._replayed_through = -1
+        #: The transport's direct write and its interrupt, while attached.
+        self._attached: DirectWrite | None = None
+        self._interrupt: Callable[[], object] | None = None
+        #: The attached write while the subscriber is parked (a direct write
+        #: may go out now), else ``None``: the one attribute the topic's loop reads.
+        self._direct: DirectWrite | None = None
         #: Called when an item is queued while the subscriber's task waits
         #: elsewhere than on its queue (see :meth:`park`).
         self._wake: Callable[[], object] | None = None
         self._closed = False
+
+    @property
+    def topic(self) -> str:
+        """The topic id subscribed to."""
+        return self._topic.name
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the topic disconnected this subscriber for falling behind
+        (its queue was full): its stream ends without its last frame."""
+        return self._dropped
+
+    # --- the transport interface ------------------------------------------
+
+    def attach(self, write: DirectWrite, interrupt: Callable[[], object]) -> None:
+        """Let the topic write to the subscriber with ``write`` while it is
+        parked, until :meth:`detach`; ``interrupt`` is called if the
+        subscriber is dropped (to abandon a write the transport is stuck in).
+
+        The transport owns ``write``'s target: it must :meth:`detach` before
+        that target closes (the edge's connection does so in its ``close``).
+        """
+        self._attached = write
+        self._interrupt = interrupt
+
+    def detach(self) -> None:
+        """Stop direct writes (and interrupts) now; safe to call twice."""
+        self._attached = self._direct = None
+        self._interrupt = self._wake = None
+
+    def park(self, wake: Callable[[], object]) -> bool:
+        """For a task that waits on something else (its socket) instead of
+        the queue: if nothing is queued and the stream has not ended, mark
+        the subscriber parked, so the topic writes to it directly, and return
+        True; ``wake`` is called once when an item is queued or the stream
+        ends. Returns False (and parks nothing) otherwise: call
+        :meth:`take_nowait`."""
+        if self._queued or self._dropped or self._closed:
+            return False
+        self._direct = self._attached
+        self._wake = wake
+        return True
+
+    def unpark(self) -> None:
+        """Stop being parked: the topic queues instead of writing."""
+        self._direct = None
+        self._wake = None
+
+    def take_nowait(self) -> bytes:
+        """The queued items joined into one chunk.
+
+        Raises:
+            trio.WouldBlock: nothing is queued.
+            trio.EndOfChannel: the stream has ended and its queue is drained
+                (at once if dropped).
+        """
+        if self._receive is None:  # nothing was ever queued
+            if self._dropped or self._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+        frames: list[bytes] = []
+        while len(frames) < MAX_FRAMES_PER_CHUNK:
+            if self._dropped:
+                raise trio.EndOfChannel
+            try:
+                seq, data = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                if frames:
+                    break
+                raise
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if frames:
+                    break
+                raise trio.EndOfChannel from None
+            self._take(seq, data, frames)
+        return b"".join(frames)
+
+    # --- the iterator -------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        receive = self._open()[1]
+        frames: list[bytes] = []
+        while not frames:
+            if self._queued == 0:
+                self._direct = self._attached
+            try:
+                seq, data = await receive.receive()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
+            finally:
+                self._direct = None
+            if self._dropped:
+                raise StopAsyncIteration
+            self._take(seq, data, frames)
+            while len(frames) < MAX_FRAMES_PER_CHUNK:
+                try:
+                    seq, data = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._take(seq, data, frames)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    # --- the hub's side -----------------------------------------------------
 
     def _open(self) -> tuple[trio.MemorySendChannel[Item], trio.MemoryReceiveChannel[Item]]:
         """The subscriber's queue, opened now if it is not yet (closed at
@@ -220,45 +329,34 @@ class Subscription:
                 self._send.close()
         return self._send, self._receive
 
-    def attach(self, write_nowait: WriteNowait | None) -> None:
-        """Let the topic write to the subscriber directly (``None``: stop)."""
-        self._write_nowait = write_nowait
-        if write_nowait is None:
-            self.direct = None
-
-    def deliver_nowait(self, items: Sequence[Item], wire: bytes, events: int) -> bool:
-        """Hand ``items`` (whose bytes joined are ``wire``, ``events`` of
-        them records) to the subscriber without blocking. Returns False if
-        the subscriber is gone or was dropped because its queue is full."""
-        write = self.direct
-        if write is not None:
-            first_seq = items[0][0]
-            if first_seq is None or first_seq > self.replayed_through:
-                return self.wrote(_try_write(write, wire), items, wire, events)
-        return all(self._offer(item) for item in items)
-
-    def wrote(self, written: int | None, items: Sequence[Item], wire: bytes, events: int) -> bool:
-        """The rest of :meth:`deliver_nowait` after its direct write took
-        ``written`` bytes of ``wire`` (``None``: the transport is broken)."""
+    def _wrote(self, written: int | None, items: Sequence[Item], wire: bytes, events: int) -> bool:
+        """The rest of a hand-out (:meth:`Topic._hand_out`) whose direct write
+        took ``written`` bytes of ``wire`` (``None``: the transport is broken;
+        0: it took nothing now). False if the subscriber is gone or dropped."""
         if written is None:
-            self.close()  # the peer is gone; its task sees the end of the queue
+            self._close()  # the peer is gone; its task sees the end of the queue
             return False
         if written:
             self._hub._delivered += events
             if written == len(wire):
                 return True
             return self._offer((None, wire[written:]))
+        return self._queue(items)
+
+    def _queue(self, items: Sequence[Item]) -> bool:
+        """Queue ``items``; False if the subscriber is gone or was dropped
+        because its queue is full."""
         return all(self._offer(item) for item in items)
 
     def _offer(self, item: Item) -> bool:
-        self.direct = None  # the task will wake to this: no direct write may overtake it
+        self._direct = None  # the task will wake to this: no direct write may overtake it
         if self._closed:
             return False  # gone or ended already: not a slow subscriber
         try:
             self._open()[0].send_nowait(item)
-            self.queued += 1
+            self._queued += 1
         except trio.WouldBlock:
-            self.drop()
+            self._drop()
             return False
         self._wake_task()
         return True
@@ -268,112 +366,43 @@ class Subscription:
         if wake is not None:
             wake()
 
-    def park(self, wake: Callable[[], object]) -> bool:
-        """For a task that waits on something else (its socket) instead of
-        the queue: if nothing is queued and the stream has not ended, mark
-        the subscriber parked, so the topic writes to it directly, and return
-        True; ``wake`` is called once when an item is queued or the stream
-        ends. Returns False (and parks nothing) otherwise: call
-        :meth:`take_nowait`."""
-        if self.queued or self._ended:
-            return False
-        self.direct = self._write_nowait
-        self._wake = wake
-        return True
-
-    def unpark(self) -> None:
-        self.direct = None
-        self._wake = None
-
-    @property
-    def _ended(self) -> bool:
-        return self.dropped or self._closed
-
-    def take_nowait(self) -> bytes | None:
-        """The queued items joined into one chunk (``b""`` if none are
-        queued), or ``None`` once the stream has ended and its queue is
-        drained (at once if dropped)."""
-        if self._receive is None:  # nothing was ever queued
-            return None if self._ended else b""
-        frames: list[bytes] = []
-        while len(frames) < MAX_FRAMES_PER_CHUNK:
-            if self.dropped:
-                return None
-            try:
-                seq, data = self._receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                if frames:
-                    break
-                return None
-            self._take(seq, data, frames)
-        return b"".join(frames)
-
-    def drop(self) -> None:
-        if not self.dropped:
+    def _drop(self) -> None:
+        if not self._dropped:
             log.info(
                 "subscriber %s to %s dropped: its queue was full",
-                self.client or "in-process",
-                self.topic.name,
+                self._client or "in-process",
+                self._topic.name,
                 extra={
                     "event": "subscriber_dropped",
-                    "client": self.client or None,
-                    "topic": self.topic.name,
+                    "client": self._client or None,
+                    "topic": self._topic.name,
                 },
             )
-            self.dropped = True
+            self._dropped = True
             self._hub._dropped += 1
-            self.close()
-            if self.on_drop is not None:
-                self.on_drop()
+            self._close()
+            if self._interrupt is not None:
+                self._interrupt()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """End the stream: the iterator stops once what is queued is read
         (at once if dropped)."""
-        self.direct = None
+        self._direct = None
         self._closed = True
         if self._send is not None:
             self._send.close()
         self._wake_task()
 
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> bytes:
-        receive = self._open()[1]
-        frames: list[bytes] = []
-        while not frames:
-            if self.queued == 0:
-                self.direct = self._write_nowait
-            try:
-                seq, data = await receive.receive()
-            except trio.EndOfChannel:
-                raise StopAsyncIteration from None
-            finally:
-                self.direct = None
-            if self.dropped:
-                raise StopAsyncIteration
-            self._take(seq, data, frames)
-            while len(frames) < MAX_FRAMES_PER_CHUNK:
-                try:
-                    seq, data = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                self._take(seq, data, frames)
-        return frames[0] if len(frames) == 1 else b"".join(frames)
-
     def _take(self, seq: int | None, data: bytes, frames: list[bytes]) -> None:
-        self.queued -= 1
+        self._queued -= 1
         if seq is None:
             frames.append(data)
-        elif seq > self.replayed_through:
+        elif seq > self._replayed_through:
             frames.append(data)
             self._hub._delivered += 1
 
     def _aclose(self) -> None:
-        self.direct = None
-        self._wake = None
+        self.detach()
         self._closed = True
         if self._send is not None and self._receive is not None:
             self._send.close()
@@ -440,25 +469,36 @@ class Topic:
             await self._fanned.park()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
-        # Encoded once per batch, and framed once per batch for each framing
-        # in use, whatever the number of subscribers.
         bare: list[Item] = [(r.seq, r.frame) for r in records]
         wire = b"".join([frame for _, frame in bare])  # one frame: that object itself
+        self._hand_out(self.subscribers, bare, wire, records[0].seq, len(records))
+
+    def _hand_out(
+        self,
+        subscribers: Iterable[Subscription],
+        bare: list[Item],
+        wire: bytes,
+        first_seq: int,
+        events: int,
+    ) -> None:
+        """Hand ``bare`` (whose bytes joined are ``wire``; ``events`` of them
+        records, the first ``first_seq``) to each of ``subscribers``: written
+        directly to a parked one, else queued. Those gone or dropped leave
+        the topic's set. The one place items reach a subscriber.
+
+        Framed once per batch for each framing in use, whatever the number
+        of subscribers. The direct write is inline, not a method: the whole
+        write is the common case, and a call per subscriber is a large share
+        of this loop's cost (BENCHMARKS.md, "Batch accept and a leaner fan-out").
+        """
         framed: dict[Frame, tuple[list[Item], bytes]] = {_bare: (bare, wire)}
-        first_seq = records[0].seq
-        events = len(records)
         delivered = 0
         gone: list[Subscription] = []
-        for subscription in self.subscribers:  # nothing it calls adds or removes one
-            items, data = framed.get(subscription.frame) or framed.setdefault(
-                subscription.frame, _framed(subscription.frame, bare, wire)
-            )
-            write = subscription.direct
-            if write is not None and first_seq > subscription.replayed_through:
-                # Subscription.deliver_nowait's direct write, inline (the
-                # try below is _try_write's body): the whole write is the
-                # common case, and a Python call per subscriber was a fifth
-                # of the loop's instructions.
+        for subscription in subscribers:  # nothing it calls adds or removes one
+            frame = subscription._frame
+            items, data = framed.get(frame) or framed.setdefault(frame, _framed(frame, bare, wire))
+            write = subscription._direct
+            if write is not None and first_seq > subscription._replayed_through:
                 try:
                     written: int | None = write(data)
                 except BlockingIOError:
@@ -468,26 +508,21 @@ class Topic:
                 if written == len(data):
                     delivered += events
                     continue
-                if not subscription.wrote(written, items, data, events):
+                if not subscription._wrote(written, items, data, events):
                     gone.append(subscription)
-            elif not subscription.deliver_nowait(items, data, events):
+            elif not subscription._queue(items):
                 gone.append(subscription)
         self.hub._delivered += delivered
         self.subscribers.difference_update(gone)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
+        beat: list[Item] = [(None, HEARTBEAT_FRAME)]
         while True:
             await trio.sleep(heartbeat_seconds)
-            framed: dict[Frame, bytes] = {}
-            for subscription in list(self.subscribers):
-                # A subscriber with frames queued needs no heartbeat, and one
-                # whose queue is full must not be dropped for a comment.
-                if subscription.queued == 0:
-                    frame = subscription.frame
-                    data = framed.get(frame)
-                    if data is None:
-                        data = framed[frame] = frame(HEARTBEAT_FRAME)
-                    subscription.deliver_nowait([(None, data)], data, 0)
+            # A subscriber with frames queued needs no heartbeat, and one
+            # whose queue is full must not be dropped for a comment.
+            idle = [s for s in self.subscribers if s._queued == 0]
+            self._hand_out(idle, beat, HEARTBEAT_FRAME, _NOT_A_RECORD, 0)
 
     def close(self) -> None:
         """No more subscribers: let the task finish once publishers let go."""
@@ -496,10 +531,10 @@ class Topic:
     def end_streams(self, last: bytes) -> None:
         """Send ``last`` to every subscriber (after what each has queued),
         then end their streams."""
-        for subscription in list(self.subscribers):
-            data = subscription.frame(last)
-            subscription.deliver_nowait([(None, data)], data, 0)
-            subscription.close()
+        ending = list(self.subscribers)
+        self._hand_out(ending, [(None, last)], last, _NOT_A_RECORD, 0)
+        for subscription in ending:
+            subscription._close()
 
 
 class Subscribing:
@@ -519,7 +554,7 @@ class Subscribing:
     async def __aenter__(self) -> Subscription:
         subscription = self._hub._subscribe(self._topic, self._frame, self._client)
         try:
-            await self._hub._watched(subscription.topic)
+            await self._hub._watched(subscription._topic)
         except BaseException:
             self._hub._unsubscribe(subscription)
             raise
@@ -687,12 +722,12 @@ class Hub:
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
         self._subscriptions -= 1
-        client = subscription.client
+        client = subscription._client
         if self._per_client[client] == 1:
             del self._per_client[client]
         else:
             self._per_client[client] -= 1
-        entry = subscription.topic
+        entry = subscription._topic
         entry.subscribers.discard(subscription)
         if not entry.subscribers and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
@@ -709,10 +744,10 @@ class Hub:
         records after id ``after`` (from the oldest if ``None``), marked so
         live delivery skips them. Records already replayed are left out, so
         paging on is safe even if ``after`` was pruned in between."""
-        page = await self.history.after(subscription.topic.name, after, limit)
-        records = [r for r in page.records if r.seq > subscription.replayed_through]
+        page = await self.history.after(subscription.topic, after, limit)
+        records = [r for r in page.records if r.seq > subscription._replayed_through]
         if records:
-            subscription.replayed_through = records[-1].seq
+            subscription._replayed_through = records[-1].seq
             self._delivered += len(records)
         more = len(page.records) == limit
         return ReplayPage(records, page.found, page.records[-1].id if more else None)
@@ -887,7 +922,7 @@ class Hub:
         self._closing_started.set()
         for entry in self._topics.values():
             for subscription in entry.subscribers:
-                subscription.close()
+                subscription._close()
         if not self._topics:
             self._closed.set()
 

@@ -10,8 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from . import logs
@@ -19,7 +17,7 @@ from .accepting import ConnectionSource, SocketAcceptor, open_listeners
 from .app import create_app
 from .catalog import Catalog
 from .config import Config
-from .edge import Edge, load_tls_context
+from .edge import Edge, load_tls_context, require_private_names, wrap_asgi
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
@@ -106,10 +104,12 @@ async def serve(
     that stopped reading) has its socket closed. Returns once all are gone.
 
     Raises:
-        ConfigError: the TLS certificate or key cannot be loaded (first).
+        ConfigError: the installed Hypercorn or quart-trio is not the one the
+            edge is written for; the TLS certificate or key cannot be loaded (first).
         HistoryError: the history store cannot be opened (before listening).
         OSError: the address cannot be bound.
     """
+    require_private_names()
     tls = load_tls_context(config)
     if listeners is None:  # else listening already (a worker of --threads: workers.py)
         sockets = await open_listeners(
@@ -118,8 +118,7 @@ async def serve(
         listeners = [SocketAcceptor(sock) for sock in sockets]
     host, port = listeners[0].socket.getsockname()[:2]
     async with open_broker(config) as broker:
-        app = wrap_app(broker.app, HypercornConfig.wsgi_max_body_size, "asgi")
-        edge = Edge(config, broker.hub, app, broker.metrics, tls=tls)
+        edge = Edge(config, broker.hub, wrap_asgi(broker.app), broker.metrics, tls=tls)
         broker.metrics.connections = lambda: edge.open_connections
         async with trio.open_nursery() as nursery:
             await nursery.start(

@@ -1,0 +1,332 @@
+"""The Hypercorn bridge: where the edge hands a connection to Hypercorn (and
+through it to Quart-Trio), and the one module that touches names those
+packages do not publish.
+
+Owns: Hypercorn's per-connection servers while they run, and its worker
+context (the ``terminated`` event that ends keep-alive connections at
+shutdown). The connection's socket stays its task's (:mod:`.connection`).
+
+The private names, each used with the shape :data:`PRIVATE_SHAPES` lists
+and :func:`check_private_names` checks (at start-up, and in
+tests/test_bridge.py, so that an upgrade fails loudly rather than quietly
+changes behaviour; the versions are pinned in pyproject.toml):
+
+* ``hypercorn.trio.tcp_server.TCPServer(app, config, context, state,
+  stream)``, awaited: Hypercorn's server for one connection. It tells TLS
+  from plaintext by trying ``stream.do_handshake`` (``AttributeError``:
+  plaintext, the peer's address then from ``stream.socket``; else
+  ``selected_alpn_protocol()`` and ``stream.transport_stream.socket``).
+* ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
+  ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
+  ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
+* ``hypercorn.trio.worker_context.WorkerContext(max_requests)`` and its
+  ``terminated`` event.
+* ``hypercorn.utils.wrap_app(app, wsgi_max_body_size, mode)``.
+* ``quart_trio.asgi.TrioASGIHTTPConnection.handle_request(nursery,
+  request, send)`` and ``QuartTrio.asgi_http_class``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState
+from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from .. import endpoints
+from ..config import Config, ConfigError
+
+log = logging.getLogger("trio_esper")
+
+
+class HypercornStream:
+    """The connection's stream as Hypercorn uses it.
+
+    * The bytes the edge already read come first.
+    * Ending output and closing leave the socket to its owner (the
+      connection's task), which closes it once Hypercorn is done, after a
+      lingering close; a read in progress ends. Hypercorn ends a connection
+      from its reading task, so it can do so while a response it has already
+      framed waits to be written (a 413 with a request pipelined behind it:
+      h11 refuses the bytes after a ``Connection: close`` response); that
+      response is still written.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, unread: bytes) -> None:
+        self._stream = stream
+        self._unread = unread
+        self._closed = False
+        self._receiving: trio.CancelScope | None = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        with trio.CancelScope() as self._receiving:
+            if not self._closed:
+                return await self._stream.receive_some(max_bytes)
+        raise trio.ClosedResourceError
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+        await trio.lowlevel.checkpoint()
+
+
+class PlainStream(HypercornStream):
+    """A plaintext connection: Hypercorn reads the peer's address from
+    ``socket``, and takes a stream without ``do_handshake`` for plaintext."""
+
+    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
+        super().__init__(stream, unread)
+        self.socket = stream.socket
+
+
+class TLSStream(HypercornStream):
+    """A TLS connection whose handshake the edge has done: Hypercorn sees TLS
+    by ``do_handshake`` (here a checkpoint), picks HTTP/2 or HTTP/1.1 by
+    ``selected_alpn_protocol()``, and reads the peer's address from
+    ``transport_stream.socket``, as it does with the ``SSLStream`` its own
+    listener makes."""
+
+    def __init__(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+        super().__init__(tls, b"")
+        self._tls = tls
+        self.transport_stream = tls.transport_stream
+
+    async def do_handshake(self) -> None:
+        await self._tls.do_handshake()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
+
+
+class Hypercorn:
+    """Hypercorn, serving the connections the edge hands it, for one edge."""
+
+    def __init__(self, config: Config, app: AppWrapper) -> None:
+        self._app = app
+        self._config = HypercornConfig()
+        self._config.keep_alive_timeout = config.keep_alive_seconds
+        # Publishers keep one connection for millions of requests (Hypercorn: 1000).
+        self._config.keep_alive_max_requests = 1 << 62
+        # Both front ends answer the same bytes: the fast forms send no Server field.
+        self._config.include_server_header = False
+        self._config.errorlog = _hypercorn_logger()
+        self._context = WorkerContext(None)
+        #: The servers of the connections Hypercorn serves now.
+        self._servers: set[TCPServer] = set()
+
+    async def serve(self, stream: HypercornStream, budget: endpoints.PublishBudget | None) -> None:
+        """Serve the connection behind ``stream`` until Hypercorn is done with it."""
+        # Every request's ASGI scope gets a copy of this state: the publish
+        # route charges the connection's budget, as the fast forms do.
+        state = ConnectionState({endpoints.BUDGET_KEY: budget})
+        server = TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
+        self._servers.add(server)
+        try:
+            await server
+        finally:
+            self._servers.discard(server)
+            # TCPServer -> protocol -> its bound protocol_send -> TCPServer: a
+            # reference cycle per connection that only the cyclic collector
+            # would free (and rarely, under our raised thresholds).
+            server.__dict__.pop("protocol", None)
+
+    def unflushed(self) -> bool:
+        """Whether an HTTP/2 connection still has a stream open, or data or
+        an END_STREAM to write.
+
+        ``H2Protocol.streams`` holds the streams whose response has not
+        ended; ``stream_buffers`` the data its send task has yet to write,
+        each entry removed once the stream's END_STREAM is written
+        (``complete``: only END_STREAM is left). An entry whose stream the
+        client reset before its body ended is never written nor removed: it
+        is neither of those and is not waited for.
+        """
+        for server in self._servers:
+            wrapper: ProtocolWrapper | None = server.__dict__.get("protocol")
+            if wrapper is None:  # not started yet
+                continue
+            protocol = wrapper.protocol
+            if not isinstance(protocol, H2Protocol) or protocol.closed:
+                continue
+            if protocol.streams or any(
+                buffer.buffer or buffer.complete for buffer in protocol.stream_buffers.values()
+            ):
+                return True
+        return False
+
+    async def terminate(self) -> None:
+        """Close each connection after its current response, and the idle
+        keep-alive ones now."""
+        await self._context.terminated.set()
+
+
+def wrap_asgi(app: QuartTrio) -> AppWrapper:
+    """``app`` as Hypercorn's per-connection server takes an application."""
+    return wrap_app(app, HypercornConfig.wsgi_max_body_size, "asgi")
+
+
+class ClosingHTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's HTTP connection, with the final response message shielded.
+
+    quart-trio cancels its per-request nursery as soon as it receives
+    ``http.disconnect``. Hypercorn sends that message from *inside* our final
+    ``send()`` (when it tidies the stream), so the cancellation lands while
+    hypercorn is still closing a ``Connection: close`` / HTTP/1.0 socket or
+    arming the keep-alive idle timer: the client never sees EOF and idle
+    connections are never closed. Shielding that one call lets hypercorn
+    finish; its socket writes are shielded anyway, so this adds no new wait.
+    Set as the application's ``asgi_http_class``.
+    """
+
+    async def handle_request(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Any, send: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        async def send_last_shielded(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await super().handle_request(nursery, request, send_last_shielded)
+
+
+class _OneLineTracebacks(logging.Filter):
+    """Hypercorn logs an application error with its traceback; a client that
+    can trigger one could flood the log. One line each, the traceback only
+    when debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not log.isEnabledFor(logging.DEBUG):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _hypercorn_logger() -> logging.Logger:
+    logger = logging.getLogger("trio_esper.hypercorn")
+    if not logger.filters:
+        logger.addFilter(_OneLineTracebacks())
+    return logger
+
+
+def _parameters(function: Callable[..., object]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _assigns(function: Callable[..., object], *names: str) -> bool:
+    """Whether ``function`` sets each of ``self.<name>`` (annotated or not)."""
+    source = _source(function)
+    return all(re.search(rf"self\.{name}\b\s*(:[^=\n]*)?=", source) for name in names)
+
+
+def _source(function: Callable[..., object]) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+#: Each private name this module uses, and what it must look like: a check
+#: that holds in the pinned versions (True) or a problem.
+PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
+    "TCPServer(app, config, context, state, stream)": lambda: (
+        _parameters(TCPServer.__init__) == ["self", "app", "config", "context", "state", "stream"]
+    ),
+    "TCPServer is awaitable": lambda: hasattr(TCPServer, "__await__"),
+    "TCPServer.run tells TLS by stream.do_handshake, else reads stream.socket": lambda: all(
+        part in _source(TCPServer.run)
+        for part in (
+            "self.stream.do_handshake()",
+            "except AttributeError",
+            "self.stream.selected_alpn_protocol()",
+            "self.stream.transport_stream.socket",
+            "self.stream.socket",
+        )
+    ),
+    "TCPServer.run sets self.protocol to a ProtocolWrapper": lambda: (
+        re.search(r"self\.protocol = ProtocolWrapper\(", _source(TCPServer.run)) is not None
+    ),
+    "ProtocolWrapper.protocol holds the H11Protocol or H2Protocol": lambda: (
+        re.search(r"self\.protocol = H2Protocol\(", _source(ProtocolWrapper.__init__)) is not None
+    ),
+    "H2Protocol.streams, .stream_buffers and .closed": lambda: _assigns(
+        H2Protocol.__init__, "streams", "stream_buffers", "closed"
+    ),
+    "StreamBuffer.buffer and .complete": lambda: (
+        _assigns(StreamBuffer.__init__, "buffer")
+        and isinstance(inspect.getattr_static(StreamBuffer, "complete"), property)
+    ),
+    "WorkerContext(max_requests) with a terminated event": lambda: (
+        _parameters(WorkerContext.__init__) == ["self", "max_requests"]
+        and _assigns(WorkerContext.__init__, "terminated")
+    ),
+    "wrap_app(app, wsgi_max_body_size, mode)": lambda: (
+        _parameters(wrap_app) == ["app", "wsgi_max_body_size", "mode"]
+        and hasattr(HypercornConfig, "wsgi_max_body_size")
+    ),
+    "TrioASGIHTTPConnection.handle_request(nursery, request, send)": lambda: (
+        _parameters(TrioASGIHTTPConnection.handle_request)
+        == ["self", "nursery", "request", "send"]
+    ),
+    "QuartTrio.asgi_http_class": lambda: issubclass(
+        QuartTrio.asgi_http_class, TrioASGIHTTPConnection
+    ),
+}
+
+
+@functools.cache
+def check_private_names() -> tuple[str, ...]:
+    """The private names of :data:`PRIVATE_SHAPES` that do not have the
+    shape this module uses, in the installed versions (none: all is well).
+    Checked once per process."""
+    return tuple(name for name, holds in PRIVATE_SHAPES.items() if not _holds(holds))
+
+
+def require_private_names() -> None:
+    """Check the private names (:func:`check_private_names`) before serving.
+
+    Raises:
+        ConfigError: one of them does not have the shape this module uses.
+    """
+    problems = check_private_names()
+    if problems:
+        raise ConfigError(
+            "the installed Hypercorn or quart-trio is not the version trio_esper is "
+            f"written for (reinstall with constraints.txt): {'; '.join(problems)}"
+        )
+
+
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:
+        return False

@@ -1,0 +1,269 @@
+"""One accepted connection: its socket, from the edge's accept to its one close.
+
+Owns the socket. Every read and write the edge makes goes through
+:class:`Connection`, which translates the socket's errors into trio's two
+stream errors in one place, as trio's ``SocketStream`` does: an error that
+means the peer is gone raises :class:`trio.BrokenResourceError`, a socket
+already closed :class:`trio.ClosedResourceError`; end of input is ``b""``.
+
+Owns the direct writer too (:meth:`Connection.attach`): the topic's task
+writes a parked subscriber's events to the socket's descriptor number
+itself, and the number could name another connection's socket once this one
+is closed. :meth:`Connection.close` detaches the subscription first, and it
+is the only way the socket is closed, so no write can outlive the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import select
+import socket
+import sys
+from contextlib import suppress
+
+import trio
+
+from ..endpoints import PublishBudget
+from ..hub import Subscription
+from .lifetime import Deadlines
+
+#: One receive takes at most this much (Hypercorn's MAX_RECV).
+RECEIVE_BYTES = 64 * 1024
+#: What one read of a stream's socket takes: its client sends nothing that
+#: matters, so what it does send is discarded.
+DISCARD_BYTES = 4096
+#: A connection closed with unread input is drained this long at most, and
+#: this much (see :meth:`Connection.linger`).
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 256 * 1024
+
+
+class Expired(Exception):
+    """A connection's deadline passed while it waited for bytes."""
+
+
+def _stream_error(error: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    """``error`` from the socket as trio's stream error (trio's own
+    ``_translate_socket_errors_to_stream_errors`` makes the same split)."""
+    if error.errno == errno.EBADF:
+        return trio.ClosedResourceError("the connection's socket is closed")
+    return trio.BrokenResourceError(f"the connection broke: {error}")
+
+
+def _address_of(sock: trio.socket.SocketType) -> str:
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return ""
+    # Interned: every subscription of the address holds the same string.
+    return sys.intern(str(address[0])) if isinstance(address, tuple) else "local"
+
+
+class Connection:
+    """One accepted connection, as the edge sees it.
+
+    Resource handling: the edge's connection task builds it around the
+    accepted socket and calls :meth:`close` in its ``finally``; shutdown may
+    call :meth:`close` earlier, past its grace period. Nothing else closes
+    the socket.
+    """
+
+    __slots__ = ("_attached", "_deadlines", "_socket", "_stream", "address", "budget", "expired")
+
+    def __init__(
+        self, sock: trio.socket.SocketType, budget: PublishBudget | None, deadlines: Deadlines
+    ) -> None:
+        self._socket = sock
+        self._deadlines = deadlines
+        self._stream: trio.SocketStream | None = None
+        self._attached: Subscription | None = None
+        #: The client's address (IP), what per-address limits count.
+        self.address = _address_of(sock)
+        #: The connection's publish rate limit, whoever serves it.
+        self.budget = budget
+        #: Set by the reaper: the wait that timed out.
+        self.expired = False
+
+    @property
+    def stream(self) -> trio.SocketStream:
+        """The socket as a trio stream, made when first asked for (by
+        Hypercorn or TLS): the fast forms write the descriptor directly and
+        never need one, and making it costs two ``setsockopt`` calls."""
+        if self._stream is None:
+            self._stream = trio.SocketStream(self._socket)
+        return self._stream
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` for the log (and ``local`` for a non-IP socket)."""
+        try:
+            address = self._socket.getpeername()
+        except OSError:
+            return "?"
+        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local"
+
+    @property
+    def fileno(self) -> int:
+        """The descriptor's number; -1 once closed."""
+        return self._socket.fileno()
+
+    # --- reading ------------------------------------------------------------
+
+    async def receive(
+        self, deadline: float, *, idle: bool = False, checkpointed: bool = False
+    ) -> bytes:
+        """The next bytes from the peer, or ``b""`` at the end of its input.
+
+        A checkpoint, unless ``checkpointed`` (the task yielded since its
+        last read: a publish always does) and the bytes are there already.
+        Reads the descriptor directly: trio's ``receive_some`` costs more
+        than the rest of a publish's reading. ``idle``: nothing of a request
+        is read yet (shutdown wakes such a wait; see :class:`.Deadlines`).
+
+        Raises:
+            Expired: ``deadline`` passed first.
+            trio.BrokenResourceError: the peer reset the connection.
+            trio.ClosedResourceError: the socket is closed.
+        """
+        waited = False
+        while True:
+            try:
+                data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                raise _stream_error(error) from None
+            else:
+                if not data and self.expired:
+                    raise Expired
+                if not waited and not checkpointed:
+                    # Under load the next request is often there already; the
+                    # checkpoint keeps one busy publisher from starving the
+                    # rest (after a wait, the task has yielded already).
+                    await trio.lowlevel.checkpoint()
+                return data
+            waited = True
+            with self._deadlines.waiting(self, deadline, idle):
+                await trio.lowlevel.wait_readable(self._socket)
+
+    async def discard_some(self) -> bool:
+        """Wait for input and throw it away (a subscriber's client sends
+        nothing that matters while its stream is open); False once the peer
+        has ended its input.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
+        """
+        await trio.lowlevel.wait_readable(self._socket)
+        try:
+            return bool(os.read(self._socket.fileno(), DISCARD_BYTES))
+        except BlockingIOError:
+            return True
+        except OSError as error:
+            raise _stream_error(error) from None
+
+    def has_arrived(self) -> bool:
+        """Whether bytes (or the peer's EOF, or an error) wait unread: the
+        connection's task will see them when it next runs, on a busy broker.
+        ``poll``, not ``select``: any descriptor number works."""
+        poller = select.poll()
+        poller.register(self._socket.fileno(), select.POLLIN | select.POLLRDHUP)
+        return bool(poller.poll(0))
+
+    # --- writing ------------------------------------------------------------
+
+    def try_write(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` now (perhaps nothing);
+        return how many bytes that was.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
+        """
+        try:
+            return os.write(self._socket.fileno(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            raise _stream_error(error) from None
+
+    async def send_all(self, data: bytes) -> None:
+        """Write ``data``: directly if the socket takes it at once (an answer
+        is a few hundred bytes), else through trio.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
+        """
+        written = self.try_write(data)
+        if written < len(data):
+            await self.stream.send_all(data[written:])
+
+    # --- the direct writer -------------------------------------------------
+
+    def attach(self, subscription: Subscription) -> None:
+        """Let ``subscription``'s topic write to this socket directly while
+        the subscriber is parked, until :meth:`detach` or :meth:`close`.
+
+        The writer is ``os.write`` on the descriptor's number itself, a C
+        callable that runs no Python frame per delivery. A dropped subscriber
+        interrupts the connection (:meth:`interrupt`): a write stuck on a
+        peer that stopped reading is abandoned.
+        """
+        self.detach()
+        subscription.attach(functools.partial(os.write, self._socket.fileno()), self.interrupt)
+        self._attached = subscription
+
+    def detach(self) -> None:
+        """End direct writes to this socket (safe to call when none are attached)."""
+        if self._attached is not None:
+            self._attached.detach()
+            self._attached = None
+
+    # --- ending -------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Wake the connection's task from a read (it sees end of input) and
+        from a write (it fails); the task closes the socket itself."""
+        with suppress(OSError):  # not connected any more: its task already knows
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def stop_reading(self) -> None:
+        """Wake the connection's task from a read: it sees end of input."""
+        with suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RD)
+
+    def expire(self) -> None:
+        """The reaper's verdict: the wait in progress timed out."""
+        self.expired = True
+        self.stop_reading()
+
+    async def linger(self) -> None:
+        """Before closing a connection that has unread input: end output and
+        read what the client still sends, for a moment. Closing with unread
+        input makes the kernel send a reset, which can destroy the answer
+        just written (a 413 or 408 while the client still sends its body)."""
+        if self.fileno < 0 or not self.has_arrived():
+            return
+        with suppress(OSError):
+            self._socket.shutdown(socket.SHUT_WR)
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_MAX_BYTES:
+                try:
+                    data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self._socket)
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                drained += len(data)
+
+    def close(self) -> None:
+        """Detach the direct writer, then close the socket (this wakes a
+        task blocked on it, even a shielded one: trio's ``notify_closing``).
+        Idempotent."""
+        self.detach()
+        self._socket.close()
