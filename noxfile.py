@@ -125,20 +125,43 @@ def run(session: nox.Session) -> None:
     if not session.posargs:
         session.error("give the command after --, e.g. -s run -- python examples/subscribe.py T")
     session.install("-e", ".")
-    session.run(*session.posargs)
+    # The command's stderr stays its own (nox merges it into stdout by default, and logs
+    # on stderr), so `T=$(python3 noxfile.py -s run -- trio-esper token ...)` is the token.
+    session.run(*session.posargs, stderr=None)
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Rewrite README.md's table of settings from their declaration (the Config fields in
-    trio_esper/config.py); tests/test_config.py fails while the two differ."""
+    """Rewrite docs/configuration.md's table of settings from their declaration (the Config
+    fields in trio_esper/config.py); tests/test_config.py fails while the two differ."""
     session.install("-e", ".")
     session.run(
         "python",
         "-c",
         "from pathlib import Path; from trio_esper.config import with_readme_table; "
-        "readme = Path('README.md'); readme.write_text(with_readme_table(readme.read_text()))",
+        "page = Path('docs/configuration.md'); "
+        "page.write_text(with_readme_table(page.read_text()))",
     )
+
+
+@nox.session(python=PYTHON)
+def docs_site(session: nox.Session) -> None:
+    """Build the documentation site (docs/, mkdocs.yml) into site/; a warning fails it
+    (``mkdocs build --strict``): a broken link or anchor, a page left out of the nav."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session(python=PYTHON, venv_backend="none")
+def dev(session: nox.Session) -> None:
+    """A virtualenv to work in, ``.venv``, with the package installed editable and the
+    test extra: ``source .venv/bin/activate``, then ``trio-esper``, ``pytest``. Made with
+    virtualenv (nox's own dependency), which a Python without ``ensurepip`` can run."""
+    python = Path(".venv", "bin", "python")
+    if not python.exists():
+        session.run(sys.executable, "-m", "virtualenv", "--quiet", ".venv")
+    session.run(str(python), "-m", "pip", "install", "--quiet", "-e", ".[test]")
+    session.log("ready: source .venv/bin/activate")
 
 
 @nox.session(python=PYTHON)
