@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from trio_esper.config import (
     ConfigError,
     Setting,
     readme_table,
+    start_up_warnings,
     with_readme_table,
 )
 
@@ -133,9 +135,9 @@ BAD_CONFIG = [
     pytest.param({"ESPER_PORT": "http"}, {}, r"ESPER_PORT='http' is not a number", id="port-nan"),
     pytest.param({"ESPER_PORT": "80.5"}, {}, r"ESPER_PORT=.* not a number", id="port-float"),
     pytest.param(
-        {"ESPER_PORT": "70000"}, {}, r"port must be 0\.\.65535, got 70000", id="port-big"
+        {"ESPER_PORT": "70000"}, {}, r"^ESPER_PORT must be 0\.\.65535, got 70000$", id="port-big"
     ),
-    pytest.param({"ESPER_PORT": "-1"}, {}, r"port must be 0\.\.65535", id="port-negative"),
+    pytest.param({"ESPER_PORT": "-1"}, {}, r"^ESPER_PORT must be 0\.\.65535", id="port-negative"),
     pytest.param(
         {"ESPER_HEARTBEAT_SECONDS": "soon"},
         {},
@@ -143,20 +145,43 @@ BAD_CONFIG = [
         id="heartbeat-word",
     ),
     pytest.param(
-        {"ESPER_HEARTBEAT_SECONDS": "0"}, {}, r"heartbeat_seconds must be positive", id="hb-0"
+        {"ESPER_HEARTBEAT_SECONDS": "0"},
+        {},
+        r"^ESPER_HEARTBEAT_SECONDS must be positive$",
+        id="hb-0",
     ),
     pytest.param(
-        {"ESPER_HEARTBEAT_SECONDS": "nan"}, {}, r"heartbeat_seconds must be positive", id="hb-nan"
+        {"ESPER_HEARTBEAT_SECONDS": "nan"},
+        {},
+        r"^ESPER_HEARTBEAT_SECONDS must be positive$",
+        id="hb-nan",
     ),
-    pytest.param({"ESPER_MAX_BODY_BYTES": "0"}, {}, r"max_body_bytes", id="max-body-0"),
-    pytest.param({"ESPER_QUEUE_EVENTS": "0"}, {}, r"queue_events", id="queue-0"),
-    pytest.param({"ESPER_KEEP_ALIVE_SECONDS": "0"}, {}, r"keep_alive_seconds", id="ka-0"),
+    pytest.param(
+        {"ESPER_MAX_BODY_BYTES": "0"}, {}, r"^ESPER_MAX_BODY_BYTES must be at least 1$", id="mb-0"
+    ),
+    pytest.param(
+        {"ESPER_QUEUE_EVENTS": "0"}, {}, r"^ESPER_QUEUE_EVENTS must be at least 1$", id="queue-0"
+    ),
+    pytest.param({}, {"queue_events": 0}, r"^--queue must be at least 1$", id="queue-flag-0"),
+    pytest.param(
+        {"ESPER_KEEP_ALIVE_SECONDS": "0"},
+        {},
+        r"^ESPER_KEEP_ALIVE_SECONDS must be positive$",
+        id="ka-0",
+    ),
     pytest.param(
         {"ESPER_FAST_LANE": "maybe"}, {}, r"ESPER_FAST_LANE='maybe' is not a boolean", id="fl"
     ),
-    pytest.param({"ESPER_THREADS": "2"}, {}, r"--threads > 1", id="threads-2"),
-    pytest.param({}, {"threads": 4}, r"--threads > 1", id="threads-override"),
-    pytest.param({"ESPER_THREADS": "0"}, {}, r"threads must be at least 1", id="threads-0"),
+    pytest.param(
+        {"ESPER_THREADS": "2"},
+        {},
+        r"^ESPER_THREADS above 1 runs worker processes .* give --backplane",
+        id="threads-2",
+    ),
+    pytest.param({}, {"threads": 4}, r"^--threads above 1 runs", id="threads-override"),
+    pytest.param(
+        {"ESPER_THREADS": "0"}, {}, r"^ESPER_THREADS must be at least 1, got 0$", id="threads-0"
+    ),
     pytest.param(
         {"ESPER_BACKPLANE": "http://redis:6379"},
         {},
@@ -169,7 +194,9 @@ BAD_CONFIG = [
         r"with a backplane, Redis keeps the history",
         id="backplane-and-sqlite",
     ),
-    pytest.param({"ESPER_LOG_LEVEL": "verbose"}, {}, r"log level must be one of", id="log"),
+    pytest.param(
+        {"ESPER_LOG_LEVEL": "verbose"}, {}, r"^ESPER_LOG_LEVEL must be one of debug, ", id="log"
+    ),
     pytest.param({"ESPER_JWT_ALGORITHMS": "none"}, {}, r"'none'", id="alg-none"),
     pytest.param({"ESPER_JWT_ALGORITHMS": "HS256,NoNe"}, {}, r"'none'", id="alg-none-mixed"),
     pytest.param({"ESPER_JWT_ALGORITHMS": ", ,"}, {}, r"non-empty", id="alg-empty"),
@@ -244,10 +271,19 @@ def test_parse_config(
 BAD_CLI = [
     pytest.param(["--bogus"], {}, "unrecognized arguments", id="unknown-flag"),
     pytest.param(["--port", "abc"], {}, "--port", id="port-not-int"),
-    pytest.param(["--port", "70000"], {}, "port must be 0..65535", id="port-range"),
-    pytest.param(["--threads", "2"], {}, "--threads > 1", id="threads"),
+    pytest.param(["--port", "70000"], {}, ": --port must be 0..65535", id="port-range"),
+    pytest.param(["--threads", "2"], {}, ": --threads above 1", id="threads"),
+    pytest.param(["--workers", "2"], {}, ": --workers above 1", id="workers-as-typed"),
+    pytest.param(["--workers=0"], {}, ": --workers must be at least 1", id="workers-equals"),
     pytest.param(["--log-level", "verbose"], {}, "--log-level", id="log-level-choice"),
-    pytest.param(["--heartbeat", "0"], {}, "heartbeat_seconds must be positive", id="heartbeat"),
+    pytest.param(["--heartbeat", "0"], {}, ": --heartbeat must be positive\n", id="heartbeat"),
+    pytest.param(["--queue", "0"], {}, ": --queue must be at least 1\n", id="queue"),
+    pytest.param(
+        [],
+        {"ESPER_QUEUE_EVENTS": "0"},
+        ": ESPER_QUEUE_EVENTS must be at least 1\n",
+        id="queue-env",
+    ),
     pytest.param([], {"ESPER_PORT": "x"}, "ESPER_PORT='x' is not a number", id="bad-env"),
 ]
 
@@ -452,16 +488,28 @@ def _refusable() -> list[Any]:
 def test_a_refused_value_exits_2_naming_its_variable_or_flag(
     setting: Setting, text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Named as the user gave it, never as the field (unless the two are spelt alike).
+    field = re.compile(rf"(?<![-\w]){setting.field}\b")
     with pytest.raises(SystemExit) as excinfo:
         parse_config([], {setting.variable: text})
     assert excinfo.value.code == EXIT_USAGE
     [line] = capsys.readouterr().err.splitlines()
-    assert setting.variable in line
+    assert line.startswith(f"trio-esper: error: {setting.variable} "), line
+    assert not field.search(line), line
     if setting.flags and setting.switch is None and setting.kind != "list":
         with pytest.raises(SystemExit) as excinfo:
             parse_config([setting.flags[0], text], {})
         [line] = capsys.readouterr().err.splitlines()
-        assert setting.flags[0] in line
+        # argparse's own refusal (a word it does not take) says "argument FLAG:".
+        named = (f"{setting.flags[0]} ", f"argument {setting.flags[0]}: ")
+        assert line.startswith(tuple(f"trio-esper: error: {n}" for n in named)), line
+        assert not field.search(line), line
+
+
+def test_a_config_built_in_python_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^queue_events must be at least 1$") as excinfo:
+        Config(queue_events=0)
+    assert excinfo.value.field == "queue_events"
 
 
 def test_help_lists_every_flag_and_every_variable() -> None:
@@ -508,3 +556,200 @@ def test_the_readme_table_is_the_declarations() -> None:
     )
     for s in SETTINGS:
         assert f"`{s.variable}" in readme_table(), s
+
+
+def test_help_says_nothing_it_does_not_show() -> None:
+    text = build_parser().format_help()
+    # "(see below)" pointed at nothing: --help has no "below".
+    assert "below" not in text
+    for s in SETTINGS:
+        # A README link becomes "TITLE in the README" in --help: never in the
+        # middle of a possessive ("the topic API in the README's routes").
+        assert not re.search(r"\]\(#[a-z0-9-]+\)'s", s.help), s
+    [api] = [line for line in text.splitlines() if line.lstrip().startswith("ESPER_API_TOKEN")]
+    assert "management routes of the topic API" in api
+    assert "monitoring routes" in api
+    assert "16 characters or more; empty is unset" in api
+
+
+# --- --cors-origin: a value a browser's Origin can equal --------------------------
+
+#: (value, the hint after it): none can ever equal the Origin header a browser sends.
+REFUSED_ORIGINS = [
+    pytest.param(
+        "http://host:8000/", "an origin has no path; did you mean 'http://host:8000'?", id="slash"
+    ),
+    pytest.param(
+        "https://example.com/app",
+        "an origin has no path; did you mean 'https://example.com'?",
+        id="path",
+    ),
+    pytest.param(
+        "host:8000",
+        "an origin starts with its scheme; did you mean 'https://host:8000' or "
+        "'http://host:8000'?",
+        id="no-scheme",
+    ),
+    pytest.param(
+        "HTTPS://Example.COM",
+        "browsers send an origin in lower case; did you mean 'https://example.com'?",
+        id="upper-case",
+    ),
+    pytest.param("", "an origin is scheme://host[:port], e.g. 'https://example.com'", id="empty"),
+    pytest.param(
+        "https://example.com:443",
+        "browsers leave out the default port (443 for https); did you mean 'https://example.com'?",
+        id="default-port",
+    ),
+    pytest.param(
+        "https://user@example.com",
+        "an origin has no user name or password; did you mean 'https://example.com'?",
+        id="user",
+    ),
+    pytest.param(
+        "https://example.com?x=1",
+        "an origin has no query or fragment; did you mean 'https://example.com'?",
+        id="query",
+    ),
+    pytest.param(
+        "https://b\u00fccher.example",
+        "browsers send a host in its ASCII (punycode) form; did you mean "
+        "'https://xn--bcher-kva.example'?",
+        id="unicode-host",
+    ),
+    pytest.param(
+        "http://[0:0::1]:8000",
+        "browsers write it otherwise; did you mean 'http://[::1]:8000'?",
+        id="ipv6-long",
+    ),
+    pytest.param(
+        "file:///srv/page.html",
+        "a page opened from a file sends the origin 'null'; did you mean 'null'?",
+        id="file",
+    ),
+    pytest.param("https://a b", "an origin has no spaces", id="space"),
+    pytest.param(
+        "http:/example.com", "an origin is scheme://host[:port], two slashes after the scheme"
+    ),
+    pytest.param("https://example.com:99999", "not scheme://host[:port] (Port out of range"),
+]
+#: Values a browser's Origin can equal, kept as they are.
+ACCEPTED_ORIGINS = [
+    "*",
+    "null",
+    "https://example.com",
+    "http://localhost:8000",
+    "http://127.0.0.1:3000",
+    "http://[::1]:8000",
+    "https://xn--bcher-kva.example",
+    "chrome-extension://abcdefghijklmnop",
+]
+
+
+@pytest.mark.parametrize(("origin", "hint"), REFUSED_ORIGINS)
+def test_a_cors_origin_no_browser_sends_exits_2_with_a_hint(
+    origin: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        parse_config(["--cors-origin", "https://ok.example", "--cors-origin", origin], {})
+    assert excinfo.value.code == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"trio-esper: error: --cors-origin {origin!r}: {hint}"), line
+    if origin.strip() == origin and "," not in origin and origin:
+        with pytest.raises(SystemExit) as excinfo:
+            parse_config([], {"ESPER_CORS_ORIGINS": f"https://ok.example,{origin}"})
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"trio-esper: error: ESPER_CORS_ORIGINS {origin!r}: {hint}"), line
+
+
+@pytest.mark.parametrize("origin", ACCEPTED_ORIGINS)
+def test_a_cors_origin_a_browser_sends_is_kept(origin: str) -> None:
+    assert parse_config(["--cors-origin", origin], {}).cors_origins == (origin,)
+    assert Config.from_env({"ESPER_CORS_ORIGINS": origin}).cors_origins == (origin,)
+
+
+# --- start-up warnings (what the broker logs is tested in test_startup.py) ---------
+
+
+def test_no_variable_of_ours_is_warned_about() -> None:
+    every = {s.variable: "" for s in SETTINGS}
+    assert start_up_warnings(Config(), every) == []
+    # Every ESPER_* name the package reads, wherever it reads it, is declared.
+    package = Path(__file__).parent.parent / "trio_esper"
+    read = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"(?<![A-Z_])ESPER_[A-Z0-9_]*[A-Z0-9]", path.read_text())
+    }
+    assert read, "the scan found no ESPER_ name"
+    assert read <= set(every), sorted(read - set(every))
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("ESPER_PROT", "ESPER_PORT"),
+        ("ESPER_HEARTBEAT", "ESPER_HEARTBEAT_SECONDS"),
+        ("ESPER_SUBSCRIBER_KEY", "ESPER_SUBSCRIBER_KEY_FILE"),
+        ("esper_port", "ESPER_PORT"),
+        ("ESPER_UNRELATED", None),
+    ],
+)
+def test_a_variable_not_ours_is_warned_about_with_the_closest_name(
+    name: str, suggested: str | None
+) -> None:
+    [(variable, message)] = start_up_warnings(Config(), {name: "a-value", "HOME": "/"})
+    assert variable == name
+    hint = "" if suggested is None else f"; did you mean {suggested}?"
+    assert message == f"{name} is not a trio-esper setting: ignored{hint}"
+    assert "a-value" not in message
+
+
+# (jwt algorithms, secret bytes, the warning's tail, or None: long enough)
+SECRET_SIZES = [
+    pytest.param("HS256", 31, "HS256 needs 32 or more", id="hs256-short"),
+    pytest.param("HS256", 32, None, id="hs256-enough"),
+    pytest.param("HS384", 47, "HS384 needs 48 or more", id="hs384-short"),
+    pytest.param("HS384", 48, None, id="hs384-enough"),
+    pytest.param("HS512", 63, "HS512 needs 64 or more", id="hs512-short"),
+    pytest.param("HS256,HS512", 40, "HS512 needs 64 or more", id="the-longest-counts"),
+    pytest.param("HS512", 64, None, id="hs512-enough"),
+    pytest.param("HS256,ES256", 31, "HS256 needs 32 or more", id="with-a-key-algorithm"),
+]
+
+
+@pytest.mark.parametrize(("algorithms", "size", "needs"), SECRET_SIZES)
+def test_a_secret_shorter_than_its_algorithm_needs_is_warned_about(
+    algorithms: str, size: int, needs: str | None
+) -> None:
+    subscriber = "s" * size
+    publisher = "\u00e9" * 32  # 64 bytes in UTF-8: what PyJWT signs with
+    config = Config.from_env(
+        {
+            "ESPER_SUBSCRIBER_SECRET": subscriber,
+            "ESPER_PUBLISHER_SECRET": publisher,
+            "ESPER_JWT_ALGORITHMS": algorithms,
+        }
+    )
+    found = start_up_warnings(config, {})
+    if needs is None:
+        assert found == []
+        return
+    assert found == [
+        (
+            "ESPER_SUBSCRIBER_SECRET",
+            f"ESPER_SUBSCRIBER_SECRET is {size} bytes: {needs} (RFC 7518 section 3.2); "
+            "a shorter secret is easier to guess",
+        )
+    ]
+
+
+def test_equal_secrets_are_warned_about() -> None:
+    secret = "e" * 64
+    config = Config.from_env({"ESPER_SUBSCRIBER_SECRET": secret, "ESPER_PUBLISHER_SECRET": secret})
+    assert start_up_warnings(config, {}) == [
+        (
+            "ESPER_PUBLISHER_SECRET",
+            "subscriber and publisher secrets are equal: any subscriber token can publish",
+        )
+    ]

@@ -1,4 +1,5 @@
-"""The pure modules (sse, topics, auth, config) import neither trio nor quart nor hypercorn.
+"""The pure modules (sse, topics, auth, config, logs, h1) import neither trio nor quart
+nor hypercorn.
 
 Checked in a fresh interpreter, since this one has long since imported all three.
 """
@@ -14,7 +15,7 @@ import pytest
 import trio_esper
 
 PACKAGE_DIR = Path(trio_esper.__file__).parent
-PURE_MODULES = ("sse", "topics", "auth", "config", "h1")
+PURE_MODULES = ("sse", "topics", "auth", "config", "logs", "h1")
 FORBIDDEN = ("trio", "quart", "quart_trio", "hypercorn")
 
 # Prints the forbidden top-level packages found in sys.modules, one a line.

@@ -34,6 +34,7 @@ from hypercorn.typing import (
     Scope,
 )
 
+from . import logs
 from .config import Config, ConfigError
 from .errors import HistoryError, ServiceUnavailable
 from .hub import Hub
@@ -98,6 +99,7 @@ class EsperApp:
             return
         try:
             config = self._config or Config.from_env(os.environ)
+            logs.config_warnings(config, os.environ if self._config is None else {})
             async with open_broker(config) as broker:
                 self._broker = broker
                 log.info("trio_esper started in the ASGI lifespan")

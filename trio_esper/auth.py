@@ -41,8 +41,11 @@ from .topics import normalise_topic
 #: Default accepted algorithms; HS256 is what esper uses.
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("HS256",)
 
-#: Algorithms that take a shared secret (RFC 7518 section 3.2).
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+#: Algorithms that take a shared secret, each with the fewest bytes its
+#: secret should have: "A key of the same size as the hash output ... or
+#: larger MUST be used with this algorithm" (RFC 7518 section 3.2).
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+HMAC_ALGORITHMS = frozenset(HMAC_KEY_BYTES)
 #: What an RSA key verifies: PKCS#1 v1.5 and PSS (RFC 7518 sections 3.3, 3.5).
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 #: ECDSA binds the curve to the algorithm (RFC 7518 section 3.4; RFC 8812 for secp256k1).

@@ -14,11 +14,13 @@ import os
 import resource
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NoReturn
 
 import trio
+from jwt.warnings import InsecureKeyLengthWarning
 
 from . import __version__, logs, workers
 from .config import SETTINGS, Config, ConfigError, Setting
@@ -99,7 +101,7 @@ def _epilog() -> str:
     lines = [
         "Each flag can also be set by the environment variable in brackets; the flag wins.",
         "",
-        "environment only (a credential in a flag would show in ps):",
+        "environment only (a credential has no flag: a flag's value shows in ps):",
     ]
     for s in only:
         default = "" if s.secret else f" (default {s.shown_default})"
@@ -115,7 +117,9 @@ def _epilog() -> str:
 
 
 def parse_config(argv: Sequence[str] | None, environ: dict[str, str]) -> Config:
-    """Parse ``argv`` over ``environ``; exit with status 2 and one line on error."""
+    """Parse ``argv`` over ``environ``; exit with status 2 and one line on
+    error, which names the setting refused as the user gave it: the flag as
+    typed, or the variable."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     for s in SETTINGS:
@@ -124,7 +128,19 @@ def parse_config(argv: Sequence[str] | None, environ: dict[str, str]) -> Config:
     try:
         return Config.from_env(environ, **args)
     except ConfigError as exc:
-        parser.exit(EXIT_USAGE, f"{PROG}: error: {exc}\n")
+        typed = _typed_flag(sys.argv[1:] if argv is None else argv, exc.field)
+        error = exc if typed is None else exc.named(typed)
+        parser.exit(EXIT_USAGE, f"{PROG}: error: {error}\n")
+
+
+def _typed_flag(argv: Sequence[str], field: str) -> str | None:
+    """Which of ``field``'s flags ``argv`` gives it with, as typed
+    (``--workers`` for ``--threads``): the last, which argparse keeps."""
+    flags = next((s.flags for s in SETTINGS if s.field == field), ())
+    for arg in reversed(argv):
+        if arg.partition("=")[0] in flags:
+            return arg.partition("=")[0]
+    return None
 
 
 async def _run(config: Config) -> None:
@@ -161,15 +177,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(token_main(args[1:]))
     config = parse_config(argv, dict(os.environ))
     logs.configure(config.log_level, config.log_format)
+    # Said once, in the log's format: PyJWT would say it again, in Python's
+    # (two lines on stderr), when a short secret first verifies a token.
+    warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
     if workers.is_worker():
         workers.become_worker()
-    elif config.threads > 1:
-        _check_tls_files(config)
-        sys.exit(workers.supervise(config, args))
-    if config.subscriber_auth and config.subscriber_key == config.publisher_key:
-        logging.getLogger("trio_esper").warning(
-            "subscriber and publisher secrets are equal: any subscriber token can publish"
-        )
+    else:  # the supervisor of --threads, or the one process
+        logs.config_warnings(config, os.environ)
+        if config.threads > 1:
+            _check_tls_files(config)
+            sys.exit(workers.supervise(config, args))
     _raise_open_files_limit()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)

@@ -9,14 +9,18 @@ wins over the variable. Units are in the names.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from .auth import (
     DEFAULT_ALGORITHMS,
     HMAC_ALGORITHMS,
+    HMAC_KEY_BYTES,
     PUBLIC_KEY_ALGORITHMS,
     KeyFileError,
     PublicKeys,
@@ -24,7 +28,6 @@ from .auth import (
     load_public_keys,
 )
 from .history.spec import parse_history_spec
-from .logs import LOG_FORMATS
 
 #: esper's defaults.
 DEFAULT_BIND = "127.0.0.1"
@@ -70,6 +73,10 @@ DEFAULT_MAX_PER_ADDRESS = 16_384
 DEFAULT_ACCESS_TOKEN_TTL_SECONDS = 86_400.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: ``--log-format``'s words: how logs.py writes a line.
+LOG_FORMATS = ("text", "json")
+#: A static bearer token shorter than this is guessable.
+MIN_BEARER_CHARS = 16
 
 #: Every variable's prefix.
 ENV_PREFIX = "ESPER_"
@@ -83,7 +90,29 @@ _README_LINK = re.compile(r"\[([^\]]+)\]\(#[a-z0-9-]+\)")
 
 
 class ConfigError(ValueError):
-    """A setting has a value the broker cannot run with."""
+    """A setting has a value the broker cannot run with.
+
+    Made by :meth:`about` when the refusal is about one :class:`Config`
+    field: the message is the field's name, then :attr:`problem`, and
+    :meth:`named` says it with the name the user gave instead (its flag or
+    its variable): ``--queue must be at least 1``.
+    """
+
+    def __init__(self, message: str, *, field: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        #: The field refused, or ``""`` if the refusal is about no one field.
+        self.field = field
+        #: What is wrong with it, after its name (``must be at least 1``).
+        self.problem = problem
+
+    @classmethod
+    def about(cls, field: str, problem: str) -> ConfigError:
+        """The refusal of ``field``'s value: ``problem``, said after its name."""
+        return cls(f"{field} {problem}", field=field, problem=problem)
+
+    def named(self, name: str) -> ConfigError:
+        """The same refusal, naming the field ``name`` (a flag, a variable)."""
+        return ConfigError(f"{name} {self.problem}", field=self.field, problem=self.problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +281,8 @@ class Config:
         "--threads",
         "--workers",
         metavar="N",
-        help="worker processes on one port; more than 1 needs `--backplane` (see below)",
+        help="worker processes on one port; more than 1 needs `--backplane` (see "
+        "[Beyond one process](#beyond-one-process))",
     )
     backplane: str | None = setting(
         None,
@@ -324,7 +354,9 @@ class Config:
         (),
         "--cors-origin",
         metavar="ORIGIN",
-        help="browser origins allowed; repeatable; `*` for any",
+        help="browser origins allowed, each as a browser sends it in `Origin` "
+        "(`https://example.com`, `http://localhost:8000`: no path, lower case); repeatable; "
+        "`*` for any",
     )
     auth_cookie: str | None = setting(
         None,
@@ -464,14 +496,18 @@ class Config:
     )
     api_token: str | None = setting(
         None,
-        help="bearer token for the [topic API](#topic-api)'s management routes and "
-        "monitoring (16 characters or more; empty is unset)",
+        help="static bearer token for the management routes of the [topic API](#topic-api) "
+        "(create, list, read and delete topics; publish) and for the monitoring routes; a "
+        'publisher JWT with `"admin": true` is taken there too; with neither this token nor '
+        "a publisher secret or key file, the management routes are open "
+        f"({MIN_BEARER_CHARS} characters or more; empty is unset)",
         secret=True,
     )
     metrics_token: str | None = setting(
         None,
-        help="bearer token for `/metrics`, `/stats`, `/stats/stream` and the dashboard (16 "
-        "characters or more)",
+        help="static bearer token for the monitoring routes only: `/metrics`, `/stats`, "
+        f"`/stats/stream` and the dashboard ({MIN_BEARER_CHARS} characters or more; empty "
+        "is unset)",
         secret=True,
     )
     access_token_ttl_seconds: float = setting(
@@ -482,29 +518,38 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        """Refuse a value the broker cannot run with.
+
+        Raises:
+            ConfigError: the first value refused; :meth:`ConfigError.about`
+                its field if the refusal is about one.
+        """
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0..65535, got {self.port}")
+            raise ConfigError.about("port", f"must be 0..65535, got {self.port}")
         # That both are given, and name a certificate and its key, is checked
         # where the TLS context is built, first thing at start-up
         # (edge.load_tls_context): the files are read once, there.
-        if self.certfile == "" or self.keyfile == "":
-            raise ConfigError("certfile and keyfile must not be empty")
+        for name in ("certfile", "keyfile"):
+            if getattr(self, name) == "":
+                raise ConfigError.about(name, "must not be empty")
         if self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+            raise ConfigError.about("threads", f"must be at least 1, got {self.threads}")
         if self.threads > 1 and self.backplane is None:
-            raise ConfigError(
-                "--threads > 1 runs worker processes that must share events through a "
-                "backplane: give --backplane redis://HOST:PORT (or use --threads 1)"
+            raise ConfigError.about(
+                "threads",
+                "above 1 runs worker processes that must share events through a backplane: "
+                "give --backplane redis://HOST:PORT (ESPER_BACKPLANE), or run one process",
             )
         if self.backplane is not None:
             if not self.backplane.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(
-                    "backplane must be a redis://, rediss:// or unix:// URL "
-                    "(redis://[:password@]host:port/db)"
+                # Never the value: a Redis URL may hold a password.
+                raise ConfigError.about(
+                    "backplane",
+                    "must be a redis://, rediss:// or unix:// URL (redis://[:password@]host:port/db)",
                 )
             if self.history != "memory":
                 raise ConfigError(
-                    "with a backplane, Redis keeps the history: leave --history unset"
+                    "with a backplane, Redis keeps the history: leave the history setting unset"
                 )
         for name in _TYPES:
             # Every duration must be positive, but the age limit (0: none).
@@ -514,10 +559,13 @@ class Config:
                 and name != "history_max_age_seconds"
                 and not getattr(self, name) > 0
             ):
-                raise ConfigError(f"{name} must be positive")
-        if self.max_body_bytes < 1:
-            raise ConfigError("max_body_bytes must be positive")
+                raise ConfigError.about(name, "must be positive")
         for name in (
+            "max_body_bytes",
+            "queue_events",
+            "history_events",
+            "history_max_bytes",
+            "request_body_min_rate_bytes",
             "max_topics",
             "max_subscribers",
             "max_subscribers_per_topic",
@@ -525,44 +573,40 @@ class Config:
             "max_subscriptions_per_address",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive")
-        if not self.publish_rate_per_connection >= 0:
-            raise ConfigError("publish_rate_per_connection must not be negative")
-        if self.request_body_min_rate_bytes < 1:
-            raise ConfigError("request_body_min_rate_bytes must be positive")
-        if self.queue_events < 1:
-            raise ConfigError("queue_events must be positive")
-        if self.history_events < 1 or self.history_max_bytes < 1:
-            raise ConfigError("history_events and history_max_bytes must be positive")
-        if self.history_max_age_seconds < 0:
-            raise ConfigError("history_max_age_seconds must not be negative")
-        if self.retry_ms is not None and self.retry_ms < 0:
-            raise ConfigError("retry_ms must not be negative")
-        if self.history_sync not in ("full", "normal"):
-            raise ConfigError("history sync must be 'full' or 'normal'")
+                raise ConfigError.about(name, "must be at least 1")
+        for name in ("publish_rate_per_connection", "history_max_age_seconds", "retry_ms"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError.about(name, "must not be negative")
+        for name, words in (
+            ("history_sync", ("full", "normal")),
+            ("log_level", LOG_LEVELS),
+            ("log_format", LOG_FORMATS),
+        ):
+            if getattr(self, name) not in words:
+                raise ConfigError.about(name, f"must be one of {', '.join(words)}")
         try:
             parse_history_spec(self.history)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
-        if self.log_format not in LOG_FORMATS:
-            raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}")
+            raise ConfigError.about("history", str(exc)) from None
         if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):
-            raise ConfigError("jwt algorithms must be a non-empty list without 'none'")
+            raise ConfigError.about("jwt_algorithms", "must be a non-empty list without 'none'")
         known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
         for algorithm in self.jwt_algorithms:
             if algorithm not in known:
-                raise ConfigError(
-                    f"jwt algorithm {algorithm!r} is unknown; known: {', '.join(sorted(known))}"
+                raise ConfigError.about(
+                    "jwt_algorithms",
+                    f"names {algorithm!r}, which is unknown; known: {', '.join(sorted(known))}",
                 )
         if self.jwt_audience is not None and not self.jwt_audience:
-            raise ConfigError("jwt audience must not be empty")
+            raise ConfigError.about("jwt_audience", "must not be empty")
+        for origin in self.cors_origins:
+            problem = _origin_problem(origin)
+            if problem is not None:
+                raise ConfigError.about("cors_origins", f"{origin!r}: {problem}")
         for name in _BEARER_FIELDS:
             if getattr(self, name) is not None and len(getattr(self, name)) < MIN_BEARER_CHARS:
-                raise ConfigError(
-                    f"{ENV_PREFIX}{name.upper()} must be at least {MIN_BEARER_CHARS} characters"
-                )
+                raise ConfigError.about(name, f"must be at least {MIN_BEARER_CHARS} characters")
         for side in ("subscriber", "publisher"):
             secret, keys = getattr(self, f"{side}_secret"), getattr(self, f"{side}_keys")
             if secret is not None and keys is not None:
@@ -668,7 +712,9 @@ class Config:
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
         except ConfigError as exc:
-            # Name the variables (or flags) the refusal is about, unless it does.
+            if exc.field:  # named as the user gave it
+                raise exc.named(sources.get(exc.field, exc.field)) from None
+            # Name the variables (or flags) the refusal is about.
             named = [
                 source
                 for name, source in sources.items()
@@ -691,8 +737,6 @@ NO_AUTH = Setting(
 )
 #: Static bearer tokens: at least :data:`MIN_BEARER_CHARS` long.
 _BEARER_FIELDS = ("api_token", "metrics_token")
-#: A static token shorter than this is guessable.
-MIN_BEARER_CHARS = 16
 #: What ``ESPER_NO_AUTH`` clears.
 _AUTH_FIELDS = ("subscriber_secret", "publisher_secret", "subscriber_keys", "publisher_keys")
 #: Each field's declared type, as written (``from __future__ import
@@ -783,3 +827,114 @@ def _read_key_file(side: str, path: str) -> PublicKeys:
         return load_public_keys(path)
     except KeyFileError as exc:
         raise ConfigError(f"{side} key file {path}: {exc}") from None
+
+
+#: The ports a browser leaves out of an origin (the scheme's default, RFC 6454 section 6.2).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_problem(text: str) -> str | None:
+    """Why ``text`` can never equal a browser's ``Origin`` header, and the
+    origin it likely means; ``None`` if it can.
+
+    A browser sends the ASCII serialisation of an origin (RFC 6454 section
+    6.2; WHATWG HTML, "serialization of an origin"): ``scheme "://" host
+    [ ":" port ]``, scheme and host in lower case, the host in its ASCII
+    (punycode) form, an IPv6 address in brackets, no port when it is the
+    scheme's default, and nothing after; or ``null`` for an opaque origin (a
+    sandboxed frame, a ``file:`` page). ``*`` allows any origin.
+    """
+    if text in ("*", "null"):
+        return None
+    origin = text.strip()
+    if not origin:
+        return "an origin is scheme://host[:port], e.g. 'https://example.com'"
+    if any(c.isspace() for c in origin):
+        return "an origin has no spaces"
+    problems = [] if origin == text else ["an origin has no spaces around it"]
+    schemeless = "://" not in origin
+    if schemeless and re.match(r"[a-z][a-z0-9+.-]*:/", origin, re.IGNORECASE):
+        return "an origin is scheme://host[:port], two slashes after the scheme"
+    if schemeless:
+        problems.append("an origin starts with its scheme")
+        origin = f"https://{origin}"
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number 0..65535, a bad bracket
+        return f"not scheme://host[:port] ({exc})"
+    host = parts.hostname or ""
+    if parts.scheme == "file":
+        return "a page opened from a file sends the origin 'null'; did you mean 'null'?"
+    if not host:
+        return "an origin has a host: scheme://host[:port], e.g. 'https://example.com'"
+    if parts.username is not None:
+        problems.append("an origin has no user name or password")
+    if parts.path or origin.endswith("/"):
+        problems.append("an origin has no path")
+    if parts.query or parts.fragment or origin.endswith(("?", "#")):
+        problems.append("an origin has no query or fragment")
+    if origin != origin.lower():
+        problems.append("browsers send an origin in lower case")
+    if port is not None and port == _DEFAULT_PORTS.get(parts.scheme):
+        problems.append(f"browsers leave out the default port ({port} for {parts.scheme})")
+    try:
+        if ":" in host:
+            host = f"[{ipaddress.IPv6Address(host)}]"
+        elif not host.isascii():
+            problems.append("browsers send a host in its ASCII (punycode) form")
+            host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        return f"{host!r} is not a host name or an IP address"
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(parts.scheme) else f"{host}:{port}"
+    meant = f"{parts.scheme}://{netloc}"
+    if meant == origin and not problems:
+        return None
+    if not problems:  # another spelling of it (an IPv6 address not in its shortest form)
+        problems.append("browsers write it otherwise")
+    if schemeless:
+        return f"{problems[0]}; did you mean {meant!r} or {'http' + meant[5:]!r}?"
+    return f"{problems[0]}; did you mean {meant!r}?"
+
+
+def start_up_warnings(config: Config, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """What the broker warns about as it starts, as (variable, message)
+    pairs, one a line: ``ESPER_*`` variables it does not read (a typo in a
+    name would otherwise be ignored), HMAC secrets shorter than an accepted
+    algorithm needs, and a subscriber key equal to the publisher's. No
+    message holds a value: a variable may hold a secret."""
+    found = []
+    known = [s.variable for s in SETTINGS]
+    # Compared without the prefix, which every name shares.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX) :], suffixes, n=1)
+            hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+            found.append((name, f"{name} is not a trio-esper setting: ignored{hint}"))
+    hmac = [a for a in config.jwt_algorithms if a in HMAC_KEY_BYTES]
+    for side in ("subscriber", "publisher"):
+        secret: str | None = getattr(config, f"{side}_secret")
+        if secret is None or not hmac:
+            continue
+        # RFC 7518 section 3.2: "A key of the same size as the hash output
+        # (for instance, 256 bits for "HS256") or larger MUST be used".
+        algorithm = max(hmac, key=HMAC_KEY_BYTES.__getitem__)
+        size = len(secret.encode())
+        if size < HMAC_KEY_BYTES[algorithm]:
+            variable = f"{ENV_PREFIX}{side.upper()}_SECRET"
+            found.append(
+                (
+                    variable,
+                    f"{variable} is {size} bytes: {algorithm} needs {HMAC_KEY_BYTES[algorithm]} "
+                    "or more (RFC 7518 section 3.2); a shorter secret is easier to guess",
+                )
+            )
+    if config.subscriber_auth and config.subscriber_key == config.publisher_key:
+        secrets = config.publisher_keys is None
+        what = "secrets are equal" if secrets else "key files hold the same keys"
+        variable = f"{ENV_PREFIX}PUBLISHER_{'SECRET' if secrets else 'KEY_FILE'}"
+        found.append(
+            (variable, f"subscriber and publisher {what}: any subscriber token can publish")
+        )
+    return found

@@ -8,6 +8,7 @@ line's object and the text format leaves to the message, which says them too:
 ========================  =========  ==========================================
 ``event``                 level      fields
 ========================  =========  ==========================================
+``config_warning``        warning    ``variable`` (before ``start``)
 ``start``                 info       ``address``, ``subscriber_auth``,
                                      ``publisher_auth``, ``history``
 ``signal``                info       ``signal``
@@ -35,17 +36,15 @@ import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
+from .config import Config, start_up_warnings
 from .errors import EsperError, InvalidTopic
 from .topics import normalise_topic
 
-if TYPE_CHECKING:
-    from .config import Config
-
 log = logging.getLogger("trio_esper")
 
-LOG_FORMATS = ("text", "json")
 #: The text format: what ``logging.basicConfig`` would write, with the time.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -100,7 +99,7 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
     """Log at ``level`` and above to ``stream`` (standard error) in
-    ``log_format`` (one of :data:`LOG_FORMATS`), as ``logging.basicConfig``
+    ``log_format`` (one of :data:`~trio_esper.config.LOG_FORMATS`), as ``logging.basicConfig``
     would: only if the root logger has no handler yet."""
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
@@ -134,6 +133,21 @@ def auth_failed(error: EsperError, *, client: str | None, topic: str | None) -> 
             "reason": error.reason,
         },
     )
+
+
+def config_warnings(config: Config, environ: Mapping[str, str]) -> None:
+    """Log a warning line for each of
+    :func:`~trio_esper.config.start_up_warnings` (a variable not ours, a
+    short secret): once per broker, before it starts."""
+    for variable, message in start_up_warnings(config, environ):
+        log.warning("%s", message, extra={"event": "config_warning", "variable": variable})
+
+
+def url(host: str, port: int, *, tls: bool) -> str:
+    """The URL of the broker listening on ``host`` and ``port``, for the
+    start line: an IPv6 address in brackets (RFC 3986 section 3.2.2)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def started(config: Config, address: str) -> None:

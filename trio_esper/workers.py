@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import trio
 
+from . import logs
 from .accepting import listening_socket
 from .config import Config
 
@@ -137,7 +138,8 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
     listener.set_inheritable(True)
     host, port = listener.getsockname()[:2]
     try:
-        return trio.run(_Supervisor(config, list(argv), listener, f"{host}:{port}").run)
+        url = logs.url(host, port, tls=config.certfile is not None)
+        return trio.run(_Supervisor(config, list(argv), listener, url).run)
     finally:
         listener.close()
 
@@ -150,13 +152,11 @@ class _Worker:
 
 
 class _Supervisor:
-    def __init__(
-        self, config: Config, argv: list[str], listener: socket.socket, address: str
-    ) -> None:
+    def __init__(self, config: Config, argv: list[str], listener: socket.socket, url: str) -> None:
         self._config = config
         self._argv = argv
         self._listener = listener
-        self._address = address
+        self._url = url
         #: The generation serving now: new connections go to these, in turn.
         self._workers: list[_Worker] = []
         self._next = 0
@@ -171,8 +171,8 @@ class _Supervisor:
                 return 1
             nursery.start_soon(self._hand_out)
             log.info(
-                "listening on http://%s with %d workers (SIGHUP: rolling restart)",
-                self._address,
+                "listening on %s with %d workers (SIGHUP: rolling restart)",
+                self._url,
                 len(self._workers),
                 extra={"event": "start"},
             )

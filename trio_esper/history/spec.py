@@ -14,4 +14,4 @@ def parse_history_spec(spec: str) -> tuple[str, str | None]:
     kind, colon, path = spec.partition(":")
     if kind == "sqlite" and colon and path:
         return "sqlite", path
-    raise ValueError(f"history must be 'memory' or 'sqlite:PATH', got {spec!r}")
+    raise ValueError(f"{spec!r} is neither 'memory' nor 'sqlite:PATH'")
