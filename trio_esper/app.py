@@ -34,8 +34,6 @@ log = logging.getLogger("trio_esper")
 CORS_MAX_AGE_SECONDS = 600
 NDJSON = "application/x-ndjson"
 TSV = "text/tab-separated-values"
-HISTORY_LIMIT_DEFAULT = 1000
-HISTORY_LIMIT_MAX = 10_000
 
 
 class _App(QuartTrio):
@@ -144,7 +142,9 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
         topic = normalise_topic(topic)
         authorise(config.subscriber_key, topic)
         query = web.query()
-        limit = endpoints.int_arg(query, "limit", HISTORY_LIMIT_DEFAULT, 1, HISTORY_LIMIT_MAX)
+        limit = endpoints.int_arg(
+            query, "limit", endpoints.HISTORY_LIMIT_DEFAULT, 1, endpoints.HISTORY_LIMIT_MAX
+        )
         after = query.get("after")
         mimetype = NDJSON
         if request.headers.get("Accept"):

@@ -49,6 +49,19 @@ JSON = "application/json"
 #: page written before the next is read: a reconnect storm never holds a
 #: subscriber's whole backlog in memory.
 REPLAY_PAGE_EVENTS = 1000
+#: ``GET /history/{topic}``'s ``limit``: its default and its largest value.
+HISTORY_LIMIT_DEFAULT = 1000
+HISTORY_LIMIT_MAX = 10_000
+#: A readiness answer (``/ready``) is reused this long: probing commits to the
+#: history store, and ``/ready`` needs no credential.
+READY_CACHE_SECONDS = 1.0
+#: The dashboard's files, served from the package (no CDN: it works offline),
+#: by their suffix.
+DASHBOARD_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 #: Sent before a replay when the Last-Event-ID is unknown or expired: the
 #: client missed events it cannot get back, and everything retained follows.
 #: No id field, so the client's last event id is left as it was.

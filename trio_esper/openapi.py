@@ -931,10 +931,9 @@ def _dashboard_asset(types: dict[str, str]) -> Json:
 
 
 def _paths() -> dict[str, Json]:
-    # app and ops import this module: import them when the document is built.
-    from . import app, ops
-
-    dashboard = {suffix: kind.partition(";")[0] for suffix, kind in ops.DASHBOARD_TYPES.items()}
+    dashboard = {
+        suffix: kind.partition(";")[0] for suffix, kind in endpoints.DASHBOARD_TYPES.items()
+    }
     metrics = "# TYPE trio_esper_subscriptions gauge\ntrio_esper_subscriptions 1.0\n"
     return {
         "/subscribe/{topic}": _path_item(
@@ -942,7 +941,7 @@ def _paths() -> dict[str, Json]:
         ),
         "/publish/{topic}": _path_item(post=_publish()),
         "/history/{topic}": _path_item(
-            get=_history(app.HISTORY_LIMIT_DEFAULT, app.HISTORY_LIMIT_MAX)
+            get=_history(endpoints.HISTORY_LIMIT_DEFAULT, endpoints.HISTORY_LIMIT_MAX)
         ),
         api.PREFIX: _path_item(
             post=_pubsub_create(), get=_pubsub_list(api.LIST_LIMIT_DEFAULT, api.LIST_LIMIT_MAX)
@@ -986,7 +985,7 @@ def _paths() -> dict[str, Json]:
                 "ready",
                 "Readiness",
                 "Whether the broker accepts subscriptions and its history store takes a write "
-                f"(probed at most every {ops.READY_CACHE_SECONDS:g} s).",
+                f"(probed at most every {endpoints.READY_CACHE_SECONDS:g} s).",
                 _json_ok("Ready.", "Ready", {"status": "ready"})
                 | _json_ok(
                     "Not ready, and why.",

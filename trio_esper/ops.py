@@ -28,17 +28,8 @@ from .sse import SUBSCRIBED_FRAME, Event, encode
 STATS_INTERVAL_SECONDS = 1.0
 #: Topics listed in a snapshot's ``busiest``.
 BUSIEST_TOPICS = 20
-#: A readiness answer is reused this long: probing commits to the history
-#: store, and ``/ready`` needs no credential.
-READY_CACHE_SECONDS = 1.0
 #: A history probe that takes longer than this counts as failed.
 READY_PROBE_SECONDS = 2.0
-#: The dashboard's files, served from the package (no CDN: it works offline).
-DASHBOARD_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-}
 #: The dashboard loads nothing but its own files and the broker's stream.
 DASHBOARD_HEADERS = [
     ("cache-control", "no-cache"),
@@ -170,7 +161,7 @@ class _Readiness:
         if self._hub.closing:
             return "the broker is shutting down"
         async with self._lock:  # one probe at a time; the others reuse it
-            if trio.current_time() - self._checked >= READY_CACHE_SECONDS:
+            if trio.current_time() - self._checked >= endpoints.READY_CACHE_SECONDS:
                 self._reason = f"history store did not answer in {READY_PROBE_SECONDS:g} s"
                 with trio.move_on_after(READY_PROBE_SECONDS):
                     problem = await self._hub.history.check()
@@ -182,7 +173,7 @@ class _Readiness:
 def _dashboard_file(name: str) -> Response:
     """A file of the dashboard, from the package."""
     suffix = name[name.rfind(".") :] if "." in name else ""
-    content_type = DASHBOARD_TYPES.get(suffix)
+    content_type = endpoints.DASHBOARD_TYPES.get(suffix)
     resource = importlib.resources.files(__package__).joinpath("dashboard", name)
     if content_type is None or "/" in name or name.startswith(".") or not resource.is_file():
         raise NotFound(f"the dashboard has no file {name[:64]!r}")
