@@ -163,7 +163,7 @@ class Subscription:
     """
 
     # Slots: every open stream holds one, and a dict of its attributes would
-    # cost several hundred bytes more per subscriber.
+    # cost more memory per subscriber than the rest of it.
     __slots__ = (
         "__weakref__",
         "_attached",
@@ -191,8 +191,8 @@ class Subscription:
         self._frame = frame
         # The bounded queue (the hub's ``queue_events``), opened the first
         # time an item must wait in it (:meth:`_open`): a subscriber the topic
-        # writes to directly may never need one, and opening it is a tenth of
-        # what a subscribe costs.
+        # writes to directly may never need one, and opening one is a large
+        # share of what a subscribe costs (BENCHMARKS.md, "Latency, admission and memory once more": `open_memory_channel`).
         self._send: trio.MemorySendChannel[Item] | None = None
         self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
@@ -568,7 +568,7 @@ class Subscribing:
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class ReplayPage:
     """A page of history for a resuming subscriber (:meth:`Hub.replay`)."""
@@ -583,7 +583,7 @@ class ReplayPage:
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class Published:
     """What :meth:`Hub.publish` did."""

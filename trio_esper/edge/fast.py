@@ -42,7 +42,7 @@ def whole_head(buffer: bytes) -> h1.Sentinel:
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class _Opened:
     """A subscribe request checked, its stream not yet open."""
