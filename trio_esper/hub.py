@@ -192,7 +192,8 @@ class Subscription:
         # The bounded queue (the hub's ``queue_events``), opened the first
         # time an item must wait in it (:meth:`_open`): a subscriber the topic
         # writes to directly may never need one, and opening one is a large
-        # share of what a subscribe costs (BENCHMARKS.md, "Latency, admission and memory once more": `open_memory_channel`).
+        # share of what a subscribe costs (BENCHMARKS.md, "Latency, admission
+        # and memory once more").
         self._send: trio.MemorySendChannel[Item] | None = None
         self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
