@@ -563,8 +563,8 @@ def test_help_says_nothing_it_does_not_show() -> None:
     # "(see below)" pointed at nothing: --help has no "below".
     assert "below" not in text
     for s in SETTINGS:
-        # A README link becomes "TITLE in the README" in --help: never in the
-        # middle of a possessive ("the topic API in the README's routes").
+        # A link to a section becomes "TITLE in the documentation" in --help:
+        # never in a possessive ("the topic API in the documentation's routes").
         assert not re.search(r"\]\(#[a-z0-9-]+\)'s", s.help), s
     [api] = [line for line in text.splitlines() if line.lstrip().startswith("ESPER_API_TOKEN")]
     assert "management routes of the topic API" in api

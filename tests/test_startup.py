@@ -238,8 +238,10 @@ async def test_an_ipv6_bind_logs_a_url_a_client_can_use() -> None:
         await running.stop()
 
 
-def test_help_names_the_readme_section_not_below() -> None:
+def test_help_names_the_section_not_below() -> None:
     result = _command("--help", env=_environ())
     assert result.returncode == 0
     assert "see below" not in result.stdout
-    assert "--backplane (see Beyond one process in the README)" in " ".join(result.stdout.split())
+    words = " ".join(result.stdout.split())
+    assert "--backplane (see Beyond one process in the documentation)" in words
+    assert "in the README" not in words

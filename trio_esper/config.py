@@ -3,7 +3,8 @@
 Pure: no trio, no quart. Each setting is declared once, on its field
 (:func:`setting`): its flags, its ``ESPER_*`` variable, how its text reads,
 its help. :meth:`Config.from_env`, the command line (cli.py), ``--help``, the
-tests and the README's table are derived from :data:`SETTINGS`. The flag
+tests and the documentation's table (docs/configuration.md) are derived
+from :data:`SETTINGS`. The flag
 wins over the variable. Units are in the names.
 """
 
@@ -85,8 +86,8 @@ README_START = "<!-- settings:start -->"
 README_END = "<!-- settings:end -->"
 
 _T = TypeVar("_T")
-#: A Markdown link to a section of the README: ``[title](#anchor)``.
-_README_LINK = re.compile(r"\[([^\]]+)\]\(#[a-z0-9-]+\)")
+#: A Markdown link to a section of the documentation: ``[title](#anchor)``.
+_SECTION_LINK = re.compile(r"\[([^\]]+)\]\(#[a-z0-9-]+\)")
 
 
 class ConfigError(ValueError):
@@ -119,11 +120,12 @@ class ConfigError(ValueError):
 class Setting:
     """How one setting is given, declared once, on its :class:`Config` field
     (:func:`setting`). :meth:`Config.from_env`, the command line and its
-    ``--help`` (cli.py), the tests and the README's table are derived from
+    ``--help`` (cli.py), the tests and the documentation's table are derived from
     these; :data:`SETTINGS` lists them all."""
 
-    #: What it does, in one line: the README's "meaning" (Markdown: code
-    #: spans and links within the README) and, as :attr:`plain_help`, ``--help``'s.
+    #: What it does, in one line: the documentation's "meaning" (Markdown:
+    #: code spans, and links to a section by its anchor alone) and, as
+    #: :attr:`plain_help`, ``--help``'s.
     help: str
     #: Its command-line flags, the first its name; none: environment only.
     flags: tuple[str, ...] = ()
@@ -197,7 +199,7 @@ class Setting:
 
     @property
     def shown_default(self) -> str:
-        """The default as ``--help`` and the README say it."""
+        """The default as ``--help`` and the documentation say it."""
         value = self.default
         if value is None or value == ():
             return "none"
@@ -221,9 +223,9 @@ class Setting:
 
     @property
     def plain_help(self) -> str:
-        """:attr:`help` as text: code spans unquoted, a link to a README
-        section its title and "in the README"."""
-        return _README_LINK.sub(r"\1 in the README", self.help).replace("`", "")
+        """:attr:`help` as text: code spans unquoted, a link to a section of
+        the documentation its title and "in the documentation"."""
+        return _SECTION_LINK.sub(r"\1 in the documentation", self.help).replace("`", "")
 
     @property
     def flag_help(self) -> str:
@@ -773,12 +775,12 @@ def _declared() -> tuple[Setting, ...]:
     return tuple(declared)
 
 
-#: Every setting, in the order ``--help`` and the README list them.
+#: Every setting, in the order ``--help`` and the documentation list them.
 SETTINGS = _declared()
 
 
 def readme_table() -> str:
-    """The README's table of settings (Markdown), from :data:`SETTINGS`."""
+    """The documentation's table of settings (Markdown), from :data:`SETTINGS`."""
     rows = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
     for s in SETTINGS:
         flags = ", ".join(f"`{f} {s.metavar}`" if s.metavar else f"`{f}`" for f in s.flags)
