@@ -113,7 +113,7 @@ async def open_listeners(
     trio's ``open_tcp_listeners`` does (``localhost``: IPv4 and IPv6);
     address families this system lacks are skipped. trio resolves a numeric
     address at once, and only a name in a thread: a thread left in the
-    process cost 6% of the subscribe rate (BENCHMARKS.md).
+    process slows every subscribe after it (BENCHMARKS.md).
 
     Raises:
         OSError: an address cannot be bound, or no family is supported.

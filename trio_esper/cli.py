@@ -27,8 +27,9 @@ from .config import SETTINGS, Config, ConfigError, Setting
 from .errors import HistoryError
 
 #: Generation-0 threshold while serving. CPython's default (700) runs a young
-#: collection every few hundred allocations, which under fan-out cost ~45% of
-#: server CPU in a prototype; the broker's garbage is short-lived and acyclic.
+#: collection every few hundred allocations, and fan-out allocates for every
+#: subscriber of every event; the broker's garbage is short-lived and
+#: acyclic, so collecting it young buys nothing.
 GC_GEN0_THRESHOLD = 50_000
 
 #: How long the event loop may hold the GIL while a worker thread (the SQLite

@@ -63,8 +63,8 @@ DEFAULT_REQUEST_BODY_TIMEOUT_SECONDS = 10.0
 DEFAULT_REQUEST_BODY_MIN_RATE_BYTES = 1024
 
 #: Limits that keep what unauthenticated traffic can make the broker hold
-#: bounded, each well above what one broker process serves (about 10 KB per
-#: subscriber: 100,000 subscribers is a gigabyte).
+#: bounded, each well above what one broker process serves, and each a bound
+#: on memory (BENCHMARKS.md gives what a subscriber takes).
 DEFAULT_MAX_TOPICS = 100_000
 DEFAULT_MAX_SUBSCRIBERS = 100_000
 #: A browser needs a handful; a proxy or NAT in front of many users, more.

@@ -10,7 +10,7 @@ read from it at scrape time by a collector, so the hot paths pay nothing for
 them. The publish histograms are observed per publish, into plain bucket
 counts (:class:`_Histogram`) that a collector exposes: prometheus-client's
 ``Histogram.observe`` takes a lock per bucket and sum (the broker is one
-thread) and cost 15% of a publish's instructions.
+thread), a share of a publish's instructions worth saving (BENCHMARKS.md).
 """
 
 from __future__ import annotations

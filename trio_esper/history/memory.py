@@ -6,8 +6,8 @@ past ``max_bytes`` in total, the topic published to least recently loses its
 oldest events first, and a topic left with no event is forgotten (its ring
 and index entry freed). Topics are kept in publish-recency order in an
 ``OrderedDict``, whose ``move_to_end`` and first item are O(1): a plain dict
-would have to skip the holes its deletions leave at the front, which took
-67 us per eviction at 130,000 topics.
+would have to skip the holes its deletions leave at the front, a scan that
+grows with the topics evicted (BENCHMARKS.md has the figures).
 
 Accounting: ``max_bytes`` bounds the heap the history holds, not just its
 payloads. Each object a record or a topic owns is counted at the size
@@ -16,32 +16,29 @@ payloads. Each object a record or a topic owns is counted at the size
 topic index) are re-measured with ``sys.getsizeof`` whenever they change, so
 their over-allocation and the holes deletions leave in a dict are counted
 too. tests/test_memory_budget.py checks the count against ``tracemalloc``
-(which sees requested sizes, so the count is 0 to 20% above it), and
-``benchmarks/memory_ring.py --table`` against process RSS (within 10%).
-Measured with ``sys.getsizeof`` on CPython 3.11 (64-bit), for records with an
-assigned (16-digit) id and 12-character topic names:
+(which sees requested sizes: the count may be up to a fifth above it), and
+``benchmarks/memory_ring.py --table`` against process RSS. What is counted:
 
-- per record: 208 bytes whatever it holds (Record 80, Event 64, seq int 32,
-  time float 32; :data:`RECORD_FIXED_BYTES` measures them at import), the id
-  string (80), the data string (49 bytes + its length) and the frame (33 +
-  its length), each rounded up to 16: 464 bytes for 20 bytes of data, 624
-  for 100; plus, in its ring, a list slot and an id-dict entry: 35 to 61
-  bytes a record in a ring of 1000, up to 83 in a ring of 100
-  (over-allocation, and the holes evictions leave until the dict resizes);
-- per topic: 464 bytes for a ring of one record (ring object 80, topic
-  string 64, list 112, id dict 208), plus 66 to 117 bytes in the topic index
-  (an ``OrderedDict``: a 32-byte node, its dict entry, index slots, holes).
+- per record: the objects it owns whatever it holds (the Record, its Event,
+  its seq int and its time float; :data:`RECORD_FIXED_BYTES` measures them
+  at import), its id string, its data string and its frame; plus, in its
+  ring, a list slot and an id-dict entry (over-allocation, and the holes
+  evictions leave until the dict resizes);
+- per topic: the ring object, the topic string, the ring's list and id
+  dict, and its place in the topic index (an ``OrderedDict``: a node, its
+  dict entry, index slots, holes).
 
-So a topic with one 20-byte event costs about 1,050 bytes, where the old
-estimate (470 bytes a record plus its payloads, nothing a topic) said 588:
-with 400,000 such topics the process grew 2.4 times the budget.
+A topic's own objects weigh as much as a small record, and more: an
+estimate that counted records and their payloads alone let a history of
+many one-event topics grow the process far past its budget. The sizes, and
+what the estimate missed, are in BENCHMARKS.md.
 
-What no count can see: CPython's small-object allocator keeps a 1 MiB arena
+What no count can see: CPython's small-object allocator keeps an arena
 while any object in it lives, and malloc keeps freed blocks in the middle of
 its heap. So when a history full of small records gives way to large events
-(or the reverse), the process keeps up to about twice the budget (the last
-rows of the benchmark's table): the budget bounds the steady state of a mix,
-not the sum of the allocators' high-water marks.
+(or the reverse), the process keeps more than the budget (the last rows of
+the benchmark's table): the budget bounds the steady state of a mix, not the
+sum of the allocators' high-water marks.
 """
 
 from __future__ import annotations
@@ -92,7 +89,7 @@ def _fixed_record_bytes() -> int:
     return sum(allocated_bytes(sys.getsizeof(part)) for part in parts)
 
 
-#: Bytes each record holds besides its strings and frame (208 on CPython 3.11).
+#: Bytes each record holds besides its strings and frame.
 RECORD_FIXED_BYTES = _fixed_record_bytes()
 #: Retry values up to this are CPython's shared small ints, owned by no record.
 _SHARED_INT_MAX = 256
@@ -122,9 +119,9 @@ def record_bytes(record: Record, topic: str | None = None) -> int:
 class _Ring:
     """One topic's retained records, oldest first: ``records[head:]``.
 
-    A list with a moving head rather than a deque: a deque takes 760 bytes
-    even for one record, and a broker with many topics holds mostly short
-    rings. Evicted slots are cleared at once (so the record is freed) and the
+    A list with a moving head rather than a deque: a deque allocates a whole
+    block of slots even for one record, and a broker with many topics holds
+    mostly short rings. Evicted slots are cleared at once (so the record is freed) and the
     list is compacted once half of it is cleared: O(1) amortised.
     """
 
