@@ -320,16 +320,32 @@ def split_server(text: str) -> tuple[str, str]:
     return "\n".join(lines[:-1]) + "\n", lines[-1]
 
 
+def shell_after(setup: str, cwd: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a shell has after running ``setup`` (its exports)."""
+    done = subprocess.run(
+        ["bash", "-e", "-c", setup + "\nenv -0"],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        timeout=STEP_SECONDS * 3,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, f"{setup}\n{done.stderr.decode(errors='replace')}"
+    pairs = (item.partition(b"=") for item in done.stdout.split(b"\0") if item)
+    return {k.decode(): v.decode() for k, _, v in pairs}
+
+
 @contextmanager
 def serving_block(
     server_block: Block, cwd: Path, env: dict[str, str], port: int
-) -> Iterator[tuple[Background, str]]:
-    """Run a block whose last line starts a server (its other lines in the same shell
-    first), as a reader in one shell would; yield it once it serves, and the setup
-    lines, which "another shell with the same variables" runs first."""
+) -> Iterator[tuple[Background, dict[str, str]]]:
+    """Run a block whose last line starts a server, its other lines first in the same
+    shell, as a reader would; yield it and that shell's environment (what "another shell
+    with the same variables" has) once it has started."""
     setup, server = split_server(localise(server_block.text, port))
-    with background(setup + server, cwd, {**env, "ESPER_PORT": str(port)}, "server") as b:
-        yield b, setup
+    shell = shell_after(setup, cwd, {**env, "ESPER_PORT": str(port)})
+    with background(server, cwd, shell, "server") as b:
+        yield b, shell
 
 
 # --- The newcomer's commands, in a copy of the repository -----------------------------------
@@ -422,12 +438,10 @@ def test_newcomer_commands(checkout: Path) -> None:
     client_block = block("README.md", "T=$(python3 noxfile.py -R -s run -- trio-esper token")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serving_block(server_block, checkout, newcomer_env(), port) as (served, setup):
+    with serving_block(server_block, checkout, newcomer_env(), port) as (served, shell):
         wait_until_serving(url, served, timeout=INSTALL_SECONDS)
         assert publish_json(url, "myTopic123").status_code == 401  # "without the token: 401"
-        done = run_bash(
-            setup + localise(client_block.text, port), checkout, newcomer_env(), INSTALL_SECONDS
-        )
+        done = run_bash(localise(client_block.text, port), checkout, shell, INSTALL_SECONDS)
         answer = json.loads(done.stdout)
         assert answer["events"] == 1, done.stdout
 
