@@ -1,4 +1,18 @@
-"""Shared test helpers: a real broker on 127.0.0.1:0 and a real streaming client."""
+"""Shared test helpers: a real broker on 127.0.0.1:0 and a real streaming client.
+
+Lanes: a broker serves a request either through the edge's fast HTTP/1.1
+forms (``fast``, the default) or, with ``--no-fast-lane``
+(``Config(fast_lane=False)``), through Hypercorn and the Quart-Trio routes
+(``quart``, the design card's path). A test that takes the ``broker`` or the
+``fast_lane`` fixture runs once per lane, with ids ``[fast]`` and ``[quart]``.
+``TRIO_ESPER_LANES`` chooses what runs (:data:`LANES_VARIABLE`); two marks
+narrow it for a test or a module:
+
+- ``@pytest.mark.fast_lane_only("why")``: the test is about the fast forms
+  themselves, so it runs on the fast lane alone, whatever is chosen;
+- ``@pytest.mark.both_lanes_in_full``: a slow suite; the default run takes its
+  fast lane only, and ``nox -s full`` (``TRIO_ESPER_LANES=both``) both.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +26,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
@@ -67,6 +81,12 @@ async def start_broker(nursery: trio.Nursery, **overrides: Any) -> Broker:
     return Broker(
         f"http://{listening.host}:{listening.port}", config, shutdown, listening.hub, done
     )
+
+
+async def start_from_config(nursery: trio.Nursery, config: Config, **overrides: Any) -> Broker:
+    """Serve ``config`` (as built by ``Config.from_env``), with ``overrides``, on 127.0.0.1:0."""
+    settings = {f.name: getattr(config, f.name) for f in fields(config)}
+    return await start_broker(nursery, **{**settings, **overrides, "bind": "127.0.0.1", "port": 0})
 
 
 @dataclass
@@ -140,9 +160,78 @@ async def _collect(stream: trio.abc.ReceiveStream, running: BrokerProcess) -> No
     running.stderr_closed.set()
 
 
+#: Lane id -> ``Config.fast_lane``.
+LANES = {"fast": True, "quart": False}
+#: The environment variable that chooses lanes: unset (or ``default``) runs
+#: both, but the fast lane alone where ``both_lanes_in_full`` marks a slow
+#: suite; ``both`` runs both everywhere (``nox -s full``); ``fast`` or
+#: ``quart`` runs that lane alone (``fast_lane_only`` tests stay on theirs).
+LANES_VARIABLE = "TRIO_ESPER_LANES"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, beside the hook that reads them (--strict-markers).
+    config.addinivalue_line(
+        "markers",
+        "fast_lane_only(reason): about the edge's fast forms; runs on the fast lane alone",
+    )
+    config.addinivalue_line(
+        "markers",
+        "both_lanes_in_full: slow; the fast lane in the default run, both lanes in "
+        f"nox -s full ({LANES_VARIABLE}=both)",
+    )
+
+
+def lanes_for(item: pytest.Function | pytest.FunctionDefinition) -> list[str]:
+    """The lanes a test that takes ``fast_lane`` runs on, by its marks and the
+    environment (:data:`LANES_VARIABLE`)."""
+    chosen = os.environ.get(LANES_VARIABLE, "default") or "default"
+    if chosen not in ("default", "both", *LANES):
+        raise pytest.UsageError(
+            f"{LANES_VARIABLE}={chosen!r}: expected default, both, {' or '.join(LANES)}"
+        )
+    only = item.get_closest_marker("fast_lane_only")
+    if only is not None:
+        if not only.args or not str(only.args[0]).strip():
+            raise pytest.UsageError(f"{item.nodeid}: fast_lane_only needs a reason")
+        return ["fast"]
+    if chosen in LANES:
+        return [chosen]
+    if chosen == "default" and item.get_closest_marker("both_lanes_in_full") is not None:
+        return ["fast"]
+    return list(LANES)
+
+
+def _parametrised_directly(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test parametrises ``name`` itself (``@pytest.mark.parametrize``)."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs["argnames"]
+        if isinstance(names, str):
+            names = names.split(",")
+        if name in (n.strip() for n in names):
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fast_lane" in metafunc.fixturenames and not _parametrised_directly(metafunc, "fast_lane"):
+        lanes = lanes_for(metafunc.definition)
+        metafunc.parametrize(
+            "fast_lane", [LANES[lane] for lane in lanes], ids=lanes, indirect=True
+        )
+
+
 @pytest.fixture
-async def broker(nursery: trio.Nursery) -> AsyncIterator[Broker]:
-    b = await start_broker(nursery)
+def fast_lane(request: pytest.FixtureRequest) -> bool:
+    """``Config.fast_lane`` for the lane this test runs on (``[fast]`` or ``[quart]``)."""
+    lane: bool = request.param
+    return lane
+
+
+@pytest.fixture
+async def broker(nursery: trio.Nursery, fast_lane: bool) -> AsyncIterator[Broker]:
+    """A broker with the default settings, on the test's lane."""
+    b = await start_broker(nursery, fast_lane=fast_lane)
     yield b
     await b.stop()
 

@@ -16,7 +16,7 @@ from trio_esper import accepting
 from trio_esper.accepting import SocketAcceptor, listening_socket, open_listeners
 
 from .conftest import STEP_SECONDS, start_broker
-from .test_edge import Raw, _accepted_socket_fds, assert_still_serves, open_subscriber, publish
+from .rawhttp import Raw, accepted_socket_fds, assert_still_serves, open_subscriber, publish
 
 
 async def _acceptor() -> SocketAcceptor:
@@ -142,12 +142,13 @@ async def test_out_of_descriptors_is_raised_to_the_loop() -> None:
 
 
 async def test_a_burst_of_subscribers_is_served(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, fast_lane: bool
 ) -> None:
     """200 subscribers connecting at once all get their stream, and all
-    receive an event (a small batch bound: the burst spans several batches)."""
+    receive an event (a small batch bound: the burst spans several batches),
+    whichever lane serves them."""
     monkeypatch.setattr(accepting, "ACCEPT_BATCH", 16)
-    broker = await start_broker(nursery)
+    broker = await start_broker(nursery, fast_lane=fast_lane)
     subscribers: list[Raw] = []
 
     async def subscribe() -> None:
@@ -176,7 +177,7 @@ async def test_accepted_sockets_bound_their_unsent_bytes(nursery: trio.Nursery) 
     broker = await start_broker(nursery)
     async with await open_subscriber(broker, "optionstopic1") as subscriber:
         peer = subscriber.stream.socket.getsockname()[:2]
-        fd = _accepted_socket_fds(broker.host_port[1])[peer]
+        fd = accepted_socket_fds(broker.host_port[1])[peer]
         sock = socket.socket(fileno=fd)
         try:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

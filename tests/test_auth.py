@@ -1,4 +1,5 @@
-"""JWT auth as a client sees it, through a real Hypercorn server and httpx.
+"""JWT auth as a client sees it, through a real broker on loopback on both lanes
+(the edge's fast forms, and Quart-Trio with ``--no-fast-lane``) and httpx.
 
 Subscribing and publishing (+ ``/stats``) are guarded independently by their
 own HS256 secret; each case below is run on both sides, with the token in the
@@ -12,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,12 +23,18 @@ import trio
 
 from trio_esper.config import Config
 
-from .conftest import STEP_SECONDS, TOPIC, Broker, make_token, start_broker
+from .authclient import (
+    PUB_SECRET,
+    SUB_SECRET,
+    Attempt,
+    assert_one_line_reason,
+    attempt_publish,
+    attempt_stats,
+    attempt_subscribe,
+    carry_token,
+)
+from .conftest import STEP_SECONDS, TOPIC, Broker, make_token, start_broker, start_from_config
 
-# 64 bytes each: PyJWT warns (an error under filterwarnings) on HMAC keys
-# shorter than the hash, and HS512 needs 64.
-SUB_SECRET = "s" * 32 + "subscriber-secret-subscriber-sec"
-PUB_SECRET = "p" * 32 + "publisher-secret-publisher-secre"
 OTHER_SECRET = "o" * 64
 OTHER_TOPIC = "othertopic02"
 
@@ -45,93 +52,6 @@ def alg_none_token(sub: str = TOPIC, exp_in: int = 60) -> str:
     header = _b64url({"alg": "none", "typ": "JWT"})
     payload = _b64url({"sub": sub, "exp": int(time.time()) + exp_in})
     return f"{header}.{payload}."
-
-
-def assert_one_line_reason(response: httpx.Response, body: bytes, status: int) -> None:
-    assert response.status_code == status, body
-    assert response.headers["content-type"].startswith("text/plain")
-    text = body.decode()
-    assert text.endswith("\n")
-    assert text.count("\n") == 1
-    assert text.strip()
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What the client saw: status, headers, and the body (or, for a live
-    stream, the first frame)."""
-
-    response: httpx.Response
-    body: bytes
-
-    @property
-    def status(self) -> int:
-        return self.response.status_code
-
-
-def _auth(token: str | None, via: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(headers, params) carrying ``token`` ``via`` the header or the query."""
-    if token is None:
-        return {}, {}
-    if via == "header":
-        return {"Authorization": f"Bearer {token}"}, {}
-    return {}, {"token": token}
-
-
-async def attempt_subscribe(
-    client: httpx.AsyncClient,
-    broker: Broker,
-    token: str | None = None,
-    via: str = "query",
-    *,
-    topic: str = TOPIC,
-    headers: dict[str, str] | None = None,
-) -> Attempt:
-    """Subscribe; on 200 read the ``: subscribed`` frame and hang up, else read the reason."""
-    extra_headers, params = _auth(token, via)
-    with trio.fail_after(STEP_SECONDS):
-        async with client.stream(
-            "GET",
-            f"{broker.url}/subscribe/{topic}",
-            headers={**extra_headers, **(headers or {})},
-            params=params,
-        ) as response:
-            if response.status_code == 200:
-                chunks = response.aiter_raw()
-                first = await chunks.__anext__()
-                await chunks.aclose()  # type: ignore[attr-defined]
-                return Attempt(response, first)
-            return Attempt(response, await response.aread())
-
-
-async def attempt_publish(
-    client: httpx.AsyncClient,
-    broker: Broker,
-    token: str | None = None,
-    via: str = "query",
-    *,
-    topic: str = TOPIC,
-    body: bytes = b"data: hello\n",
-    headers: dict[str, str] | None = None,
-) -> Attempt:
-    extra_headers, params = _auth(token, via)
-    with trio.fail_after(STEP_SECONDS):
-        response = await client.post(
-            f"{broker.url}/publish/{topic}",
-            content=body,
-            headers={**extra_headers, **(headers or {})},
-            params=params,
-        )
-    return Attempt(response, response.content)
-
-
-async def attempt_stats(
-    client: httpx.AsyncClient, broker: Broker, token: str | None = None, via: str = "query"
-) -> Attempt:
-    extra_headers, params = _auth(token, via)
-    with trio.fail_after(STEP_SECONDS):
-        response = await client.get(f"{broker.url}/stats", headers=extra_headers, params=params)
-    return Attempt(response, response.content)
 
 
 @dataclass(frozen=True)
@@ -155,22 +75,12 @@ SIDES = [
 VIAS = ["header", "query"]
 
 
-async def start_from_config(nursery: trio.Nursery, config: Config) -> Broker:
-    """Serve ``config`` (as built by ``Config.from_env``) on 127.0.0.1:0."""
-    settings = {f.name: getattr(config, f.name) for f in fields(config)}
-    return await start_broker(nursery, **{**settings, "bind": "127.0.0.1", "port": 0})
-
-
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=STEP_SECONDS) as c:
-        yield c
-
-
-@pytest.fixture
-async def closed_broker(nursery: trio.Nursery) -> AsyncIterator[Broker]:
+async def closed_broker(nursery: trio.Nursery, fast_lane: bool) -> AsyncIterator[Broker]:
     """Both sides closed, each with its own secret."""
-    broker = await start_broker(nursery, subscriber_secret=SUB_SECRET, publisher_secret=PUB_SECRET)
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, subscriber_secret=SUB_SECRET, publisher_secret=PUB_SECRET
+    )
     yield broker
     await broker.stop()
 
@@ -285,10 +195,11 @@ async def test_sub_matches_the_normalised_topic(
 
 @pytest.mark.parametrize("side", SIDES)
 async def test_configured_algorithms_decide_not_the_token(
-    nursery: trio.Nursery, client: httpx.AsyncClient, side: Side
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient, side: Side
 ) -> None:
     broker = await start_broker(
         nursery,
+        fast_lane=fast_lane,
         subscriber_secret=SUB_SECRET,
         publisher_secret=PUB_SECRET,
         jwt_algorithms=("HS512",),
@@ -309,7 +220,7 @@ async def test_configured_algorithms_decide_not_the_token(
 async def test_valid_tokens_let_events_flow(
     closed_broker: Broker, client: httpx.AsyncClient, sub_via: str, pub_via: str
 ) -> None:
-    headers, params = _auth(make_token(SUB_SECRET), sub_via)
+    headers, params = carry_token(make_token(SUB_SECRET), sub_via)
     with trio.fail_after(STEP_SECONDS):
         async with client.stream(
             "GET", f"{closed_broker.url}/subscribe/{TOPIC}", headers=headers, params=params
@@ -339,9 +250,9 @@ async def test_valid_tokens_let_events_flow(
 
 
 async def test_subscriber_closed_publisher_open(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_broker(nursery, subscriber_secret=SUB_SECRET)
+    broker = await start_broker(nursery, fast_lane=fast_lane, subscriber_secret=SUB_SECRET)
     refused = await attempt_subscribe(client, broker)
     assert_one_line_reason(refused.response, refused.body, 401)
     assert (await attempt_publish(client, broker)).status == 200
@@ -366,9 +277,9 @@ async def test_subscriber_closed_publisher_open(
 
 
 async def test_publisher_closed_subscriber_open(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_broker(nursery, publisher_secret=PUB_SECRET)
+    broker = await start_broker(nursery, fast_lane=fast_lane, publisher_secret=PUB_SECRET)
     refused = await attempt_publish(client, broker)
     assert_one_line_reason(refused.response, refused.body, 401)
     stats = await attempt_stats(client, broker)
@@ -453,9 +364,9 @@ SECRETS_ENV = {"ESPER_SUBSCRIBER_SECRET": SUB_SECRET, "ESPER_PUBLISHER_SECRET": 
 
 
 async def test_env_secrets_close_both_sides(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_from_config(nursery, Config.from_env(SECRETS_ENV))
+    broker = await start_from_config(nursery, Config.from_env(SECRETS_ENV), fast_lane=fast_lane)
     assert (await attempt_subscribe(client, broker)).status == 401
     assert (await attempt_publish(client, broker)).status == 401
     assert (await attempt_stats(client, broker)).status == 401
@@ -476,11 +387,13 @@ async def test_env_secrets_close_both_sides(
 )
 async def test_env_without_auth_leaves_both_open(
     nursery: trio.Nursery,
+    fast_lane: bool,
     client: httpx.AsyncClient,
     environ: dict[str, str],
     overrides: dict[str, Any],
 ) -> None:
-    broker = await start_from_config(nursery, Config.from_env(environ, **overrides))
+    config = Config.from_env(environ, **overrides)
+    broker = await start_from_config(nursery, config, fast_lane=fast_lane)
     assert (await attempt_subscribe(client, broker)).status == 200
     assert (await attempt_publish(client, broker)).status == 200
     assert (await attempt_stats(client, broker)).status == 200
@@ -495,9 +408,15 @@ async def test_env_without_auth_leaves_both_open(
     ],
 )
 async def test_env_one_secret_closes_only_its_side(
-    nursery: trio.Nursery, client: httpx.AsyncClient, env_name: str, closed: str, open_: str
+    nursery: trio.Nursery,
+    fast_lane: bool,
+    client: httpx.AsyncClient,
+    env_name: str,
+    closed: str,
+    open_: str,
 ) -> None:
-    broker = await start_from_config(nursery, Config.from_env({env_name: OTHER_SECRET}))
+    config = Config.from_env({env_name: OTHER_SECRET})
+    broker = await start_from_config(nursery, config, fast_lane=fast_lane)
     attempts = {"subscribe": attempt_subscribe, "publish": attempt_publish}
     assert (await attempts[closed](client, broker)).status == 401
     assert (await attempts[open_](client, broker)).status == 200
@@ -509,11 +428,16 @@ async def test_env_one_secret_closes_only_its_side(
 
 
 async def test_tokens_never_appear_in_logs(
-    nursery: trio.Nursery, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery,
+    fast_lane: bool,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="trio_esper")
-    broker = await start_broker(nursery, subscriber_secret=SUB_SECRET, publisher_secret=PUB_SECRET)
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, subscriber_secret=SUB_SECRET, publisher_secret=PUB_SECRET
+    )
     # Hypercorn logs through trio_esper.hypercorn (set up by the edge).
     for name in ("hypercorn", "hypercorn.access", "quart.app", "quart"):
         caplog.set_level(logging.DEBUG, logger=name)

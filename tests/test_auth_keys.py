@@ -32,8 +32,7 @@ from trio_esper.auth import KeyFileError, PublicKeys, load_public_keys
 from trio_esper.cli import EXIT_USAGE, parse_config
 from trio_esper.config import Config, ConfigError
 
-from .conftest import STEP_SECONDS, TOPIC, Broker, make_token
-from .test_auth import (
+from .authclient import (
     PUB_SECRET,
     SUB_SECRET,
     Attempt,
@@ -41,8 +40,8 @@ from .test_auth import (
     attempt_publish,
     attempt_stats,
     attempt_subscribe,
-    start_from_config,
 )
+from .conftest import STEP_SECONDS, TOPIC, Broker, make_token, start_from_config
 
 #: kind -> the algorithm its tokens are signed with here.
 ALGORITHM = {"rsa": "RS256", "ec": "ES256", "ed25519": "EdDSA"}

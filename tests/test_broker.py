@@ -1,4 +1,6 @@
-"""Broker behaviour through a real Hypercorn server and a real streaming client."""
+"""Broker behaviour through a real broker on loopback and a real streaming client,
+on both lanes: the edge's fast forms, and Hypercorn with the Quart-Trio routes
+(``--no-fast-lane``)."""
 
 from __future__ import annotations
 
@@ -126,9 +128,9 @@ async def test_disconnect_cleanup(broker: Broker, client: httpx.AsyncClient) -> 
 
 
 async def test_slow_subscriber_is_dropped_others_keep_receiving(
-    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery, queue_events=4)
+    broker = await start_broker(nursery, fast_lane=fast_lane, queue_events=4)
     healthy = await subscribe(f"{broker.url}/subscribe/{TOPIC}")
     stalled = await _stalled_subscriber(broker, TOPIC)
     await wait_for_stats(client, broker, clients=2)
@@ -171,8 +173,8 @@ async def _raw_subscriber(
     return sock, data
 
 
-async def test_heartbeat_on_idle_stream(nursery: trio.Nursery, subscribe) -> None:
-    broker = await start_broker(nursery, heartbeat_seconds=0.2)
+async def test_heartbeat_on_idle_stream(nursery: trio.Nursery, subscribe, fast_lane: bool) -> None:
+    broker = await start_broker(nursery, fast_lane=fast_lane, heartbeat_seconds=0.2)
     stream = await subscribe(f"{broker.url}/subscribe/{TOPIC}")
     assert await stream.next_frame(timeout=5) == b": heartbeat\n\n"
     assert await stream.next_frame(timeout=5) == b": heartbeat\n\n"
@@ -195,6 +197,7 @@ async def test_connection_close_requests_see_eof(broker: Broker, request_head: b
     assert data.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
 
 
+@pytest.mark.both_lanes_in_full  # waits out the default keep-alive
 async def test_idle_keep_alive_connection_is_closed(broker: Broker) -> None:
     request = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
     # hypercorn's keep-alive timeout is 5 s; the socket must see EOF after it.
@@ -216,9 +219,9 @@ async def _raw_exchange(broker: Broker, request: bytes, timeout: float = 3.0) ->
 
 
 async def test_shutdown_ends_open_streams_cleanly(
-    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery, shutdown_grace_seconds=5)
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=5)
     streams = [await subscribe(f"{broker.url}/subscribe/{TOPIC}") for _ in range(5)]
     reply = await client.post(f"{broker.url}/publish/{TOPIC}", content=b"data: last\n")
     last = f"id: {reply.json()['id']}\ndata: last\n\n".encode()
@@ -232,9 +235,9 @@ async def test_shutdown_ends_open_streams_cleanly(
 
 
 async def test_shutdown_with_stalled_reader_is_bounded(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, client: httpx.AsyncClient, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery, shutdown_grace_seconds=1)
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=1)
     stalled = await _stalled_subscriber(broker, TOPIC)
     payload = "x" * 16_000
     for n in range(30):  # fill the socket buffers so the broker's write blocks
@@ -246,9 +249,9 @@ async def test_shutdown_with_stalled_reader_is_bounded(
 
 
 async def test_subscribe_after_shutdown_started_is_refused(
-    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe
+    nursery: trio.Nursery, client: httpx.AsyncClient, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery, shutdown_grace_seconds=1)
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=1)
     stalled = await _stalled_subscriber(broker, TOPIC)
     with trio.fail_after(STEP_SECONDS):
         broker.shutdown.set()
@@ -259,9 +262,9 @@ async def test_subscribe_after_shutdown_started_is_refused(
 
 
 async def test_http10_subscriber_gets_a_close_delimited_stream(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, client: httpx.AsyncClient, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery)
+    broker = await start_broker(nursery, fast_lane=fast_lane)
     sock, data = await _raw_subscriber(broker, f"GET /subscribe/{TOPIC} HTTP/1.0")
     with trio.fail_after(STEP_SECONDS):
         for n in range(3):
@@ -311,6 +314,7 @@ def _count_tasks() -> int:
     return count
 
 
+@pytest.mark.fast_lane_only("one task per subscriber is the fast forms' shape")
 async def test_an_idle_subscriber_keeps_one_task(
     broker: Broker, client: httpx.AsyncClient, subscribe
 ) -> None:
@@ -334,8 +338,15 @@ async def test_an_idle_subscriber_keeps_one_task(
 
 
 async def test_bytes_a_subscriber_sends_are_ignored(
-    broker: Broker, client: httpx.AsyncClient
+    nursery: trio.Nursery, client: httpx.AsyncClient, fast_lane: bool
 ) -> None:
+    # Through Quart, Hypercorn stops reading a connection while a response is
+    # in progress and a pipelined request waits (h11's PAUSED), so the client's
+    # leaving shows at the next heartbeat's write instead of at once (README,
+    # Design): heartbeats every 0.5 s there, the default (longer than the wait
+    # below) on the fast lane, which notices at once.
+    heartbeat = {} if fast_lane else {"heartbeat_seconds": 0.5}
+    broker = await start_broker(nursery, fast_lane=fast_lane, **heartbeat)
     sock, data = await _raw_subscriber(broker, f"GET /subscribe/{TOPIC} HTTP/1.1\r\nHost: x")
     await wait_for_stats(client, broker, clients=1)
     # A pipelined request on a streaming connection is never answered.
@@ -351,11 +362,42 @@ async def test_bytes_a_subscriber_sends_are_ignored(
     await wait_for_stats(client, broker, clients=0)
 
 
+async def test_a_subscriber_gone_with_a_request_pipelined_leaves_nothing_open(
+    nursery: trio.Nursery,
+    client: httpx.AsyncClient,
+    fast_lane: bool,
+    request: pytest.FixtureRequest,
+) -> None:
+    # Once its subscription is gone, so is the connection: a shutdown has
+    # nothing left to wait for, and is done well inside its grace period.
+    if not fast_lane:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="a broker divergence, reported: Hypercorn's connection waits for the "
+                "stream's response to end before it reads the pipelined request (h11 PAUSED); "
+                "the stream ends by a failed write, so the connection is held (its socket and "
+                "task) until a shutdown closes it after the grace period",
+            )
+        )
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, heartbeat_seconds=0.5, shutdown_grace_seconds=5
+    )
+    sock, _ = await _raw_subscriber(broker, f"GET /subscribe/{TOPIC} HTTP/1.1\r\nHost: x")
+    await sock.send(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait_for_stats(client, broker, clients=1)
+    sock.close()
+    await wait_for_stats(client, broker, clients=0)
+    await client.aclose()  # its keep-alive connection is not the one in question
+    with trio.fail_after(2):
+        await broker.stop()
+
+
 async def test_in_process_publish_reaches_http_subscribers_and_is_validated(
-    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
+    nursery: trio.Nursery, subscribe: Any, fast_lane: bool
 ) -> None:
     # serve() hands over the hub; its publish checks topics and ids as the routes do.
-    broker = await start_broker(nursery)
+    broker = await start_broker(nursery, fast_lane=fast_lane)
     stream = await subscribe(f"{broker.url}/subscribe/myTopic123")
     published = await broker.hub.publish("MyTopic123", [Event("from the app", id="app-1")])
     assert published.subscribers == 1

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from .conftest import Broker, start_broker
-from .test_edge import Raw, request, wait_for_clients
+from .rawhttp import Raw, request, wait_for_clients
 
 CYCLES = 200
 #: Objects in cycles per subscribe/disconnect, at most. The edge's own forms

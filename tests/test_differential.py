@@ -20,7 +20,7 @@ import trio
 from trio_esper import edge
 
 from .conftest import Broker, make_token, start_broker
-from .test_edge import Raw
+from .rawhttp import Raw
 
 PUB_SECRET = "publisher-secret-of-at-least-32-bytes!"
 SUB_SECRET = "subscriber-secret-of-at-least-32-bytes"

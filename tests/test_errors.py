@@ -1,5 +1,6 @@
-"""Every bad input a client can send, through a real Hypercorn server: its status,
-its one-line ``text/plain`` reason, and that nothing reaches subscribers."""
+"""Every bad input a client can send, through a real broker on loopback on both
+lanes (the edge's fast forms, and Quart-Trio with ``--no-fast-lane``): its
+status, its one-line ``text/plain`` reason, and that nothing reaches subscribers."""
 
 from __future__ import annotations
 
@@ -135,8 +136,8 @@ MAX_BODY_BYTES = 1024
 
 
 @pytest.fixture
-async def small_broker(nursery: trio.Nursery) -> AsyncIterator[Broker]:
-    broker = await start_broker(nursery, max_body_bytes=MAX_BODY_BYTES)
+async def small_broker(nursery: trio.Nursery, fast_lane: bool) -> AsyncIterator[Broker]:
+    broker = await start_broker(nursery, fast_lane=fast_lane, max_body_bytes=MAX_BODY_BYTES)
     yield broker
     await broker.stop()
 
@@ -320,13 +321,14 @@ async def _cors_headers(
 )
 async def test_cors_allow_origin(
     nursery: trio.Nursery,
+    fast_lane: bool,
     client: httpx.AsyncClient,
     route: str,
     cors_origins: tuple[str, ...],
     origin: str | None,
     expected: str | None,
 ) -> None:
-    broker = await start_broker(nursery, cors_origins=cors_origins)
+    broker = await start_broker(nursery, fast_lane=fast_lane, cors_origins=cors_origins)
     headers = await _cors_headers(client, broker, route, origin)
     assert headers.get("access-control-allow-origin") == expected
     if expected not in (None, "*"):
@@ -336,9 +338,9 @@ async def test_cors_allow_origin(
 
 
 async def test_cors_on_error_responses_lets_the_page_read_the_reason(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_broker(nursery, cors_origins=(ORIGIN,))
+    broker = await start_broker(nursery, fast_lane=fast_lane, cors_origins=(ORIGIN,))
     with trio.fail_after(STEP_SECONDS):
         response = await client.post(
             f"{broker.url}/publish/{TOPIC}", content=b"colour: red\n", headers={"Origin": ORIGIN}
@@ -351,11 +353,11 @@ async def test_cors_on_error_responses_lets_the_page_read_the_reason(
 @pytest.mark.parametrize("route", ["publish", "subscribe"])
 @pytest.mark.parametrize("auth", [False, True], ids=["open", "publisher-auth"])
 async def test_preflight_for_allowed_origin(
-    nursery: trio.Nursery, client: httpx.AsyncClient, route: str, auth: bool
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient, route: str, auth: bool
 ) -> None:
     # A browser sends no credentials on a preflight, so auth must not refuse it.
     secrets = {"publisher_secret": SECRET, "subscriber_secret": SECRET} if auth else {}
-    broker = await start_broker(nursery, cors_origins=(ORIGIN,), **secrets)
+    broker = await start_broker(nursery, fast_lane=fast_lane, cors_origins=(ORIGIN,), **secrets)
     with trio.fail_after(STEP_SECONDS):
         response = await client.options(
             f"{broker.url}/{route}/{TOPIC}",
@@ -387,9 +389,13 @@ async def test_preflight_for_allowed_origin(
     ],
 )
 async def test_preflight_for_other_origin_grants_nothing(
-    nursery: trio.Nursery, client: httpx.AsyncClient, cors_origins: tuple[str, ...], origin: str
+    nursery: trio.Nursery,
+    fast_lane: bool,
+    client: httpx.AsyncClient,
+    cors_origins: tuple[str, ...],
+    origin: str,
 ) -> None:
-    broker = await start_broker(nursery, cors_origins=cors_origins)
+    broker = await start_broker(nursery, fast_lane=fast_lane, cors_origins=cors_origins)
     with trio.fail_after(STEP_SECONDS):
         response = await client.options(
             f"{broker.url}/publish/{TOPIC}",
@@ -403,9 +409,11 @@ async def test_preflight_for_other_origin_grants_nothing(
 
 
 async def test_authorised_publish_from_browser_origin(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_broker(nursery, cors_origins=(ORIGIN,), publisher_secret=SECRET)
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, cors_origins=(ORIGIN,), publisher_secret=SECRET
+    )
     with trio.fail_after(STEP_SECONDS):
         refused = await client.post(
             f"{broker.url}/publish/{TOPIC}", content=b"data: x\n", headers={"Origin": ORIGIN}

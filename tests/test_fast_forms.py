@@ -16,7 +16,11 @@ from trio_esper.edge import Edge
 from trio_esper.hub import open_hub
 
 from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker
-from .test_edge import Raw, request
+from .rawhttp import Raw, request
+
+#: The fast forms' own handling of a connection (the quart lane's answers to the
+#: same bytes are compared with theirs in test_differential.py).
+pytestmark = pytest.mark.fast_lane_only("the edge's fast forms over a connection's life")
 
 
 def _publish(body: bytes, *headers: str) -> bytes:

@@ -45,8 +45,8 @@ from hypothesis import strategies as st
 
 from trio_esper.config import Config
 
-from .conftest import TOPIC, Broker
-from .test_auth import PUB_SECRET, SUB_SECRET, start_from_config
+from .authclient import PUB_SECRET, SUB_SECRET
+from .conftest import TOPIC, Broker, start_from_config
 
 EXAMPLES = int(os.environ.get("TRIO_ESPER_FUZZ_EXAMPLES", "150"))
 COOKIE = "esper_token"

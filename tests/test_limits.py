@@ -1,5 +1,6 @@
 """Limits that keep what the broker holds bounded, each with its status,
-through a real broker on loopback and raw sockets, for both front ends."""
+through a real broker on loopback and raw sockets, on both lanes (the edge's
+fast forms, and Quart-Trio with ``--no-fast-lane``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import trio
 
 from .conftest import start_broker
-from .test_edge import (
+from .rawhttp import (
     Raw,
     Response,
     assert_still_serves,
@@ -16,8 +17,6 @@ from .test_edge import (
     request,
     wait_for_clients,
 )
-
-FAST_LANE = pytest.mark.parametrize("fast_lane", [True, False], ids=["edge", "quart"])
 
 
 async def _refused_subscribe(raw: Raw, topic: str) -> Response:
@@ -31,7 +30,6 @@ def _assert_limit(answer: Response, status: int, words: str) -> None:
     assert words in answer.one_line_reason()
 
 
-@FAST_LANE
 @pytest.mark.parametrize(
     ("limit", "topics", "words"),
     [
@@ -66,7 +64,6 @@ async def test_subscriber_limits_answer_503_with_retry_after(
     await broker.stop()
 
 
-@FAST_LANE
 async def test_connections_per_address_are_limited(nursery: trio.Nursery, fast_lane: bool) -> None:
     broker = await start_broker(nursery, fast_lane=fast_lane, max_connections_per_address=3)
     held = [await Raw.connect(broker) for _ in range(2)]
@@ -90,7 +87,6 @@ async def test_connections_per_address_are_limited(nursery: trio.Nursery, fast_l
     await broker.stop()
 
 
-@FAST_LANE
 async def test_publish_rate_per_connection_answers_429(
     nursery: trio.Nursery, fast_lane: bool
 ) -> None:

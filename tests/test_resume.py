@@ -1,4 +1,5 @@
-"""History through the server: resume by Last-Event-ID, /history, plain publishing."""
+"""History through the server, on both lanes: resume by Last-Event-ID, /history,
+plain publishing."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker, wait_for_stats
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def history_broker(
-    request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path
+    request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path, fast_lane: bool
 ) -> Broker:
     spec = "memory" if request.param == "memory" else f"sqlite:{tmp_path / 'history.db'}"
     # The broker shares this process's event loop with up to 100 test clients,
     # whose start-up can keep a publisher from running for longer than the
     # default 5 s keep-alive; its next request would then meet a closed socket.
-    return await start_broker(nursery, history=spec, keep_alive_seconds=120)
+    return await start_broker(nursery, fast_lane=fast_lane, history=spec, keep_alive_seconds=120)
 
 
 async def publish(client: httpx.AsyncClient, broker: Broker, body: str, **kw: object) -> str:
@@ -106,9 +107,9 @@ async def test_plain_text_publishing(broker: Broker, client: httpx.AsyncClient, 
 
 
 async def test_retry_hint_at_stream_start(
-    nursery: trio.Nursery, client: httpx.AsyncClient
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient
 ) -> None:
-    broker = await start_broker(nursery, retry_ms=2500)
+    broker = await start_broker(nursery, fast_lane=fast_lane, retry_ms=2500)
     async with client.stream("GET", f"{broker.url}/subscribe/{TOPIC}") as response:
         chunks = response.aiter_raw()
         data = b""
@@ -151,6 +152,7 @@ async def test_history_endpoint_formats(history_broker: Broker, client: httpx.As
     assert stats["history"]["bytes"] > 0
 
 
+@pytest.mark.both_lanes_in_full  # 200 publishes, 100 resuming subscribers: seconds each
 async def test_seam_between_replay_and_live_under_concurrent_publishing(
     history_broker: Broker, client: httpx.AsyncClient
 ) -> None:
@@ -205,7 +207,6 @@ async def test_seam_between_replay_and_live_under_concurrent_publishing(
         assert seen == list(range(start + 1, total))
 
 
-@pytest.mark.parametrize("fast_lane", [True, False], ids=["edge", "quart"])
 @pytest.mark.parametrize("last_id", ["événement-1", "事件-2"])
 async def test_utf8_last_event_id_resumes(
     nursery: trio.Nursery, fast_lane: bool, last_id: str
