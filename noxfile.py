@@ -102,6 +102,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def full(session: nox.Session) -> None:
+    """The whole suite with every lane test on both lanes, the slow suites' quart lane
+    included (TRIO_ESPER_LANES=both; the default run takes their fast lane alone:
+    tests/conftest.py)."""
+    _ensure_browser(session)
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"TRIO_ESPER_LANES": "both"})
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
     session.run("ruff", "check", *LINT_PATHS)
