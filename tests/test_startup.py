@@ -20,7 +20,7 @@ import pytest
 import trio
 from jwt.warnings import InsecureKeyLengthWarning
 
-from .conftest import STEP_SECONDS, TOPIC, make_token
+from .conftest import STEP_SECONDS, TOPIC, RedisServer, make_token
 
 #: The start line, whatever the address: its URL.
 LISTENING = re.compile(r"listening on (\S+) \(")
@@ -206,6 +206,21 @@ async def test_a_short_secret_is_one_warning_line_and_still_verifies() -> None:
     ]
     assert short not in running.stderr.decode()
     assert token.rsplit(".", 1)[-1] not in running.stderr.decode()
+
+
+@pytest.mark.slow
+async def test_threads_warn_once_not_once_per_worker(redis_server: RedisServer) -> None:
+    env = _environ(ESPER_PROT="4000")
+    args = ("--no-auth", "--threads", "2", "--backplane", redis_server.url, "--log-format", "json")
+    async with _started(*args, env=env) as running:
+        supervisor = await running.read_until(re.compile(r"listening on (\S+) with 2 workers"))
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", supervisor.group(1))
+        await running.stop()
+    entries = _json(running.lines)
+    # Each worker logs its own start line; the warning is the supervisor's alone.
+    assert len([e for e in entries if e.get("event") == "start"]) == 3, entries
+    warnings = [e["variable"] for e in entries if e.get("event") == "config_warning"]
+    assert warnings == ["ESPER_PROT"]
 
 
 async def test_no_warning_for_a_config_that_needs_none() -> None:

@@ -680,7 +680,9 @@ class Config:
         ``ESPER_JWT_AUDIENCE`` empty is unset.
 
         Raises:
-            ConfigError: a variable does not parse or a value is out of range.
+            ConfigError: a variable does not parse or a value is refused; the
+                message names the setting as it was given (its variable, or its
+                flag for an override).
         """
         values: dict[str, object] = {}
         key_files: dict[str, str] = {}
