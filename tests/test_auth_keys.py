@@ -436,10 +436,14 @@ def test_a_key_file_that_does_not_parse_is_a_config_error(
             id="secret-and-key-file",
         ),
         pytest.param(
-            {"ESPER_JWT_ALGORITHMS": "HS256,HS257"}, "jwt algorithm 'HS257' is unknown", id="typo"
+            {"ESPER_JWT_ALGORITHMS": "HS256,HS257"},
+            "ESPER_JWT_ALGORITHMS names 'HS257', which is unknown",
+            id="typo",
         ),
         pytest.param(
-            {"ESPER_JWT_ALGORITHMS": "es256"}, "jwt algorithm 'es256' is unknown", id="lower-case"
+            {"ESPER_JWT_ALGORITHMS": "es256"},
+            "ESPER_JWT_ALGORITHMS names 'es256', which is unknown",
+            id="lower-case",
         ),
     ],
 )
@@ -659,5 +663,5 @@ async def test_a_configured_audience_is_required(
 
 
 def test_empty_audience_is_refused() -> None:
-    with pytest.raises(ConfigError, match="jwt audience must not be empty"):
+    with pytest.raises(ConfigError, match="jwt_audience must not be empty"):
         Config(jwt_audience="")
