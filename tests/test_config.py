@@ -629,6 +629,9 @@ REFUSED_ORIGINS = [
     ),
     pytest.param("https://a b", "an origin has no spaces", id="space"),
     pytest.param(
+        "NULL", "an opaque origin is written in lower case; did you mean 'null'?", id="null"
+    ),
+    pytest.param(
         "http:/example.com", "an origin is scheme://host[:port], two slashes after the scheme"
     ),
     pytest.param("https://example.com:99999", "not scheme://host[:port] (Port out of range"),

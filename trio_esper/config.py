@@ -850,6 +850,8 @@ def _origin_problem(text: str) -> str | None:
     """
     if text in ("*", "null"):
         return None
+    if text.strip().lower() == "null":
+        return "an opaque origin is written in lower case; did you mean 'null'?"
     origin = text.strip()
     if not origin:
         return "an origin is scheme://host[:port], e.g. 'https://example.com'"
