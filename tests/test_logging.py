@@ -23,7 +23,7 @@ from trio_esper import logs
 from trio_esper.config import LOG_LEVELS
 
 from .conftest import STEP_SECONDS, TOPIC, BrokerProcess, broker_process, make_token
-from .test_store_failures import WRITE_FAILED, _command
+from .faults import WRITE_FAILED, broker_command
 
 SECRETS = {
     "ESPER_SUBSCRIBER_SECRET": "subscriber-" + "s" * 40,
@@ -205,7 +205,7 @@ async def test_a_store_error_is_one_json_line(tmp_path: Path) -> None:
     history = ("--history", f"sqlite:{tmp_path / 'history.db'}", "--log-format", "json")
     body = b"data: " + b"x" * 60_000 + b"\n"
     async with (
-        broker_process(*history, command=_command(fsize_limit=256 * 1024)) as running,
+        broker_process(*history, command=broker_command(fsize_limit=256 * 1024)) as running,
         httpx.AsyncClient(timeout=STEP_SECONDS) as client,
     ):
         for _ in range(30):

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,44 +29,10 @@ from trio_esper.history.sqlite import INSERT, open_sqlite_history
 from trio_esper.sse import Event
 
 from .conftest import BrokerProcess, broker_process, start_broker
+from .faults import WRITE_FAILED, broker_command
 
 TOPIC = "storetopic1"
 OTHER = "storetopic2"
-#: Runs ``python -m trio_esper`` with RLIMIT_FSIZE lowered to argv[1] bytes (0: unlimited) and
-#: SIGXFSZ ignored, so a write past the limit fails with EFBIG, as on a full disk. With argv[2]
-#: "obey", a root process first drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (capset(2)), so
-#: file modes bind it as they bind any other user: a 0444 file is read-only to it.
-BOOTSTRAP = """
-import ctypes, resource, runpy, signal, sys
-limit, modes = int(sys.argv.pop(1)), sys.argv.pop(1)
-if limit:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-if modes == "obey":
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class Data(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
-    libc = ctypes.CDLL(None, use_errno=True)
-    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
-    if libc.capget(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
-    data[0].effective &= ~0b110  # CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2)
-    data[0].permitted &= ~0b110
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-sys.argv[0] = "trio_esper"
-runpy.run_module("trio_esper", run_name="__main__", alter_sys=True)
-"""
-#: Appears in SQLite's reason for a failed write (EFBIG is reported as an I/O error).
-WRITE_FAILED = re.compile(r"disk I/O error|database or disk is full")
-
-
-def _command(fsize_limit: int = 0, obey_file_modes: bool = False) -> list[str]:
-    """The broker's command through BOOTSTRAP, with ``fsize_limit`` and, if
-    ``obey_file_modes``, without root's bypass of file modes."""
-    modes = "obey" if obey_file_modes else "as-is"
-    return [sys.executable, "-c", BOOTSTRAP, str(fsize_limit), modes]
 
 
 async def _assert_alive(client: httpx.AsyncClient, running: BrokerProcess) -> None:
@@ -109,7 +73,7 @@ async def test_prune_write_error_is_logged_and_the_broker_keeps_running(tmp_path
     _seed(path, rows=4000, data_bytes=70)  # ~2 MB: pruning TOPIC rewrites all of it
     history = ("--history", f"sqlite:{path}", "--history-events", "1")
     async with (
-        broker_process(*history, command=_command(fsize_limit=512 * 1024)) as running,
+        broker_process(*history, command=broker_command(fsize_limit=512 * 1024)) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):
         # The first commit is small and fits; the writer then prunes TOPIC's ~2000
@@ -134,7 +98,7 @@ async def test_commit_write_error_is_503_logged_once_and_the_broker_keeps_runnin
     history = ("--history", f"sqlite:{tmp_path / 'history.db'}")
     body = b"data: " + b"x" * 60_000 + b"\n"
     async with (
-        broker_process(*history, command=_command(fsize_limit=256 * 1024)) as running,
+        broker_process(*history, command=broker_command(fsize_limit=256 * 1024)) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):
         statuses: list[int] = []
@@ -216,7 +180,7 @@ async def test_read_only_file_stops_the_broker_at_start_up(tmp_path: Path) -> No
     path = tmp_path / "history.db"
     await _create(path)
     path.chmod(0o444)
-    argv = [*_command(obey_file_modes=True), "--port", "0", "--no-auth"]
+    argv = [*broker_command(obey_file_modes=True), "--port", "0", "--no-auth"]
     process = await trio.lowlevel.open_process(
         [*argv, "--history", f"sqlite:{path}"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -242,7 +206,7 @@ async def test_read_only_file_stops_the_broker_at_start_up(tmp_path: Path) -> No
     path.chmod(0o644)
     async with (
         broker_process(
-            "--history", f"sqlite:{path}", command=_command(obey_file_modes=True)
+            "--history", f"sqlite:{path}", command=broker_command(obey_file_modes=True)
         ) as running,
         httpx.AsyncClient(timeout=5) as client,
     ):

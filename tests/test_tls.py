@@ -40,7 +40,7 @@ from trio_esper.edge import load_tls_context
 from .browser import BROWSER_SECONDS, in_thread
 from .browser import chrome as chrome  # the fixture
 from .conftest import STEP_SECONDS, Broker, SSEStream, open_sse, start_broker
-from .test_h2 import H2Client
+from .h2client import H2Client
 
 SUBSCRIBED = b": subscribed\n\n"
 #: EventSources on one page: more than the six HTTP/1.1 connections a browser
