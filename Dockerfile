@@ -8,8 +8,9 @@
 # --port: the health check reads ESPER_PORT.
 
 # A tag, not a digest: 3.12-slim receives Debian and CPython security fixes on
-# every rebuild, and the package pins the libraries it depends on. Pin a digest
-# (python:3.12-slim@sha256:...) for builds that must be reproducible.
+# every rebuild, and constraints.txt pins the libraries. Pin a digest
+# (python:3.12-slim@sha256:...) for builds that must be reproducible. CI runs the
+# tests on this Python series too (noxfile.py's SUPPORTED_PYTHONS, tests_all).
 FROM python:3.12-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -17,10 +18,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Only what the package build reads (pyproject.toml names README.md as its readme).
-COPY pyproject.toml README.md /src/
+# Only what the package build reads (pyproject.toml names README.md as its readme),
+# and constraints.txt: the exact release of every dependency that CI tested.
+COPY pyproject.toml README.md constraints.txt /src/
 COPY trio_esper /src/trio_esper
-RUN pip install --no-cache-dir /src \
+RUN pip install --no-cache-dir -c /src/constraints.txt /src \
     && rm -rf /src
 
 # A fixed uid and gid, so files in a mounted /data and a runAsNonRoot policy

@@ -9,6 +9,7 @@ managed" system Python such as Debian's or Ubuntu's allows, unlike a plain
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -39,13 +40,15 @@ def _bootstrap_nox() -> None:
         print(f"noxfile.py: installing nox into {BOOTSTRAP}", file=sys.stderr)
         packages = BOOTSTRAP / "virtualenv"
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+        # The versions of nox and virtualenv that CI tested (constraints.txt).
+        pinned = ["-c", str(Path(__file__).parent / "constraints.txt")]
         steps = [
-            ([*pip, "--upgrade", "--target", str(packages), "virtualenv"], {}),
+            ([*pip, "--upgrade", "--target", str(packages), "virtualenv", *pinned], {}),
             (
                 [sys.executable, "-m", "virtualenv", "--quiet", str(python.parent.parent)],
                 {"PYTHONPATH": str(packages)},
             ),
-            ([str(python), "-m", "pip", "install", "--quiet", NOX_REQUIREMENT], {}),
+            ([str(python), "-m", "pip", "install", "--quiet", NOX_REQUIREMENT, *pinned], {}),
         ]
         for command, env in steps:
             if subprocess.run(command, env={**os.environ, **env}, check=False).returncode:
@@ -69,6 +72,16 @@ nox.options.error_on_missing_interpreters = True
 #: Sessions run on the Python that runs nox (any the package supports, 3.11+),
 #: not a pinned version a machine may not have.
 PYTHON = None
+#: Every CPython series the package supports (pyproject's requires-python up to the newest
+#: it is tested on): ``tests_all`` runs the suite on each, and fails if one is missing.
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+#: Exact versions of everything the sessions install (its header says how to regenerate
+#: it); every ``session.install`` passes ``*CONSTRAINED``, as the Dockerfile's pip does.
+CONSTRAINTS = "constraints.txt"
+CONSTRAINED = ("-c", CONSTRAINTS)
+#: The tools of the lint and typing sessions (constraints.txt pins their dependencies).
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 #: Debian packages other tests drive: curl (the README's commands, TLS),
@@ -95,9 +108,9 @@ def _ensure_browser(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole test suite, browser tests included."""
+    """The whole test suite, browser tests included, on the Python that runs nox."""
     _ensure_browser(session)
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *CONSTRAINED)
     session.run("pytest", *session.posargs)
 
 
@@ -107,13 +120,125 @@ def full(session: nox.Session) -> None:
     included (TRIO_ESPER_LANES=both; the default run takes their fast lane alone:
     tests/conftest.py)."""
     _ensure_browser(session)
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *CONSTRAINED)
     session.run("pytest", *session.posargs, env={"TRIO_ESPER_LANES": "both"})
+
+
+def _pyenv_root() -> Path:
+    if root := os.environ.get("PYENV_ROOT"):
+        return Path(root)
+    if pyenv := shutil.which("pyenv"):
+        done = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return Path(done.stdout.strip())
+    return Path.home() / ".pyenv"
+
+
+def _release(path: Path) -> tuple[int, ...]:
+    """(3, 12, 1) for pyenv's ``versions/3.12.1/bin/python3.12``; () for other names."""
+    parts = path.parent.parent.name.split(".")
+    return tuple(map(int, parts)) if all(p.isdigit() for p in parts) else ()
+
+
+@functools.cache
+def find_cpython(series: str) -> str | None:
+    """The interpreter of CPython ``series`` (``"3.12"``) on this machine, or None.
+
+    ``pythonX.Y`` on PATH if it runs, else the newest release of the series that pyenv
+    has installed. pyenv's own directory is read rather than its shims on PATH, which
+    run only the versions ``pyenv global`` names (here 3.11 alone, with 3.12 and 3.13
+    installed beside it). Each candidate is run once to check that it is CPython
+    ``series``.
+    """
+    root = _pyenv_root()
+    candidates = [
+        Path(found)
+        for found in [shutil.which(f"python{series}")]
+        if found and not Path(found).is_relative_to(root / "shims")
+    ]
+    installed = (root / "versions").glob(f"{series}.*/bin/python{series}")
+    candidates += sorted((p for p in installed if _release(p)), key=_release, reverse=True)
+    probe = "import platform, sys; print(platform.python_implementation(), *sys.version_info[:2])"
+    for candidate in candidates:
+        try:
+            done = subprocess.run(
+                [candidate, "-c", probe], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.stdout.split() == ["CPython", *series.split(".")]:
+            return str(candidate)
+    return None
+
+
+def _tests_on(series: str) -> None:
+    """Register ``tests-X.Y``: the suite on CPython X.Y, in its own virtualenv
+    (``.nox/tests-X-Y``); where the machine has no X.Y, a session that fails saying so."""
+    interpreter = find_cpython(series)
+
+    def run_suite(session: nox.Session) -> None:
+        if interpreter is None:
+            session.error(
+                f"no CPython {series} on this machine (looked for python{series} on PATH "
+                f"and in {_pyenv_root() / 'versions'}): install it, e.g. pyenv install {series}"
+            )
+        tests(session)
+
+    run_suite.__doc__ = f"The whole test suite on CPython {series} ({interpreter or 'missing'})."
+    nox.session(name=f"tests-{series}", python=interpreter or False)(run_suite)
+
+
+for _series in SUPPORTED_PYTHONS:
+    _tests_on(_series)
+
+
+@nox.session(python=False)
+def tests_all(session: nox.Session) -> None:
+    """The suite on every supported CPython, one session each (tests-3.11, tests-3.12,
+    ...; posargs go to each pytest). A series this machine lacks fails its session:
+    "supports 3.11 or newer" is checked on all of them or the run fails."""
+    for series in SUPPORTED_PYTHONS:
+        session.notify(f"tests-{series}", session.posargs)
+
+
+#: The extras the sessions install, whose packages constraints.txt pins (typing-legacy's
+#: trio-typing is installed by none).
+CONSTRAINED_EXTRAS = ("test", "docs")
+CONSTRAINTS_HEADER = """\
+# Exact versions of every package the nox sessions and the Dockerfile install: the
+# package's dependencies, its test and docs extras, ruff, mypy and nox, and what they
+# depend on. pip reads it with -c, so it pins a package only when something installs it.
+# pyproject.toml says which series the package works with; this file, which release of
+# each was tested.
+#
+# Written by `python3 noxfile.py -s constraints`, in a fresh virtualenv on the oldest
+# supported Python: that keeps the versions listed here and adds what pyproject.toml
+# newly needs; `-s constraints -- --upgrade` takes the newest releases pyproject.toml
+# allows. Then run `python3 noxfile.py -s tests_all` and commit this file.
+"""
+
+
+@nox.session(python=find_cpython(SUPPORTED_PYTHONS[0]), reuse_venv=False)
+def constraints(session: nox.Session) -> None:
+    """Rewrite constraints.txt from a fresh install (its header says when and how)."""
+    if find_cpython(SUPPORTED_PYTHONS[0]) is None:
+        session.error(f"the pins are made on the oldest supported Python, {SUPPORTED_PYTHONS[0]}")
+    keep = CONSTRAINED if Path(CONSTRAINTS).exists() and "--upgrade" not in session.posargs else ()
+    extras = ",".join(CONSTRAINED_EXTRAS)
+    session.install("-e", f".[{extras}]", RUFF, MYPY, NOX_REQUIREMENT, "virtualenv", *keep)
+    frozen = session.run(
+        "python", "-m", "pip", "freeze", "--all", "--exclude-editable", silent=True
+    )
+    assert isinstance(frozen, str)
+    # pip itself is the installer, which the sessions do not pin.
+    pins = [line for line in frozen.splitlines() if "==" in line and not line.startswith("pip==")]
+    body = "\n".join(sorted(pins, key=str.lower))
+    Path(CONSTRAINTS).write_text(f"{CONSTRAINTS_HEADER}{body}\n")
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff==0.17.6")
+    session.install(RUFF, *CONSTRAINED)
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
 
@@ -125,7 +250,7 @@ def typing(session: nox.Session) -> None:
     trio-typing is deliberately not installed here: its trio-stubs shadow
     trio's annotations and report false errors on current trio (README).
     """
-    session.install("-e", ".", "mypy==2.4.1")
+    session.install("-e", ".", MYPY, *CONSTRAINED)
     session.run("mypy", "--strict")
 
 
@@ -134,7 +259,7 @@ def run(session: nox.Session) -> None:
     """Run a command with the package installed: ``-s run -- trio-esper token ...``."""
     if not session.posargs:
         session.error("give the command after --, e.g. -s run -- python examples/subscribe.py T")
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     # The command's stderr stays its own (nox merges it into stdout by default, and logs
     # on stderr), so `T=$(python3 noxfile.py -s run -- trio-esper token ...)` is the token.
     session.run(*session.posargs, stderr=None)
@@ -144,7 +269,7 @@ def run(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Rewrite docs/configuration.md's table of settings from their declaration (the Config
     fields in trio_esper/config.py); tests/test_config.py fails while the two differ."""
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run(
         "python",
         "-c",
@@ -158,7 +283,7 @@ def docs(session: nox.Session) -> None:
 def docs_site(session: nox.Session) -> None:
     """Build the documentation site (docs/, mkdocs.yml) into site/; a warning fails it
     (``mkdocs build --strict``): a broken link or anchor, a page left out of the nav."""
-    session.install("-e", ".[docs]")
+    session.install("-e", ".[docs]", *CONSTRAINED)
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
@@ -170,14 +295,14 @@ def dev(session: nox.Session) -> None:
     python = Path(".venv", "bin", "python")
     if not python.exists():
         session.run(sys.executable, "-m", "virtualenv", "--quiet", ".venv")
-    session.run(str(python), "-m", "pip", "install", "--quiet", "-e", ".[test]")
+    session.run(str(python), "-m", "pip", "install", "--quiet", "-e", ".[test]", *CONSTRAINED)
     session.log("ready: source .venv/bin/activate")
 
 
 @nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Run the broker: ``python3 noxfile.py -s serve -- --port 3000``."""
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("trio-esper", *session.posargs)
 
 
@@ -187,7 +312,7 @@ def bench(session: nox.Session) -> None:
 
     ``python3 -m nox -s bench -- --repeat 3 --scenarios fanout,latency``
     """
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/compare.py", "--brokers", "trio_esper", *session.posargs)
 
 
@@ -197,7 +322,7 @@ def bench_compare(session: nox.Session) -> None:
 
     ``python3 -m nox -s bench_compare -- --repeat 3 --generator loadgen``
     """
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run(
         "python", "benchmarks/compare.py", "--brokers", "trio_esper,nchan", *session.posargs
     )
@@ -206,7 +331,7 @@ def bench_compare(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench_cost(session: nox.Session) -> None:
     """Server CPU per publish request, layer by layer (h11, Hypercorn, Quart-Trio, fast lane)."""
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/request_cost.py", *session.posargs)
 
 
@@ -216,7 +341,7 @@ def fuzz(session: nox.Session) -> None:
 
     ``TRIO_ESPER_FUZZ_EXAMPLES=20000 python3 -m nox -s fuzz -- -x``
     """
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *CONSTRAINED)
     examples = os.environ.get("TRIO_ESPER_FUZZ_EXAMPLES", "5000")
     session.run(
         "pytest",
@@ -233,7 +358,7 @@ def schemathesis(session: nox.Session) -> None:
 
     ``SCHEMATHESIS_EXAMPLES=5000 python3 -m nox -s schemathesis -- -x``
     """
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *CONSTRAINED)
     session.run(
         "pytest",
         "tests/test_openapi.py",
@@ -252,7 +377,7 @@ def bench_slow(session: nox.Session) -> None:
 
     ``python3 -m nox -s bench_slow -- --repeat 3``
     """
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/slow_readers.py", *session.posargs)
 
 
@@ -265,7 +390,7 @@ def soak(session: nox.Session) -> None:
 
     ``python3 -m nox -s soak -- --cycles 20000 --sample-every 2000``
     """
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
@@ -277,7 +402,7 @@ def bench_h2(session: nox.Session) -> None:
 
     ``python3 -m nox -s bench_h2 -- --repeat 3 --subscribers 200 --modes h1-tls,h2-tls``
     """
-    session.install("-e", ".")
+    session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/h2_fanout.py", *session.posargs)
 
 

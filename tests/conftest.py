@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
@@ -129,8 +129,14 @@ async def broker_process(
     if not argv:
         argv = [*(command or (sys.executable, "-m", "trio_esper")), "--port", "0", "--no-auth"]
         argv += args
+    # A process group of its own, killed whole on exit: hypercorn's workers and
+    # multiprocessing's resource tracker go with it (tests/children.py).
     process = await trio.lowlevel.open_process(
-        list(argv), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
     )
     assert process.stderr is not None
     try:
@@ -147,8 +153,8 @@ async def broker_process(
             yield running
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
+        with suppress(ProcessLookupError):  # the group has ended
+            os.killpg(process.pid, signal.SIGKILL)
         with trio.CancelScope(shield=True):
             await process.wait()
         await process.stderr.aclose()

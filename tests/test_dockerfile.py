@@ -12,6 +12,7 @@ runs exactly as written.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from .conftest import STEP_SECONDS, free_port
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+CONSTRAINTS = ROOT / "constraints.txt"
 #: Building the package from the staged context (setuptools, no network).
 BUILD_SECONDS = 120
 #: `docker stop` sends STOPSIGNAL, then kills after this long.
@@ -126,6 +128,16 @@ class Dockerfile:
         return options, command
 
 
+def supported_pythons() -> tuple[str, ...]:
+    """noxfile.py's SUPPORTED_PYTHONS, the series ``nox -s tests_all`` runs."""
+    for node in ast.parse((ROOT / "noxfile.py").read_text()).body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets) == "SUPPORTED_PYTHONS":
+            found = ast.literal_eval(node.value)
+            assert isinstance(found, tuple), found
+            return found
+    raise AssertionError("noxfile.py has no SUPPORTED_PYTHONS")
+
+
 @pytest.fixture(scope="module")
 def dockerfile() -> Dockerfile:
     return Dockerfile(instructions(DOCKERFILE.read_text()))
@@ -207,15 +219,18 @@ def installed(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) 
     image_root = tmp_path_factory.mktemp("image")
     stage_copies(dockerfile, image_root)
     runs = " ".join(dockerfile.all("RUN"))
-    match = re.search(r"pip install --no-cache-dir (/\S+)", runs)
-    assert match, f"no `pip install --no-cache-dir PATH` in RUN: {runs}"
+    match = re.search(r"pip install --no-cache-dir -c (/\S+) (/\S+)", runs)
+    assert match, f"no `pip install --no-cache-dir -c CONSTRAINTS PATH` in RUN: {runs}"
+    constraints, source = (image_root / path.lstrip("/") for path in match.groups())
+    # The image installs the releases CI tested: the repository's constraints.txt.
+    assert constraints.read_bytes() == CONSTRAINTS.read_bytes()
     site = tmp_path_factory.mktemp("site-packages")
-    # Dependencies come from this test environment; the build backend too
-    # (--no-build-isolation): the build machine has no network.
-    source = image_root / match[1].lstrip("/")
+    # Dependencies come from this test environment (installed with the same
+    # constraints); the build backend too (--no-build-isolation): the build
+    # machine has no network.
     pip = [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--no-deps"]
     done = subprocess.run(
-        [*pip, "--no-build-isolation", "--target", str(site), str(source)],
+        [*pip, "-c", str(constraints), "--no-build-isolation", "--target", str(site), str(source)],
         capture_output=True,
         timeout=BUILD_SECONDS,
         check=False,
@@ -232,6 +247,7 @@ def test_declared_facts(dockerfile: Dockerfile) -> None:
     minimum = re.fullmatch(r">=(3\.\d+)", project["requires-python"])
     assert minimum
     assert tuple(map(int, match[1].split("."))) >= tuple(map(int, minimum[1].split(".")))
+    assert match[1] in supported_pythons(), "CI's tests_all runs the image's Python series"
 
     user = dockerfile.one("USER")
     uid, _, gid = user.partition(":")
