@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .config import Config as Config
 from .errors import EsperError as EsperError
 from .hub import Hub as Hub
@@ -31,6 +29,7 @@ from .hub import open_hub as open_hub
 from .sse import Event as Event
 from .sse import encode as encode
 from .sse import parse_body as parse_body
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .asgi import EsperApp as EsperApp

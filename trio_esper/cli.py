@@ -22,9 +22,10 @@ from typing import NoReturn
 import trio
 from jwt.warnings import InsecureKeyLengthWarning
 
-from . import __version__, logs, workers
+from . import logs, workers
 from .config import SETTINGS, Config, ConfigError, Setting
 from .errors import HistoryError
+from .version import __version__
 
 #: Generation-0 threshold while serving. CPython's default (700) runs a young
 #: collection every few hundred allocations, and fan-out allocates for every

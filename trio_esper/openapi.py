@@ -28,12 +28,13 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-from . import __version__, api, endpoints
+from . import api, endpoints
 from .history import HistoryStatistics
 from .hub import HubStatistics
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .sse import MAX_ID_BYTES
 from .topics import MAX_TOPIC_CHARS, MIN_TOPIC_CHARS
+from .version import __version__
 
 #: A JSON Schema, a parameter, a response...: the document is plain JSON.
 Json = dict[str, Any]

@@ -17,12 +17,13 @@ import trio
 from quart import Response, request
 from werkzeug.datastructures import Headers
 
-from . import __version__, endpoints, openapi, web
+from . import endpoints, openapi, web
 from .config import Config
 from .errors import NotFound
 from .hub import Hub
 from .metrics import CONTENT_TYPE, Metrics
 from .sse import SUBSCRIBED_FRAME, Event, encode
+from .version import __version__
 
 #: How often the statistics stream sends a snapshot.
 STATS_INTERVAL_SECONDS = 1.0

@@ -124,7 +124,7 @@ async def serve(
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
             )
-            logs.started(config, f"{'http' if tls is None else 'https'}://{host}:{port}")
+            logs.started(config, logs.url(str(host), int(port), tls=tls is not None))
             task_status.started(Listening(str(host), int(port), broker.hub))
 
 
