@@ -69,7 +69,7 @@ RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset")
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class Answer:
     """A complete response: status, header fields (``content-length`` is
@@ -298,7 +298,7 @@ BUDGET_KEY = "trio_esper.publish_budget"
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class PublishRequest:
     """A ``POST /publish/{topic}``, as either front end read it."""
@@ -357,7 +357,7 @@ def publish_answer(published: Published) -> bytes:
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class SubscribeRequest:
     """A ``GET /subscribe/{topic}``, as either front end read it."""
@@ -373,7 +373,7 @@ class SubscribeRequest:
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class Stream:
     """An authorised subscription, not yet open: where it starts."""

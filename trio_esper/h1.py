@@ -56,7 +56,7 @@ def _has_bare_lf(data: bytes | bytearray) -> bool:
     """Whether ``data`` holds a line feed not preceded by a carriage return:
     h11 takes bare LF line ends (RFC 9112, section 2.2 allows it), this
     reader does not. Every CRLF holds one LF, and CRLFs cannot overlap, so
-    any LF more than the CRLFs is bare (a fifth of a regex's time)."""
+    any LF more than the CRLFs is bare (two C-level counts: cheaper than a regex)."""
     return data.count(b"\n") != data.count(b"\r\n")
 
 
@@ -84,7 +84,7 @@ DECLINE: Final = Sentinel("DECLINE")
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
-# (object.__setattr__ per field) takes four times as long.
+# (object.__setattr__ per field) costs more than the rest of building it.
 @dataclass(slots=True)
 class Request:
     """A request head read by :func:`read_request`."""
