@@ -48,6 +48,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 from .. import endpoints
 from ..config import Config, ConfigError
+from .connection import Connection
 
 log = logging.getLogger("trio_esper")
 
@@ -98,9 +99,9 @@ class PlainStream(HypercornStream):
     """A plaintext connection: Hypercorn reads the peer's address from
     ``socket``, and takes a stream without ``do_handshake`` for plaintext."""
 
-    def __init__(self, stream: trio.SocketStream, unread: bytes) -> None:
-        super().__init__(stream, unread)
-        self.socket = stream.socket
+    def __init__(self, connection: Connection, unread: bytes) -> None:
+        super().__init__(connection, unread)
+        self.socket = connection.socket
 
 
 class TLSStream(HypercornStream):
@@ -110,7 +111,7 @@ class TLSStream(HypercornStream):
     ``transport_stream.socket``, as it does with the ``SSLStream`` its own
     listener makes."""
 
-    def __init__(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, tls: trio.SSLStream[Connection]) -> None:
         super().__init__(tls, b"")
         self._tls = tls
         self.transport_stream = tls.transport_stream

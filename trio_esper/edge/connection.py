@@ -2,9 +2,13 @@
 
 Owns the socket. Every read and write the edge makes goes through
 :class:`Connection`, which translates the socket's errors into trio's two
-stream errors in one place, as trio's ``SocketStream`` does: an error that
-means the peer is gone raises :class:`trio.BrokenResourceError`, a socket
-already closed :class:`trio.ClosedResourceError`; end of input is ``b""``.
+stream errors in one place (:func:`_stream_error`): an error that means the
+peer is gone raises :class:`trio.BrokenResourceError`, a socket already
+closed :class:`trio.ClosedResourceError`; end of input is ``b""``. It is a
+:class:`trio.abc.HalfCloseableStream` itself, so Hypercorn and TLS use it in
+place of trio's ``SocketStream``: one translation for every front end, and
+no ``@contextmanager`` in the error path (trio's leaves a reference cycle
+per broken connection on Python 3.12+, which only the collector frees).
 
 Owns the direct writer too (:meth:`Connection.attach`): the topic's task
 writes a parked subscriber's events to the socket's descriptor number
@@ -61,23 +65,23 @@ def _address_of(sock: trio.socket.SocketType) -> str:
     return sys.intern(str(address[0])) if isinstance(address, tuple) else "local"
 
 
-class Connection:
+class Connection(trio.abc.HalfCloseableStream):
     """One accepted connection, as the edge sees it.
 
     Resource handling: the edge's connection task builds it around the
     accepted socket and calls :meth:`close` in its ``finally``; shutdown may
-    call :meth:`close` earlier, past its grace period. Nothing else closes
-    the socket.
+    call :meth:`close` earlier, past its grace period, and a TLS stream over
+    it calls :meth:`aclose` after its ``close_notify``. Each of those is
+    :meth:`close`; nothing else closes the socket.
     """
 
-    __slots__ = ("_attached", "_deadlines", "_socket", "_stream", "address", "budget", "expired")
+    __slots__ = ("_attached", "_deadlines", "_socket", "address", "budget", "expired")
 
     def __init__(
         self, sock: trio.socket.SocketType, budget: PublishBudget | None, deadlines: Deadlines
     ) -> None:
         self._socket = sock
         self._deadlines = deadlines
-        self._stream: trio.SocketStream | None = None
         self._attached: Subscription | None = None
         #: The client's address (IP), what per-address limits count.
         self.address = _address_of(sock)
@@ -87,13 +91,10 @@ class Connection:
         self.expired = False
 
     @property
-    def stream(self) -> trio.SocketStream:
-        """The socket as a trio stream, made when first asked for (by
-        Hypercorn or TLS): the fast forms write the descriptor directly and
-        never need one, and making it costs two ``setsockopt`` calls."""
-        if self._stream is None:
-            self._stream = trio.SocketStream(self._socket)
-        return self._stream
+    def socket(self) -> trio.socket.SocketType:
+        """The socket, for its addresses and options (Hypercorn reads the
+        peer's address from it); closing it is :meth:`close`'s."""
+        return self._socket
 
     @property
     def peer(self) -> str:
@@ -174,7 +175,7 @@ class Connection:
 
     # --- writing ------------------------------------------------------------
 
-    def try_write(self, data: bytes) -> int:
+    def try_write(self, data: bytes | memoryview) -> int:
         """Write what the socket takes of ``data`` now (perhaps nothing);
         return how many bytes that was.
 
@@ -188,16 +189,65 @@ class Connection:
         except OSError as error:
             raise _stream_error(error) from None
 
-    async def send_all(self, data: bytes) -> None:
-        """Write ``data``: directly if the socket takes it at once (an answer
-        is a few hundred bytes), else through trio.
+    async def write_all(self, data: bytes) -> None:
+        """Write ``data``; a checkpoint only if the socket does not take it
+        all at once (an answer is a few hundred bytes): the fast forms
+        checkpoint where they choose to.
 
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
         """
         written = self.try_write(data)
         if written < len(data):
-            await self.stream.send_all(data[written:])
+            await self._write_rest(memoryview(data)[written:])
+
+    async def _write_rest(self, view: memoryview) -> None:
+        while view:
+            await trio.lowlevel.wait_writable(self._socket)
+            view = view[self.try_write(view) :]
+
+    # --- trio's Stream interface (Hypercorn, TLS) ---------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` (:data:`RECEIVE_BYTES` if ``None``), or ``b""``
+        at the end of the peer's input. No deadline: Hypercorn keeps its own."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = os.read(self._socket.fileno(), max_bytes or RECEIVE_BYTES)
+            except BlockingIOError:
+                waited = True
+                await trio.lowlevel.wait_readable(self._socket)
+                continue
+            except OSError as error:
+                raise _stream_error(error) from None
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data``, waiting for the socket as needed; a checkpoint."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with memoryview(data) as view:
+            written = self.try_write(view)
+            if written < len(view):
+                await self._write_rest(view[written:])
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._socket)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        with suppress(OSError):
+            self._socket.shutdown(socket.SHUT_WR)
+
+    async def aclose(self) -> None:
+        """:meth:`close` (for a TLS stream over the connection)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
 
     # --- the direct writer -------------------------------------------------
 

@@ -155,7 +155,7 @@ class Edge:
             read = await self._fast.read_head(connection, b"")
             unread = None if read is None else read[0]
         if unread is not None:
-            await self._hypercorn.serve(PlainStream(connection.stream, unread), connection.budget)
+            await self._hypercorn.serve(PlainStream(connection, unread), connection.budget)
         await connection.linger()
 
     async def _refuse(self, connection: Connection, held: int) -> None:

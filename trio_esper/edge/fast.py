@@ -190,7 +190,7 @@ class FastForms:
             self._metrics.error_answered(answer.status)
         keep = keep_alive and not self._hub.closing and not closes(answer)
         try:
-            await connection.send_all(self._answers.head(answer, close=not keep) + answer.body)
+            await connection.write_all(self._answers.head(answer, close=not keep) + answer.body)
         except GONE:
             return False
         return keep
@@ -252,14 +252,14 @@ class FastForms:
             async with self._hub.subscribe(
                 opened.plan.topic, frame=h1.chunk, client=connection.address
             ) as subscription:
-                await connection.send_all(self._answers.stream_head(opened.cors, opened.close))
+                await connection.write_all(self._answers.stream_head(opened.cors, opened.close))
                 started = True
                 if opened.plan.resume:
                     async with aclosing(
                         endpoints.replay_pages(self._hub, subscription, opened.plan)
                     ) as pages:
                         async for page in pages:
-                            await connection.send_all(h1.chunk(page))
+                            await connection.write_all(h1.chunk(page))
                 connection.attach(subscription)
                 try:
                     while True:
@@ -275,9 +275,9 @@ class FastForms:
                             continue
                         except trio.EndOfChannel:
                             break
-                        await connection.send_all(chunk)
+                        await connection.write_all(chunk)
                     if not subscription.dropped:
-                        await connection.send_all(h1.LAST_CHUNK)
+                        await connection.write_all(h1.LAST_CHUNK)
                 finally:
                     connection.detach()
         except EsperError as error:

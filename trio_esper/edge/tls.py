@@ -125,7 +125,7 @@ class TLS:
         ALPN chose ``h2``) and close the TLS stream. Without a handshake there
         is nothing to close but the socket (its owner does): a stream whose
         handshake never ran would try it in ``aclose``."""
-        tls = trio.SSLStream(connection.stream, self._context, server_side=True)
+        tls = trio.SSLStream(connection, self._context, server_side=True)
         if not await self._handshake(connection, tls):
             return
         try:
@@ -139,9 +139,7 @@ class TLS:
         for handshake in self._handshakes:
             handshake.cancel()
 
-    async def _handshake(
-        self, connection: Connection, tls: trio.SSLStream[trio.SocketStream]
-    ) -> bool:
+    async def _handshake(self, connection: Connection, tls: trio.SSLStream[Connection]) -> bool:
         """Do the TLS handshake within the request-head timeout; whether it
         succeeded. A failure is the client's (a scanner, plaintext HTTP, a
         reset, no shared protocol version or cipher): logged at debug level."""
@@ -168,7 +166,7 @@ class TLS:
         )
         return False
 
-    async def _close(self, connection: Connection, tls: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _close(self, connection: Connection, tls: trio.SSLStream[Connection]) -> None:
         """Close the TLS stream: ``close_notify`` (RFC 8446, section 6.1), then
         the socket; within :data:`TLS_CLOSE_SECONDS` even when cancelled or
         the peer stopped reading. A peer still sending (a body after 413)
