@@ -54,6 +54,13 @@ class Raw:
         self.stream = stream
         self.buffer = b""
         self.eof = False
+        #: Every byte received, whatever has been read out of the buffer.
+        self.received = bytearray()
+
+    @property
+    def consumed(self) -> int:
+        """How many of the bytes :attr:`received` have been read out of the buffer."""
+        return len(self.received) - len(self.buffer)
 
     @classmethod
     async def connect(cls, broker: Broker, *, receive_buffer: int | None = None) -> Raw:
@@ -92,6 +99,7 @@ class Raw:
         except trio.BrokenResourceError:
             data = b""
         self.buffer += data
+        self.received += data
         self.eof = not data
         return bool(data)
 
@@ -101,6 +109,11 @@ class Raw:
                 raise EOFError(f"connection closed; read {self.buffer!r}")
         taken, self.buffer = self.buffer[:count], self.buffer[count:]
         return taken
+
+    async def read_exactly(self, count: int, timeout: float = STEP_SECONDS) -> bytes:
+        """The next ``count`` bytes."""
+        with trio.fail_after(timeout):
+            return await self._take(count)
 
     async def read_until(self, marker: bytes, timeout: float = STEP_SECONDS) -> bytes:
         """Everything up to and including ``marker``."""

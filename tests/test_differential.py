@@ -2,33 +2,40 @@
 bad -- sent byte for byte to a broker whose edge serves the fast forms and to
 one that serves everything through Quart-Trio (``fast_lane=False``). Status
 line, every header but ``Date`` (names, case, order) and body bytes must match.
+Each answer is read to its end (:func:`read_answer`): an answer per request,
+a stream's first frames, or the connection's end.
 
 The edge's handoffs to Hypercorn are counted per connection, so the table
 also shows which requests the fast forms took: a table that Hypercorn
 answered on both sides would prove nothing.
+
+Then live streams (:data:`SCENARIOS`): delivery, heartbeats, a slow
+subscriber dropped, shutdown, subscribers hanging up, requests pipelined
+behind ``Connection: close``; what their clients see must match too, but for
+the known divergences (:data:`DIVERGENCES`), each pinned to what each lane
+does, so that a change to either fails until the row follows.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 import trio
 
-from trio_esper import edge
+from trio_esper.edge import bridge
+from trio_esper.endpoints import PublishBudget
 
-from .conftest import Broker, make_token, start_broker
-from .rawhttp import Raw
+from .conftest import STEP_SECONDS, Broker, make_token, start_broker
+from .rawhttp import Raw, publish, stats
 
 PUB_SECRET = "publisher-secret-of-at-least-32-bytes!"
 SUB_SECRET = "subscriber-secret-of-at-least-32-bytes"
 ORIGIN = "https://app.example"
-#: How long a connection stays quiet before its answer is taken as complete
-#: (streams never end; keep-alive connections stay open); generous, since a
-#: loaded machine can hold a Quart answer back for most of a second.
-QUIET_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class Case:
     """Connections the fast-form broker hands to Hypercorn for this case."""
     half_close: bool = False
     """Shut the client's sending side after sending."""
+    frames: int = 1
+    """Frames of an event stream to read (``: subscribed`` is the first): a
+    stream never ends, so its answer is complete at its ``frames``-th frame."""
 
 
 def req(line: str, *headers: str, body: bytes | None = None) -> bytes:
@@ -133,18 +143,20 @@ OPEN_CASES = [
     Case("subscribe-short-topic", get("/subscribe/short") + get("/subscribe/{T}"), 0),
     Case("subscribe-bad-since", get("/subscribe/{T}?since=later"), 0),
     Case("subscribe-bad-escape", get("/subscribe/{T}?lastEventId=%FF%FE"), 0),
-    Case("subscribe-unknown-last-id", get("/subscribe/{T}", "Last-Event-ID: nope"), 0),
+    Case("subscribe-unknown-last-id", get("/subscribe/{T}", "Last-Event-ID: nope"), 0, frames=2),
     Case(
         "subscribe-resume",
         post("/publish/{T}", b"id: a\ndata: 1\n")
         + post("/publish/{T}", b"id: b\ndata: 2\n")
         + get("/subscribe/{T}?lastEventId=a"),
         0,
+        frames=2,
     ),
     Case(
         "subscribe-since-earliest",
         post("/publish/{T}", b"id: a\ndata: 1\n") + get("/subscribe/{T}?since=earliest"),
         0,
+        frames=2,
     ),
     Case(
         "subscribe-then-pipelined-publish",
@@ -192,6 +204,65 @@ AUTH_CASES = [
 ]
 
 
+#: A request line (a bare LF ends one too: a case sends that).
+_REQUEST_LINE = re.compile(rb"(?m)^([A-Z]+) \S+ HTTP/1\.[01]\r?$")
+
+
+async def read_answer(
+    raw: Raw, sent: bytes, frames: int = 1, timeout: float = STEP_SECONDS
+) -> bytes:
+    """What ``raw`` received in answer to ``sent``, up to its end: an answer
+    per request in ``sent`` (head, and body by its framing; a ``HEAD``'s has
+    none), until a stream's ``frames``-th frame (a stream never ends), or the
+    end of the connection, or, after an answer that closes the connection,
+    that end. Bytes that arrived past that point are left out. On a timeout:
+    what came, then ``<timed out>``."""
+    start = raw.consumed
+    methods = [line.group(1) for line in _REQUEST_LINE.finditer(sent)] or [b""]
+    try:
+        with trio.fail_after(timeout):
+            for method in methods:
+                if not await _read_one_answer(raw, method, frames):
+                    break
+    except trio.TooSlowError:
+        return bytes(raw.received[start:]) + b"<timed out>"
+    except EOFError:
+        pass
+    return bytes(raw.received[start : raw.consumed])
+
+
+async def _read_one_answer(raw: Raw, method: bytes, frames: int) -> bool:
+    """Read one answer (raises ``EOFError`` at the end of the connection);
+    whether another may follow on the connection."""
+    head = await raw.read_until(b"\r\n\r\n", timeout=math.inf)
+    fields = head.lower()
+    stream = b"\r\ncontent-type: text/event-stream\r\n" in fields and method != b"HEAD"
+    if head.startswith(b"HTTP/1.1 200 ") and stream:
+        await read_frames(raw, frames, chunked=b"\r\ntransfer-encoding: chunked\r\n" in fields)
+        return False
+    raw.buffer = head + raw.buffer  # read again, as a whole answer
+    answer = await raw.read_response(body=method != b"HEAD", timeout=math.inf)
+    if "close" in answer.headers.get("connection", "").lower():
+        await raw.read_to_eof(timeout=math.inf)
+        return False
+    return True
+
+
+async def read_frames(raw: Raw, frames: int, *, chunked: bool) -> bytes:
+    """An event stream's body up to the end of its ``frames``-th frame (and,
+    ``chunked``, of the chunk that holds it), de-chunked."""
+    data = b""
+    while data.count(b"\n\n") < frames:
+        if not chunked:
+            data += await raw.read_until(b"\n\n", timeout=math.inf)
+            continue
+        size = int((await raw.read_until(b"\r\n", timeout=math.inf))[:-2].split(b";")[0], 16)
+        if size == 0:
+            raise EOFError(f"the stream ended after {data!r}")
+        data += (await raw.read_exactly(size + 2, timeout=math.inf))[:-2]
+    return data
+
+
 async def _answers(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, cases: list[Case], **config: object
 ) -> tuple[list[bytes], dict[str, int]]:
@@ -200,14 +271,18 @@ async def _answers(
     broker: Broker = await start_broker(nursery, cors_origins=(ORIGIN,), **config)
     case_of_peer: dict[str, str] = {}
     handoffs: dict[str, int] = {}
-    serve_hypercorn = edge.Edge._serve_hypercorn
+    serve_hypercorn = bridge.Hypercorn.serve
 
-    async def counted(self: edge.Edge, connection: edge.Connection, unread: bytes) -> None:
-        name = case_of_peer.get(connection.peer, "?")
+    async def counted(
+        self: bridge.Hypercorn, stream: bridge.HypercornStream, budget: PublishBudget | None
+    ) -> None:
+        assert isinstance(stream, bridge.PlainStream)
+        host, port = stream.socket.getpeername()[:2]
+        name = case_of_peer.get(f"{host}:{port}", "?")
         handoffs[name] = handoffs.get(name, 0) + 1
-        await serve_hypercorn(self, connection, unread)
+        await serve_hypercorn(self, stream, budget)
 
-    monkeypatch.setattr(edge.Edge, "_serve_hypercorn", counted)
+    monkeypatch.setattr(bridge.Hypercorn, "serve", counted)
     answers: dict[int, bytes] = {}
 
     async def run(n: int, case: Case) -> None:
@@ -223,12 +298,12 @@ async def _answers(
             await raw.send(sent)
             if case.half_close:
                 raw.stream.socket.shutdown(socket.SHUT_WR)
-            answers[n] = _normalise(await raw.read_for(QUIET_SECONDS))
+            answers[n] = _normalise(await read_answer(raw, sent, case.frames))
 
     async with trio.open_nursery() as cases_nursery:
         for n, case in enumerate(cases):
             cases_nursery.start_soon(run, n, case)
-    monkeypatch.setattr(edge.Edge, "_serve_hypercorn", serve_hypercorn)
+    monkeypatch.setattr(bridge.Hypercorn, "serve", serve_hypercorn)
     await broker.stop()
     return [answers[n] for n in range(len(cases))], handoffs
 
@@ -253,11 +328,15 @@ async def test_fast_forms_answer_as_the_quart_routes_do(
 ) -> None:
     cases = AUTH_CASES if auth else OPEN_CASES
     secrets = {"publisher_secret": PUB_SECRET, "subscriber_secret": SUB_SECRET} if auth else {}
+    # Short: a connection closes at its keep-alive's end after a 400 that says it
+    # closes (not at once), and a shutdown waits the grace period for a quart-lane
+    # connection whose subscriber left with a request pipelined (DIVERGENCES).
+    config = {"max_body_bytes": 1000, "keep_alive_seconds": 1, "shutdown_grace_seconds": 1}
     fast, fast_handoffs = await _answers(
-        nursery, monkeypatch, cases, max_body_bytes=1000, fast_lane=True, **secrets
+        nursery, monkeypatch, cases, fast_lane=True, **config, **secrets
     )
     quart, quart_handoffs = await _answers(
-        nursery, monkeypatch, cases, max_body_bytes=1000, fast_lane=False, **secrets
+        nursery, monkeypatch, cases, fast_lane=False, **config, **secrets
     )
     differ = [
         (case.name, fast_answer, quart_answer)
@@ -278,3 +357,392 @@ def test_the_table_covers_statuses_and_both_forms() -> None:
     for needed in ("publish", "subscribe", "subscribe-resume", "publish-over-limit"):
         assert needed in names
     assert sum(not case.handoffs for case in OPEN_CASES) >= 20
+
+
+# -- live streams: delivery, heartbeats, slow subscribers, shutdown ----------------------------
+#
+# Each scenario drives a broker of its own on one lane, waits for its own end
+# conditions (frames read, a stream's end, /stats showing a drop, the broker
+# stopped) and returns what its clients saw, by name. Both lanes must see the
+# same, but for the known divergences below: each is a row that fails when
+# the difference changes or goes away (then the row goes too).
+
+#: What the clients of a scenario saw, by observation.
+Seen = dict[str, object]
+
+
+@dataclass
+class Stream:
+    """A subscriber's connection, read frame by frame, its wire bytes kept."""
+
+    raw: Raw
+    head: bytes
+
+    async def frames(self, count: int) -> bytes:
+        """The next ``count`` frames as they came on the wire, chunk framing and all."""
+        start = self.raw.consumed
+        with trio.fail_after(STEP_SECONDS):
+            await read_frames(self.raw, count, chunked=True)
+        return bytes(self.raw.received[start : self.raw.consumed])
+
+    async def frame(self) -> bytes:
+        """The next chunk that holds a frame, as it came."""
+        return await self.frames(1)
+
+    async def until_end(self) -> str:
+        """Read on until the stream ends: ``"last chunk"`` (the body is
+        complete) or ``"connection closed"`` (it is cut short)."""
+        try:
+            await self.raw.read_until(b"\r\n0\r\n\r\n")
+        except EOFError:
+            return "connection closed"
+        return "last chunk"
+
+
+async def open_stream(
+    broker: Broker, topic: str, *headers: str, receive_buffer: int | None = None
+) -> Stream:
+    """A chunked subscriber stream whose ``: subscribed`` frame has arrived."""
+    raw = await Raw.connect(broker, receive_buffer=receive_buffer)
+    await raw.send(get(f"/subscribe/{topic}", *headers))
+    head = await raw.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    stream = Stream(raw, _normalise(head))
+    assert await stream.frame() == b"e\r\n: subscribed\n\n\r\n"
+    return stream
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """A chunked body's data (a chunk cut short: what arrived of it), and
+    whether the last chunk ended it."""
+    data = b""
+    while body:
+        size_line, found, body = body.partition(b"\r\n")
+        if not found:
+            break
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return data, True
+        data += body[:size]
+        body = body[size + 2 :]
+    return data, False
+
+
+async def stats_of(broker: Broker, *names: str) -> dict[str, object]:
+    return {name: value for name, value in (await stats(broker)).items() if name in names}
+
+
+async def wait_for_stat(broker: Broker, name: str, value: int) -> float:
+    """Poll /stats until ``name`` is ``value``; the seconds it took."""
+    start = trio.current_time()
+    with trio.fail_after(STEP_SECONDS):
+        while (await stats(broker))[name] != value:
+            await trio.sleep(0.02)
+    return trio.current_time() - start
+
+
+async def live_delivery(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """Events of every form to two subscribers, one at a time, then a burst."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, cors_origins=(ORIGIN,))
+    topic = "livetopic01"
+    streams = [
+        await open_stream(broker, topic),
+        await open_stream(broker, topic, f"Origin: {ORIGIN}"),
+    ]
+    seen: Seen = {"heads": [stream.head for stream in streams]}
+    forms = [
+        (
+            "several events",
+            post(
+                f"/publish/{topic}",
+                b"id: a\ndata: 1\n\nevent: two\ndata: 2\ndata: 2b\n\nid: c\ndata: 3\n",
+            ),
+            3,
+        ),
+        ("plain text", post(f"/publish/{topic}?event=note&id=p1", b"one\ntwo", PLAIN), 1),
+        ("retry", post(f"/publish/{topic}", b"retry: 1500\nid: r\ndata: x\n"), 1),
+    ]
+    async with await Raw.connect(broker) as publisher:
+        for name, sent, frames in forms:
+            await publisher.send(sent)
+            seen[f"{name}: answer"] = _normalise(await read_answer(publisher, sent))
+            seen[f"{name}: frames"] = [
+                _normalise(await stream.frames(frames)) for stream in streams
+            ]
+        # Pipelined: how the frames fall into chunks may vary; their bytes may not.
+        burst = b"".join(
+            post(f"/publish/{topic}", b"id: q%d\ndata: %d\n" % (n, n)) for n in range(20)
+        )
+        await publisher.send(burst)
+        seen["burst: answers"] = _normalise(await read_answer(publisher, burst))
+        seen["burst: frames"] = [dechunk(await stream.frames(20)) for stream in streams]
+    seen["stats"] = await stats_of(
+        broker, "clients", "topics", "published", "delivered", "dropped"
+    )
+    for stream in streams:
+        await stream.raw.aclose()
+    await broker.stop()
+    return seen
+
+
+async def heartbeats(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """An idle stream's heartbeats, an event between them, on a keep-alive
+    stream and a ``Connection: close`` one."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, heartbeat_seconds=0.3)
+    topic = "beattopic01"
+    streams = [
+        await open_stream(broker, topic),
+        await open_stream(broker, topic, "Connection: close"),
+    ]
+    seen: Seen = {"heads": [stream.head for stream in streams]}
+    seen["idle"] = [await stream.frames(2) for stream in streams]
+    await publish(broker, topic, b"id: between\ndata: x\n")
+    for n, stream in enumerate(streams):
+        # A heartbeat may come first: it is due when it is due.
+        while b"data: x" not in (chunk := await stream.frame()):
+            assert chunk == b"d\r\n: heartbeat\n\n\r\n", chunk
+        seen[f"event {n}"] = chunk
+        seen[f"after the event {n}"] = await stream.frame()
+    for stream in streams:
+        await stream.raw.aclose()
+    await broker.stop()
+    return seen
+
+
+#: An event that fills a small socket buffer fast.
+BIG = b"x" * 16_000
+
+
+async def slow_subscriber(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """A subscriber that stops reading while events come is dropped when its
+    queue (--queue 2) is full; another keeps everything."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, queue_events=2)
+    topic = "slowtopic01"
+    stalled = await open_stream(broker, topic, receive_buffer=4096)
+    healthy = await open_stream(broker, topic)
+    sent: list[bytes] = []
+    with trio.fail_after(STEP_SECONDS):
+        while not (await stats(broker))["dropped"]:
+            assert len(sent) < 100, "never dropped"
+            sent.append(b"id: e%d\ndata: %s\n" % (len(sent), BIG))
+            await publish(broker, topic, sent[-1])
+    seen: Seen = {"stats": await stats_of(broker, "clients", "dropped")}
+    received, ended = dechunk(await healthy.frames(len(sent)))
+    seen["the other subscriber"] = (received == b"".join(s + b"\n" for s in sent), ended)
+    seen["the dropped stream ends by"] = await stalled.until_end()
+    # Is the connection still there, to serve another request?
+    try:
+        await stalled.raw.send(get("/stats"))
+        answer = await stalled.raw.read_response()
+        seen["a request after the stream"] = answer.status
+    except (EOFError, trio.BrokenResourceError):
+        seen["a request after the stream"] = "connection closed"
+    await stalled.raw.aclose()
+    await healthy.raw.aclose()
+    await broker.stop()
+    return seen
+
+
+async def shutdown(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """Open streams when the broker stops: how each ends, and that the stop
+    has nothing to wait for."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=5)
+    topic = "stoptopic01"
+    streams = [
+        await open_stream(broker, topic),
+        await open_stream(broker, topic, "Connection: close"),
+    ]
+    await publish(broker, topic, b"id: last\ndata: x\n")
+    seen: Seen = {"last event": [await stream.frame() for stream in streams]}
+    start = trio.current_time()
+    await broker.stop()
+    seen["stopped well inside the grace period"] = trio.current_time() - start < 2.5
+    seen["ends"] = [await stream.raw.read_to_eof() for stream in streams]
+    for stream in streams:
+        await stream.raw.aclose()
+    return seen
+
+
+async def shutdown_beside_a_stalled_stream(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """The broker stops while one subscriber has stopped reading: the stop
+    waits the grace period for it; how the others' streams end meanwhile."""
+    grace = 2.0
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=grace)
+    topic = "stalltopic1"
+    stalled = await open_stream(broker, topic, receive_buffer=4096)
+    healthy = await open_stream(broker, topic)
+    for n in range(30):  # fill the stalled one's socket buffers
+        await publish(broker, topic, b"id: e%d\ndata: %s\n" % (n, BIG))
+    await healthy.frames(30)
+    seen: Seen = {}
+    start = trio.current_time()
+
+    async def read_healthy() -> None:
+        seen["the other stream's end"] = await healthy.raw.read_to_eof()
+        seen["the other connection closed well inside the grace period"] = (
+            trio.current_time() - start < grace / 2
+        )
+
+    async with trio.open_nursery() as reading:
+        reading.start_soon(read_healthy)
+        await broker.stop()
+        seen["the stop waited the grace period"] = trio.current_time() - start >= grace * 0.9
+    seen["the stalled stream ends by"] = await stalled.until_end()
+    await stalled.raw.aclose()
+    await healthy.raw.aclose()
+    return seen
+
+
+async def subscribers_leave(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """A subscriber hangs up, and one hangs up with a request pipelined
+    behind its stream: when each is gone, and what the broker then holds."""
+    heartbeat, grace = 1.0, 2.0
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, heartbeat_seconds=heartbeat, shutdown_grace_seconds=grace
+    )
+    seen: Seen = {}
+    for name, pipelined in (("hangs up", b""), ("hangs up, a request pipelined", get("/stats"))):
+        stream = await open_stream(broker, "leavetopic1")
+        await stream.raw.send(pipelined)
+        await wait_for_stat(broker, "clients", 1)
+        await stream.raw.aclose()
+        gone = await wait_for_stat(broker, "clients", 0)
+        seen[f"{name}: gone within half a heartbeat"] = gone < heartbeat / 2
+    start = trio.current_time()
+    await broker.stop()
+    seen["the stop had nothing to wait for"] = trio.current_time() - start < grace / 2
+    return seen
+
+
+async def pipelined_behind_close(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """A request pipelined behind one that says ``Connection: close``."""
+    broker = await start_broker(nursery, fast_lane=fast_lane)
+    topic = "closetopic1"
+    seen: Seen = {}
+    cases = {
+        "publish": post(f"/publish/{topic}", b"data: 1\n", "Connection: close"),
+        "subscribe": get(f"/subscribe/{topic}", "Connection: close"),
+    }
+    for name, first in cases.items():
+        async with await Raw.connect(broker) as raw:
+            await raw.send(first + post(f"/publish/{topic}", b"data: 2\n"))
+            seen[name] = _normalise(await read_answer(raw, first))
+    seen["published"] = await stats_of(broker, "published")
+    await broker.stop()
+    return seen
+
+
+SCENARIOS = [
+    live_delivery,
+    heartbeats,
+    slow_subscriber,
+    shutdown,
+    shutdown_beside_a_stalled_stream,
+    subscribers_leave,
+    pipelined_behind_close,
+]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A known difference between the lanes: what each one's clients see."""
+
+    scenario: str
+    observation: str
+    fast: object
+    quart: object
+    why: str
+
+
+DIVERGENCES = [
+    Divergence(
+        "slow_subscriber",
+        "the dropped stream ends by",
+        "connection closed",
+        "last chunk",
+        "the edge ends a dropped stream by closing the connection, its body cut short; "
+        "Quart's response generator ends, and Hypercorn completes the body",
+    ),
+    Divergence(
+        "slow_subscriber",
+        "a request after the stream",
+        "connection closed",
+        200,
+        "Hypercorn keeps the connection after the completed body, and serves it",
+    ),
+    Divergence(
+        "shutdown_beside_a_stalled_stream",
+        "the other connection closed well inside the grace period",
+        True,
+        False,
+        "the edge closes a connection when its stream ends; Hypercorn's waits for the "
+        "shutdown to close it, at the grace period's end",
+    ),
+    Divergence(
+        "subscribers_leave",
+        "hangs up, a request pipelined: gone within half a heartbeat",
+        True,
+        False,
+        "Hypercorn stops reading while a response is in progress and a request waits "
+        "(h11 PAUSED): the hang-up shows at a heartbeat's write (README, Design)",
+    ),
+    Divergence(
+        "subscribers_leave",
+        "the stop had nothing to wait for",
+        True,
+        False,
+        "reported: that connection's stream ended by a failed write, and Hypercorn, still "
+        "waiting to read the pipelined request, holds it until a shutdown's grace period ends",
+    ),
+    Divergence(
+        "pipelined_behind_close",
+        "publish",
+        b"HTTP/1.1 200 \r\ncontent-type: application/json\r\ncontent-length: 58\r\n"
+        b"date: <date>\r\nConnection: close\r\n\r\n"
+        b'{"id": "<assigned id>", "events": 1, "subscribers": 0}\n',
+        b"HTTP/1.1 400 \r\ncontent-length: 0\r\ndate: <date>\r\nConnection: close\r\n\r\n",
+        "h11 refuses bytes after a Connection: close request, and Hypercorn answers 400 "
+        "instead of the request's answer; the edge answers it and ignores the rest (README). "
+        "Reported: the publish is made all the same ('published' is 1 on both lanes)",
+    ),
+    Divergence(
+        "pipelined_behind_close",
+        "subscribe",
+        b"HTTP/1.1 200 \r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+        b"x-accel-buffering: no\r\ndate: <date>\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\ne\r\n: subscribed\n\n\r\n",
+        b"HTTP/1.1 400 \r\ncontent-length: 0\r\ndate: <date>\r\nConnection: close\r\n\r\n",
+        "as for a publish",
+    ),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+async def test_live_streams_are_served_alike(
+    nursery: trio.Nursery, scenario: Callable[[trio.Nursery, bool], Awaitable[Seen]]
+) -> None:
+    fast = await scenario(nursery, True)
+    quart = await scenario(nursery, False)
+    assert fast.keys() == quart.keys()
+    known = {row.observation: row for row in DIVERGENCES if row.scenario == scenario.__name__}
+    assert known.keys() <= fast.keys(), "a divergence row names no observation"
+    unexpected = []
+    for name in fast:
+        row = known.get(name)
+        if row is None and fast[name] != quart[name]:
+            unexpected.append(f"{name}:\n  fast:  {fast[name]!r}\n  quart: {quart[name]!r}")
+        elif row is not None and (fast[name], quart[name]) != (row.fast, row.quart):
+            unexpected.append(
+                f"{name} (a known divergence, now changed):\n"
+                f"  fast:  {fast[name]!r}, the row says {row.fast!r}\n"
+                f"  quart: {quart[name]!r}, the row says {row.quart!r}"
+            )
+    assert not unexpected, "\n".join(unexpected)
+
+
+def test_every_divergence_is_a_difference_of_a_scenario() -> None:
+    names = {scenario.__name__ for scenario in SCENARIOS}
+    for row in DIVERGENCES:
+        assert row.scenario in names, row
+        assert row.fast != row.quart, row
+        assert row.why, row
