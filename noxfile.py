@@ -1,4 +1,8 @@
-"""The one entry point: ``python3 noxfile.py -s tests lint typing`` is what CI runs.
+"""The one entry point: ``python3 noxfile.py -s tests_all lint typing`` is what CI runs.
+
+``-s tests`` runs the suite on the Python that runs nox; ``-s tests_all`` on every
+CPython series the package supports (3.11, 3.12 and 3.13, the Dockerfile's among
+them), each found on PATH or in pyenv's versions; a series the machine lacks fails.
 
 Run as a script, this file brings nox itself (``python3 -m nox`` works too
 where nox is installed): when nox cannot be imported, it is installed with

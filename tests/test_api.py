@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -271,12 +272,12 @@ async def test_persist_keeps_history_in_the_durable_store(
         assert [json.loads(line)["data"] for line in history.text.splitlines()] == [
             json.dumps(pubsub["id"])
         ]
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:  # `with` alone leaves it open
         topics = {row[0] for row in db.execute("SELECT DISTINCT topic FROM events")}
     assert topics == {kept["id"]}
     # Deleting a persisted topic deletes its rows.
     assert (await client.delete(f"{broker.url}{API}/{kept['id']}")).status_code == 200
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:  # `with` alone leaves it open
         assert db.execute("SELECT count(*) FROM events").fetchone() == (0,)
     await broker.stop()
 

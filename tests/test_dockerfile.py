@@ -13,6 +13,7 @@ runs exactly as written.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -321,8 +322,14 @@ async def test_entry_command_serves_and_the_health_check_follows_it(
         return done.returncode
 
     command = dockerfile.command()
+    # A session of its own, as the container's processes are: all of them end with it.
     broker = await trio.lowlevel.open_process(
-        command, env=env, cwd=str(data), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        env=env,
+        cwd=str(data),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     assert broker.stderr is not None
     try:
@@ -346,8 +353,8 @@ async def test_entry_command_serves_and_the_health_check_follows_it(
             assert await broker.wait() == 0, "a clean exit before docker stop kills"
         assert await check_health() == 1, "1 is Docker's 'unhealthy'"
     finally:
-        if broker.returncode is None:
-            broker.kill()
+        with contextlib.suppress(ProcessLookupError):  # the group has ended
+            os.killpg(broker.pid, signal.SIGKILL)
         with trio.CancelScope(shield=True):
             await broker.wait()
             await broker.stderr.aclose()
