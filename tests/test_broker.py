@@ -389,7 +389,7 @@ async def test_a_subscriber_gone_with_a_request_pipelined_leaves_nothing_open(
     sock.close()
     await wait_for_stats(client, broker, clients=0)
     await client.aclose()  # its keep-alive connection is not the one in question
-    with trio.fail_after(2):
+    with trio.fail_after(1):
         await broker.stop()
 
 

@@ -112,8 +112,12 @@ async def test_second_pipelined_subscribe_is_not_executed(
     # is in progress and a pipelined request waits (h11's PAUSED), so the
     # client's leaving shows at the next heartbeat's write instead of at once
     # (README, Design): heartbeats every 0.5 s here.
+    # A short grace: there, a connection whose client left stays until a
+    # shutdown's grace period ends (test_differential.py, DIVERGENCES).
     heartbeat = 15.0 if fast_lane else 0.5
-    broker = await start_broker(nursery, fast_lane=fast_lane, heartbeat_seconds=heartbeat)
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, heartbeat_seconds=heartbeat, shutdown_grace_seconds=1
+    )
     both = request("GET", "/subscribe/aaaaaaaa1") + request("GET", "/subscribe/bbbbbbbb2")
     for n in range(5):
         async with await Raw.connect(broker) as raw:
@@ -143,7 +147,8 @@ async def test_second_pipelined_subscribe_is_not_executed(
 async def test_publish_pipelined_behind_a_subscribe_is_not_executed(
     nursery: trio.Nursery, fast_lane: bool
 ) -> None:
-    broker = await start_broker(nursery, fast_lane=fast_lane)
+    # A short grace, as above: the quart lane holds the pipelining connection.
+    broker = await start_broker(nursery, fast_lane=fast_lane, shutdown_grace_seconds=1)
     watcher = await open_subscriber(broker, "pipedtarget1")
     async with watcher, await Raw.connect(broker) as raw:
         await raw.send(
