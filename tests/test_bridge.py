@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,11 @@ PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 
 
 @pytest.fixture(autouse=True)
-def fresh_check() -> None:
+def fresh_check() -> Iterator[None]:
+    """Each test checks afresh, and leaves no result of its reshaped names
+    cached for the brokers of later tests."""
+    bridge.check_private_names.cache_clear()
+    yield
     bridge.check_private_names.cache_clear()
 
 
