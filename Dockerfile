@@ -1,4 +1,4 @@
-# trio_esper in a container (README, "Container"):
+# trio_esper in a container (docs/container.md):
 #
 #   docker build -t trio-esper .
 #   docker run -p 3000:3000 -v esper-data:/data -e ESPER_PUBLISHER_SECRET=... trio-esper

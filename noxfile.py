@@ -88,10 +88,10 @@ RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
-#: Debian packages other tests drive: curl (the README's commands, TLS),
+#: Debian packages other tests drive: curl (the documentation's commands, TLS),
 #: redis-server (the backplane's tests start their own).
 TOOL_PACKAGES = ["curl", "redis-server"]
-LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "noxfile.py"]
+LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "docs/hooks", "noxfile.py"]
 
 
 def _ensure_browser(session: nox.Session) -> None:
@@ -252,7 +252,7 @@ def typing(session: nox.Session) -> None:
     """mypy --strict on the package, against trio's own (inline) annotations.
 
     trio-typing is deliberately not installed here: its trio-stubs shadow
-    trio's annotations and report false errors on current trio (README).
+    trio's annotations and report false errors on current trio (docs/development.md, Typing).
     """
     session.install("-e", ".", MYPY, *CONSTRAINED)
     session.run("mypy", "--strict")
@@ -277,9 +277,9 @@ def docs(session: nox.Session) -> None:
     session.run(
         "python",
         "-c",
-        "from pathlib import Path; from trio_esper.config import with_readme_table; "
+        "from pathlib import Path; from trio_esper.config import with_settings_table; "
         "page = Path('docs/configuration.md'); "
-        "page.write_text(with_readme_table(page.read_text()))",
+        "page.write_text(with_settings_table(page.read_text()))",
     )
 
 

@@ -20,14 +20,14 @@ from trio_esper.cli import EXIT_USAGE, build_parser, parse_config
 from trio_esper.config import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_PORT,
-    README_START,
     SETTINGS,
+    SETTINGS_START,
     Config,
     ConfigError,
     Setting,
-    readme_table,
+    settings_table,
     start_up_warnings,
-    with_readme_table,
+    with_settings_table,
 )
 
 SECRETS = {"ESPER_SUBSCRIBER_SECRET": "sub-secret", "ESPER_PUBLISHER_SECRET": "pub-secret"}
@@ -547,15 +547,15 @@ def test_help_is_fast_and_shows_no_secret_value() -> None:
         assert value not in result.stdout + result.stderr
 
 
-def test_the_readme_table_is_the_declarations() -> None:
+def test_the_settings_table_is_the_declarations() -> None:
     readme = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    assert README_START in readme
-    assert with_readme_table(readme) == readme, (
+    assert SETTINGS_START in readme
+    assert with_settings_table(readme) == readme, (
         "docs/configuration.md's settings table differs from the declaration: "
         "run python3 noxfile.py -s docs"
     )
     for s in SETTINGS:
-        assert f"`{s.variable}" in readme_table(), s
+        assert f"`{s.variable}" in settings_table(), s
 
 
 def test_help_says_nothing_it_does_not_show() -> None:

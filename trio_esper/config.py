@@ -81,9 +81,10 @@ MIN_BEARER_CHARS = 16
 
 #: Every variable's prefix.
 ENV_PREFIX = "ESPER_"
-#: Where the README's table of settings starts and ends (``nox -s docs`` rewrites it).
-README_START = "<!-- settings:start -->"
-README_END = "<!-- settings:end -->"
+#: Where the documentation's table of settings starts and ends (docs/configuration.md;
+#: ``nox -s docs`` rewrites it).
+SETTINGS_START = "<!-- settings:start -->"
+SETTINGS_END = "<!-- settings:end -->"
 
 _T = TypeVar("_T")
 #: A Markdown link to a section of the documentation: ``[title](#anchor)``.
@@ -781,7 +782,7 @@ def _declared() -> tuple[Setting, ...]:
 SETTINGS = _declared()
 
 
-def readme_table() -> str:
+def settings_table() -> str:
     """The documentation's table of settings (Markdown), from :data:`SETTINGS`."""
     rows = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
     for s in SETTINGS:
@@ -801,18 +802,18 @@ def readme_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def with_readme_table(readme: str) -> str:
-    """``readme`` with its table of settings, between :data:`README_START`
-    and :data:`README_END`, replaced by :func:`readme_table`.
+def with_settings_table(page: str) -> str:
+    """``page`` with its table of settings, between :data:`SETTINGS_START`
+    and :data:`SETTINGS_END`, replaced by :func:`settings_table`.
 
     Raises:
         ValueError: the markers are missing.
     """
-    head, start, rest = readme.partition(README_START)
-    _, end, tail = rest.partition(README_END)
+    head, start, rest = page.partition(SETTINGS_START)
+    _, end, tail = rest.partition(SETTINGS_END)
     if not (start and end):
-        raise ValueError(f"no {README_START} ... {README_END} in the README")
-    return f"{head}{start}\n{readme_table()}{end}{tail}"
+        raise ValueError(f"no {SETTINGS_START} ... {SETTINGS_END} in the page")
+    return f"{head}{start}\n{settings_table()}{end}{tail}"
 
 
 def _builds_without(cls: type[Config], values: dict[str, object], name: str) -> bool:

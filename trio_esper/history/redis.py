@@ -29,7 +29,7 @@ retries with backoff, then goes on from the last id it read per stream.
 
 Ids are the broker's: a publisher-given ``id:`` is refused (400), because an
 id must name a place in the shared log. ``coredis`` is the client: it runs
-on anyio, so natively under Trio (README, "Beyond one process").
+on anyio, so natively under Trio (docs/scaling.md, "Client: coredis").
 """
 
 from __future__ import annotations
