@@ -176,6 +176,7 @@ LANES_VARIABLE = "TRIO_ESPER_LANES"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _chosen_lanes()  # a typo stops the run at once, not at every test's collection
     # Registered here, beside the hook that reads them (--strict-markers).
     config.addinivalue_line(
         "markers",
@@ -188,14 +189,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def lanes_for(item: pytest.Function | pytest.FunctionDefinition) -> list[str]:
-    """The lanes a test that takes ``fast_lane`` runs on, by its marks and the
-    environment (:data:`LANES_VARIABLE`)."""
+def _chosen_lanes() -> str:
     chosen = os.environ.get(LANES_VARIABLE, "default") or "default"
     if chosen not in ("default", "both", *LANES):
         raise pytest.UsageError(
             f"{LANES_VARIABLE}={chosen!r}: expected default, both, {' or '.join(LANES)}"
         )
+    return chosen
+
+
+def lanes_for(item: pytest.Function | pytest.FunctionDefinition) -> list[str]:
+    """The lanes a test that takes ``fast_lane`` runs on, by its marks and the
+    environment (:data:`LANES_VARIABLE`)."""
+    chosen = _chosen_lanes()
     only = item.get_closest_marker("fast_lane_only")
     if only is not None:
         if not only.args or not str(only.args[0]).strip():
