@@ -1,0 +1,1 @@
+"""The Mercure hub (draft-dunglas-mercure): topic selectors, claims and publish forms."""
