@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from trio_esper.mercure.selectors import (
     ANY_TOPIC,
     GO_MAX_REPEAT,
+    MatcherStatistics,
     SelectorMatcher,
     TemplateError,
     compile_template,
@@ -436,7 +437,7 @@ def test_caches_are_bounded_by_entries() -> None:
 
 
 def test_caches_are_bounded_by_characters() -> None:
-    matcher = SelectorMatcher(max_template_chars=100, max_result_chars=100)
+    matcher = SelectorMatcher(max_cached_template_chars=100, max_cached_result_chars=100)
     long_topic = "https://example.com/" + "a" * 200
     assert matcher.match("https://example.com/{+x}", long_topic)
     assert matcher.statistics().results == 0  # a pair over the bound alone is not kept
@@ -467,7 +468,7 @@ def test_exact_and_any_use_no_cache() -> None:
     assert matcher.match(ANY_TOPIC, "urn:x")
     assert matcher.match("urn:x", "urn:x")
     assert not matcher.match("urn:y", "urn:x")
-    assert matcher.statistics() == matcher.statistics().__class__(0, 0, 0, 0, 0, 0)
+    assert matcher.statistics() == MatcherStatistics(0, 0, 0, 0, 0, 0)
 
 
 # -- The automaton against Python's re on the same regular expression --------

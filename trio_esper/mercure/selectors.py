@@ -19,7 +19,7 @@ against a long run of commas followed by a ``/`` takes exponential time).
 
 Where this differs from Mercure, on purpose:
 
-- a template longer than ``max_template_chars`` (default
+- a template longer than a matcher's ``max_template_length`` (default
   :data:`MAX_TEMPLATE_CHARS`) is not compiled and matches only itself, which
   bounds the work one subscriber's selector can cost a publisher;
 - a template whose expression lists more than :data:`GO_MAX_REPEAT` + 1
@@ -569,12 +569,13 @@ class SelectorMatcher:
     templates, and results per (selector, topic) pair, bounded by entries).
     Here each holds at most ``max_templates`` / ``max_results`` entries and,
     since one client can send long selectors and topics, at most
-    ``max_template_chars`` / ``max_result_chars`` characters of keys; an entry
-    over that alone is not cached. Least recently used entries go first. A
-    compiled template costs memory in proportion to its length (its NFA, and a
-    DFA cache bounded to eight entries per NFA state), so the memory of both
-    caches is bounded by those character counts. ``*`` and equal strings are
-    answered without a cache, as Mercure does.
+    ``max_cached_template_chars`` / ``max_cached_result_chars`` characters of
+    keys; an entry over that alone is not cached. Least recently used entries
+    go first. A compiled template costs memory in proportion to its length
+    (its NFA, and a DFA cache bounded to about twice its NFA's states), so
+    those character counts bound the memory of both caches. A selector longer
+    than ``max_template_length`` is not compiled (it matches only itself).
+    ``*`` and equal strings are answered without a cache, as Mercure does.
 
     Not thread-safe: one per hub, used from its one thread (trio's).
     """
@@ -586,14 +587,14 @@ class SelectorMatcher:
         *,
         max_templates: int = DEFAULT_CACHE_ENTRIES,
         max_results: int = DEFAULT_CACHE_ENTRIES,
-        max_template_chars: int = DEFAULT_CACHED_TEMPLATE_CHARS,
-        max_result_chars: int = DEFAULT_CACHED_RESULT_CHARS,
+        max_cached_template_chars: int = DEFAULT_CACHED_TEMPLATE_CHARS,
+        max_cached_result_chars: int = DEFAULT_CACHED_RESULT_CHARS,
         max_template_length: int = MAX_TEMPLATE_CHARS,
     ) -> None:
         self._templates: _LRU[str, CompiledTemplate | None] = _LRU(
-            max_templates, max_template_chars
+            max_templates, max_cached_template_chars
         )
-        self._results: _LRU[tuple[str, str], bool] = _LRU(max_results, max_result_chars)
+        self._results: _LRU[tuple[str, str], bool] = _LRU(max_results, max_cached_result_chars)
         self._max_template_length = max_template_length
         self._hits = 0
         self._misses = 0
