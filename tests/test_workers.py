@@ -87,3 +87,15 @@ async def test_rolling_restart_refuses_nothing_and_loses_nothing(
         assert subscription.connections >= 2  # it did move to a fresh worker
         assert running.log_lines("rolling restart: starting 2 fresh workers")
         assert not running.log_lines(r"exited with status|Traceback")
+
+
+async def test_sigterm_while_the_workers_start_stops_them_cleanly(
+    redis_server: RedisServer,
+) -> None:
+    # broker_process returns at the first start line: a worker's, while the
+    # supervisor still waits for the second one. A SIGTERM then must stop
+    # both workers and exit 0, not end the supervisor by the default action.
+    async with broker_process("--threads", "2", "--backplane", redis_server.url) as running:
+        status = await running.stop()
+    assert status == 0, running.stderr.decode(errors="replace")
+    assert running.log_lines("SIGTERM received, stopping the workers"), running.stderr

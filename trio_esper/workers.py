@@ -163,20 +163,23 @@ class _Supervisor:
         self._stopping = False
 
     async def run(self) -> int:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if not await self._start_generation():
-                log.error("workers did not start; exiting", extra={"event": "workers_failed"})
-                await self._stop(self._workers)
-                return 1
-            nursery.start_soon(self._hand_out)
-            log.info(
-                "listening on %s with %d workers (SIGHUP: rolling restart)",
-                self._url,
-                len(self._workers),
-                extra={"event": "start"},
-            )
-            with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+        # Signals are taken from before the workers start: one that arrives
+        # while they start (or just after the start line) waits its turn
+        # instead of ending the supervisor by the default action.
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if not await self._start_generation():
+                    log.error("workers did not start; exiting", extra={"event": "workers_failed"})
+                    await self._stop(self._workers)
+                    return 1
+                nursery.start_soon(self._hand_out)
+                log.info(
+                    "listening on %s with %d workers (SIGHUP: rolling restart)",
+                    self._url,
+                    len(self._workers),
+                    extra={"event": "start"},
+                )
                 async for signum in sigs:
                     if signum == signal.SIGHUP:
                         await self._rolling_restart()
@@ -190,7 +193,7 @@ class _Supervisor:
                     self._stopping = True
                     await self._stop(self._workers)
                     break
-            nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
         return 0
 
     async def _hand_out(self) -> None:
