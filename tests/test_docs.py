@@ -106,6 +106,9 @@ CLAIMS: dict[tuple[str, str], str] = {
         "test_try_it"
     ),
     ("docs/api.md", "curl -X POST -H 'Content-Type: text/plain'"): "test_plain_text_publish",
+    ("docs/mercure.md", "export ESPER_PUBLISHER_SECRET="): "test_mercure_hub",
+    ("docs/mercure.md", "curl -gN 'http://127.0.0.1:3000/.well-known/mercure"): "test_mercure_hub",
+    ("docs/mercure.md", "TOKEN=$(python -c 'import jwt, sys;"): "test_mercure_hub",
     ("docs/client.md", "import trio"): "test_python_client",
     ("docs/embedding.md", "ESPER_HISTORY=sqlite:history.db hypercorn"): "test_under_hypercorn",
     ("docs/embedding.md", '"""trio_esper inside your own Quart-Trio application.'): (
@@ -526,6 +529,23 @@ def test_plain_text_publish(tmp_path: Path) -> None:
             )
             assert json.loads(done.stdout)["id"] == "n1"
             stream.wait_for("id: n1\nevent: note\ndata: first line\ndata: second line\n\n")
+
+
+def test_mercure_hub(tmp_path: Path) -> None:
+    """The Mercure page's hub, its subscribe and its publish, as written."""
+    port = free_port()
+    server = block("docs/mercure.md", "export ESPER_PUBLISHER_SECRET=")
+    with serving_block(server, tmp_path, base_env(), port) as (served, env):
+        wait_until_serving(f"http://127.0.0.1:{port}", served)
+        subscribe = localise(
+            block("docs/mercure.md", "curl -gN 'http://127.0.0.1:3000").text, port
+        )
+        with listening(subscribe, tmp_path, base_env()) as stream:
+            publish = localise(block("docs/mercure.md", "TOKEN=$(python -c").text, port)
+            done = run_bash(publish, tmp_path, env)
+            update_id = done.stdout.strip()
+            assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", update_id), done.stdout
+            stream.wait_for(f'id: {update_id}\ndata: {{"title": "Dune"}}\n\n')
 
 
 def test_python_client(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from trio_esper.mercure.claims import (
     find_token,
     verify_token,
 )
-from trio_esper.mercure.selectors import SelectorMatcher
+from trio_esper.selectors import SelectorMatcher
 
 SECRET = "a-secret-of-at-least-thirty-two-bytes"
 NOW = 1_800_000_000

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
 import requests
 import schemathesis
@@ -406,6 +407,10 @@ def _token(scheme: str, topic: str | None) -> str:
         return make_token(SUBSCRIBER_SECRET, subject, exp_in=TOKEN_SECONDS)
     if scheme == "publisherJwt":
         return make_token(PUBLISHER_SECRET, subject, exp_in=TOKEN_SECONDS, admin=True)
+    if scheme == "mercureSubscriberJwt":
+        return jwt.encode({"mercure": {"subscribe": ["*"]}}, SUBSCRIBER_SECRET, "HS256")
+    if scheme == "mercurePublisherJwt":
+        return jwt.encode({"mercure": {"publish": ["*"]}}, PUBLISHER_SECRET, "HS256")
     return {"apiToken": API_TOKEN, "metricsToken": METRICS_TOKEN}[scheme]
 
 

@@ -15,7 +15,18 @@ import pytest
 import trio_esper
 
 PACKAGE_DIR = Path(trio_esper.__file__).parent
-PURE_MODULES = ("sse", "topics", "auth", "config", "logs", "h1")
+PURE_MODULES = (
+    "sse",
+    "topics",
+    "auth",
+    "config",
+    "logs",
+    "h1",
+    "selectors",
+    "routing",
+    "mercure.claims",
+    "mercure.forms",
+)
 FORBIDDEN = ("trio", "quart", "quart_trio", "hypercorn")
 
 # Prints the forbidden top-level packages found in sys.modules, one a line.

@@ -50,7 +50,16 @@ def _seed(path: Path, rows: int, data_bytes: int) -> None:
     conn.executemany(
         INSERT,
         (
-            (base + n, (TOPIC, OTHER)[n % 2], f"seed{n}", None, f"{n:06d}" * data_bytes, None, 0.0)
+            (
+                base + n,
+                (TOPIC, OTHER)[n % 2],
+                f"seed{n}",
+                None,
+                f"{n:06d}" * data_bytes,
+                None,
+                0.0,
+                None,
+            )
             for n in range(rows)
         ),
     )

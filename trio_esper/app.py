@@ -26,6 +26,7 @@ from .errors import (
 )
 from .history import Record
 from .hub import Hub
+from .mercure import routes as mercure_routes
 from .metrics import Metrics
 from .topics import normalise_topic
 
@@ -162,6 +163,7 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
         )
 
     api.register(app, config, hub, route, opening)
+    mercure_routes.register(app, config, hub, route, opening)
     ops.register(app, config, hub, route, metrics)
     return app
 

@@ -497,6 +497,14 @@ class Config:
         help="serve every request through Quart-Trio, none through the edge's fast forms "
         "(see [Design](#design))",
     )
+    mercure_anonymous: bool = setting(
+        False,
+        "--mercure-anonymous",
+        switch=True,
+        help="let subscribers without a token receive the public updates of the "
+        "[Mercure hub](#mercure) (its `anonymous` directive); without it they get 401 "
+        "when a subscriber secret or key file is set",
+    )
     api_token: str | None = setting(
         None,
         help="static bearer token for the management routes of the [topic API](#topic-api) "

@@ -386,7 +386,7 @@ class Stream:
     """The id history is replayed after (from the oldest if ``None``)."""
 
 
-def _header_text(value: str | None) -> str | None:
+def header_text(value: str | None) -> str | None:
     """A header value as its sender meant it. ASGI servers (and the edge,
     to answer alike) decode header bytes as ISO-8859-1; the WHATWG
     EventSource sends ``Last-Event-ID`` as UTF-8, so an id such as
@@ -412,7 +412,7 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     since = args.get("since")
     if since is not None and since != "earliest":
         raise BadRequest("since must be 'earliest'")
-    last_id = _header_text(request.last_event_id) or args.get("lastEventId")
+    last_id = header_text(request.last_event_id) or args.get("lastEventId")
     if last_id:
         return Stream(topic, True, last_id)
     return Stream(topic, since is not None, None)

@@ -49,6 +49,8 @@ from .errors import (
 )
 from .history import History, Record
 from .history.memory import MemoryHistory
+from .routing import Route, Router, Selection, selects
+from .selectors import SelectorMatcher
 from .sse import HEARTBEAT_FRAME, Event, check_resumable_id, encode
 from .topics import normalise_topic
 
@@ -60,6 +62,9 @@ TOPIC_INBOX_BATCHES = 256
 MAX_FRAMES_PER_CHUNK = 256
 #: Random bytes in a topic id the hub makes up (hex: twice as many characters).
 TOPIC_ID_BYTES = 16
+#: The routed log's name among the hub's topics: no topic id can take it
+#: (ids are letters and digits), so the log is a namespace of its own.
+ROUTED_LOG = "~routed"
 #: The last event a deleted topic's subscribers get before their stream ends.
 DELETED_FRAME = encode(Event('{"reason": "topic-deleted"}', event="deleted"))
 
@@ -177,14 +182,25 @@ class Subscription:
         "_queued",
         "_receive",
         "_replayed_through",
+        "_selection",
         "_send",
         "_topic",
         "_wake",
     )
 
-    def __init__(self, hub: Hub, topic: Topic, *, frame: Frame, client: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        topic: Topic,
+        *,
+        frame: Frame,
+        client: str,
+        selection: Selection | None = None,
+    ) -> None:
         self._hub = hub
         self._topic = topic
+        #: What it receives of a routed log (``None``: every event of its topic).
+        self._selection = selection
         #: Who subscribed (see :meth:`Hub.subscribe`).
         self._client = client
         #: How the transport frames what it is handed (see :data:`Frame`).
@@ -411,12 +427,14 @@ class Subscription:
 
 
 class Topic:
-    """The subscribers of one topic id and the task that fans out to them."""
+    """The subscribers of one topic id and the task that fans out to them;
+    for the routed log, with the router that picks each update's recipients."""
 
-    def __init__(self, hub: Hub, name: str) -> None:
+    def __init__(self, hub: Hub, name: str, router: Router[Subscription] | None = None) -> None:
         self.hub = hub
         self.name = name
         self.subscribers: set[Subscription] = set()
+        self.router = router
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[Sequence[Record]](
             TOPIC_INBOX_BATCHES
         )
@@ -470,9 +488,18 @@ class Topic:
             await self._fanned.park()
 
     def _fan_out(self, records: Sequence[Record]) -> None:
-        bare: list[Item] = [(r.seq, r.frame) for r in records]
-        wire = b"".join([frame for _, frame in bare])  # one frame: that object itself
-        self._hand_out(self.subscribers, bare, wire, records[0].seq, len(records))
+        router = self.router
+        if router is None:
+            bare: list[Item] = [(r.seq, r.frame) for r in records]
+            wire = b"".join([frame for _, frame in bare])  # one frame: that object itself
+            self._hand_out(self.subscribers, bare, wire, records[0].seq, len(records))
+            return
+        for record in records:  # each update to its own recipients, in order
+            if record.route is not None:
+                recipients = router.recipients(record.route)
+                self._hand_out(
+                    recipients, [(record.seq, record.frame)], record.frame, record.seq, 1
+                )
 
     def _hand_out(
         self,
@@ -514,7 +541,11 @@ class Topic:
             elif not subscription._queue(items):
                 gone.append(subscription)
         self.hub._delivered += delivered
-        self.subscribers.difference_update(gone)
+        if gone:
+            self.subscribers.difference_update(gone)
+            if self.router is not None:
+                for subscription in gone:
+                    self.router.discard(subscription)
 
     async def _heartbeat(self, heartbeat_seconds: float) -> None:
         beat: list[Item] = [(None, HEARTBEAT_FRAME)]
@@ -543,17 +574,27 @@ class Subscribing:
     subscription. A class rather than a generator-based context manager:
     every open stream keeps one, and this one is a few dozen bytes."""
 
-    __slots__ = ("_client", "_frame", "_hub", "_subscription", "_topic")
+    __slots__ = ("_client", "_frame", "_hub", "_selection", "_subscription", "_topic")
 
-    def __init__(self, hub: Hub, topic: str, frame: Frame, client: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        topic: str,
+        frame: Frame,
+        client: str,
+        selection: Selection | None = None,
+    ) -> None:
         self._hub = hub
         self._topic = topic
         self._frame = frame
         self._client = client
+        self._selection = selection
         self._subscription: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        subscription = self._hub._subscribe(self._topic, self._frame, self._client)
+        subscription = self._hub._subscribe(
+            self._topic, self._frame, self._client, self._selection
+        )
         try:
             await self._hub._watched(subscription._topic)
         except BaseException:
@@ -618,6 +659,8 @@ class Hub:
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_events = queue_events
         self._topics: dict[str, Topic] = {}
+        #: (selector, topic) matches, shared by the routed log's fan-out and replay.
+        self._matcher = SelectorMatcher()
         self._closing = False
         self._closing_started = trio.Event()
         self._closed = trio.Event()
@@ -650,6 +693,27 @@ class Hub:
         """
         return Subscribing(self, normalise_topic(topic), _bare if frame is None else frame, client)
 
+    def subscribe_routed(
+        self, selection: Selection, *, frame: Frame | None = None, client: str = ""
+    ) -> Subscribing:
+        """Subscribe to the routed log's updates that ``selection`` selects,
+        for an ``async with`` block, as :meth:`subscribe` does for a topic:
+        updates of every selected topic on one stream, in the order the log
+        has them, with one resume point (:meth:`replay`).
+
+        Raises (on entry): as :meth:`subscribe`.
+        """
+        if not selection.selectors:
+            raise BadRequest("a subscription selects at least one topic")
+        return Subscribing(self, ROUTED_LOG, _bare if frame is None else frame, client, selection)
+
+    def admit_routed(self, client: str = "") -> None:
+        """:meth:`admit` for a subscription to the routed log.
+
+        Raises: as :meth:`admit`.
+        """
+        self.admit(ROUTED_LOG, client)
+
     def admit(self, topic: str, client: str = "") -> None:
         """Check that a subscription to ``topic`` by ``client`` would be
         taken now, without taking it: for a front end that must answer
@@ -669,7 +733,11 @@ class Hub:
             raise LimitReached(f"the broker holds its limit of {limits.subscribers} subscribers")
         if entry is None and len(self._topics) >= limits.topics:
             raise LimitReached(f"the broker holds its limit of {limits.topics} topics")
-        if entry is not None and len(entry.subscribers) >= limits.subscribers_per_topic:
+        if (
+            entry is not None
+            and entry.router is None  # the routed log's subscribers select many topics
+            and len(entry.subscribers) >= limits.subscribers_per_topic
+        ):
             raise LimitReached(
                 f"the topic has its limit of {limits.subscribers_per_topic} subscribers"
             )
@@ -678,15 +746,21 @@ class Hub:
                 f"this address holds its limit of {limits.subscriptions_per_client} subscriptions"
             )
 
-    def _subscribe(self, topic: str, frame: Frame, client: str) -> Subscription:
+    def _subscribe(
+        self, topic: str, frame: Frame, client: str, selection: Selection | None = None
+    ) -> Subscription:
         self.admit(topic, client)
         entry = self._topics.get(topic)
         if entry is None:
-            entry = self._topics[topic] = Topic(self, topic)
+            router = None if selection is None else Router[Subscription](self._matcher)
+            entry = self._topics[topic] = Topic(self, topic, router)
             self._nursery.start_soon(entry.run, self._heartbeat_seconds, name=f"topic {topic}")
-        self.catalog.used(topic, self._in_use)
-        subscription = Subscription(self, entry, frame=frame, client=client)
+        if selection is None:
+            self.catalog.used(topic, self._in_use)
+        subscription = Subscription(self, entry, frame=frame, client=client, selection=selection)
         entry.subscribers.add(subscription)
+        if entry.router is not None and selection is not None:
+            entry.router.add(subscription, selection)
         self._subscriptions += 1
         self._per_client[client] = self._per_client.get(client, 0) + 1
         return subscription
@@ -730,6 +804,8 @@ class Hub:
             self._per_client[client] -= 1
         entry = subscription._topic
         entry.subscribers.discard(subscription)
+        if entry.router is not None:
+            entry.router.discard(subscription)
         if not entry.subscribers and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
             entry.close()
@@ -744,12 +820,18 @@ class Hub:
         """One page of ``subscription``'s topic history: up to ``limit``
         records after id ``after`` (from the oldest if ``None``), marked so
         live delivery skips them. Records already replayed are left out, so
-        paging on is safe even if ``after`` was pruned in between."""
+        paging on is safe even if ``after`` was pruned in between. A routed
+        subscription's page holds the updates it selects (perhaps none: page
+        on while ``next_after`` is not ``None``)."""
         page = await self.history.after(subscription.topic, after, limit)
         records = [r for r in page.records if r.seq > subscription._replayed_through]
         if records:
+            # Every record up to here was considered, selected or not.
             subscription._replayed_through = records[-1].seq
-            self._delivered += len(records)
+        selection, router = subscription._selection, subscription._topic.router
+        if selection is not None and router is not None:
+            records = [r for r in records if r.route and router.selects(selection, r.route)]
+        self._delivered += len(records)
         more = len(page.records) == limit
         return ReplayPage(records, page.found, page.records[-1].id if more else None)
 
@@ -785,6 +867,10 @@ class Hub:
         records = await self.history.append(topic, events, self._deliver)
         self._published += len(records)
         self.catalog.published(self.catalog.used(topic, self._in_use), len(records))
+        return await self._fanned(topic, records, started)
+
+    async def _fanned(self, topic: str, records: list[Record], started: float) -> Published:
+        """Wait until ``records``, stored, are fanned out to ``topic``'s subscribers."""
         entry = self._topics.get(topic)
         subscribers = 0
         if entry is not None:
@@ -797,6 +883,55 @@ class Hub:
         if self.observe_publish is not None:
             self.observe_publish(time.perf_counter() - started, subscribers)
         return Published(records, subscribers)
+
+    async def publish_routed(self, route: Route, events: Sequence[Event]) -> Published:
+        """Store ``events`` in the routed log with ``route`` and hand them to
+        the subscriptions that select it (:meth:`subscribe_routed`), as
+        :meth:`publish` does for a topic. ``Published.subscribers`` counts the
+        log's subscriptions, not the recipients.
+
+        Raises:
+            InvalidEvent: no events, or an id a client could not send back.
+            Conflict: an event id is already in the log.
+            HistoryError: the history store failed.
+        """
+        if not events:
+            raise InvalidEvent("nothing to publish: no events")
+        for event in events:
+            if event.id is not None:
+                check_resumable_id(event.id)
+        started = time.perf_counter()
+        records = await self.history.append(ROUTED_LOG, events, self._deliver, route=route)
+        self._published += len(records)
+        return await self._fanned(ROUTED_LOG, records, started)
+
+    async def routed_position(self, last_id: str, selection: Selection) -> str | None:
+        """Where a routed subscription resuming after ``last_id`` stands:
+        ``last_id`` itself if the log retains it (resume after it), else
+        ``None`` (an unknown or expired id).
+
+        Raises:
+            HistoryError: the store failed to read.
+        """
+        page = await self.history.after(ROUTED_LOG, last_id, 1)
+        return last_id if page.found else None
+
+    async def newest_selected(self, selection: Selection, page_events: int) -> str | None:
+        """The id of the newest retained update of the routed log that
+        ``selection`` receives, or ``None``: read a page at a time.
+
+        Raises:
+            HistoryError: the store failed to read.
+        """
+        newest, after = None, None
+        while True:
+            page = await self.history.after(ROUTED_LOG, after, page_events)
+            for record in page.records:
+                if record.route is not None and selects(self._matcher, selection, record.route):
+                    newest = record.id
+            if len(page.records) < page_events:
+                return newest
+            after = page.records[-1].id
 
     def _check_not_deleted(self, topic: str) -> None:
         if self.catalog.is_deleted(topic):

@@ -64,6 +64,27 @@ TAGS = {
 
 _OPEN_WHEN_UNSET = " When it is not configured, routes that take it are open."
 SECURITY_SCHEMES: Json = {
+    "mercureSubscriberJwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": (
+            "A Mercure JWT verified with the subscriber secret or key file: its "
+            "`mercure.subscribe` selectors admit private updates; `exp` optional. Also taken "
+            "from `?authorization=` or the `mercureAuthorization` cookie. Without one: 401, or "
+            "public updates only with `--mercure-anonymous`." + _OPEN_WHEN_UNSET
+        ),
+    },
+    "mercurePublisherJwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": (
+            "A Mercure JWT verified with the publisher secret or key file: every topic of the "
+            "update must match a `mercure.publish` selector; `exp` optional. Also taken from "
+            "`?authorization=`; never from a cookie." + _OPEN_WHEN_UNSET
+        ),
+    },
     "subscriberJwt": {
         "type": "http",
         "scheme": "bearer",
@@ -662,6 +683,92 @@ def _subscribe(endpoint: str, tag: str, summary: str, not_found: str) -> Json:
     )
 
 
+def _mercure_subscribe() -> Json:
+    stream = ': subscribed\n\nid: urn:uuid:2b5b...\ndata: {"title": "Dune"}\n\n'
+    return _operation(
+        "mercure_subscribe",
+        "Mercure",
+        "Subscribe to Mercure topics",
+        "The Mercure protocol's subscription (draft-dunglas-mercure): one stream of the "
+        "updates of every topic a `topic` selector (a topic IRI, `*` or an RFC 6570 URI "
+        "template) selects, in the order the hub stored them; private updates only where the "
+        "token's `mercure.subscribe` claim allows one of their topics. With `Last-Event-ID` "
+        "(or `lastEventID`) the answer's `Last-Event-ID` header says where the stream resumes.",
+        security=[{"mercureSubscriberJwt": []}],
+        parameters=[
+            _param(
+                "topic",
+                "query",
+                "A topic selector; repeat it for more (at most 1000).",
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                required=True,
+                explode=True,
+            ),
+            _param(
+                "lastEventID",
+                "query",
+                "Resume after this update id (`earliest`: everything retained).",
+                {"type": "string"},
+            ),
+        ],
+        responses=_ok("The event stream.", _content(SSE, _ref("Event"), stream))
+        | _errors(
+            {
+                400: "No `topic`, or more than 1000.",
+                401: "A token that does not verify, or none without `--mercure-anonymous`.",
+                503: _SUBSCRIBE_503,
+            }
+        ),
+    )
+
+
+def _mercure_publish() -> Json:
+    return _operation(
+        "mercure_publish",
+        "Mercure",
+        "Publish a Mercure update",
+        "A form with `topic` (repeatable: the first canonical, the rest alternates), `data`, "
+        "`id`, `type`, `retry` and `private`. Answers the update's id: the publisher's, else a "
+        "`urn:uuid:` one the hub makes up.",
+        security=[{"mercurePublisherJwt": []}],
+        body={
+            "required": True,
+            "description": "At most `--max-body` bytes, `application/x-www-form-urlencoded`.",
+            "content": _content(
+                "application/x-www-form-urlencoded",
+                {
+                    "type": "object",
+                    "properties": {
+                        "topic": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                        },
+                        "data": {"type": "string"},
+                        "id": _EVENT_ID,
+                        "type": {"type": "string", "pattern": EVENT_TYPE_PATTERN},
+                        "retry": {"type": "string", "pattern": "^[0-9]+$"},
+                        "private": {"type": "string"},
+                    },
+                    "required": ["topic"],
+                },
+            ),
+        },
+        responses=_ok("The update's id.", _content(TEXT, _TEXT_SCHEMA, "urn:uuid:2b5b..."))
+        | _errors(
+            {
+                400: "No `topic`; a bad `retry`; CR, LF or NUL in `type`; an `id` a client "
+                "could not send back (control characters, spaces at its ends, too long).",
+                401: "No token, or one that does not verify.",
+                403: "A topic outside the token's `mercure.publish` claim, or in "
+                "`/.well-known/mercure`.",
+                413: "A body over `--max-body`.",
+                503: "The history store cannot take the update now.",
+            }
+        ),
+    )
+
+
 def _publish() -> Json:
     sse_body = "event: greeting\nid: 42\ndata: hello\ndata: world\n"
     return _operation(
@@ -941,6 +1048,7 @@ def _paths() -> dict[str, Json]:
             get=_subscribe("subscribe", "esper", "Subscribe to a topic", _DELETED)
         ),
         "/publish/{topic}": _path_item(post=_publish()),
+        "/.well-known/mercure": _path_item(get=_mercure_subscribe(), post=_mercure_publish()),
         "/history/{topic}": _path_item(
             get=_history(endpoints.HISTORY_LIMIT_DEFAULT, endpoints.HISTORY_LIMIT_MAX)
         ),

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..routing import Route
 from ..sse import Event, encode
 from .spec import parse_history_spec as parse_history_spec
 
@@ -36,12 +37,16 @@ class Record:
     time: float
     """Publish time, seconds since the epoch."""
     frame: bytes = field(repr=False, compare=False, default=b"")
+    route: Route | None = None
+    """Where it goes, for a record of the routed log (:mod:`..routing`)."""
 
     @classmethod
-    def create(cls, seq: int, topic: str, event: Event, when: float) -> Record:
+    def create(
+        cls, seq: int, topic: str, event: Event, when: float, route: Route | None = None
+    ) -> Record:
         if event.id is None:
             event = Event(event.data, event.event, str(seq), event.retry)
-        return cls(seq, topic, event, when, encode(event))
+        return cls(seq, topic, event, when, encode(event), route)
 
     @property
     def id(self) -> str:
@@ -79,11 +84,14 @@ Deliver = Callable[[str, Sequence[Record]], Awaitable[None]]
 
 
 class History(Protocol):
-    async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
+    async def append(
+        self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
+    ) -> list[Record]:
         """Store ``events`` (in order) for ``topic``; assign ids to those
         without one; call ``deliver`` with the stored records in seq order
         across all appends; return them once stored (durably, where the
-        backend is durable).
+        backend is durable). ``route``: the records' route (the routed log's
+        records carry one), stored with them and read back with them.
 
         Raises:
             Conflict: an event's id is already retained for ``topic``; none

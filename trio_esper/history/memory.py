@@ -52,6 +52,7 @@ from typing import cast
 import trio
 
 from ..errors import Conflict
+from ..routing import Route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
 
@@ -154,7 +155,8 @@ class _Ring:
         if self.head * 2 >= len(self.records):
             del self.records[: self.head]
             self.head = 0
-        del self.by_id[record.id]
+        if self.by_id.get(record.id) is record:  # a repeated id maps to its newest record
+            del self.by_id[record.id]
         return record
 
     def oldest(self, limit: int) -> list[Record]:
@@ -186,9 +188,13 @@ class MemoryHistory:
         self._events = 0
         self._seqs = SeqClock()
 
-    async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
+    async def append(
+        self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
+    ) -> list[Record]:
         ids = [e.id for e in events if e.id is not None]
-        if ids:
+        # The routed log takes a publisher's id again (as Mercure's hub
+        # does): resuming from it resumes after its newest record.
+        if ids and route is None:
             ring = self._rings.get(topic)
             if len(set(ids)) != len(ids) or (
                 ring is not None and any(i in ring.by_id for i in ids)
@@ -200,9 +206,11 @@ class MemoryHistory:
         records = []
         for event in events:
             # The ring's topic string, so records share it rather than each keep a copy.
-            record = Record.create(self._seqs.next(), ring.topic, event, now)
-            while record.id in ring.by_id:  # a publisher chose an id we would assign
-                record = Record.create(self._seqs.next(), ring.topic, event, now)
+            record = Record.create(self._seqs.next(), ring.topic, event, now, route)
+            # A publisher chose an id we would assign (the routed log takes a
+            # publisher's id again: that one stays).
+            while event.id is None and record.id in ring.by_id:
+                record = Record.create(self._seqs.next(), ring.topic, event, now, route)
             records.append(record)
             self._store(ring, record)
         self._evict(ring)
@@ -214,7 +222,8 @@ class MemoryHistory:
         the SQLite backend's cache of recent events."""
         ring = self._touch(topic)
         for record in records:
-            if record.id in ring.by_id:  # cannot happen while the file enforces uniqueness
+            # Cannot happen while the file enforces uniqueness (the routed log's repeat).
+            if record.route is None and record.id in ring.by_id:
                 continue
             self._store(ring, record)
         self._evict(ring)

@@ -48,6 +48,7 @@ import coredis.retry
 import trio
 
 from ..errors import BadRequest, HistoryError
+from ..routing import Route, decode_route, encode_route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay
 
@@ -97,15 +98,24 @@ def _valid_entry_id(text: str) -> bool:
 def _record(topic: str, entry_id: str, fields: Any) -> Record:
     retry = fields.get("r")
     event = Event(fields.get("d", ""), fields.get("e"), entry_id, int(retry) if retry else None)
-    return Record.create(seq_of(entry_id), topic, event, float(fields.get("t", 0.0)))
+    route = fields.get("w")
+    return Record.create(
+        seq_of(entry_id),
+        topic,
+        event,
+        float(fields.get("t", 0.0)),
+        None if route is None else decode_route(route),
+    )
 
 
-def _fields(event: Event, when: float) -> dict[str, str]:
+def _fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
     fields = {"d": event.data, "t": repr(when)}
     if event.event is not None:
         fields["e"] = event.event
     if event.retry is not None:
         fields["r"] = str(event.retry)
+    if route is not None:
+        fields["w"] = encode_route(route)
     return fields
 
 
@@ -128,7 +138,9 @@ class RedisHistory:
 
     # -- the History protocol ----------------------------------------------------
 
-    async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
+    async def append(
+        self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
+    ) -> list[Record]:
         for event in events:
             if event.id is not None:
                 raise BadRequest(
@@ -143,7 +155,7 @@ class RedisHistory:
                     pending = [
                         pipe.xadd(
                             key,
-                            _fields(event, now),
+                            _fields(event, now, route),
                             trim_strategy=coredis.PureToken.MAXLEN,
                             trim_operator=coredis.PureToken.APPROXIMATELY,
                             threshold=self.max_events_per_topic,
@@ -157,7 +169,9 @@ class RedisHistory:
             raise self._unavailable("publish", exc) from None
         self._up()
         return [
-            Record.create(seq_of(entry_id), topic, Event(e.data, e.event, entry_id, e.retry), now)
+            Record.create(
+                seq_of(entry_id), topic, Event(e.data, e.event, entry_id, e.retry), now, route
+            )
             for entry_id, e in zip(ids, events, strict=True)
         ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..routing import Route
 from ..sse import Event
 from . import Deliver, History, HistoryStatistics, Record, Replay
 
@@ -25,8 +26,10 @@ class SplitHistory:
     def _backend(self, topic: str) -> History:
         return self.memory if self._ephemeral(topic) else self.durable
 
-    async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
-        return await self._backend(topic).append(topic, events, deliver)
+    async def append(
+        self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
+    ) -> list[Record]:
+        return await self._backend(topic).append(topic, events, deliver, route)
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         return await self._backend(topic).after(topic, last_id, limit)

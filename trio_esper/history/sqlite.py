@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import Conflict, HistoryError
+from ..routing import Route, decode_route, encode_route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
 from .memory import MemoryHistory
@@ -71,9 +72,10 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT,
     data  TEXT    NOT NULL,
     retry INTEGER,
-    time  REAL    NOT NULL       -- seconds since the epoch
+    time  REAL    NOT NULL,      -- seconds since the epoch
+    route TEXT                   -- the routed log's: topics and privacy (routing.encode_route)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_topic_id ON events (topic, id);
+CREATE INDEX IF NOT EXISTS events_topic_id_any ON events (topic, id);
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
 -- One row, rewritten by each readiness probe: proof that a commit goes through.
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), time REAL NOT NULL);
@@ -84,13 +86,23 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), time RE
 APPEND, PURGE, PROBE = "append", "purge", "probe"
 
 INSERT = (
-    "INSERT INTO events (seq, topic, id, event, data, retry, time) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (seq, topic, id, event, data, retry, time, route)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 def _row(record: Record) -> tuple[object, ...]:
-    event = record.event
-    return (record.seq, record.topic, record.id, event.event, event.data, event.retry, record.time)
+    event, route = record.event, record.route
+    return (
+        record.seq,
+        record.topic,
+        record.id,
+        event.event,
+        event.data,
+        event.retry,
+        record.time,
+        None if route is None else encode_route(route),
+    )
 
 
 @dataclass
@@ -101,6 +113,7 @@ class _Append:
     topic: str
     events: Sequence[Event]
     deliver: Deliver
+    route: Route | None = None
     kind: str = "append"
     done: trio.Event = field(default_factory=trio.Event)
     records: list[Record] | None = None
@@ -154,12 +167,27 @@ def _open_checked(path: str, sync: str) -> _Opened:
         raise HistoryError(f"cannot use history file {path!r}: {exc}") from None
 
 
+def _add_route_column(conn: sqlite3.Connection) -> None:
+    """A file written before the routed log had no ``route`` column: add it
+    (every row it holds is a topic's, with none). A topic's event ids are
+    unique; the routed log's may repeat (as Mercure's hub takes them)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "route" not in columns:
+        conn.execute("ALTER TABLE events ADD COLUMN route TEXT")
+        conn.execute("DROP INDEX IF EXISTS events_topic_id")
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS events_topic_id_unique ON events (topic, id)"
+        " WHERE route IS NULL"
+    )
+
+
 def _open(path: str, sync: str) -> _Opened:
     writer = _connect(path, sync)
     reader = None
     try:
         _quick_check(writer, path)
         writer.executescript(SCHEMA)
+        _add_route_column(writer)
         _check_takes_a_write(writer)
         last = writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
         counts = writer.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall()
@@ -207,7 +235,7 @@ def _check_takes_a_write(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         # seq 0 is never used (seqs start from the clock) and topic "" is invalid.
-        conn.execute(INSERT, (0, "", "", None, "", None, 0.0))
+        conn.execute(INSERT, (0, "", "", None, "", None, 0.0, None))
     finally:
         conn.execute("ROLLBACK")
 
@@ -318,13 +346,15 @@ class SqliteHistory:
             else counts
         )
 
-    async def append(self, topic: str, events: Sequence[Event], deliver: Deliver) -> list[Record]:
-        item = await self._queue(_Append(topic, events, deliver))
+    async def append(
+        self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
+    ) -> list[Record]:
+        item = await self._queue(_Append(topic, events, deliver, route))
         assert item.records is not None
         return item.records
 
     async def delete(self, topic: str) -> None:
-        await self._queue(_Append(topic, (), _no_delivery, PURGE))
+        await self._queue(_Append(topic, (), _no_delivery, kind=PURGE))
 
     async def watch(self, topic: str, deliver: Deliver) -> None:
         """Nothing to do: :meth:`append` delivers."""
@@ -337,7 +367,7 @@ class SqliteHistory:
         queued publishes): the store takes writes if that commit succeeds."""
         try:
             # Not shielded: a probe given up on is harmless.
-            await self._queue(_Append("", (), _no_delivery, PROBE), shield=False)
+            await self._queue(_Append("", (), _no_delivery, kind=PROBE), shield=False)
         except HistoryError as exc:
             return exc.reason
         return None
@@ -483,7 +513,8 @@ class SqliteHistory:
                 rows: list[tuple[object, ...]] = []
                 for item in batch:
                     item.records = [
-                        Record.create(self._seqs.next(), item.topic, e, now) for e in item.events
+                        Record.create(self._seqs.next(), item.topic, e, now, item.route)
+                        for e in item.events
                     ]
                     rows += map(_row, item.records)
                 conn.executemany(INSERT, rows)
@@ -525,7 +556,7 @@ class SqliteHistory:
         try:
             for event in item.events:
                 while True:
-                    record = Record.create(self._seqs.next(), item.topic, event, now)
+                    record = Record.create(self._seqs.next(), item.topic, event, now, item.route)
                     try:
                         conn.execute(INSERT, _row(record))
                         break
@@ -601,18 +632,24 @@ class SqliteHistory:
         start = 0
         if last_id is not None:
             row = conn.execute(
-                "SELECT seq FROM events WHERE topic = ? AND id = ?", (topic, last_id)
+                "SELECT max(seq) FROM events WHERE topic = ? AND id = ?", (topic, last_id)
             ).fetchone()
-            if row is not None:
+            if row[0] is not None:
                 found, start = True, row[0]
         rows = conn.execute(
-            "SELECT seq, id, event, data, retry, time FROM events"
+            "SELECT seq, id, event, data, retry, time, route FROM events"
             " WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?",
             (topic, start, limit),
         ).fetchall()
         records = [
-            Record.create(seq, topic, Event(data, event, id_, retry), when)
-            for seq, id_, event, data, retry, when in rows
+            Record.create(
+                seq,
+                topic,
+                Event(data, event, id_, retry),
+                when,
+                None if route is None else decode_route(route),
+            )
+            for seq, id_, event, data, retry, when, route in rows
         ]
         return Replay(records, found)
 

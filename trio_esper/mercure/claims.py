@@ -48,7 +48,7 @@ from jwt.algorithms import AllowedPublicKeys
 
 from ..auth import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, PublicKeys
 from ..errors import Forbidden, Unauthorized
-from .selectors import ANY_TOPIC, SelectorMatcher
+from ..selectors import ANY_TOPIC, SelectorMatcher
 
 #: The cookie name the draft recommends and Mercure uses by default (authorization.go:33).
 DEFAULT_COOKIE_NAME: Final = "mercureAuthorization"

@@ -1,4 +1,4 @@
-"""Mercure topic selectors, matched as the reference hub matches them (pure).
+"""Topic selectors, matched as the Mercure reference hub matches them (pure).
 
 A topic selector (draft-dunglas-mercure, "Topic Selectors") is ``*``, which
 matches every topic; any string, which matches the identical topic (topics are

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_esper.mercure.selectors import (
+from trio_esper.selectors import (
     ANY_TOPIC,
     GO_MAX_REPEAT,
     MatcherStatistics,

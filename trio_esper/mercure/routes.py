@@ -1,0 +1,160 @@
+"""The Mercure hub's routes: ``/.well-known/mercure`` as draft-dunglas-mercure
+defines it, served by Quart-Trio on the hub's routed log.
+
+Mercure topics are IRIs, compared as they are written, in a namespace of
+their own: the routed log (:mod:`..routing`), apart from esper's topic ids,
+so the esper topic ``abc12345`` and the Mercure topic ``abc12345`` are two
+topics. Each route translates its request into the hub's operations
+(:meth:`~..hub.Hub.subscribe_routed`, :meth:`~..hub.Hub.publish_routed`);
+the hub knows nothing of Mercure.
+
+Where this differs from the dunglas/mercure hub (docs/mercure.md has the list):
+an update to topics a token may not publish gets 403 (the draft's status;
+Mercure answers 401); a ``mercureAuthorization`` cookie authorises subscribing
+only, never publishing; with the Redis backplane the hub numbers updates
+itself (a publisher's ``id`` is refused, as on ``/publish``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Response, request
+from werkzeug.datastructures import Headers
+
+from .. import endpoints, web
+from ..config import Config
+from ..errors import BadRequest, EsperError, Unauthorized
+from ..hub import Hub
+from ..routing import Route, Selection
+from ..sse import Event
+from .claims import MercureClaims, TokenSources, authorize, authorize_publish
+from .forms import read_publish_form
+
+log = logging.getLogger("trio_esper")
+
+#: The hub's URL path (draft-dunglas-mercure, "Discovery").
+PATH = "/.well-known/mercure"
+#: Topic selectors one subscription may hold (Mercure's limit too).
+MAX_SELECTORS = 1000
+#: The ``Last-Event-ID`` answer when no event is known (the draft's reserved id).
+EARLIEST = "earliest"
+#: Mercure's answers to a subscriber: never cached, by a proxy either.
+STREAM_HEADERS: endpoints.Headers = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "private, no-cache, no-store, must-revalidate, max-age=0"),
+    ("x-accel-buffering", "no"),
+]
+
+
+def _sources(*, cookies: bool) -> TokenSources:
+    """Where the current request carries its token (the cookie only if ``cookies``)."""
+    return TokenSources(
+        authorization=tuple(request.headers.getlist("Authorization")),
+        query=tuple(request.args.getlist("authorization")),
+        cookies=tuple(request.headers.getlist("Cookie")) if cookies else (),
+        method=request.method,
+        origin=request.headers.get("Origin"),
+        referer=request.headers.get("Referer"),
+    )
+
+
+def _cors(config: Config) -> endpoints.Headers:
+    """The CORS headers, with credentials for an origin named exactly: a
+    browser sends the ``mercureAuthorization`` cookie only then."""
+    headers = web.cors_headers(config)
+    if ("vary", "Origin") in headers and not any(
+        name == "access-control-allow-credentials" for name, _ in headers
+    ):
+        headers.append(("access-control-allow-credentials", "true"))
+    return headers
+
+
+def subscriber_claims(config: Config) -> MercureClaims | None:
+    """The subscriber's claims (``None``: anonymous, public updates only).
+
+    Raises:
+        Unauthorized: a token that does not verify; no token while a
+            subscriber key is set and ``--mercure-anonymous`` is not.
+    """
+    key = config.subscriber_key
+    if key is None:  # the subscriber side is open: no token is read
+        return None
+    claims = authorize(_sources(cookies=True), key, algorithms=config.jwt_algorithms)
+    if claims is None and not config.mercure_anonymous:
+        raise Unauthorized("a subscriber token is required (or --mercure-anonymous)")
+    return claims
+
+
+def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: bytes) -> None:
+    """Add the Mercure hub's routes to ``app``."""
+
+    @route(PATH, "GET")
+    async def mercure_subscribe() -> Response:
+        topics = tuple(request.args.getlist("topic"))
+        if not topics:
+            raise BadRequest('Missing "topic" parameter.')
+        if len(topics) > MAX_SELECTORS:
+            raise BadRequest('Too many "topic" parameters.')
+        claims = subscriber_claims(config)
+        allowed = () if claims is None or claims.subscribe is None else claims.subscribe
+        selection = Selection(topics, allowed)
+        headers = [*STREAM_HEADERS, *_cors(config)]
+        client = request.remote_addr or ""
+        hub.admit_routed(client)
+        last_id = endpoints.header_text(request.headers.get("Last-Event-ID")) or (
+            request.args.get("lastEventID")
+        )
+        # Where the stream resumes: after ``after`` (from the oldest if
+        # None), or not at all.
+        resume, after = False, None
+        if last_id:
+            if last_id == EARLIEST:
+                resume, position = True, EARLIEST
+            elif await hub.routed_position(last_id, selection) is not None:
+                resume, after, position = True, last_id, last_id
+            else:  # unknown or expired: what the subscriber may know of, as Mercure answers
+                newest = await hub.newest_selected(selection, endpoints.REPLAY_PAGE_EVENTS)
+                position = EARLIEST if newest is None else newest
+            headers.append(("last-event-id", position))
+        if request.method == "HEAD":
+            return Response(b"", headers=Headers(headers))
+
+        async def stream() -> AsyncIterator[bytes]:
+            # Subscribed before the first byte goes out (a browser publishes
+            # once its EventSource opens), and unsubscribed on any exit.
+            try:
+                async with hub.subscribe_routed(selection, client=client) as subscription:
+                    yield opening
+                    cursor, more = after, resume
+                    while more:
+                        page = await hub.replay(subscription, cursor, endpoints.REPLAY_PAGE_EVENTS)
+                        if page.records:
+                            yield b"".join(r.frame for r in page.records)
+                        cursor, more = page.next_after, page.next_after is not None
+                    async for chunk in subscription:
+                        yield chunk
+            except EsperError as error:
+                log.warning("Mercure stream to %s ended: %s", client, error.reason)
+
+        return web.endless(Response(stream(), status=200, headers=Headers(headers)))
+
+    @route(PATH, "POST")
+    async def mercure_publish() -> Response:
+        key = config.publisher_key
+        form = read_publish_form(await web.body(config), request.headers.get("Content-Type"))
+        if key is not None:
+            claims = authorize(_sources(cookies=False), key, algorithms=config.jwt_algorithms)
+            authorize_publish(claims, form.topics)
+        web.charge_budget()
+        update = form.update()
+        event = update.event
+        if event.id is None and config.backplane is None:
+            # A publisher's id, else an IRI of the hub's (the draft: it MUST be one).
+            event = Event(event.data, event.event, f"urn:uuid:{uuid.uuid4()}", event.retry)
+        published = await hub.publish_routed(Route(update.topics, update.private), [event])
+        headers = [("content-type", endpoints.TEXT), *_cors(config)]
+        return Response(published.records[-1].id, status=200, headers=Headers(headers))
