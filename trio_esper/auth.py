@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -364,6 +364,36 @@ def verify_token(
     return claims
 
 
+_T = TypeVar("_T")
+
+
+def decode_with_key(
+    token: str,
+    key: str | PublicKeys,
+    algorithms: Sequence[str],
+    decode: Callable[[str | AllowedPublicKeys, list[str]], _T],
+) -> _T:
+    """``decode(candidate, accepted)`` with what ``key`` offers for ``token``:
+    a secret with the HMAC algorithms among ``algorithms``; else each public
+    key that may have signed it, with its one algorithm (the key object, not
+    the PyJWK: that algorithm is the only one ``jwt.decode`` accepts, whatever
+    the token's header says), until a signature verifies.
+
+    Raises:
+        jwt.PyJWTError: as ``decode`` raises it (for the last candidate).
+        Forbidden: no key of the set may have signed it (:meth:`PublicKeys.candidates`).
+    """
+    if not isinstance(key, PublicKeys):
+        return decode(key, [a for a in algorithms if a in HMAC_ALGORITHMS])
+    *others, last = key.candidates(jwt.get_unverified_header(token), algorithms)
+    for candidate in others:
+        try:
+            return decode(candidate.jwk.key, [candidate.algorithm])
+        except jwt.InvalidSignatureError:
+            continue
+    return decode(last.jwk.key, [last.algorithm])
+
+
 def _decode(
     token: str,
     key: str,
@@ -385,17 +415,7 @@ def _decode(
         return claims
 
     try:
-        if not isinstance(key, PublicKeys):
-            return decode(key, [a for a in algorithms if a in HMAC_ALGORITHMS])
-        # The key object, not the PyJWK: each candidate's one algorithm is
-        # the only one ``jwt.decode`` accepts, whatever the token's header says.
-        *others, last = key.candidates(jwt.get_unverified_header(token), algorithms)
-        for candidate in others:
-            try:
-                return decode(candidate.jwk.key, [candidate.algorithm])
-            except jwt.InvalidSignatureError:
-                continue
-        return decode(last.jwk.key, [last.algorithm])
+        return decode_with_key(token, key, algorithms, decode)
     except jwt.ExpiredSignatureError:
         raise Forbidden("token has expired") from None
     except jwt.ImmatureSignatureError as exc:

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import jwt
 from jwt.algorithms import AllowedPublicKeys
 
-from ..auth import DEFAULT_ALGORITHMS, HMAC_ALGORITHMS, PublicKeys
+from ..auth import DEFAULT_ALGORITHMS, decode_with_key
 from ..errors import Forbidden, Unauthorized
 from ..selectors import ANY_TOPIC, SelectorMatcher
 
@@ -280,18 +280,9 @@ def _verified_payload(token: str, key: str, algorithms: Sequence[str]) -> bytes:
         return payload
 
     try:
-        if not isinstance(key, PublicKeys):
-            return decode(key, [a for a in algorithms if a in HMAC_ALGORITHMS])
-        try:
-            *others, last = key.candidates(jwt.get_unverified_header(token), algorithms)
-        except Forbidden as exc:
-            raise Unauthorized(f"invalid JWT: {exc.reason}") from None
-        for candidate in others:
-            try:
-                return decode(candidate.jwk.key, [candidate.algorithm])
-            except jwt.InvalidSignatureError:
-                continue
-        return decode(last.jwk.key, [last.algorithm])
+        return decode_with_key(token, key, algorithms, decode)
+    except Forbidden as exc:  # no key of the set may have signed it
+        raise Unauthorized(f"invalid JWT: {exc.reason}") from None
     except jwt.InvalidAlgorithmError:
         raise Unauthorized("invalid JWT: token algorithm is not accepted") from None
     except jwt.InvalidSignatureError:
