@@ -269,9 +269,8 @@ async def test_persist_keeps_history_in_the_durable_store(
             await client.post(url, json={"event": {"message": pubsub["id"]}})
         ).status_code == 200
         history = await client.get(f"{broker.url}/history/{pubsub['id']}")
-        assert [json.loads(line)["data"] for line in history.text.splitlines()] == [
-            json.dumps(pubsub["id"])
-        ]
+        # A string message is the data itself (sser's way).
+        assert [json.loads(line)["data"] for line in history.text.splitlines()] == [pubsub["id"]]
     with closing(sqlite3.connect(path)) as db:  # `with` alone leaves it open
         topics = {row[0] for row in db.execute("SELECT DISTINCT topic FROM events")}
     assert topics == {kept["id"]}
@@ -301,3 +300,36 @@ async def test_preflight_on_every_api_route(
         assert reply.headers["access-control-allow-methods"] == methods
     with trio.fail_after(STEP_SECONDS):
         await broker.stop()
+
+
+async def test_sser_sdk_requests_and_fields(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """What sser's JavaScript SDK does, request for request: create a pubsub
+    with the API token, subscribe with the answer's ``token`` field as a
+    bearer token, publish a string message and an object; the string arrives
+    as its text, the object as JSON."""
+    broker = await start_broker(
+        nursery,
+        api_token=API_TOKEN,
+        publisher_secret=PUBLISHER_SECRET,
+        subscriber_secret=SUBSCRIBER_SECRET,
+    )
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    created = await client.post(f"{broker.url}{API}", json={}, headers=bearer)
+    assert created.status_code == 201, created.text
+    pubsub = created.json()["pubsub"]
+    assert pubsub["token"] == pubsub["access_token"] is not None
+    url = f"{broker.url}{API}/{pubsub['id']}/events"
+    stream = await subscribe(url, headers={"Authorization": f"Bearer {pubsub['token']}"})
+    for message in ("Hello World!", "two\nlines", {"text": "Hello"}):
+        sent = await client.post(url, json={"event": {"message": message}}, headers=bearer)
+        assert sent.status_code == 200, sent.text
+    frames = [await stream.next_event() for _ in range(3)]
+    data = [[line for line in f.decode().splitlines() if line.startswith("data")] for f in frames]
+    assert data == [
+        ["data: Hello World!"],
+        ["data: two", "data: lines"],
+        ['data: {"text": "Hello"}'],
+    ]
+    await broker.stop()

@@ -50,7 +50,12 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
             raise BadRequest("pubsub.id must be a string")
         info = hub.create_topic(None if topic is None else normalise_topic(topic), persist=persist)
         token, expires = _subscriber_token(config, info.id)
-        body = _topic_json(info) | {"access_token": token, "access_token_expires": expires}
+        # sser's SDK reads "token"; RFC 6749 names it "access_token": both.
+        body = _topic_json(info) | {
+            "access_token": token,
+            "token": token,
+            "access_token_expires": expires,
+        }
         return web.json_response(config, {"pubsub": body}, 201)
 
     @route(PREFIX, "GET")
@@ -99,7 +104,13 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"event.{name} must be a string")
         hub.topic(topic)  # 404 for a topic the catalog does not list
-        data = json.dumps(event["message"], ensure_ascii=False, allow_nan=False)
+        message = event["message"]
+        # A string is the event's data as it is (as sser delivers it); any
+        # other value is JSON-encoded.
+        if isinstance(message, str):
+            data = message
+        else:
+            data = json.dumps(message, ensure_ascii=False, allow_nan=False)
         published = Event(data, fields["type"] or None, fields["id"])
         answer_body = endpoints.publish_answer(await hub.publish(topic, [published]))
         return web.response(endpoints.json_answer(answer_body, web.cors_headers(config)))

@@ -305,6 +305,10 @@ SCHEMAS: Json = {
                     "public keys (the broker holds no private key)."
                 ),
             },
+            "token": {
+                "type": ["string", "null"],
+                "description": "The same as `access_token` (the name sser's SDK reads).",
+            },
             "access_token_expires": {"type": ["string", "null"], "format": "date-time"},
         }
     ),
@@ -354,7 +358,8 @@ SCHEMAS: Json = {
                         "description": "The `event:` field; absent, null or empty: `message`.",
                     },
                     "message": {
-                        "description": "Any JSON value: JSON-encoded into the event's data."
+                        "description": "A string is the event's data as it is (its lines "
+                        "become `data:` lines; no CR); any other JSON value is JSON-encoded."
                     },
                 },
                 optional=("id", "type"),
@@ -864,6 +869,7 @@ def _history(default: int, high: int) -> Json:
 def _pubsub_create() -> Json:
     created = _PUBSUB_EXAMPLE | {
         "access_token": "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl",
+        "token": "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl",
         "access_token_expires": "2026-01-02T00:00:00.000Z",
     }
     return _operation(
