@@ -5,9 +5,10 @@ errors, and two nodes on a real redis-server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import httpx
 import jwt
@@ -223,3 +224,71 @@ async def test_two_nodes_share_order_and_resume(
     assert refused.status_code == 400  # the backplane numbers updates itself
     await one.stop()
     await two.stop()
+
+
+async def test_subscriptions_are_announced_and_listed(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    broker = await start_broker(
+        nursery, publisher_secret=KEY, subscriber_secret=KEY, mercure_subscriptions=True
+    )
+    watcher = token(subscribe=["/.well-known/mercure/subscriptions/{topic}/{subscriber}"])
+    watching = await subscribe(
+        broker.url,
+        "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
+        headers={"Authorization": f"Bearer {watcher}"},
+    )
+    alice = token(subscribe=["https://example.com/private"], payload={"user": "alice"})
+    seen = await subscribe(broker.url, BOOKS, headers={"Authorization": f"Bearer {alice}"})
+    opened = json.loads(_data(await watching.stream.next_event()))
+    subscriber = opened["subscriber"]
+    assert opened == {
+        "@context": "https://mercure.rocks/",
+        "id": f"/.well-known/mercure/subscriptions/{quote_plus(BOOKS, safe='')}/"
+        f"{quote_plus(subscriber, safe='')}",
+        "type": "Subscription",
+        "subscriber": subscriber,
+        "topic": BOOKS,
+        "active": True,
+        "payload": {"user": "alice"},
+    }
+    reader = {"Authorization": f"Bearer {token(subscribe=['*'])}"}
+    listed = await client.get(f"{broker.url}/.well-known/mercure/subscriptions", headers=reader)
+    assert listed.status_code == 200
+    assert listed.headers["content-type"] == "application/ld+json"
+    everything = listed.json()
+    assert everything["type"] == "Subscriptions"
+    ours = [s for s in everything["subscriptions"] if s["subscriber"] == subscriber]
+    assert ours == [{k: v for k, v in opened.items() if k != "@context"}]
+    one = await client.get(f"{broker.url}{opened['id']}", headers=reader)
+    assert one.status_code == 200, one.text
+    assert one.json()["topic"] == BOOKS
+    assert one.json()["lastEventID"] == listed.headers["etag"]
+    unchanged = await client.get(
+        f"{broker.url}{opened['id']}", headers={**reader, "If-None-Match": listed.headers["etag"]}
+    )
+    assert unchanged.status_code == 304
+    anonymous = await client.get(f"{broker.url}/.well-known/mercure/subscriptions")
+    assert anonymous.status_code == 401
+    other = {"Authorization": f"Bearer {token(subscribe=['https://example.com/x'])}"}
+    refused = await client.get(f"{broker.url}/.well-known/mercure/subscriptions", headers=other)
+    assert refused.status_code == 403
+    gone = await client.get(f"{broker.url}{opened['id']}x", headers=reader)
+    assert gone.status_code == 404
+    await seen.stream.aclose()
+    await seen.ctx.__aexit__(None, None, None)
+    closed = json.loads(_data(await watching.stream.next_event()))
+    assert (closed["subscriber"], closed["active"]) == (subscriber, False)
+    await broker.stop()
+
+
+async def test_the_subscriptions_api_is_off_by_default(
+    hub: Broker, client: httpx.AsyncClient
+) -> None:
+    answer = await client.get(f"{hub.url}/.well-known/mercure/subscriptions")
+    assert answer.status_code == 404
+    assert "--mercure-subscriptions" in answer.text
+
+
+def _data(frame: bytes) -> str:
+    return "\n".join(line[6:] for line in frame.decode().splitlines() if line.startswith("data: "))

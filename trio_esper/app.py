@@ -62,7 +62,10 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
     async def check_request() -> Response | None:
         # werkzeug matches //subscribe/x as /subscribe/x (and, merging
         # slashes, would redirect to a Location built from the Host header).
-        if "//" in request.scope["path"]:
+        path = request.scope["path"]
+        # (The subscriptions API's selectors are escaped in the path, and
+        # decode to anything: that route reads its raw path itself.)
+        if "//" in path and not path.startswith(mercure_routes.SUBSCRIPTION_PATHS):
             raise NotFound("unknown route")
         if request.method == "OPTIONS":
             return preflight()

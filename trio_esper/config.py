@@ -505,6 +505,14 @@ class Config:
         "[Mercure hub](#mercure) (its `anonymous` directive); without it they get 401 "
         "when a subscriber secret or key file is set",
     )
+    mercure_subscriptions: bool = setting(
+        False,
+        "--mercure-subscriptions",
+        switch=True,
+        help="announce each [Mercure](#mercure) subscription as it opens and closes (private "
+        "`Subscription` updates) and serve the subscriptions API under "
+        "`/.well-known/mercure/subscriptions`",
+    )
     api_token: str | None = setting(
         None,
         help="static bearer token for the management routes of the [topic API](#topic-api) "

@@ -727,6 +727,32 @@ def _mercure_subscribe() -> Json:
     )
 
 
+def _mercure_subscriptions(endpoint: str, summary: str, parameters: list[Json]) -> Json:
+    return _operation(
+        endpoint,
+        "Mercure",
+        summary,
+        "Mercure's subscriptions API, with `--mercure-subscriptions`: the node's open "
+        "subscriptions as JSON-LD `Subscription` documents (one per topic selector), for a "
+        "token whose `mercure.subscribe` selects the request's URI. `ETag` is the newest "
+        "update's id; `If-None-Match` with it: 304.",
+        security=[{"mercureSubscriberJwt": []}],
+        parameters=parameters,
+        responses=_ok(
+            "The documents.",
+            _content("application/ld+json", {"type": "object"}),
+        )
+        | {"304": {"description": "Nothing changed since the `If-None-Match` id."}}
+        | _errors(
+            {
+                401: "No token, or one that does not verify.",
+                403: "A token whose `mercure.subscribe` does not select the document.",
+                404: "The subscriptions API is off, or no such subscription.",
+            }
+        ),
+    )
+
+
 def _mercure_publish() -> Json:
     return _operation(
         "mercure_publish",
@@ -750,7 +776,9 @@ def _mercure_publish() -> Json:
                             "minItems": 1,
                         },
                         "data": {"type": "string"},
-                        "id": _EVENT_ID,
+                        # Empty: none (the hub makes one up).
+                        "id": _EVENT_ID
+                        | {"minLength": 0, "pattern": f"^({EVENT_ID_PATTERN[1:-1]})?$"},
                         "type": {"type": "string", "pattern": EVENT_TYPE_PATTERN},
                         "retry": {"type": "string", "pattern": "^[0-9]+$"},
                         "private": {"type": "string"},
@@ -1055,6 +1083,24 @@ def _paths() -> dict[str, Json]:
         ),
         "/publish/{topic}": _path_item(post=_publish()),
         "/.well-known/mercure": _path_item(get=_mercure_subscribe(), post=_mercure_publish()),
+        "/.well-known/mercure/subscriptions": _path_item(
+            get=_mercure_subscriptions("mercure_subscriptions", "Active subscriptions", [])
+        ),
+        "/.well-known/mercure/subscriptions/{rest}": _path_item(
+            get=_mercure_subscriptions(
+                "mercure_subscription",
+                "Active subscriptions to a selector, or one subscription",
+                [
+                    _param(
+                        "rest",
+                        "path",
+                        "`{selector}` or `{selector}/{subscriber}`, each escaped as a query "
+                        "value is (`url.QueryEscape`).",
+                        {"type": "string"},
+                    )
+                ],
+            )
+        ),
         "/history/{topic}": _path_item(
             get=_history(endpoints.HISTORY_LIMIT_DEFAULT, endpoints.HISTORY_LIMIT_MAX)
         ),
