@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import trio
@@ -46,6 +47,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
     """Add the operators' routes to ``app``."""
     feed = _StatsFeed(hub, metrics)
     readiness = _Readiness(hub)
+    dashboard_files = _dashboard_files()
 
     def authorise_monitoring() -> None:
         endpoints.authorise_management(config, metrics=True, **web.credentials(config))
@@ -94,11 +96,11 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
 
     @route("/dashboard", "GET")
     async def dashboard() -> Response:
-        return _dashboard_file("index.html")
+        return _dashboard_file(dashboard_files, "index.html")
 
     @route("/dashboard/<name>", "GET")
     async def dashboard_asset(name: str) -> Response:
-        return _dashboard_file(name)
+        return _dashboard_file(dashboard_files, name)
 
 
 def _statistics(hub: Hub) -> dict[str, Any]:
@@ -171,12 +173,35 @@ class _Readiness:
             return self._reason
 
 
-def _dashboard_file(name: str) -> Response:
-    """A file of the dashboard, from the package."""
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    content_type = endpoints.DASHBOARD_TYPES.get(suffix)
-    resource = importlib.resources.files(__package__).joinpath("dashboard", name)
-    if content_type is None or "/" in name or name.startswith(".") or not resource.is_file():
-        raise NotFound(f"the dashboard has no file {name[:64]!r}")
-    headers = [("content-type", content_type), *DASHBOARD_HEADERS]
-    return Response(resource.read_bytes(), status=200, headers=Headers(headers))
+def _dashboard_files() -> dict[str, Traversable]:
+    """The dashboard's files by name, listed once: a name from a request is
+    looked up here and never reaches the file system, so no name, however
+    long or odd, can raise there (ENAMETOOLONG, an embedded NUL)."""
+    folder = importlib.resources.files(__package__).joinpath("dashboard")
+    return {
+        entry.name: entry
+        for entry in folder.iterdir()
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and _suffix(entry.name) in endpoints.DASHBOARD_TYPES
+    }
+
+
+def _suffix(name: str) -> str:
+    return name[name.rfind(".") :] if "." in name else ""
+
+
+def _dashboard_file(files: dict[str, Traversable], name: str) -> Response:
+    """A file of the dashboard, from the package.
+
+    Raises :class:`NotFound` for a name it does not have, or a file it cannot
+    read (removed or unreadable since the broker started)."""
+    resource = files.get(name)
+    try:
+        if resource is None:
+            raise FileNotFoundError(name)
+        body = resource.read_bytes()
+    except OSError:
+        raise NotFound(f"the dashboard has no file {name[:64]!r}") from None
+    headers = [("content-type", endpoints.DASHBOARD_TYPES[_suffix(name)]), *DASHBOARD_HEADERS]
+    return Response(body, status=200, headers=Headers(headers))
