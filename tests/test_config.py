@@ -315,6 +315,8 @@ _TEXTS = {
     "history": ("sqlite:/var/lib/esper/history.db", "memory"),
     "backplane": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/1"),
     "jwt_algorithms": ("HS384,HS512", "HS256"),
+    "acme_domains": ("a.example, b.example", "c.example"),
+    "acme_directory": ("https://acme.example/directory", "https://acme.example/other"),
 }
 #: What some settings need beside them to be accepted.
 _CONTEXT = {

@@ -70,6 +70,15 @@ DEFAULT_MAX_SUBSCRIBERS = 100_000
 #: A browser needs a handful; a proxy or NAT in front of many users, more.
 DEFAULT_MAX_PER_ADDRESS = 16_384
 
+#: ACME (acme/): Let's Encrypt's production directory, and its staging one, whose
+#: certificates no browser trusts but whose rate limits are generous.
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+#: Relative to the working directory (the container's is /data).
+DEFAULT_ACME_STORAGE = "acme"
+#: Where an ACME server sends HTTP-01 validations: always port 80 (RFC 8555, section 8.3).
+DEFAULT_ACME_HTTP_PORT = 80
+
 #: The topic API's subscriber tokens: a day, then the client asks again.
 DEFAULT_ACCESS_TOKEN_TTL_SECONDS = 86_400.0
 
@@ -87,6 +96,11 @@ SETTINGS_START = "<!-- settings:start -->"
 SETTINGS_END = "<!-- settings:end -->"
 
 _T = TypeVar("_T")
+#: RFC 1123 host name labels, dot-separated, at least two, lower case; a wildcard
+#: needs DNS-01, which the broker does not answer.
+_DNS_NAME = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
 #: A Markdown link to a section of the documentation: ``[title](#anchor)``.
 _SECTION_LINK = re.compile(r"\[([^\]]+)\]\(#[a-z0-9-]+\)")
 
@@ -278,6 +292,51 @@ class Config:
     )
     keyfile: str | None = setting(
         None, "--keyfile", metavar="PATH", help="the certificate's private key, PEM, unencrypted"
+    )
+    acme_domains: tuple[str, ...] = setting(
+        (),
+        "--acme-domain",
+        metavar="NAME",
+        variable="ESPER_ACME_DOMAINS",
+        help="a name to get a certificate for from an ACME server (Let's Encrypt) and serve "
+        "TLS with; repeatable, one certificate for all (see "
+        "[HTTPS in one flag](#https-in-one-flag))",
+    )
+    acme_email: str | None = setting(
+        None,
+        "--acme-email",
+        metavar="ADDRESS",
+        empty_is_unset=True,
+        help="contact address given to the ACME server with the account (expiry notices)",
+    )
+    acme_directory: str = setting(
+        LETSENCRYPT_DIRECTORY,
+        "--acme-directory",
+        metavar="URL",
+        help="the ACME server's directory; Let's Encrypt's staging one is "
+        f"`{LETSENCRYPT_STAGING_DIRECTORY}`",
+    )
+    acme_ca_bundle: str | None = setting(
+        None,
+        "--acme-ca-bundle",
+        metavar="PATH",
+        empty_is_unset=True,
+        help="PEM certificates to trust for the ACME server's own HTTPS (a private ACME "
+        "server); unset: the system's",
+    )
+    acme_storage: str = setting(
+        DEFAULT_ACME_STORAGE,
+        "--acme-storage",
+        metavar="DIR",
+        help="where the ACME account key, the certificate and its key are kept (directory "
+        "0700, files 0600)",
+    )
+    acme_http_port: int = setting(
+        DEFAULT_ACME_HTTP_PORT,
+        "--acme-http-port",
+        metavar="N",
+        help="with ACME: plain-HTTP port answering HTTP-01 challenges and redirecting every "
+        "other request to `https://`; skipped if it cannot be bound; `0`: none",
     )
     threads: int = setting(
         1,
@@ -551,6 +610,7 @@ class Config:
         for name in ("certfile", "keyfile"):
             if getattr(self, name) == "":
                 raise ConfigError.about(name, "must not be empty")
+        self._check_acme()
         if self.threads < 1:
             raise ConfigError.about("threads", f"must be at least 1, got {self.threads}")
         if self.threads > 1 and self.backplane is None:
@@ -634,6 +694,29 @@ class Config:
                     "a side verifies with a secret or with public keys, not both"
                 )
             self._check_key(side, secret if keys is None else keys)
+
+    def _check_acme(self) -> None:
+        """ACME names must be DNS names (RFC 8555, section 7.1.4: a "dns"
+        identifier; Let's Encrypt issues no certificate for an IP address
+        through this flow), and exclude a certificate file."""
+        if not 0 <= self.acme_http_port <= 65535:
+            raise ConfigError.about(
+                "acme_http_port", f"must be 0..65535, got {self.acme_http_port}"
+            )
+        if not self.acme_domains:
+            return
+        if self.certfile is not None or self.keyfile is not None:
+            raise ConfigError(
+                "--acme-domain and --certfile/--keyfile are both set: the certificate comes "
+                "from the ACME server or from the files, not both"
+            )
+        for name in self.acme_domains:
+            if not _DNS_NAME.fullmatch(name) or len(name) > 253:
+                raise ConfigError.about(
+                    "acme_domains", f"{name!r} is not a DNS name (events.example.com)"
+                )
+        if not self.acme_directory.startswith(("https://", "http://")):
+            raise ConfigError.about("acme_directory", "must be an https:// URL")
 
     def _check_key(self, side: str, key: str | None) -> None:
         """A side's key must suit at least one configured algorithm: a key
