@@ -92,6 +92,27 @@ BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 #: redis-server (the backplane's tests start their own).
 TOOL_PACKAGES = ["curl", "redis-server"]
 LINT_PATHS = ["trio_esper", "tests", "examples", "benchmarks", "docs/hooks", "noxfile.py"]
+#: Pebble, Let's Encrypt's ACME test server, and its DNS server (tests/test_acme.py), built
+#: with ``go install`` from the Go module proxy once per version into :data:`PEBBLE_BIN`; the
+#: tests find them through the variable :func:`_ensure_pebble` sets.
+PEBBLE_MODULE = "github.com/letsencrypt/pebble/v2"
+PEBBLE_VERSION = "v2.10.3"
+PEBBLE_COMMANDS = ("pebble", "pebble-challtestsrv")
+PEBBLE_BIN = Path(__file__).parent / ".nox" / "pebble" / PEBBLE_VERSION
+
+
+def _ensure_pebble(session: nox.Session) -> dict[str, str]:
+    """Build Pebble's commands into :data:`PEBBLE_BIN` if missing; the tests' environment."""
+    if not all((PEBBLE_BIN / command).exists() for command in PEBBLE_COMMANDS):
+        go = shutil.which("go") or next(
+            (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(p).exists()), None
+        )
+        if go is None:
+            session.error("tests/test_acme.py runs Pebble, built with Go: install Go 1.24+")
+        packages = [f"{PEBBLE_MODULE}/cmd/{c}@{PEBBLE_VERSION}" for c in PEBBLE_COMMANDS]
+        env = {"GOBIN": str(PEBBLE_BIN), "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+        session.run(go, "install", *packages, external=True, env=env)
+    return {"TRIO_ESPER_PEBBLE_BIN": str(PEBBLE_BIN)}
 
 
 def _ensure_browser(session: nox.Session) -> None:
@@ -115,7 +136,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, browser tests included, on the Python that runs nox."""
     _ensure_browser(session)
     session.install("-e", ".[test]", *CONSTRAINED)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env=_ensure_pebble(session))
 
 
 @nox.session(python=PYTHON)
@@ -125,7 +146,9 @@ def full(session: nox.Session) -> None:
     tests/conftest.py)."""
     _ensure_browser(session)
     session.install("-e", ".[test]", *CONSTRAINED)
-    session.run("pytest", *session.posargs, env={"TRIO_ESPER_LANES": "both"})
+    session.run(
+        "pytest", *session.posargs, env={"TRIO_ESPER_LANES": "both", **_ensure_pebble(session)}
+    )
 
 
 def _pyenv_root() -> Path:
