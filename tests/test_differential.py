@@ -21,9 +21,12 @@ from __future__ import annotations
 import math
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
+import jwt
 import pytest
 import trio
 
@@ -70,6 +73,10 @@ def get(target: str, *headers: str) -> bytes:
 
 SSE = "Content-Type: text/event-stream"
 PLAIN = "Content-Type: text/plain; charset=utf-8"
+FORM = "Content-Type: application/x-www-form-urlencoded"
+#: The Mercure hub, and a subscribe to the case's own topic (an IRI).
+HUB = "/.well-known/mercure"
+MT = HUB + "?topic=https%3A%2F%2Fexample.com%2F{T}"
 
 OPEN_CASES = [
     Case("publish", post("/publish/{T}", b"id: one\ndata: hello\n", SSE), 0),
@@ -183,6 +190,21 @@ OPEN_CASES = [
     ),
     Case("unknown-route", get("/nope"), 1),
     Case("not-http", b"hello\r\n\r\n", 1),
+    Case("mercure-subscribe", get(MT), 0),
+    Case("mercure-subscribe-origin", get(MT, f"Origin: {ORIGIN}"), 0),
+    Case("mercure-subscribe-connection-close", get(MT, "Connection: close"), 0),
+    Case("mercure-topics-and-template", get(MT + "&topic=https://example.com/{id}&topic=*"), 0),
+    Case("mercure-no-topic-then-one", get(HUB) + get(MT), 0),
+    Case("mercure-not-utf8", get(HUB + "?topic=%FF"), 0),
+    Case("mercure-malformed-escape-dropped", get(HUB + "?topic=%zz&topic=a"), 0),
+    Case("mercure-semicolon-dropped", get(HUB + "?topic=a;b&topic=a"), 0),
+    Case("mercure-too-many-topics", get(HUB + "?" + "&".join(["topic=a"] * 1001)), 0),
+    Case("mercure-earliest", get(MT + "&lastEventID=earliest"), 0),
+    Case("mercure-unknown-last-id", get(MT, "Last-Event-ID: nope"), 0),
+    Case("mercure-unknown-last-id-query", get(MT + "&lastEventID=nope"), 0),
+    Case("mercure-head", req(f"HEAD {MT} HTTP/1.1", "Host: x"), 1),
+    Case("mercure-publish", post(HUB, b"topic=https%3A%2F%2Fexample.com%2F{T}&data=y", FORM), 1),
+    Case("mercure-subscriptions-off", get(HUB + "/subscriptions"), 1),
 ]
 
 AUTH_CASES = [
@@ -201,7 +223,29 @@ AUTH_CASES = [
     Case("subscribe-query-token", get("/subscribe/{T}?token={SUB}"), 0),
     Case("subscribe-pub-token", get("/subscribe/{T}?token={PUB}"), 0),
     Case("stats-no-token", get("/stats"), 1),
+    Case("mercure-anonymous", get(MT), 0),
+    Case("mercure-token-header", get(MT, "Authorization: Bearer {MSUB}"), 0),
+    Case("mercure-token-query", get(MT + "&authorization={MSUB}"), 0),
+    Case("mercure-token-cookie", get(MT, "Cookie: mercureAuthorization={MSUB}"), 0),
+    Case(
+        "mercure-token-header-and-cookie",
+        get(MT, "Authorization: Bearer {MSUB}", "Cookie: a=b"),
+        0,
+    ),
+    Case("mercure-bad-token", get(MT, "Authorization: Bearer x.y.z"), 0),
+    Case("mercure-basic", get(MT, "Authorization: Basic abc"), 0),
+    Case("mercure-expired-token", get(MT, "Authorization: Bearer {MEXP}"), 0),
+    Case("mercure-esper-token", get(MT, "Authorization: Bearer {SUB}"), 0),
+    Case("mercure-publisher-key", get(MT, "Authorization: Bearer {MPUB}"), 0),
 ]
+
+
+def mercure_token(key: str, exp_in: float | None = 60, **claims: object) -> str:
+    """A Mercure token: ``claims`` in its ``mercure`` claim."""
+    payload: dict[str, object] = {"mercure": claims}
+    if exp_in is not None:
+        payload["exp"] = int(time.time() + exp_in)
+    return jwt.encode(payload, key, algorithm="HS256")
 
 
 #: A request line (a bare LF ends one too: a case sends that).
@@ -291,6 +335,9 @@ async def _answers(
             case.sent.replace(b"{T}", topic.encode())
             .replace(b"{PUB}", make_token(PUB_SECRET, topic).encode())
             .replace(b"{SUB}", make_token(SUB_SECRET, topic).encode())
+            .replace(b"{MSUB}", mercure_token(SUB_SECRET, subscribe=["*"]).encode())
+            .replace(b"{MEXP}", mercure_token(SUB_SECRET, -10, subscribe=["*"]).encode())
+            .replace(b"{MPUB}", mercure_token(PUB_SECRET, publish=["*"]).encode())
         )
         async with await Raw.connect(broker) as raw:
             host, port = raw.stream.socket.getsockname()[:2]
@@ -312,6 +359,8 @@ _DATE = re.compile(rb"(?i)\r\ndate: [^\r\n]*")
 #: Ids the broker assigns: 16 decimal digits, different from run to run.
 _ASSIGNED = re.compile(rb"(?<![0-9])[0-9]{16}(?![0-9])")
 _STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3}) \r\n")
+#: Ids the Mercure hub makes.
+_UUID = re.compile(rb"urn:uuid:[0-9a-f-]{36}")
 #: Publish times in /history.
 _TIME = re.compile(rb'"time": [0-9.]+')
 
@@ -319,6 +368,7 @@ _TIME = re.compile(rb'"time": [0-9.]+')
 def _normalise(answer: bytes) -> bytes:
     answer = _DATE.sub(b"\r\ndate: <date>", answer)
     answer = _TIME.sub(b'"time": <time>', answer)
+    answer = _UUID.sub(b"urn:uuid:<made>", answer)
     return _ASSIGNED.sub(b"<assigned id>", answer)
 
 
@@ -354,7 +404,14 @@ async def test_fast_forms_answer_as_the_quart_routes_do(
 def test_the_table_covers_statuses_and_both_forms() -> None:
     # A guard on the table itself: good and bad answers on both routes.
     names = {case.name for case in OPEN_CASES + AUTH_CASES}
-    for needed in ("publish", "subscribe", "subscribe-resume", "publish-over-limit"):
+    for needed in (
+        "publish",
+        "subscribe",
+        "subscribe-resume",
+        "publish-over-limit",
+        "mercure-subscribe",
+        "mercure-token-header",
+    ):
         assert needed in names
     assert sum(not case.handoffs for case in OPEN_CASES) >= 20
 
@@ -632,8 +689,78 @@ async def pipelined_behind_close(nursery: trio.Nursery, fast_lane: bool) -> Seen
     return seen
 
 
+async def open_mercure(broker: Broker, topics: list[str], *headers: str) -> Stream:
+    """A Mercure subscriber's chunked stream whose ``: subscribed`` frame has arrived."""
+    raw = await Raw.connect(broker)
+    query = "&".join("topic=" + quote(topic, safe="") for topic in topics)
+    await raw.send(get(f"{HUB}?{query}", *headers))
+    head = await raw.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    stream = Stream(raw, _normalise(head))
+    assert await stream.frame() == b"e\r\n: subscribed\n\n\r\n"
+    return stream
+
+
+async def mercure_streams(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """Mercure subscribers of every kind (exact, template, several topics,
+    private by header and by cookie), updates published through the form,
+    a resume by id, and a token's expiry ending its stream."""
+    broker = await start_broker(
+        nursery,
+        fast_lane=fast_lane,
+        cors_origins=(ORIGIN,),
+        publisher_secret=PUB_SECRET,
+        subscriber_secret=SUB_SECRET,
+        mercure_anonymous=True,
+    )
+    book, other = "https://example.com/books/1", "https://example.com/other"
+    private = f"Authorization: Bearer {mercure_token(SUB_SECRET, subscribe=[book])}"
+    cookie = f"Cookie: mercureAuthorization={mercure_token(SUB_SECRET, subscribe=['*'])}"
+    streams = {
+        "exact": await open_mercure(broker, [book]),
+        "template": await open_mercure(broker, ["https://example.com/books/{id}"]),
+        "private by header": await open_mercure(
+            broker, [book, other], private, f"Origin: {ORIGIN}"
+        ),
+        "private by cookie": await open_mercure(broker, [other, book], cookie),
+    }
+    # The token expires at the next second but one: its stream ends then.
+    expiring = await open_mercure(
+        broker, [book], f"Authorization: Bearer {mercure_token(SUB_SECRET, 2, subscribe=['*'])}"
+    )
+    seen: Seen = {"heads": {name: stream.head for name, stream in streams.items()}}
+    publisher = f"Authorization: Bearer {mercure_token(PUB_SECRET, publish=['*'])}"
+    updates = [
+        b"topic=" + quote(book, safe="").encode() + b"&id=u1&data=public",
+        b"topic=" + quote(book, safe="").encode() + b"&id=u2&data=secret&private=on",
+        b"topic="
+        + quote(other, safe="").encode()
+        + b"&topic="
+        + quote(book, safe="").encode()
+        + b"&id=u3&data=both&type=note&retry=500",
+        b"topic=https%3A%2F%2Fexample.com%2Fnobody&id=u4&data=none",
+    ]
+    async with await Raw.connect(broker) as raw:
+        for n, update in enumerate(updates):
+            sent = post(HUB, update, FORM, publisher)
+            await raw.send(sent)
+            seen[f"update {n}: answer"] = _normalise(await read_answer(raw, sent))
+    expected = {"exact": 2, "template": 2, "private by header": 3, "private by cookie": 3}
+    for name, stream in streams.items():
+        seen[f"{name}: events"] = dechunk(await stream.frames(expected[name]))
+    resumed = await open_mercure(broker, [book], private, "Last-Event-ID: u1")
+    seen["resumed: head"] = resumed.head
+    seen["resumed: events"] = dechunk(await resumed.frames(2))
+    seen["the expiring stream ends by"] = await expiring.until_end()
+    for stream in [*streams.values(), expiring, resumed]:
+        await stream.raw.aclose()
+    await broker.stop()
+    return seen
+
+
 SCENARIOS = [
     live_delivery,
+    mercure_streams,
     heartbeats,
     slow_subscriber,
     shutdown,

@@ -54,6 +54,11 @@ TAKEN = [
         head("GET /subscribe/abc?a=%FF&b=/? HTTP/1.1", "Host: x", "Connection: te, close"),
         ("subscribe", "abc", b"a=%FF&b=/?", 0, False),
     ),
+    (
+        head("GET /.well-known/mercure?topic=https%3A%2F%2Fa.example%2F1 HTTP/1.1", "Host: x"),
+        ("mercure", "", b"topic=https%3A%2F%2Fa.example%2F1", 0, True),
+    ),
+    (head("GET /.well-known/mercure HTTP/1.1", "Host: x"), ("mercure", "", b"", 0, True)),
 ]
 
 # Heads it declines (Hypercorn then reads them), each for one reason.
@@ -67,6 +72,12 @@ DECLINED = [
     head("GET /subscribe/topic0001 HTTP/1.1", "Host: x", "Content-Length: 3"),
     head("GET /subscribe/topic0001 HTTP/1.1", "Host: x", "Upgrade: h2c"),
     head("GET /history/topic0001 HTTP/1.1", "Host: x"),
+    head("POST /.well-known/mercure HTTP/1.1", "Host: x", "Content-Length: 0"),
+    head("HEAD /.well-known/mercure?topic=a HTTP/1.1", "Host: x"),
+    head("GET /.well-known/mercure/subscriptions HTTP/1.1", "Host: x"),
+    head("GET /.well-known/mercure/ HTTP/1.1", "Host: x"),
+    head("GET /.well-known/Mercure?topic=a HTTP/1.1", "Host: x"),
+    head("GET /.well-known/mercure?topic=a#f HTTP/1.1", "Host: x"),
     head("POST /publish/topic0001 HTTP/1.0", "Content-Length: 1"),
     head("POST /publish/topic0001 HTTP/1.1", "Content-Length: 1"),  # no Host
     head("POST /publish/topic0001 HTTP/1.1", "Host: x"),  # no Content-Length
@@ -128,7 +139,7 @@ def test_every_incomplete_head_needs_data(raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     "start",
-    [b"G", b"GET /", b"POST /publish/abc HTTP/1.1\r\nHost: x\r\n"],
+    [b"G", b"GET /", b"GET /.well-known/merc", b"POST /publish/abc HTTP/1.1\r\nHost: x\r\n"],
 )
 def test_a_possible_start_needs_data(start: bytes) -> None:
     assert h1.read_request(start, MAX_BODY) is h1.NEED_DATA
@@ -192,11 +203,15 @@ _mutations = st.lists(
 @st.composite
 def _requests(draw: st.DrawFn) -> bytes:
     body = draw(st.binary(max_size=12))
-    if draw(st.booleans()):
+    form = draw(st.sampled_from(["publish", "subscribe", "mercure"]))
+    if form == "publish":
         lines = [f"POST /publish/{draw(_topics)}{draw(_queries)} HTTP/1.1"]
         lines.append(f"Content-Length: {len(body)}")
-    else:
+    elif form == "subscribe":
         lines = [f"GET /subscribe/{draw(_topics)}{draw(_queries)} HTTP/1.1"]
+        body = b""
+    else:
+        lines = [f"GET /.well-known/mercure{draw(_queries)} HTTP/1.1"]
         body = b""
     lines.insert(draw(st.integers(1, len(lines))), "Host: x")
     lines += [f"{name}: {value}" for name, value in draw(_extra_headers)]

@@ -1,14 +1,15 @@
-"""A sans-IO reader for the two hot HTTP/1.1 request forms, and the framing of
+"""A sans-IO reader for the hot HTTP/1.1 request forms, and the framing of
 what the edge writes back. No networking code, no trio.
 
-The edge (:mod:`.edge`) serves plain ``POST /publish/{topic}`` and
-``GET /subscribe/{topic}`` requests itself; everything else goes to Hypercorn
-with the bytes already read. :func:`read_request` therefore never judges a
-request: for any input it either *declines* (:data:`DECLINE`: Hypercorn and
-h11 read it and answer, errors included), asks for more bytes
-(:data:`NEED_DATA`), or returns exactly what h11 would read from the same
-bytes (method, target, header fields, body length). ``tests/test_h1.py``
-checks that against h11 with a table and with generated requests.
+The edge (:mod:`.edge`) serves plain ``POST /publish/{topic}``,
+``GET /subscribe/{topic}`` and ``GET /.well-known/mercure?...`` requests
+itself; everything else goes to Hypercorn with the bytes already read.
+:func:`read_request` therefore never judges a request: for any input it
+either *declines* (:data:`DECLINE`: Hypercorn and h11 read it and answer,
+errors included), asks for more bytes (:data:`NEED_DATA`), or returns exactly
+what h11 would read from the same bytes (method, target, header fields, body
+length). ``tests/test_h1.py`` checks that against h11 with a table and with
+generated requests.
 
 The grammar follows RFC 9112 and RFC 9110, with the pieces named as h11's
 ``_abnf.py`` names them; each check quotes its rule. The forms taken are a
@@ -43,13 +44,17 @@ _field_line = rb"%s:%s" % (_token, _ows_field_value_ows)
 _field_block = re.compile(rb"(?:%s\r\n)*" % _field_line)
 # RFC 9112, section 3: request-line = method SP request-target SP HTTP-version.
 # request-target here is origin-form (section 3.2.1): absolute-path [ "?" query ],
-# with the path one of the two routes and a topic of letters and digits
+# with the path one of the two routes and a topic of letters and digits, or
+# the Mercure hub's path
 # (anything else, percent-escapes included, is for the Quart route to refuse);
 # query = *( pchar / "/" / "?" ), taken here as any VCHAR but "#" (a fragment
 # is never sent, RFC 9110 section 7.1).
 _request_line = re.compile(
-    rb"(POST|GET) (/(publish|subscribe)/([0-9A-Za-z]+)(?:\?([\x21\x22\x24-\x7e]*))?) HTTP/1\.1"
+    rb"(POST|GET) (/(?:(publish|subscribe)/([0-9A-Za-z]+)|\.well-known/(mercure))"
+    rb"(?:\?([\x21\x22\x24-\x7e]*))?) HTTP/1\.1"
 )
+#: How each form's request line may start (to decline any other early).
+_STARTS = (b"POST /publish/", b"GET /subscribe/", b"GET /.well-known/mercure")
 
 
 def _has_bare_lf(data: bytes | bytearray) -> bool:
@@ -94,9 +99,10 @@ class Request:
     target: bytes
     """The request-target as sent."""
     route: str
-    """``"publish"`` or ``"subscribe"``."""
+    """``"publish"``, ``"subscribe"`` or ``"mercure"`` (a Mercure subscribe)."""
     topic: str
-    """The topic as written in the path (ASCII letters and digits)."""
+    """The topic as written in the path (ASCII letters and digits); empty
+    for ``"mercure"``, whose topics are in the query."""
     query: bytes
     """What follows ``?`` in the target (empty if nothing does)."""
     headers: dict[bytes, bytes]
@@ -128,7 +134,7 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
         # never take is not left waiting for a blank line it may not send.
         if len(buffer) > MAX_HEAD_BYTES or _has_bare_lf(buffer):
             return DECLINE
-        for prefix in (b"POST /publish/", b"GET /subscribe/"):
+        for prefix in _STARTS:
             if prefix.startswith(buffer[: len(prefix)]) or buffer.startswith(prefix):
                 return NEED_DATA
         return DECLINE
@@ -141,8 +147,12 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
     match = _request_line.fullmatch(request_line)
     if match is None:
         return DECLINE
-    method, target, route, topic, query = match.groups()
-    if (method == b"POST") != (route == b"publish"):
+    method, target, route, topic, mercure, query = match.groups()
+    if mercure:
+        if method != b"GET":
+            return DECLINE  # a Mercure publish: the Quart route reads its form
+        route, topic = mercure, b""
+    elif (method == b"POST") != (route == b"publish"):
         return DECLINE  # the Quart route answers 405 with Allow
     if fields and _field_block.fullmatch(fields + b"\r\n") is None:
         return DECLINE  # obs-fold, obs-text, a control character, no colon...

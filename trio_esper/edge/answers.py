@@ -68,6 +68,16 @@ class Answers:
             )
         return head
 
+    def any_stream_head(self, headers: endpoints.Headers, close: bool) -> bytes:
+        """The response head and opening chunk of a stream whose header
+        fields are ``headers`` (made each time: for the rarer streams)."""
+        return (
+            h1.response_head(
+                200, encode_headers(headers), date=self.http_date(), close=close, chunked=True
+            )
+            + self._opening_chunk
+        )
+
     def http_date(self) -> bytes:
         # RFC 9110, section 6.6.1: an origin server with a clock MUST send Date.
         now = int(time.time())

@@ -1,5 +1,7 @@
-"""The fast forms: plain HTTP/1.1 ``POST /publish/{topic}`` and
-``GET /subscribe/{topic}``, served by the connection's own task.
+"""The fast forms: plain HTTP/1.1 ``POST /publish/{topic}``,
+``GET /subscribe/{topic}`` and ``GET /.well-known/mercure`` (a Mercure
+subscribe, unless the subscriptions API announces subscriptions), served by
+the connection's own task.
 
 While the requests on a connection are fast forms (what :func:`..h1.read_request`
 takes), :meth:`FastForms.serve` answers them with the same code as the Quart
@@ -16,7 +18,8 @@ Owns nothing beyond one request at a time: the connection is its caller's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -25,7 +28,8 @@ import trio
 from .. import endpoints, h1, logs
 from ..config import Config
 from ..errors import EsperError, RequestTimeout
-from ..hub import Hub
+from ..hub import Hub, Subscribing, Subscription
+from ..mercure import subscribe as mercure
 from ..metrics import Metrics
 from .answers import Answers, closes
 from .connection import Connection, Expired
@@ -101,8 +105,14 @@ class FastForms:
                     if not await self.send_answer(connection, opened.answer, opened.keep_alive):
                         return None
                     continue
-                await self._stream(connection, opened)
+                await self._subscribe(connection, opened)
                 return None
+            if request.route == "mercure":
+                buffer = buffer[request.head_bytes :]
+                if not await self._mercure(connection, request):
+                    return None
+                checkpointed = True
+                continue
             # The body: a stall timeout, and a minimum average rate.
             end = request.head_bytes + request.content_length
             now = trio.current_time()
@@ -133,6 +143,12 @@ class FastForms:
         """The fast forms' reading of a head; a head they decline is read
         whole all the same, so the head timeout holds for Hypercorn's too."""
         request = h1.read_request(buffer, self._config.max_body_bytes)
+        if (
+            isinstance(request, h1.Request)
+            and request.route == "mercure"
+            and self._config.mercure_subscriptions
+        ):
+            request = h1.DECLINE  # the Quart route announces each subscription
         if request is h1.DECLINE and not h1.head_complete(buffer):
             return h1.NEED_DATA
         return request
@@ -238,9 +254,73 @@ class FastForms:
             return _Refused(endpoints.error_answer(error, cors), request.keep_alive)
         return _Opened(plan, cors, close=not request.keep_alive)
 
-    async def _stream(self, connection: Connection, opened: _Opened) -> None:
-        """Serve a subscriber's stream until it ends or the peer leaves, then
-        end the body (the connection then closes).
+    async def _subscribe(self, connection: Connection, opened: _Opened) -> None:
+        """Serve an esper subscriber's stream (see :meth:`_stream`)."""
+        plan = opened.plan
+        hub = self._hub
+        await self._stream(
+            connection,
+            hub.subscribe(plan.topic, frame=h1.chunk, client=connection.address),
+            lambda: self._answers.stream_head(opened.cors, opened.close),
+            lambda subscription: endpoints.replay_pages(hub, subscription, plan),
+            error_cors=opened.cors,
+            topic=plan.topic,
+        )
+
+    async def _mercure(self, connection: Connection, request: h1.Request) -> bool:
+        """Serve a Mercure subscribe (see :meth:`_stream`); whether the
+        connection stays open (after a refusal only)."""
+        config, hub = self._config, self._hub
+        origin = request.header(b"origin")
+        authorization, cookie = request.header(b"authorization"), request.header(b"cookie")
+        try:
+            plan = await mercure.plan(
+                config,
+                hub,
+                mercure.Request(
+                    request.query,
+                    authorization=() if authorization is None else (authorization,),
+                    cookies=() if cookie is None else (cookie,),
+                    origin=origin,
+                    referer=request.header(b"referer"),
+                    last_event_id=request.header(b"last-event-id"),
+                    client=connection.address,
+                ),
+            )
+        except EsperError as error:
+            logs.auth_failed(error, client=connection.address, topic=None)
+            cors = endpoints.cors_headers(config, origin)
+            return await self.send_answer(
+                connection, endpoints.error_answer(error, cors), request.keep_alive
+            )
+        close = not request.keep_alive
+        expires_in = plan.expires_in()
+        await self._stream(
+            connection,
+            hub.subscribe_routed(plan.selection, frame=h1.chunk, client=connection.address),
+            lambda: self._answers.any_stream_head(plan.headers, close),
+            lambda subscription: mercure.replay_pages(hub, subscription, plan),
+            error_cors=endpoints.cors_headers(config, origin),
+            topic="Mercure",
+            deadline=math.inf if expires_in is None else trio.current_time() + expires_in,
+        )
+        return False
+
+    async def _stream(
+        self,
+        connection: Connection,
+        subscribing: Subscribing,
+        head: Callable[[], bytes],
+        replay: Callable[[Subscription], AsyncGenerator[bytes, None]],
+        *,
+        error_cors: endpoints.Headers,
+        topic: str,
+        deadline: float = math.inf,
+    ) -> None:
+        """Serve a subscriber's stream until it ends, the peer leaves, or
+        ``deadline`` (its token's expiry) passes, then end the body (the
+        connection then closes). ``head()`` is the stream's response head,
+        ``replay`` what it resumes from.
 
         The task parks on the socket (to see the peer leave) rather than on
         the queue: while it is parked the topic writes to the socket directly
@@ -249,26 +329,23 @@ class FastForms:
         """
         started = False
         try:
-            async with self._hub.subscribe(
-                opened.plan.topic, frame=h1.chunk, client=connection.address
-            ) as subscription:
-                await connection.write_all(self._answers.stream_head(opened.cors, opened.close))
+            async with subscribing as subscription:
+                await connection.write_all(head())
                 started = True
-                if opened.plan.resume:
-                    async with aclosing(
-                        endpoints.replay_pages(self._hub, subscription, opened.plan)
-                    ) as pages:
-                        async for page in pages:
-                            await connection.write_all(h1.chunk(page))
+                async with aclosing(replay(subscription)) as pages:
+                    async for page in pages:
+                        await connection.write_all(h1.chunk(page))
                 connection.attach(subscription)
                 try:
                     while True:
-                        with trio.CancelScope() as parked:
+                        with trio.CancelScope(deadline=deadline) as parked:
                             if subscription.park(parked.cancel):
                                 if not await connection.discard_some():
                                     return  # the peer closed its end
                                 continue
                         subscription.unpark()
+                        if trio.current_time() >= deadline:
+                            break
                         try:
                             chunk = subscription.take_nowait()
                         except trio.WouldBlock:
@@ -287,18 +364,18 @@ class FastForms:
                 log.warning(
                     "stream to %s on %s ended: %s",
                     connection.peer,
-                    opened.plan.topic,
+                    topic,
                     error.reason,
                     extra={
                         "event": "stream_failed",
                         "client": connection.address,
-                        "topic": opened.plan.topic,
+                        "topic": topic,
                         "reason": error.reason,
                     },
                 )
             else:  # refused on entry: the broker is shutting down
                 await self.send_answer(
-                    connection, endpoints.error_answer(error, opened.cors), keep_alive=False
+                    connection, endpoints.error_answer(error, error_cors), keep_alive=False
                 )
         except GONE:
             pass  # reset, or interrupted by a drop or by shutdown

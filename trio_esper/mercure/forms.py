@@ -207,6 +207,34 @@ def _retry(value: str) -> int | None:
     return retry or None
 
 
+def read_query(raw: bytes) -> dict[str, list[str]]:
+    """A subscribe request's query string as Go's ``URL.Query()`` reads it
+    (net/url/url.go ParseQuery, errors ignored): the values of each key, in
+    order; a pair with a ``;`` or a malformed escape is dropped, as Go drops
+    it, rather than refused.
+
+    Raises:
+        BadRequest: more than :data:`MAX_FORM_PAIRS` pairs, or a key or value
+            that is not UTF-8 once unescaped (Go passes the bytes through).
+    """
+    if raw.count(b"&") + 1 > MAX_FORM_PAIRS:
+        raise BadRequest(f"the query string has more than {MAX_FORM_PAIRS} parameters")
+    values: dict[str, list[str]] = {}
+    for pair in raw.split(b"&"):
+        if not pair or b";" in pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        try:
+            name, text = _unescape(key, ""), _unescape(value, "")
+        except BadRequest:
+            continue
+        try:
+            values.setdefault(name.decode("utf-8"), []).append(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid percent-encoded UTF-8") from None
+    return values
+
+
 def _parse_query(raw: bytes, where: str) -> dict[bytes, list[bytes]]:
     """Go's ``url.ParseQuery`` (net/url/url.go parseQuery): the values of each
     unescaped key, in order. It reports the first error after reading every

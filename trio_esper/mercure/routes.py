@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -30,23 +32,19 @@ from werkzeug.datastructures import Headers
 
 from .. import endpoints, web
 from ..config import Config
-from ..errors import BadRequest, EsperError, Forbidden, NotFound, Unauthorized
+from ..errors import EsperError, Forbidden, NotFound, Unauthorized
 from ..hub import Hub
 from ..routing import Route, Selection
 from ..selectors import SelectorMatcher
 from ..sse import Event
-from . import subscriptions
-from .claims import MercureClaims, TokenSources, authorize, authorize_publish
+from . import subscribe, subscriptions
+from .claims import TokenSources, authorize, authorize_publish
 from .forms import read_publish_form
 
 log = logging.getLogger("trio_esper")
 
 #: The hub's URL path (draft-dunglas-mercure, "Discovery").
 PATH = "/.well-known/mercure"
-#: Topic selectors one subscription may hold (Mercure's limit too).
-MAX_SELECTORS = 1000
-#: The ``Last-Event-ID`` answer when no event is known (the draft's reserved id).
-EARLIEST = "earliest"
 #: How long a closing subscription's announcement may take (it runs shielded).
 ANNOUNCE_SECONDS = 2.0
 #: Every update of the log (for the subscriptions API's ``lastEventID``).
@@ -54,12 +52,6 @@ EVERYTHING = Selection(("*",), ("*",))
 JSON_LD = "application/ld+json"
 #: What the path of one subscription document, or of a selector's, starts with.
 SUBSCRIPTION_PATHS = subscriptions.PREFIX + "/"
-#: Mercure's answers to a subscriber: never cached, by a proxy either.
-STREAM_HEADERS: endpoints.Headers = [
-    ("content-type", "text/event-stream"),
-    ("cache-control", "private, no-cache, no-store, must-revalidate, max-age=0"),
-    ("x-accel-buffering", "no"),
-]
 
 
 def _sources(*, cookies: bool) -> TokenSources:
@@ -75,30 +67,21 @@ def _sources(*, cookies: bool) -> TokenSources:
 
 
 def _cors(config: Config) -> endpoints.Headers:
-    """The CORS headers, with credentials for an origin named exactly: a
-    browser sends the ``mercureAuthorization`` cookie only then."""
-    headers = web.cors_headers(config)
-    if ("vary", "Origin") in headers and not any(
-        name == "access-control-allow-credentials" for name, _ in headers
-    ):
-        headers.append(("access-control-allow-credentials", "true"))
-    return headers
+    return subscribe.cors_headers(config, request.headers.get("Origin"))
 
 
-def subscriber_claims(config: Config) -> MercureClaims | None:
-    """The subscriber's claims (``None``: anonymous, public updates only).
-
-    Raises:
-        Unauthorized: a token that does not verify; no token while a
-            subscriber key is set and ``--mercure-anonymous`` is not.
-    """
-    key = config.subscriber_key
-    if key is None:  # the subscriber side is open: no token is read
-        return None
-    claims = authorize(_sources(cookies=True), key, algorithms=config.jwt_algorithms)
-    if claims is None and not config.mercure_anonymous:
-        raise Unauthorized("a subscriber token is required (or --mercure-anonymous)")
-    return claims
+def subscribe_request() -> subscribe.Request:
+    """The current request as a Mercure subscribe."""
+    headers = request.headers
+    return subscribe.Request(
+        request.query_string,
+        authorization=tuple(headers.getlist("Authorization")),
+        cookies=tuple(headers.getlist("Cookie")),
+        origin=headers.get("Origin"),
+        referer=headers.get("Referer"),
+        last_event_id=headers.get("Last-Event-ID"),
+        client=request.remote_addr or "",
+    )
 
 
 def _new_id(config: Config) -> str | None:
@@ -120,39 +103,14 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
 
     @route(PATH, "GET")
     async def mercure_subscribe() -> Response:
-        topics = tuple(request.args.getlist("topic"))
-        if not topics:
-            raise BadRequest('Missing "topic" parameter.')
-        if len(topics) > MAX_SELECTORS:
-            raise BadRequest('Too many "topic" parameters.')
-        claims = subscriber_claims(config)
-        allowed = () if claims is None or claims.subscribe is None else claims.subscribe
-        selection = Selection(topics, allowed)
-        headers = [*STREAM_HEADERS, *_cors(config)]
-        client = request.remote_addr or ""
-        hub.admit_routed(client)
-        last_id = endpoints.header_text(request.headers.get("Last-Event-ID")) or (
-            request.args.get("lastEventID")
-        )
-        # Where the stream resumes: after ``after`` (from the oldest if
-        # None), or not at all.
-        resume, after = False, None
-        if last_id:
-            if last_id == EARLIEST:
-                resume, position = True, EARLIEST
-            elif await hub.routed_position(last_id, selection) is not None:
-                resume, after, position = True, last_id, last_id
-            else:  # unknown or expired: what the subscriber may know of, as Mercure answers
-                newest = await hub.newest_selected(selection, endpoints.REPLAY_PAGE_EVENTS)
-                position = EARLIEST if newest is None else newest
-            headers.append(("last-event-id", position))
+        plan = await subscribe.plan(config, hub, subscribe_request())
         if request.method == "HEAD":
-            return Response(b"", headers=Headers(headers))
-
+            return Response(b"", headers=Headers(plan.headers))
+        client = request.remote_addr or ""
         subscriber = None
         if config.mercure_subscriptions:
-            payload = None if claims is None else claims.payload
-            subscriber = subscriptions.Subscriber(f"urn:uuid:{uuid.uuid4()}", topics, payload)
+            payload = None if plan.claims is None else plan.claims.payload
+            subscriber = subscriptions.Subscriber(f"urn:uuid:{uuid.uuid4()}", plan.topics, payload)
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribed before the first byte goes out (a browser publishes
@@ -164,17 +122,27 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
                     registry.add(subscriber)
                     await announce(subscriber, True)
                 try:
-                    async with hub.subscribe_routed(selection, client=client) as subscription:
+                    async with hub.subscribe_routed(plan.selection, client=client) as subscription:
                         yield opening
-                        cursor, more = after, resume
-                        while more:
-                            page = await hub.replay(
-                                subscription, cursor, endpoints.REPLAY_PAGE_EVENTS
-                            )
-                            if page.records:
-                                yield b"".join(r.frame for r in page.records)
-                            cursor, more = page.next_after, page.next_after is not None
-                        async for chunk in subscription:
+                        async with aclosing(
+                            subscribe.replay_pages(hub, subscription, plan)
+                        ) as pages:
+                            async for page in pages:
+                                yield page
+                        # Until the token expires (the cancel scope holds
+                        # each wait, never a yield).
+                        expires_in = plan.expires_in()
+                        deadline = (
+                            math.inf if expires_in is None else trio.current_time() + expires_in
+                        )
+                        while True:
+                            with trio.move_on_at(deadline):
+                                try:
+                                    chunk = await subscription.__anext__()
+                                except StopAsyncIteration:
+                                    return
+                            if trio.current_time() >= deadline:
+                                return
                             yield chunk
                 finally:
                     if subscriber is not None:
@@ -184,7 +152,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
             except EsperError as error:
                 log.warning("Mercure stream to %s ended: %s", client, error.reason)
 
-        return web.endless(Response(stream(), status=200, headers=Headers(headers)))
+        return web.endless(Response(stream(), status=200, headers=Headers(plan.headers)))
 
     @route(PATH, "POST")
     async def mercure_publish() -> Response:
@@ -238,7 +206,10 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
                 raise Unauthorized("a subscriber token is required")
             if not matcher.matches_any(claims.subscribe or (), (uri,)):
                 raise Forbidden('"mercure.subscribe" does not select this document')
-        last = await hub.newest_selected(EVERYTHING, endpoints.REPLAY_PAGE_EVENTS) or EARLIEST
+        last = (
+            await hub.newest_selected(EVERYTHING, endpoints.REPLAY_PAGE_EVENTS)
+            or subscribe.EARLIEST
+        )
         headers = [("content-type", JSON_LD), ("etag", last), *_cors(config)]
         if request.headers.get("If-None-Match") == last:
             return Response(b"", status=304, headers=Headers(headers))
