@@ -115,6 +115,19 @@ def _ensure_pebble(session: nox.Session) -> dict[str, str]:
     return {"TRIO_ESPER_PEBBLE_BIN": str(PEBBLE_BIN)}
 
 
+#: The npm packages tests/test_mercure_clients.py runs in Node, pinned by the lock file there.
+NODE_TESTS = Path(__file__).parent / "tests" / "js"
+
+
+def _ensure_node_packages(session: nox.Session) -> None:
+    """Install tests/js's npm packages as its package-lock.json pins them (``npm ci``)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        session.error("tests/test_mercure_clients.py runs Node.js 20+ and npm: install them")
+    session.run(
+        "npm", "ci", "--prefix", str(NODE_TESTS), "--no-audit", "--no-fund", external=True
+    )
+
+
 def _ensure_browser(session: nox.Session) -> None:
     """Install Chromium, ChromeDriver, curl and redis-server from Debian if missing."""
     tools = ("chromium", "chromedriver", "curl", "redis-server")
@@ -135,6 +148,7 @@ def _ensure_browser(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole test suite, browser tests included, on the Python that runs nox."""
     _ensure_browser(session)
+    _ensure_node_packages(session)
     session.install("-e", ".[test]", *CONSTRAINED)
     session.run("pytest", *session.posargs, env=_ensure_pebble(session))
 
@@ -145,6 +159,7 @@ def full(session: nox.Session) -> None:
     included (TRIO_ESPER_LANES=both; the default run takes their fast lane alone:
     tests/conftest.py)."""
     _ensure_browser(session)
+    _ensure_node_packages(session)
     session.install("-e", ".[test]", *CONSTRAINED)
     session.run(
         "pytest", *session.posargs, env={"TRIO_ESPER_LANES": "both", **_ensure_pebble(session)}
