@@ -56,7 +56,8 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
         return app.route(path, methods=[*methods, "OPTIONS"])
 
     def authorise(secret: str | None, topic: str | None) -> None:
-        endpoints.authorise(config, secret, topic, **web.credentials(config))
+        # /history: reading a topic, as subscribing (the cookie is a credential).
+        endpoints.authorise(config, secret, topic, **web.credentials(config, subscribing=True))
 
     @app.before_request
     async def check_request() -> Response | None:

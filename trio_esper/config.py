@@ -37,8 +37,15 @@ DEFAULT_PORT = 3000
 DEFAULT_HEARTBEAT_SECONDS = 15.0
 #: A published event is a notification, not a file upload.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-#: Per-subscriber queue; a subscriber this far behind is disconnected (it can resume).
-DEFAULT_QUEUE_EVENTS = 1000
+#: Per-subscriber queue; a subscriber this far behind is disconnected. Well
+#: below DEFAULT_HISTORY_EVENTS, so the history still holds what a dropped
+#: subscriber missed when it resumes (docs/behaviour.md states the rule).
+DEFAULT_QUEUE_EVENTS = 100
+#: The same bound in bytes: sixteen of the largest publishes (DEFAULT_MAX_BODY_BYTES).
+DEFAULT_QUEUE_BYTES = 1024 * 1024
+#: All subscribers' queues together, so that many stalled subscribers on
+#: topics of large events cannot hold more than this between them.
+DEFAULT_QUEUE_TOTAL_BYTES = 64 * 1024 * 1024
 #: How long open streams get to finish on SIGINT/SIGTERM before sockets are closed.
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 #: Unacknowledged bytes older than this abort the connection (TCP_USER_TIMEOUT),
@@ -50,6 +57,12 @@ DEFAULT_HISTORY_EVENTS = 1000
 #: Bounds the memory history whatever the number of topics (10k topics x 1000
 #: events of 100 bytes would otherwise take gigabytes).
 DEFAULT_HISTORY_MAX_BYTES = 256 * 1024 * 1024
+
+#: Hypercorn's default, and what browsers assume before a server says.
+DEFAULT_H2_MAX_STREAMS = 100
+#: Hypercorn's priority tree holds 1000 streams a connection; the streams
+#: over the limit need room too (edge.bridge.h2_advertised_streams).
+MAX_H2_STREAMS = 500
 
 #: Hypercorn's default: long enough for a publisher between bursts.
 DEFAULT_KEEP_ALIVE_SECONDS = 5.0
@@ -412,6 +425,20 @@ class Config:
         metavar="EVENTS",
         help="events buffered per subscriber; a subscriber this far behind is disconnected",
     )
+    queue_bytes: int = setting(
+        DEFAULT_QUEUE_BYTES,
+        "--queue-bytes",
+        metavar="BYTES",
+        help="bytes buffered per subscriber (queued, or being written); a subscriber this "
+        "far behind is disconnected",
+    )
+    queue_total_bytes: int = setting(
+        DEFAULT_QUEUE_TOTAL_BYTES,
+        "--queue-total-bytes",
+        metavar="BYTES",
+        help="bytes buffered for all subscribers together (a frame queued to many counts "
+        "once); past it, the subscriber holding the most is disconnected",
+    )
     cors_origins: tuple[str, ...] = setting(
         (),
         "--cors-origin",
@@ -426,6 +453,14 @@ class Config:
         metavar="NAME",
         help="a cookie that may carry the JWT; allowed origins then get "
         "`Access-Control-Allow-Credentials` (see [Auth](#auth))",
+    )
+    cookie_publish: bool = setting(
+        False,
+        "--cookie-publish",
+        switch=True,
+        help="let the `--auth-cookie` token publish and manage too; without it the cookie "
+        "authorises subscribing only, since a cross-site page's form sends it with a "
+        "`POST` (see [Auth](#auth))",
     )
     log_level: str = setting(
         "info",
@@ -542,6 +577,14 @@ class Config:
         metavar="N",
         help="subscriptions from one client address: past it 503",
     )
+    h2_max_streams: int = setting(
+        DEFAULT_H2_MAX_STREAMS,
+        "--h2-max-streams",
+        metavar="N",
+        help="streams served at once on one HTTP/2 connection (an `EventSource` holds one); "
+        "another is refused with `REFUSED_STREAM`, which browsers retry, rather than left "
+        f"waiting (at most {MAX_H2_STREAMS})",
+    )
     publish_rate_per_connection: float = setting(
         0.0,
         "--publish-rate",
@@ -642,6 +685,8 @@ class Config:
         for name in (
             "max_body_bytes",
             "queue_events",
+            "queue_bytes",
+            "queue_total_bytes",
             "history_events",
             "history_max_bytes",
             "request_body_min_rate_bytes",
@@ -650,9 +695,12 @@ class Config:
             "max_subscribers_per_topic",
             "max_connections_per_address",
             "max_subscriptions_per_address",
+            "h2_max_streams",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError.about(name, "must be at least 1")
+        if self.h2_max_streams > MAX_H2_STREAMS:
+            raise ConfigError.about("h2_max_streams", f"must be at most {MAX_H2_STREAMS}")
         for name in ("publish_rate_per_connection", "history_max_age_seconds", "retry_ms"):
             value = getattr(self, name)
             if value is not None and not value >= 0:

@@ -193,20 +193,28 @@ def _checked(
     against ``secret``."""
     topic = normalise_topic(request.topic)
     args = query_args(request.query)
-    token = query_or_cookie_token(config, args, request.cookie)
+    subscribing = isinstance(request, SubscribeRequest)
+    token = query_or_cookie_token(config, args, request.cookie, subscribing=subscribing)
     authorise(config, secret, topic, authorization=request.authorization, token=token)
     return topic, args
 
 
 def query_or_cookie_token(
-    config: Config, args: dict[str, str], cookie_header: str | None
+    config: Config, args: dict[str, str], cookie_header: str | None, *, subscribing: bool
 ) -> str | None:
     """The token a request gives other than in ``Authorization``: ``?token=``
     or ``?access_token=`` (RFC 6750, section 2.3), else the auth cookie
-    (``--auth-cookie``)."""
-    return (
-        args.get("token") or args.get("access_token") or cookie(cookie_header, config.auth_cookie)
-    )
+    (``--auth-cookie``) where a cookie may authorise.
+
+    A cookie authorises ``subscribing`` (reading a topic) only, unless
+    ``--cookie-publish``: a browser sends it with any page's form ``POST`` or
+    "simple" ``fetch``, which need no CORS preflight, so a cookie that could
+    publish or manage would let any site do so as the user (CSRF). Mercure's
+    routes keep their own rule (:mod:`.mercure.claims`)."""
+    token = args.get("token") or args.get("access_token")
+    if token or not (subscribing or config.cookie_publish):
+        return token or None
+    return cookie(cookie_header, config.auth_cookie)
 
 
 def authorise_management(

@@ -141,7 +141,8 @@ SECURITY_SCHEMES: Json = {
         "name": "token",
         "description": (
             "The same as `?token=` (esper's name; it wins over `?access_token=`). With "
-            "`--auth-cookie NAME` the token may also come in the cookie NAME, after both."
+            "`--auth-cookie NAME` the token may also come in the cookie NAME, after both, "
+            "to subscribe only (to publish and manage too with `--cookie-publish`)."
         ),
     },
 }
@@ -211,6 +212,8 @@ STATISTICS = {
     "published": "Events accepted from publishers since start.",
     "delivered": "Events handed to subscriber connections since start.",
     "dropped": "Subscribers disconnected because their queue was full.",
+    "queued_bytes": "Bytes waiting for subscribers (queued or being written); a frame "
+    "queued to many subscribers counts once.",
     "known_topics": "Topics in the catalog: created, or used lately.",
 }
 HISTORY_STATISTICS = {
@@ -656,6 +659,7 @@ _STATS_EXAMPLE = {
     "published": 10,
     "delivered": 10,
     "dropped": 0,
+    "queued_bytes": 0,
     "known_topics": 1,
     "history": {"backend": "memory", "topics": 1, "events": 10, "bytes": 7000},
 }
@@ -1188,7 +1192,8 @@ publishing a publisher JWT (each verified with a secret or public keys), the top
 credential (`ESPER_API_TOKEN`, or a publisher JWT with `"admin": true`), and `/stats`,
 `/stats/stream` and `/metrics` the API token, `ESPER_METRICS_TOKEN` or any publisher JWT. A
 token comes as `Authorization: Bearer`, `?token=`, `?access_token=`, or in the
-`--auth-cookie` cookie, in that order of precedence.
+`--auth-cookie` cookie, in that order of precedence; the cookie authorises subscribing only
+(a cross-site form sends it too), unless `--cookie-publish`.
 
 **Errors** are a status and one line of `text/plain`; 401 and 403 carry
 `WWW-Authenticate: Bearer realm="trio_esper", error="invalid_token", error_description="..."`.

@@ -57,11 +57,13 @@ class Credentials(TypedDict):
     token: str | None
 
 
-def credentials(config: Config) -> Credentials:
-    """The request's ``Authorization`` header and its other token."""
+def credentials(config: Config, *, subscribing: bool = False) -> Credentials:
+    """The request's ``Authorization`` header and its other token (the auth
+    cookie's only if ``subscribing``: :func:`.endpoints.query_or_cookie_token`)."""
+    cookie = request.headers.get("Cookie")
     return Credentials(
         authorization=request.headers.get("Authorization"),
-        token=endpoints.query_or_cookie_token(config, query(), request.headers.get("Cookie")),
+        token=endpoints.query_or_cookie_token(config, query(), cookie, subscribing=subscribing),
     )
 
 
