@@ -15,6 +15,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import pytest
 import trio
 
@@ -59,11 +60,24 @@ class H2Client:
     the raw record is kept (``h2_error``), which is all a shutdown test needs.
     """
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        settings: dict[int, int] | None = None,
+        acknowledge: bool = True,
+    ) -> None:
+        """``settings``: SETTINGS sent in place of ``h2``'s defaults (e.g.
+        ``INITIAL_WINDOW_SIZE`` 0). ``acknowledge``: False never reopens a
+        flow-control window (no WINDOW_UPDATE), as a client that stopped
+        reading would."""
         self.stream = stream
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
+        if settings is not None:
+            self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
+        self.acknowledge = acknowledge
         self.streams: dict[int, H2Stream] = {}
         self.settings_received = False
         #: The server's GOAWAY, as ``(last_stream_id, error_code)``.
@@ -166,7 +180,10 @@ class H2Client:
                 if stream is not None:
                     stream.status = int(dict(event.headers)[":status"])
             elif isinstance(event, h2.events.DataReceived):
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if self.acknowledge:
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
                 if stream is not None:
                     stream.data += event.data
             elif isinstance(event, h2.events.RemoteSettingsChanged):

@@ -19,6 +19,14 @@ changes behaviour; the versions are pinned in pyproject.toml):
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
+* Over HTTP/2, the ``send`` an application gets is an ``HTTPStream``'s
+  ``app_send`` (``stream_id``, and ``send``: its ``H2Protocol``'s
+  ``stream_send``, which takes ``StreamClosed``); the protocol's
+  ``connection`` (the ``h2`` state machine), ``send``, ``priority`` and
+  ``has_data``; ``StreamBuffer.close()``. :class:`H2Stream` uses them to
+  reset a stream (:class:`BoundedApp`).
+* ``Config.h2_max_concurrent_streams``, which Hypercorn advertises as
+  SETTINGS_MAX_CONCURRENT_STREAMS.
 * ``hypercorn.trio.worker_context.WorkerContext(max_requests)`` and its
   ``terminated`` event.
 * ``hypercorn.utils.wrap_app(app, wsgi_max_body_size, mode)``.
@@ -32,17 +40,24 @@ import functools
 import inspect
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h2.errors
+import h2.exceptions
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import RawData
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import wrap_app
+from priority.priority import MissingStreamError
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
@@ -51,6 +66,30 @@ from ..config import Config, ConfigError
 from .connection import Connection
 
 log = logging.getLogger("trio_esper")
+
+#: The least an HTTP/2 connection may hold unwritten, all its streams
+#: together (see :func:`connection_unsent_max_bytes`): many small events
+#: queued for a slow reader, as an HTTP/1.1 socket's kernel buffer holds.
+CONNECTION_UNSENT_MIN_BYTES = 4 * 1024 * 1024
+#: A connection's unwritten bytes may reach this many of the largest
+#: publish body (a stalled reader's few largest events).
+CONNECTION_UNSENT_MAX_BODIES = 4
+#: Streams a client may open past ``--h2-max-streams`` to be refused:
+#: advertising the limit itself would make a browser queue the next stream
+#: on its side, where it waits for a slot without end.
+H2_REFUSAL_HEADROOM_STREAMS = 100
+
+
+def connection_unsent_max_bytes(config: Config) -> int:
+    """The most an HTTP/2 connection may hold unwritten, all its streams
+    together: past it, the stream that adds more is reset."""
+    return max(CONNECTION_UNSENT_MIN_BYTES, CONNECTION_UNSENT_MAX_BODIES * config.max_body_bytes)
+
+
+def h2_advertised_streams(config: Config) -> int:
+    """SETTINGS_MAX_CONCURRENT_STREAMS: ``--h2-max-streams`` and room for
+    the streams over it to reach the broker and be refused."""
+    return config.h2_max_streams + min(config.h2_max_streams, H2_REFUSAL_HEADROOM_STREAMS)
 
 
 class HypercornStream:
@@ -124,12 +163,162 @@ class TLSStream(HypercornStream):
         return protocol
 
 
+class H2Stream:
+    """One HTTP/2 stream, as its application task reaches it: Hypercorn's
+    protocol for the connection, and the stream's id."""
+
+    def __init__(self, protocol: H2Protocol, stream_id: int) -> None:
+        self.protocol = protocol
+        self.stream_id = stream_id
+
+    @classmethod
+    def of(cls, send: Callable[..., Awaitable[None]]) -> H2Stream:
+        """The stream whose application was given ``send`` (over HTTP/2:
+        its ``HTTPStream.app_send``, see the module's docstring)."""
+        http_stream: HTTPStream = send.__self__  # type: ignore[attr-defined]
+        protocol: H2Protocol = http_stream.send.__self__  # type: ignore[attr-defined]
+        return cls(protocol, http_stream.stream_id)
+
+    def rank(self) -> int:
+        """Streams open on the connection that were opened before this one."""
+        return sum(1 for stream_id in self.protocol.streams if stream_id < self.stream_id)
+
+    def unsent_bytes(self) -> int:
+        """What the stream's application sent that is not written yet."""
+        buffer = self.protocol.stream_buffers.get(self.stream_id)
+        return 0 if buffer is None else len(buffer.buffer)
+
+    def connection_unsent_bytes(self) -> int:
+        """What every stream of the connection has not written yet."""
+        return sum(len(buffer.buffer) for buffer in self.protocol.stream_buffers.values())
+
+    async def reset(self, error_code: h2.errors.ErrorCodes) -> None:
+        """RST_STREAM with ``error_code``; the stream ends as if the client
+        had reset it (its application is told ``http.disconnect``) and what
+        it had not written is let go."""
+        protocol = self.protocol
+        try:
+            protocol.connection.reset_stream(self.stream_id, error_code)
+        except h2.exceptions.ProtocolError:
+            return  # closed already
+        await protocol.send(RawData(data=protocol.connection.data_to_send()))
+        buffer = protocol.stream_buffers.get(self.stream_id)
+        if buffer is not None:
+            # Emptied now; Hypercorn's send task drops it when it next looks
+            # (it cannot end a reset stream, and lets it go).
+            await buffer.close()
+        await protocol.stream_send(StreamClosed(stream_id=self.stream_id))
+        try:
+            protocol.priority.unblock(self.stream_id)
+        except MissingStreamError:
+            return
+        await protocol.has_data.set()
+
+
+class BoundedApp:
+    """The application as Hypercorn calls it, with the bounds HTTP/2 needs.
+
+    * A stream beyond ``--h2-max-streams`` open on its connection is refused
+      (RST_STREAM REFUSED_STREAM, which clients retry: RFC 9113, 8.7) before
+      the application sees it.
+    * A stream that cannot be written -- its client keeps its flow-control
+      window shut -- counts against the subscriber's ``--queue`` bound as an
+      HTTP/1.1 subscriber that stops reading does: the messages (each one or
+      more events) its application sent that are not written yet. Past the
+      bound, or past :func:`connection_unsent_max_bytes` for the connection,
+      the stream is reset (RST_STREAM CANCEL): the subscriber is dropped, and
+      reconnects and resumes as after any drop. (Hypercorn's stream buffer
+      stops holding the application back once a shut window paused it.)
+    """
+
+    def __init__(self, app: AppWrapper, config: Config) -> None:
+        self._app = app
+        self._max_streams = config.h2_max_streams
+        self._max_messages = config.queue_events
+        self._connection_max_bytes = connection_unsent_max_bytes(config)
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope["type"] != "http" or scope["http_version"] != "2":
+            await self._app(scope, receive, send, sync_spawn, call_soon)
+            return
+        stream = H2Stream.of(send)
+        if stream.rank() >= self._max_streams:
+            log.debug(
+                "refused stream %d: its connection serves its limit of %d streams",
+                stream.stream_id,
+                self._max_streams,
+                extra={"event": "stream_refused", "client": _client(scope)},
+            )
+            await stream.reset(h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        bounded = _BoundedSend(stream, send, self._max_messages, self._connection_max_bytes)
+        await self._app(scope, receive, bounded, sync_spawn, call_soon)
+
+
+def _client(scope: Any) -> str | None:
+    client = scope.get("client")
+    return None if client is None else str(client[0])
+
+
+class _BoundedSend:
+    """An HTTP/2 stream's ``send``, which resets the stream once it holds
+    too much unwritten (see :class:`BoundedApp`)."""
+
+    def __init__(
+        self,
+        stream: H2Stream,
+        send: Callable[[Any], Awaitable[None]],
+        max_messages: int,
+        connection_max_bytes: int,
+    ) -> None:
+        self._stream = stream
+        self._send = send
+        self._max_messages = max_messages
+        self._connection_max_bytes = connection_max_bytes
+        #: Where each message not yet wholly written ends, in bytes sent.
+        self._ends: deque[int] = deque()
+        self._sent = 0
+        self._reset = False
+
+    async def __call__(self, message: Any) -> None:
+        await self._send(message)
+        if self._reset or message["type"] != "http.response.body" or not message.get("body"):
+            return
+        self._sent += len(message["body"])
+        self._ends.append(self._sent)
+        written = self._sent - self._stream.unsent_bytes()
+        while self._ends and self._ends[0] <= written:
+            self._ends.popleft()
+        if len(self._ends) > self._max_messages:
+            why = f"{len(self._ends)} messages unwritten, over the queue bound"
+        elif self._stream.connection_unsent_bytes() > self._connection_max_bytes:
+            why = f"its connection holds over {self._connection_max_bytes} bytes unwritten"
+        else:
+            return
+        self._reset = True
+        log.info(
+            "HTTP/2 stream %d dropped: %s (its client does not read)",
+            self._stream.stream_id,
+            why,
+            extra={"event": "subscriber_dropped", "reason": why},
+        )
+        await self._stream.reset(h2.errors.ErrorCodes.CANCEL)
+
+
 class Hypercorn:
     """Hypercorn, serving the connections the edge hands it, for one edge."""
 
     def __init__(self, config: Config, app: AppWrapper) -> None:
-        self._app = app
+        self._app = BoundedApp(app, config)
         self._config = HypercornConfig()
+        self._config.h2_max_concurrent_streams = h2_advertised_streams(config)
         self._config.keep_alive_timeout = config.keep_alive_seconds
         # Publishers keep one connection for millions of requests (Hypercorn: 1000).
         self._config.keep_alive_max_requests = 1 << 62
@@ -285,6 +474,25 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
     "StreamBuffer.buffer and .complete": lambda: (
         _assigns(StreamBuffer.__init__, "buffer")
         and isinstance(inspect.getattr_static(StreamBuffer, "complete"), property)
+    ),
+    "an HTTP/2 application's send is its HTTPStream's app_send": lambda: (
+        re.search(
+            r"spawn_app\(\s*self\.app, self\.config, self\.scope, self\.app_send",
+            _source(HTTPStream.handle),
+        )
+        is not None
+        and _assigns(HTTPStream.__init__, "send", "stream_id")
+    ),
+    "HTTPStream.send is its H2Protocol's stream_send, which takes StreamClosed": lambda: (
+        "self.stream_send," in _source(H2Protocol._create_stream)
+        and "isinstance(event, StreamClosed)" in _source(H2Protocol.stream_send)
+    ),
+    "H2Protocol.connection, .send, .priority and .has_data": lambda: _assigns(
+        H2Protocol.__init__, "connection", "send", "priority", "has_data"
+    ),
+    "StreamBuffer.close()": lambda: _parameters(StreamBuffer.close) == ["self"],
+    "Config.h2_max_concurrent_streams": lambda: isinstance(
+        HypercornConfig.h2_max_concurrent_streams, int
     ),
     "WorkerContext(max_requests) with a terminated event": lambda: (
         _parameters(WorkerContext.__init__) == ["self", "max_requests"]
