@@ -79,6 +79,11 @@ class Metrics:
             self._connection_errors.labels(kind)
         #: Counts open client connections (the edge sets it).
         self.connections = connections
+        #: More ``/stats`` sections and ``/ready`` checks, from what runs beside the
+        #: hub (the ACME certificate: acme/): a section's name and its reader; each
+        #: check answers ``None`` if ready, else why not.
+        self.sections: dict[str, Callable[[], dict[str, object]]] = {}
+        self.readiness: list[Callable[[], str | None]] = []
         self.registry.register(_HubCollector(hub, lambda: self.connections()))
         hub.observe_publish = self.observe_publish
 

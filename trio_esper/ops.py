@@ -46,7 +46,7 @@ DASHBOARD_HEADERS = [
 def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metrics) -> None:
     """Add the operators' routes to ``app``."""
     feed = _StatsFeed(hub, metrics)
-    readiness = _Readiness(hub)
+    readiness = _Readiness(hub, metrics)
     dashboard_files = _dashboard_files()
 
     def authorise_monitoring() -> None:
@@ -55,7 +55,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
     @route("/stats", "GET")
     async def stats() -> Response:
         authorise_monitoring()
-        return web.json_response(config, _statistics(hub))
+        return web.json_response(config, _statistics(hub, metrics))
 
     @route("/stats/stream", "GET")
     async def stats_stream() -> Response:
@@ -103,13 +103,14 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
         return _dashboard_file(dashboard_files, name)
 
 
-def _statistics(hub: Hub) -> dict[str, Any]:
+def _statistics(hub: Hub, metrics: Metrics) -> dict[str, Any]:
     """What ``/stats`` answers."""
     return {
         "version": __version__,
         "pid": os.getpid(),
         **asdict(hub.statistics()),
         "history": asdict(hub.history.statistics()),
+        **{name: section() for name, section in metrics.sections.items()},
     }
 
 
@@ -134,7 +135,7 @@ class _StatsFeed:
         seconds = max(elapsed, 0.001)
         self._snapshot = {
             "time": time.time(),
-            **_statistics(self._hub),
+            **_statistics(self._hub, self._metrics),
             "connections": self._metrics.connections(),
             "busiest": [
                 {
@@ -153,8 +154,9 @@ class _Readiness:
     """Whether the broker can do its job: it accepts subscriptions and its
     history store takes a write. Probed at most once a second."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics) -> None:
         self._hub = hub
+        self._metrics = metrics
         self._lock = trio.Lock()
         self._checked = -float("inf")
         self._reason: str | None = None
@@ -163,6 +165,9 @@ class _Readiness:
         """``None`` if ready, else why not."""
         if self._hub.closing:
             return "the broker is shutting down"
+        for check in self._metrics.readiness:
+            if (reason := check()) is not None:
+                return reason
         async with self._lock:  # one probe at a time; the others reuse it
             if trio.current_time() - self._checked >= endpoints.READY_CACHE_SECONDS:
                 self._reason = f"history store did not answer in {READY_PROBE_SECONDS:g} s"

@@ -18,6 +18,7 @@ from .app import create_app
 from .catalog import Catalog
 from .config import Config
 from .edge import Edge, load_tls_context, require_private_names, wrap_asgi
+from .edge.tls import ChooseContext
 from .history import History, parse_history_spec
 from .history.memory import MemoryHistory
 from .history.split import SplitHistory
@@ -117,15 +118,31 @@ async def serve(
         )
         listeners = [SocketAcceptor(sock) for sock in sockets]
     host, port = listeners[0].socket.getsockname()[:2]
-    async with open_broker(config) as broker:
-        edge = Edge(config, broker.hub, wrap_asgi(broker.app), broker.metrics, tls=tls)
+    async with open_broker(config) as broker, _open_acme(config, broker, int(port)) as acme:
+        chosen = tls if acme is None else acme  # ACME: the certificate's, per connection
+        edge = Edge(config, broker.hub, wrap_asgi(broker.app), broker.metrics, tls=chosen)
         broker.metrics.connections = lambda: edge.open_connections
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 edge.serve, listeners, trio.Event() if shutdown is None else shutdown
             )
-            logs.started(config, logs.url(str(host), int(port), tls=tls is not None))
+            logs.started(config, logs.url(str(host), int(port), tls=chosen is not None))
             task_status.started(Listening(str(host), int(port), broker.hub))
+
+
+@asynccontextmanager
+async def _open_acme(
+    config: Config, broker: Broker, port: int
+) -> AsyncIterator[ChooseContext | None]:
+    """With ``--acme-domain``: the certificate kept valid for the block
+    (:mod:`.acme`), as the edge's choice of TLS context per connection."""
+    if not config.acme_domains:
+        yield None
+        return
+    from .acme import open_certificates  # the acme library loads only when used
+
+    async with open_certificates(config, broker.metrics, port) as certificates:
+        yield certificates.context_for
 
 
 @asynccontextmanager

@@ -39,7 +39,7 @@ from .bridge import Hypercorn, PlainStream
 from .connection import LINGER_SECONDS, Connection
 from .fast import FastForms
 from .lifetime import Deadlines, Registry
-from .tls import TLS
+from .tls import TLS, ChooseContext
 
 log = logging.getLogger("trio_esper")
 
@@ -66,10 +66,11 @@ class Edge:
         app: AppWrapper,
         metrics: Metrics | None = None,
         *,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | ChooseContext | None = None,
     ) -> None:
         """``app``: the application Hypercorn serves (:func:`.bridge.wrap_asgi`).
-        ``tls``: every connection is TLS (:func:`.tls.load_tls_context`).
+        ``tls``: every connection is TLS (:func:`.tls.load_tls_context`), with a
+        context chosen per connection if a function.
         """
         self._config = config
         self._hub = hub

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 import trio
@@ -40,6 +41,10 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: Closing a TLS connection writes ``close_notify``; a peer that stopped
 #: reading gets this long before the socket is closed without it.
 TLS_CLOSE_SECONDS = 1.0
+
+#: A context chosen per connection, before its handshake (ACME's TLS-ALPN-01
+#: and certificate renewal: acme/manager.py); ``None``: close the connection.
+ChooseContext = Callable[[Connection], Awaitable[ssl.SSLContext | None]]
 
 
 def load_tls_context(config: Config) -> ssl.SSLContext | None:
@@ -113,7 +118,7 @@ def _read_pem(path: str) -> bytes:
 class TLS:
     """Serves one edge's connections over TLS."""
 
-    def __init__(self, config: Config, context: ssl.SSLContext) -> None:
+    def __init__(self, config: Config, context: ssl.SSLContext | ChooseContext) -> None:
         self._config = config
         self._context = context
         #: TLS handshakes in progress: shutdown cancels them.
@@ -125,7 +130,13 @@ class TLS:
         ALPN chose ``h2``) and close the TLS stream. Without a handshake there
         is nothing to close but the socket (its owner does): a stream whose
         handshake never ran would try it in ``aclose``."""
-        tls = trio.SSLStream(connection, self._context, server_side=True)
+        context = self._context
+        if not isinstance(context, ssl.SSLContext):
+            chosen = await context(connection)
+            if chosen is None:
+                return
+            context = chosen
+        tls = trio.SSLStream(connection, context, server_side=True)
         if not await self._handshake(connection, tls):
             return
         try:

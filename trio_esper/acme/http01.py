@@ -1,0 +1,102 @@
+"""The plain-HTTP port of ``--acme-http-port``: HTTP-01 validations (RFC 8555,
+section 8.3) are answered from the storage directory, and every other request
+is redirected to ``https://``. One request a connection, then it is closed.
+
+Owns: its listening sockets and each connection, from accept to close; a
+connection's failure (a reset, bytes that are not HTTP) ends it alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import h11
+import trio
+
+from ..config import Config
+from .storage import Storage, http_token_name
+
+log = logging.getLogger("trio_esper")
+
+#: RFC 8555, section 8.3: where the validation looks.
+CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+#: A request head is a few hundred bytes; nothing here takes a body.
+MAX_HEAD_BYTES = 8 * 1024
+RECEIVE_BYTES = 4096
+
+
+async def serve_http01(
+    config: Config,
+    storage: Storage,
+    tls_port: int,
+    *,
+    task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``config.acme_http_port`` and answer until cancelled; reports
+    the bound port, or ``None`` (logged) if it cannot be bound: TLS-ALPN-01
+    still works without it."""
+    try:
+        listeners = await trio.open_tcp_listeners(config.acme_http_port, host=config.bind)
+    except OSError as error:
+        log.warning(
+            "cannot listen on port %d for ACME HTTP-01 validations and redirects (%s): "
+            "TLS-ALPN-01 on the TLS port only",
+            config.acme_http_port,
+            error.strerror or error,
+            extra={"event": "acme_http_unavailable", "port": config.acme_http_port},
+        )
+        task_status.started(None)
+        return
+    task_status.started(int(listeners[0].socket.getsockname()[1]))
+    handler = functools.partial(_serve_one, config, storage, tls_port)
+    await trio.serve_listeners(handler, listeners)
+
+
+async def _serve_one(
+    config: Config, storage: Storage, tls_port: int, stream: trio.SocketStream
+) -> None:
+    """One connection: read a request head, answer it, close."""
+    try:
+        async with stream:
+            with trio.move_on_after(config.request_head_timeout_seconds):
+                connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+                event = connection.next_event()
+                while event is h11.NEED_DATA:
+                    connection.receive_data(await stream.receive_some(RECEIVE_BYTES))
+                    event = connection.next_event()
+                if not isinstance(event, h11.Request):
+                    return
+                status, headers, body = await _answer(config, storage, tls_port, event)
+                headers = [*headers, (b"content-length", b"%d" % len(body))]
+                headers.append((b"connection", b"close"))
+                data = connection.send(h11.Response(status_code=status, headers=headers))
+                if event.method != b"HEAD":
+                    data += connection.send(h11.Data(data=body))
+                data += connection.send(h11.EndOfMessage())
+                await stream.send_all(data)
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return  # the client's doing, and any client can: not logged
+
+
+async def _answer(
+    config: Config, storage: Storage, tls_port: int, request: h11.Request
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body for ``request``."""
+    target = request.target
+    if target.startswith(CHALLENGE_PREFIX):
+        name = http_token_name(target[len(CHALLENGE_PREFIX) :].decode("ascii", "replace"))
+        answer = None if name is None else await trio.to_thread.run_sync(storage.read, name)
+        if answer is None:
+            return 404, [(b"content-type", b"text/plain")], b"no such challenge\n"
+        return 200, [(b"content-type", b"application/octet-stream")], answer
+    host = dict(request.headers).get(b"host", b"").decode("ascii", "replace").lower()
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    # Only to a name the broker serves: the Host header is the client's to choose.
+    if host not in config.acme_domains:
+        host = config.acme_domains[0]
+    authority = host if tls_port == 443 else f"{host}:{tls_port}"
+    if not target.startswith(b"/"):
+        target = b"/"
+    location = b"https://" + authority.encode() + target
+    return 308, [(b"location", location), (b"content-type", b"text/plain")], b"use https\n"
