@@ -498,22 +498,56 @@ async def test_silent_after_the_handshake_is_closed_when_idle(
     await broker.stop()
 
 
+#: What nginx answers plain HTTP on its TLS port with (its 400's reason).
+PLAIN_HTTP_REASON = b"The plain HTTP request was sent to HTTPS port"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /subscribe/plaintext01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        # A body the broker never reads: the answer still arrives, not a reset.
+        b"POST /publish/plaintext01 HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+        + b"data: x\n" * 25_000,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # h2c prior knowledge
+    ],
+    ids=["get", "post-with-body", "h2c"],
+)
 async def test_plaintext_http_to_the_tls_port(
-    nursery: trio.Nursery, pki: PKI, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, pki: PKI, caplog: pytest.LogCaptureFixture, request_bytes: bytes
 ) -> None:
+    # Issue 22, point 13: a 400 that says to use https, as nginx answers, then the close.
     caplog.set_level(logging.DEBUG, logger="trio_esper")
     broker = await start_tls_broker(nursery, pki)
     stream = await trio.open_tcp_stream(*broker.host_port)
-    await stream.send_all(b"GET /subscribe/plaintext01 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.send_all(request_bytes)
     with trio.fail_after(STEP_SECONDS):
         reply = await read_until_closed(stream)
     await stream.aclose()
-    assert b"HTTP/" not in reply  # at most a TLS alert
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply
+    assert b"\r\nConnection: close" in head
+    assert re.search(rb"\r\ncontent-length: %d(\r|$)" % len(body), head), reply
+    assert PLAIN_HTTP_REASON in body
+    assert b"https://" in body
     await assert_serves_tls(broker, pki)
-    noted = [r for r in caplog.records if "TLS handshake" in r.getMessage()]
-    assert len(noted) == 1, [r.getMessage() for r in noted]
+    noted = [r for r in caplog.records if "plain HTTP" in r.getMessage()]
+    assert len(noted) == 1, [r.getMessage() for r in caplog.records]
     assert noted[0].levelno == logging.DEBUG
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await wait_for_connections(broker, pki, 0)
+    await broker.stop()
+
+
+async def test_httpx_over_plain_http_to_the_tls_port_reads_the_400(
+    nursery: trio.Nursery, pki: PKI
+) -> None:
+    broker = await start_tls_broker(nursery, pki)
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as client:
+        reply = await client.get(f"{broker.url}/health")
+    assert reply.status_code == 400
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert PLAIN_HTTP_REASON.decode() in reply.text
     await broker.stop()
 
 

@@ -165,6 +165,18 @@ class Connection(trio.abc.HalfCloseableStream):
         except OSError as error:
             raise _stream_error(error) from None
 
+    async def peek(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the peer's first bytes, left unread (``b""``
+        at the end of its input), once some have arrived.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
+        """
+        try:
+            return await self._socket.recv(max_bytes, socket.MSG_PEEK)
+        except OSError as error:
+            raise _stream_error(error) from None
+
     def has_arrived(self) -> bool:
         """Whether bytes (or the peer's EOF, or an error) wait unread: the
         connection's task will see them when it next runs, on a busy broker.

@@ -12,20 +12,27 @@ Owns: each connection's TLS stream, from its handshake to its
 progress, which shutdown cuts short. The socket under it is the
 connection's (:mod:`.connection`).
 
-A handshake that fails or times out (a scanner, plaintext sent to the TLS
-port, a reset) is logged at debug level only: any client can cause one at will.
+A handshake that fails or times out (a scanner, a reset) is logged at debug
+level only: any client can cause one at will. Plain HTTP sent to the TLS port
+gets a 400 that says to use https, as nginx answers it, rather than an empty
+reply (:func:`is_plain_http`); logged at debug level too.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from wsgiref.handlers import format_date_time
 
 import trio
 
+from .. import endpoints, h1
 from ..config import Config, ConfigError
+from ..errors import BadRequest
+from .answers import encode_headers
 from .bridge import Hypercorn, TLSStream
 from .connection import Connection
 
@@ -42,9 +49,24 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: reading gets this long before the socket is closed without it.
 TLS_CLOSE_SECONDS = 1.0
 
+#: What plain HTTP sent to the TLS port is answered (nginx's words, then how to fix it).
+PLAIN_HTTP_REASON = (
+    "The plain HTTP request was sent to HTTPS port: this port speaks TLS only, "
+    "use https:// in the URL"
+)
+
 #: A context chosen per connection, before its handshake (ACME's TLS-ALPN-01
 #: and certificate renewal: acme/manager.py); ``None``: close the connection.
 ChooseContext = Callable[[Connection], Awaitable[ssl.SSLContext | None]]
+
+
+def is_plain_http(first: bytes) -> bool:
+    """Whether a connection's first bytes are plain HTTP rather than TLS. A
+    TLS record opens with its ContentType, 20 to 24 (RFC 8446, section 5.1;
+    an SSLv2-compatible ClientHello sets the top bit), never an ASCII capital,
+    which opens every HTTP method (RFC 9110, section 9.1: a ``token``, the
+    registered methods in capitals) and HTTP/2's ``PRI`` preface."""
+    return b"A"[0] <= first[0] <= b"Z"[0] if first else False
 
 
 def load_tls_context(config: Config) -> ssl.SSLContext | None:
@@ -130,6 +152,10 @@ class TLS:
         ALPN chose ``h2``) and close the TLS stream. Without a handshake there
         is nothing to close but the socket (its owner does): a stream whose
         handshake never ran would try it in ``aclose``."""
+        # The request-head timeout bounds all that comes before Hypercorn's own.
+        deadline = trio.current_time() + self._config.request_head_timeout_seconds
+        if await self._answered_plain_http(connection, deadline):
+            return
         context = self._context
         if not isinstance(context, ssl.SSLContext):
             chosen = await context(connection)
@@ -137,7 +163,7 @@ class TLS:
                 return
             context = chosen
         tls = trio.SSLStream(connection, context, server_side=True)
-        if not await self._handshake(connection, tls):
+        if not await self._handshake(connection, tls, deadline):
             return
         try:
             await hypercorn.serve(TLSStream(tls), connection.budget)
@@ -150,13 +176,50 @@ class TLS:
         for handshake in self._handshakes:
             handshake.cancel()
 
-    async def _handshake(self, connection: Connection, tls: trio.SSLStream[Connection]) -> bool:
-        """Do the TLS handshake within the request-head timeout; whether it
-        succeeded. A failure is the client's (a scanner, plaintext HTTP, a
+    async def _answered_plain_http(self, connection: Connection, deadline: float) -> bool:
+        """Whether the client spoke plain HTTP to this TLS-only port, which is
+        then answered: 400 with nginx's reason, and the close (its request
+        drained for a moment, so the answer is not lost to a reset). Waits
+        for the first bytes until ``deadline``; silence, the end of input and
+        anything else are the handshake's to judge."""
+        if self._closing:
+            return False
+        with trio.move_on_at(deadline) as scope:
+            self._handshakes.add(scope)
+            try:
+                first = await connection.peek(1)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            finally:
+                self._handshakes.discard(scope)
+        if scope.cancelled_caught or not is_plain_http(first):
+            return False
+        log.debug(
+            "plain HTTP from %s to the TLS port: answered 400",
+            connection.peer,
+            extra={"event": "tls_plain_http", "client": connection.address},
+        )
+        answer = endpoints.error_answer(BadRequest(PLAIN_HTTP_REASON), [])
+        headers = [*answer.headers, ("content-length", str(len(answer.body)))]
+        date = format_date_time(time.time()).encode("ascii")
+        head = h1.response_head(answer.status, encode_headers(headers), date=date, close=True)
+        with (
+            trio.move_on_after(TLS_CLOSE_SECONDS),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await connection.write_all(head + answer.body)
+        await connection.linger()
+        return True
+
+    async def _handshake(
+        self, connection: Connection, tls: trio.SSLStream[Connection], deadline: float
+    ) -> bool:
+        """Do the TLS handshake by ``deadline`` (the request-head timeout);
+        whether it succeeded. A failure is the client's (a scanner, plaintext HTTP, a
         reset, no shared protocol version or cipher): logged at debug level."""
         if self._closing:
             return False
-        with trio.move_on_after(self._config.request_head_timeout_seconds) as scope:
+        with trio.move_on_at(deadline) as scope:
             self._handshakes.add(scope)
             try:
                 await tls.do_handshake()
