@@ -123,9 +123,7 @@ def _ensure_node_packages(session: nox.Session) -> None:
     """Install tests/js's npm packages as its package-lock.json pins them (``npm ci``)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         session.error("tests/test_mercure_clients.py runs Node.js 20+ and npm: install them")
-    session.run(
-        "npm", "ci", "--prefix", str(NODE_TESTS), "--no-audit", "--no-fund", external=True
-    )
+    session.run("npm", "ci", "--prefix", str(NODE_TESTS), "--no-audit", "--no-fund", external=True)
 
 
 def _ensure_browser(session: nox.Session) -> None:
@@ -446,6 +444,18 @@ def bench_h2(session: nox.Session) -> None:
     """
     session.install("-e", ".", *CONSTRAINED)
     session.run("python", "benchmarks/h2_fanout.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_mercure(session: nox.Session) -> None:
+    """The Mercure hub's figures (benchmarks/mercure.py): 1,000 URI-template subscribers
+    against exact topics, memory per 10-topic subscription against single-topic ones;
+    ``--scenarios fanout`` against the Mercure hub itself (../shared/bench/run_mercure.sh).
+
+    ``python3 -m nox -s bench_mercure -- --scenarios fanout --repeat 3``
+    """
+    session.install("-e", ".", *CONSTRAINED)
+    session.run("python", "benchmarks/mercure.py", *session.posargs)
 
 
 if __name__ == "__main__":
