@@ -68,6 +68,8 @@ MATCHES_PER_TOPIC = 10
 TOPICS_PER_SUBSCRIBER = 10
 READ_BYTES = 1 << 16
 MARK = b"\ndata: "
+#: A directory holding the ``trio_esper`` package of ``--rev``; None: the installed one.
+SOURCE: Path | None = None
 #: The CPUs of ``--pin``: the broker on the first, this script and ssebench on the second.
 BROKER_CPU, LOAD_CPU = 0, 1
 
@@ -124,10 +126,12 @@ def esper(pin: bool, *extra: str, no_auth: bool = False) -> Iterator[int]:
     }
     if no_auth:
         env["ESPER_NO_AUTH"] = "1"
+    if SOURCE is not None:  # another version's package, ahead of the installed one
+        env["PYTHONPATH"] = str(SOURCE)
     command = [*pinned(BROKER_CPU, pin), sys.executable, "-m", "trio_esper"]
     command += ["--port", str(ESPER_PORT), "--log-level", "warning", *extra]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, env=env, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(command, env=env, stderr=log, cwd=SOURCE, start_new_session=True)
         try:
             wait_listening(ESPER_PORT)
             yield proc.pid
@@ -427,8 +431,9 @@ def run_templates(args: argparse.Namespace, exact: bool) -> dict[str, object]:
         for m in range(MATCHES_PER_TOPIC)
     ]
     assert exact or len({s[0] for s in selectors}) == len(selectors)
-    first = [(group_topic(g), f"first {g}") for g in range(groups)]
-    steady = [(group_topic(n % groups), f"{n}") for n in range(args.publishes)]
+    published = min(args.published_topics or groups, groups)
+    first = [(group_topic(g), f"first {g}") for g in range(published)]
+    steady = [(group_topic(n % published), f"{n}") for n in range(args.publishes)]
     with esper(args.pin) as pid:
         subscribers = open_subscribers(ESPER_PORT, selectors, args.drain)
         try:
@@ -453,6 +458,7 @@ def run_templates(args: argparse.Namespace, exact: bool) -> dict[str, object]:
         "selectors": "exact" if exact else "templates",
         "subscribers": len(selectors),
         "topics": groups,
+        "published_topics": published,
         **{f"{name}_{k}": v for name, summary in phases.items() for k, v in summary.items()},
         **memory,
     }
@@ -596,7 +602,7 @@ def cell(result: dict[str, object], key: str, form: str) -> str:
 
 def print_table(results: list[dict[str, object]]) -> None:
     for scenario, label, columns in (
-        ("templates", "selectors", TEMPLATE_COLUMNS),
+        ("templates", "selectors", (("topics", "published_topics", "{}"), *TEMPLATE_COLUMNS)),
         ("memory", "topics_per_subscriber", MEMORY_COLUMNS),
         ("fanout", "broker", FANOUT_COLUMNS),
     ):
@@ -629,6 +635,12 @@ def main() -> None:
         "--publishes", type=int, default=2000, help="steady publishes / fan-out events"
     )
     parser.add_argument("--connections", type=int, default=4, help="publisher connections")
+    parser.add_argument(
+        "--published-topics",
+        type=int,
+        default=0,
+        help="templates: publish to this many of the topics only (0: all, one per 10 subscribers)",
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
         "--brokers", default="esper,mercure", help="fanout: esper,mercure,subscribe"
@@ -638,7 +650,17 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=1.0, help="seconds before sampling")
     parser.add_argument("--idle-wait", type=float, default=15.0, help="ssebench --idle-wait")
     parser.add_argument("--out", type=Path, default=OUT / "mercure.json")
+    parser.add_argument("--rev", help="run trio_esper as of this commit (git archive)")
     args = parser.parse_args()
+    global SOURCE
+    if args.rev:
+        SOURCE = Path(tempfile.mkdtemp(prefix="trio-esper-bench-"))
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.rev, "trio_esper"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(SOURCE)], input=archive, check=True)
     if args.subscribers % MATCHES_PER_TOPIC:
         parser.error(f"--subscribers must be a multiple of {MATCHES_PER_TOPIC}")
     if args.pin:
@@ -658,8 +680,11 @@ def main() -> None:
                 parser.error(f"unknown scenario {scenario}")
             for run in runs:
                 run["repeat"] = repeat
+                run["rev"] = args.rev or "installed"
                 print(json.dumps(run), file=sys.stderr)
             results += runs
+    if SOURCE is not None:
+        shutil.rmtree(SOURCE)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(results)
