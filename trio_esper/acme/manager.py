@@ -42,7 +42,8 @@ log = logging.getLogger("trio_esper")
 #: Let's Encrypt allows 5 failed validations per name an hour: the doubling stays under it.
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 3600.0
-#: Renew when this share of the lifetime remains (without renewal information).
+#: Renew when this share of the lifetime remains, or sooner if the ACME server's
+#: renewal information says so.
 RENEW_REMAINING = 1 / 3
 #: How often renewal information is asked for at most (the server's Retry-After
 #: may say sooner), and at least a tenth of the certificate's lifetime.
@@ -192,6 +193,9 @@ class Certificates:
             self._storage.unlock()
 
     async def _order_and_renew(self) -> None:
+        """Order and renew, for as long as the broker runs. Calls to the ACME
+        server (each bounded by the library's timeouts) are abandoned to their
+        thread when the broker stops: shutdown does not wait for them."""
         from .order import OrderFailed  # the acme library loads only with ACME on
 
         retry = RETRY_FIRST_SECONDS
@@ -216,7 +220,7 @@ class Certificates:
                 self._failures += 1
                 self._last_error = str(failure)
                 log.error(  # noqa: TRY400 (one line: the failure says it all)
-                    "ACME order for %s failed (%s; serving %s); retrying in %g s",
+                    "ACME for %s failed, %s; serving %s; retrying in %g s",
                     ", ".join(sorted(self._names)),
                     failure,
                     "no certificate" if self._held is None else f"serial {self._held.serial}",
@@ -250,7 +254,7 @@ class Certificates:
                 ca_bundle=self._config.acme_ca_bundle,
             )
 
-        return await trio.to_thread.run_sync(open_session)
+        return await trio.to_thread.run_sync(open_session, abandon_on_cancel=True)
 
     async def _why_order(self, session: Any, now: float) -> str | None:
         """Why a certificate must be ordered now (``None``: not now); sets
@@ -264,9 +268,11 @@ class Certificates:
             return f"the stored one is for {', '.join(sorted(held.names))}"
         renew_at = held.not_after - held.lifetime * RENEW_REMAINING
         pem = await trio.to_thread.run_sync(self._storage.read, "certificate.pem")
-        window, ask_again = await trio.to_thread.run_sync(session.renewal_window, pem or b"")
-        if window is not None:
-            renew_at = window.timestamp()
+        window, ask_again = await trio.to_thread.run_sync(
+            session.renewal_window, pem or b"", abandon_on_cancel=True
+        )
+        if window is not None:  # the server's word, but no later than the rule
+            renew_at = min(renew_at, window.timestamp())
         self._next_renewal = renew_at
         if renew_at <= now:
             self._wake = now
@@ -288,7 +294,9 @@ class Certificates:
 
         key = await trio.to_thread.run_sync(new_key_pem)
         names = sorted(self._names)
-        order = await trio.to_thread.run_sync(session.new_order, names, key)
+        order = await trio.to_thread.run_sync(
+            session.new_order, names, key, abandon_on_cancel=True
+        )
         # HTTP-01 first where its port is served (it works behind a TLS-terminating
         # load balancer), and the other one after a failure.
         kinds = [TLS_ALPN01, HTTP01] if self._config.acme_http_port else [TLS_ALPN01]
@@ -307,8 +315,8 @@ class Certificates:
                 await trio.to_thread.run_sync(self._storage.write, name, data)
                 files.append(name)
             for challenge in chosen:
-                await trio.to_thread.run_sync(session.answer, challenge)
-            chain = await trio.to_thread.run_sync(session.finalize, order)
+                await trio.to_thread.run_sync(session.answer, challenge, abandon_on_cancel=True)
+            chain = await trio.to_thread.run_sync(session.finalize, order, abandon_on_cancel=True)
         finally:
             for name in files:
                 self._storage.remove(name)
