@@ -654,6 +654,12 @@ def main() -> None:
     args = parser.parse_args()
     global SOURCE
     if args.rev:
+        args.rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.rev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         SOURCE = Path(tempfile.mkdtemp(prefix="trio-esper-bench-"))
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", args.rev, "trio_esper"],
