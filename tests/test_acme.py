@@ -530,3 +530,40 @@ def revoke(pebble: Pebble, storage: Path) -> None:
         )
     leaf = x509.load_pem_x509_certificate((storage / "certificate.pem").read_bytes())
     ca.revoke(leaf, 0)
+
+
+async def test_processes_sharing_the_storage_order_once(
+    nursery: trio.Nursery, pebble_bin: Path, dns_port: int, tmp_path: Path
+) -> None:
+    """Two brokers on one storage directory (as --threads' workers are): one
+    holds the order lock and orders, the other loads what it stores; the
+    validation reaches the one on Pebble's TLS port whichever ordered."""
+    port, other_port = free_port(), free_port()
+    storage = tmp_path / "acme"
+    with pebble_running(
+        pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=1
+    ) as pebble:
+        await start_acme_broker(nursery, other_port, **acme_settings(pebble, storage))
+        await start_acme_broker(nursery, port, **acme_settings(pebble, storage))
+        serial = await wait_for_certificate(pebble, port)
+        assert await wait_for_certificate(pebble, other_port) == serial
+        assert pebble.orders() == 1
+
+
+async def test_an_expired_certificate_is_not_ready(
+    nursery: trio.Nursery, pebble_bin: Path, dns_port: int, tmp_path: Path
+) -> None:
+    """A certificate of 3 s and no ACME server left to renew it: once it
+    expires /ready says so (the broker still serves it: nothing better)."""
+    port = free_port()
+    with pebble_running(
+        pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=1, validity_seconds=3
+    ) as pebble:
+        await start_acme_broker(nursery, port, **acme_settings(pebble, tmp_path / "acme"))
+        await wait_for_certificate(pebble, port)
+    with trio.fail_after(STEP_SECONDS):
+        while (answer := await ready(port))[0] == 200:
+            await trio.sleep(0.2)
+    status, body = answer
+    assert status == 503
+    assert body["reason"].startswith("the certificate expired at ")
