@@ -11,12 +11,15 @@ flow-control windows shut.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import h2.errors
 import h2.settings
 import httpx
+import pytest
 import trio
 
 from trio_esper.edge import bridge
@@ -168,4 +171,38 @@ async def test_a_stream_over_the_limit_is_refused_and_a_retry_after_a_close_is_s
         )
         assert client.streams[retry].reset_by_server is None
         await clients(broker, 5)
+    await broker.stop()
+
+
+async def test_a_burst_over_the_per_address_limit_is_refused_at_once_and_counted(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--max-subscriptions-per-address 20`` and 60 streams at once on one
+    connection: 20 are served and 40 answered 503 (admission and subscription
+    are one step: no 200 that ends at once), counted in /metrics, and not
+    logged one line each."""
+    topic = "h2burstlimit1"
+    broker = await start_broker(nursery, max_subscriptions_per_address=20)
+    caplog.set_level(logging.INFO, logger="trio_esper")
+    async with open_client(broker, nursery) as client:
+        ids = [client.request(f"/subscribe/{topic}") for _ in range(60)]
+        await client.flush()
+        await client.wait_for(
+            lambda: all(
+                client.streams[i].data.startswith(SUBSCRIBED) or client.streams[i].ended
+                for i in ids
+            ),
+            what="each stream served or answered",
+        )
+        statuses = [client.streams[i].status for i in ids]
+        assert statuses.count(200) == 20, statuses
+        assert statuses.count(503) == 40, statuses
+        served = [i for i in ids if client.streams[i].status == 200]
+        assert not any(client.streams[i].ended for i in served)
+        await clients(broker, 20)
+        async with httpx.AsyncClient(timeout=STEP_SECONDS) as http:
+            metrics = (await http.get(f"{broker.url}/metrics")).text
+        assert re.search(r'^trio_esper_http_errors_total\{status="503"\} 40\.0$', metrics, re.M)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, [r.getMessage() for r in warnings]
     await broker.stop()

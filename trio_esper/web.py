@@ -9,8 +9,8 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
-from typing import Any, TypedDict
+from contextlib import AsyncExitStack, aclosing
+from typing import Any, TypedDict, cast
 
 from quart import Response, request
 from werkzeug.datastructures import Headers
@@ -142,8 +142,6 @@ async def stream_response(
     """
     headers = [*endpoints.STREAM_HEADERS, *cors_headers(config)]
     client = request.remote_addr or ""
-    # Refused now, with its status; the stream subscribes when it starts
-    # (a client gone before then leaves nothing registered).
     hub.admit(plan.topic, client)
     if hub.history.statistics().problem is not None:
         # The store (the backplane) was failing: ask it again rather than
@@ -154,23 +152,41 @@ async def stream_response(
     if request.method == "HEAD":
         return Response(b"", headers=Headers(headers))
 
+    # Admission and subscription are one step: refused here, with its
+    # status, or subscribed before the head goes out (streams admitted
+    # together could otherwise pass a limit that each checked alone). The
+    # request holds the subscription, so it ends with the request, whether
+    # or not the body ever starts.
+    subscription = await held().enter_async_context(hub.subscribe(plan.topic, client=client))
+
     async def stream() -> AsyncIterator[bytes]:
-        # Subscribing inside the generator: if the client is gone before
-        # the body starts, the generator never runs and nothing is
-        # registered; once it runs, `async with` unregisters on any exit.
         try:
-            async with hub.subscribe(plan.topic, client=client) as subscription:
-                yield opening
-                async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
-                    async for page in pages:
-                        yield page
-                async for chunk in subscription:
-                    yield chunk
+            yield opening
+            async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
+                async for page in pages:
+                    yield page
+            async for chunk in subscription:
+                yield chunk
         except EsperError as error:
             # After the head: end the stream; the client reconnects and resumes.
             log.warning("stream to %s on %s ended: %s", client, plan.topic, error.reason)
 
     return endless(Response(stream(), status=200, headers=Headers(headers)))
+
+
+#: The request scope's key for :func:`held`'s stack.
+HELD_KEY = "trio_esper.held"
+
+
+def held() -> AsyncExitStack:
+    """What the request holds until it ends, answered or not: a context
+    entered here exits when the request does (its client gone, its answer
+    written or failed), even if the answer's body never started. The ASGI
+    connection class sets it up (:class:`~trio_esper.edge.bridge.ClosingHTTPConnection`).
+    """
+    scope = cast(dict[str, Any], request.scope)
+    stack: AsyncExitStack = scope[HELD_KEY]
+    return stack
 
 
 def endless(streaming: Response) -> Response:

@@ -42,6 +42,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import h2.errors
@@ -61,7 +62,7 @@ from priority.priority import MissingStreamError
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from .. import endpoints
+from .. import endpoints, web
 from ..config import Config, ConfigError
 from .connection import Connection
 
@@ -391,6 +392,9 @@ class ClosingHTTPConnection(TrioASGIHTTPConnection):
     connections are never closed. Shielding that one call lets hypercorn
     finish; its socket writes are shielded anyway, so this adds no new wait.
     Set as the application's ``asgi_http_class``.
+
+    It also owns what a handler holds for the request (:func:`..web.held`):
+    released when the request ends, however it ends.
     """
 
     async def handle_request(  # type: ignore[override]
@@ -403,7 +407,9 @@ class ClosingHTTPConnection(TrioASGIHTTPConnection):
             else:
                 await send(message)
 
-        await super().handle_request(nursery, request, send_last_shielded)
+        async with AsyncExitStack() as held:
+            request.scope[web.HELD_KEY] = held
+            await super().handle_request(nursery, request, send_last_shielded)
 
 
 class _OneLineTracebacks(logging.Filter):
