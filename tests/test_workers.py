@@ -4,8 +4,11 @@ real processes, the project's own reconnecting client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +17,7 @@ import trio
 
 from trio_esper.client import Client
 
-from .conftest import STEP_SECONDS, RedisServer, broker_process
+from .conftest import STEP_SECONDS, BrokerProcess, RedisServer, broker_process
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +102,94 @@ async def test_sigterm_while_the_workers_start_stops_them_cleanly(
         status = await running.stop()
     assert status == 0, running.stderr.decode(errors="replace")
     assert running.log_lines("SIGTERM received, stopping the workers"), running.stderr
+
+
+async def test_the_per_address_subscription_limit_holds_per_worker(
+    redis_server: RedisServer, subscribe: Any
+) -> None:
+    # docs/scaling.md, "Limits, with a backplane": with --threads N, each
+    # worker counts an address's subscriptions itself. Connections are
+    # handed to the workers in turn: four subscriptions take two each, and
+    # the next one on either worker is refused.
+    args = ("--threads", "2", "--backplane", redis_server.url)
+    async with broker_process(*args, "--max-subscriptions-per-address", "2") as running:
+        url = f"{running.url}/subscribe/perworker01"
+        streams = [await subscribe(url) for _ in range(4)]
+        assert len(streams) == 4
+        for _ in range(2):
+            refused = await subscribe(url, expect_live=False)
+            assert refused.response.status_code == 503
+
+
+def worker_pids(running: BrokerProcess) -> list[int]:
+    """The supervisor's child processes: its workers (started from trio's
+    worker threads, so listed under any of its tasks)."""
+    tasks = Path(f"/proc/{running.process.pid}/task")
+    return sorted(
+        int(child)
+        for task in tasks.iterdir()
+        for child in (task / "children").read_text().split()
+    )
+
+
+async def wait_for_workers(running: BrokerProcess, count: int, without: int = 0) -> list[int]:
+    """Wait until the supervisor runs ``count`` workers, ``without`` not one of them."""
+    with trio.fail_after(STEP_SECONDS * 3):
+        while True:
+            pids = worker_pids(running)
+            if len(pids) == count and without not in pids:
+                return pids
+            await trio.sleep(0.05)
+
+
+async def answered(url: str, requests: int) -> None:
+    """``requests`` requests at once, each on a connection of its own, all answered 200."""
+
+    async def one() -> None:
+        async with httpx.AsyncClient(timeout=STEP_SECONDS * 2) as client:
+            assert (await client.get(f"{url}/health")).status_code == 200
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(requests):
+            nursery.start_soon(one)
+
+
+async def test_a_stopped_worker_is_skipped_and_replaced(redis_server: RedisServer) -> None:
+    # A worker that stops taking its connections (SIGSTOP: the hand-off
+    # socket still takes them, nothing reads them) must not stall the
+    # connections handed to it, nor the supervisor: they go to the other
+    # worker, and the stalled one is killed and replaced.
+    async with broker_process("--threads", "2", "--backplane", redis_server.url) as running:
+        with trio.fail_after(STEP_SECONDS * 3):
+            while not running.log_lines("with 2 workers"):
+                await trio.sleep(0.05)
+        stopped = worker_pids(running)[0]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            with trio.fail_after(STEP_SECONDS * 2):
+                await answered(running.url, 20)
+            assert running.log_lines(rf"worker {stopped} took no connection"), running.stderr
+            await wait_for_workers(running, 2, without=stopped)
+            await answered(running.url, 4)  # the replacement serves too
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+
+
+async def test_a_worker_killed_loses_no_connection_not_yet_taken(
+    redis_server: RedisServer,
+) -> None:
+    # kill -9 of a worker: connections accepted after it, and those handed to
+    # it that it had not taken, are served by the other worker.
+    async with broker_process("--threads", "2", "--backplane", redis_server.url) as running:
+        with trio.fail_after(STEP_SECONDS * 3):
+            while not running.log_lines("with 2 workers"):
+                await trio.sleep(0.05)
+        killed = worker_pids(running)[0]
+        os.kill(killed, signal.SIGSTOP)  # connections pile up, untaken, in its socket
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answered, running.url, 20)
+            await trio.sleep(0.3)
+            os.kill(killed, signal.SIGKILL)
+        assert running.log_lines(rf"worker {killed} exited with status -9"), running.stderr
+        await wait_for_workers(running, 2, without=killed)

@@ -21,6 +21,15 @@ Signals to the supervisor:
 - ``SIGTERM`` / ``SIGINT``: stop every worker the same way, then exit.
 
 A worker that dies unexpectedly is replaced.
+
+Hand-offs never block the supervisor: a worker acknowledges each connection
+as it takes it (one byte back over its socket pair), and until then the
+supervisor keeps its own copy. A worker whose socket pair is full is passed
+over for the next; one that has not taken a connection handed to it
+:data:`HANDOFF_TIMEOUT_SECONDS` ago (stopped, or stuck) gets no more and is
+killed and replaced. When a worker ends, however it ends, the connections
+handed to it that it had not taken go to the other workers: none is lost
+but those it had taken.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -55,6 +65,18 @@ HANDOFF_SETTLE_SECONDS = 0.2
 START_SECONDS = 30.0
 #: A worker that dies this soon after starting is not restarted at once.
 RESPAWN_DELAY_SECONDS = 1.0
+#: A worker that has not taken a connection handed to it this long ago is
+#: stalled (stopped, or its event loop stuck): it gets no more, and is
+#: killed and replaced. Taking one is a few system calls, so this only
+#: leaves room for a loaded machine.
+HANDOFF_TIMEOUT_SECONDS = 2.0
+#: How often the supervisor looks for stalled workers.
+HANDOFF_CHECK_SECONDS = 0.1
+#: How long a connection no worker can take now waits before it is offered
+#: again (every worker's socket pair is full, or every worker is stalled).
+HANDOFF_RETRY_SECONDS = 0.01
+#: What a worker sends back for each connection it takes.
+TAKEN = b"t"
 
 
 def is_worker() -> bool:
@@ -104,7 +126,16 @@ class HandedListener:
                     fds = array.array("i")
                     fds.frombytes(payload[: len(payload) - len(payload) % size])
                     if fds:
-                        return [trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))]
+                        taken = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
+                        # Taken: from now on the supervisor lets its copy go,
+                        # and would not hand it to another worker if this
+                        # one ended.
+                        try:
+                            await self._channel.send(TAKEN)
+                        except OSError as error:
+                            taken.close()
+                            raise ConnectionError("the supervisor is gone") from error
+                        return [taken]
 
     async def aclose(self) -> None:
         self._channel.close()
@@ -147,8 +178,20 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
 @dataclass
 class _Worker:
     process: trio.Process
-    #: The supervisor's end of the socket pair connections are handed over.
+    #: The supervisor's end of the socket pair connections are handed over,
+    #: as trio's socket (to read acknowledgements) and as the standard one
+    #: it wraps, non-blocking (a hand-off never waits).
     channel: trio.socket.SocketType
+    handoff: socket.socket
+    #: The connections handed over that the worker has not taken yet, oldest
+    #: first, each with when it was handed: the supervisor's copies.
+    untaken: deque[tuple[float, trio.socket.SocketType]] = field(default_factory=deque)
+    #: It did not take a connection in time: it gets no more.
+    stalled: bool = False
+    #: Set once its watcher has read its last acknowledgement and closed
+    #: its socket pair (see :meth:`_Supervisor._watch`).
+    done: trio.Event = field(default_factory=trio.Event)
+    watched: bool = False
 
 
 class _Supervisor:
@@ -174,6 +217,7 @@ class _Supervisor:
                     await self._stop(self._workers)
                     return 1
                 nursery.start_soon(self._hand_out)
+                nursery.start_soon(self._find_stalled)
                 log.info(
                     "listening on %s with %d workers (SIGHUP: rolling restart)",
                     self._url,
@@ -206,21 +250,73 @@ class _Supervisor:
                 log.warning("accept failed (%s); retrying", exc, extra={"event": "accept_failed"})
                 await trio.sleep(0.1)
                 continue
-            with connection:
-                await self._hand(connection)
+            await self._hand(connection)
 
-    async def _hand(self, connection: trio.socket.SocketType) -> None:
-        """Give ``connection`` to the next serving worker that takes it."""
+    async def _hand(self, *connections: trio.socket.SocketType) -> None:
+        """Hand each of ``connections`` to a worker (the supervisor's copy is
+        the worker's to release, :attr:`_Worker.untaken`). One no worker can
+        take now waits, as it would in the listen queue, and is offered again."""
+        for connection in connections:
+            # Polled: what frees room is any of the workers' socket pairs
+            # draining, or a fresh worker joining.
+            while not self._hand_nowait(connection):  # noqa: ASYNC110
+                await trio.sleep(HANDOFF_RETRY_SECONDS)
+
+    def _hand_nowait(self, connection: trio.socket.SocketType) -> bool:
+        """Give ``connection`` to the next serving worker that can take it
+        now; False if none can (never waits on a worker)."""
         fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [connection.fileno()]))]
         for _ in range(len(self._workers)):
             worker = self._workers[self._next % len(self._workers)]
             self._next += 1
+            if worker.stalled:
+                continue
             try:
-                await worker.channel.sendmsg([b"c"], fds)
+                worker.handoff.sendmsg([b"c"], fds)
             except OSError:
-                continue  # that worker is gone: the next one
-            return
-        log.warning("no worker took a connection", extra={"event": "connection_dropped"})
+                continue  # its socket pair is full, or it is gone: the next one
+            worker.untaken.append((trio.current_time(), connection))
+            return True
+        return False
+
+    async def _find_stalled(self) -> None:
+        """Kill each serving worker that has not taken a connection handed to
+        it in :data:`HANDOFF_TIMEOUT_SECONDS` (its watcher replaces it)."""
+        while True:
+            await trio.sleep(HANDOFF_CHECK_SECONDS)
+            now = trio.current_time()
+            for worker in self._workers:
+                if worker.stalled or not worker.untaken:
+                    continue
+                waited = now - worker.untaken[0][0]
+                if waited < HANDOFF_TIMEOUT_SECONDS:
+                    continue
+                worker.stalled = True
+                log.error(
+                    "worker %d took no connection for %.1f s (%d waiting); restarting it",
+                    worker.process.pid,
+                    waited,
+                    len(worker.untaken),
+                    extra={
+                        "event": "worker_stalled",
+                        "pid": worker.process.pid,
+                        "waiting": len(worker.untaken),
+                    },
+                )
+                worker.process.kill()
+
+    async def _take_acknowledgements(self, worker: _Worker) -> None:
+        """Release the supervisor's copy of each connection ``worker`` takes,
+        until its end of the socket pair closes (it has exited)."""
+        while True:
+            try:
+                data = await worker.channel.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            for _ in range(min(len(data), len(worker.untaken))):
+                worker.untaken.popleft()[1].close()
 
     async def _rolling_restart(self) -> None:
         old = self._workers
@@ -258,6 +354,7 @@ class _Supervisor:
             return False
         self._workers = fresh
         for worker in fresh:
+            worker.watched = True
             self._nursery.start_soon(self._watch, worker)
         return True
 
@@ -281,7 +378,7 @@ class _Supervisor:
         finally:
             os.close(write_end)
             theirs.close()
-        worker = _Worker(process, trio.socket.from_stdlib_socket(ours))
+        worker = _Worker(process, trio.socket.from_stdlib_socket(ours), ours)
         into.append(worker)
         ready = trio.lowlevel.FdStream(read_end)
         async with ready:
@@ -293,16 +390,38 @@ class _Supervisor:
         await process.wait()
 
     async def _watch(self, worker: _Worker) -> None:
-        """Replace ``worker`` if it dies while it is in the serving set."""
-        status = await worker.process.wait()
-        worker.channel.close()
-        if self._stopping or worker not in self._workers:
+        """Take ``worker``'s acknowledgements while it runs; once it has
+        exited and the last is read, hand the connections it had not taken
+        to the serving workers, and replace it if it was one of them."""
+        try:
+            async with trio.open_nursery() as reading:
+                reading.start_soon(self._take_acknowledgements, worker)
+                status = await worker.process.wait()
+        finally:
+            worker.channel.close()
+            untaken = [connection for _, connection in worker.untaken]
+            worker.untaken.clear()
+            worker.done.set()
+        if self._stopping:
+            for connection in untaken:
+                connection.close()
+            return
+        if untaken:
+            self._nursery.start_soon(self._hand, *untaken)
+        if worker not in self._workers:
             return
         log.error(
-            "worker %d exited with status %d; starting another",
+            "worker %d exited with status %d (%d connections handed to it and not taken "
+            "go to the others); starting another",
             worker.process.pid,
             status,
-            extra={"event": "worker_died", "pid": worker.process.pid, "status": status},
+            len(untaken),
+            extra={
+                "event": "worker_died",
+                "pid": worker.process.pid,
+                "status": status,
+                "handed_on": len(untaken),
+            },
         )
         self._workers.remove(worker)
         await trio.sleep(RESPAWN_DELAY_SECONDS)
@@ -311,6 +430,7 @@ class _Supervisor:
             await self._start_one(replacement)
         for started in replacement:
             self._workers.append(started)
+            started.watched = True
             self._nursery.start_soon(self._watch, started)
 
     async def _stop(self, workers: list[_Worker]) -> None:
@@ -325,4 +445,9 @@ class _Supervisor:
             if worker.process.returncode is None:
                 worker.process.kill()
                 await worker.process.wait()
+        with trio.move_on_after(HANDOFF_TIMEOUT_SECONDS):
+            for worker in workers:
+                if worker.watched:
+                    await worker.done.wait()  # its watcher closes its socket pair
+        for worker in workers:
             worker.channel.close()
