@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import signal
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_esper.acme import manager
 
-from .conftest import STEP_SECONDS, Broker, free_port, open_sse, start_broker
+from .conftest import (
+    STEP_SECONDS,
+    Broker,
+    RedisServer,
+    free_port,
+    open_sse,
+    start_broker,
+)
+from .conftest import redis_server as redis_server  # the fixture
 
 PEBBLE_BIN = Path(
     os.environ.get(
@@ -48,6 +59,7 @@ PEBBLE_BIN = Path(
         Path(__file__).parent.parent / ".nox" / "pebble" / "v2.10.3",
     )
 )
+ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("a.esper.test", "b.esper.test")
 #: Issuance against Pebble takes a second or two; generous for a loaded machine.
 ISSUE_SECONDS = 45.0
@@ -66,10 +78,22 @@ def pebble_bin() -> Path:
 
 
 @contextmanager
-def running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+def running(
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    start_new_session: bool = False,
+) -> Iterator[None]:
+    """``command`` running for the block, its output in ``log``; stopped
+    (SIGTERM, then SIGKILL), its whole process group if it has its own."""
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=start_new_session,
         )
         try:
             yield
@@ -80,6 +104,9 @@ def running(command: list[str], log: Path, env: dict[str, str] | None = None) ->
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if start_new_session:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +252,10 @@ async def wait_for_certificate(
 async def handshake_serial(pebble: Pebble, port: int, name: str) -> str | None:
     """The serial of the certificate served for ``name`` (SNI) if Pebble's
     root vouches for it for that name; ``None`` if not."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:  # not listening (yet)
+        return None
     tls = trio.SSLStream(stream, pebble.trusting_root(), server_hostname=name)
     try:
         with trio.fail_after(STEP_SECONDS):
@@ -567,3 +597,47 @@ async def test_an_expired_certificate_is_not_ready(
     status, body = answer
     assert status == 503
     assert body["reason"].startswith("the certificate expired at ")
+
+
+#: The page's command, as an operator types it.
+DOCUMENTED = re.compile(
+    r"^trio-esper --bind 0\.0\.0\.0 --port 443 --acme-domain .*--acme-email .*$", re.M
+)
+
+
+async def test_the_documented_command_with_two_workers(
+    pebble_bin: Path, dns_port: int, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """docs/acme.md's command, run as a process (the CLI's flags, repeatable
+    --acme-domain) on loopback against Pebble, with --threads 2: the two
+    workers make one order between them and serve one certificate."""
+    found = DOCUMENTED.search((ROOT / "docs" / "acme.md").read_text())
+    assert found is not None
+    port = free_port()
+    line = (
+        found.group(0)
+        .replace("--bind 0.0.0.0", "--bind 127.0.0.1")
+        .replace("--port 443", f"--port {port}")
+        .replace("events.example.com", f"{NAMES[0]} --acme-domain {NAMES[1]}")
+    )
+    with pebble_running(
+        pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=1
+    ) as pebble:
+        argv = [
+            sys.executable,
+            "-m",
+            "trio_esper",
+            *line.split()[1:],
+            *("--acme-directory", pebble.directory, "--acme-ca-bundle", str(pebble.ca_bundle)),
+            *("--acme-storage", str(tmp_path / "acme"), "--acme-http-port", "0"),
+            *("--threads", "2", "--backplane", redis_server.url, "--no-auth"),
+        ]
+        with running(argv, tmp_path / "broker.log", start_new_session=True):
+            serial = await wait_for_certificate(pebble, port)
+            # Connections go to both workers in turn: each serves the one certificate.
+            for _ in range(4):
+                assert await handshake_serial(pebble, port, NAMES[0]) == serial
+            assert pebble.orders() == 1
+    log = (tmp_path / "broker.log").read_text()
+    assert f"listening on https://127.0.0.1:{port} with 2 workers" in log
+    assert log.count("ordering a certificate for a.esper.test, b.esper.test") == 1

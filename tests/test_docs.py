@@ -135,8 +135,8 @@ CLAIMS: dict[tuple[str, str], str] = {
         "docs/acme.md",
         "trio-esper --bind 0.0.0.0 --port 443 --acme-domain events.example.com --acme-email",
     ): (
-        NOT_RUN + "a public name, and Let's Encrypt; tests/test_acme.py runs the same flags "
-        "against Pebble on loopback"
+        NOT_RUN + "a public name, and Let's Encrypt; tests/test_acme.py's "
+        "test_the_documented_command_with_two_workers runs this line against Pebble on loopback"
     ),
     ("docs/acme.md", "trio-esper --bind 0.0.0.0 --port 443 --acme-domain events.example.com \\"): (
         NOT_RUN + "a public name, and Let's Encrypt's staging directory; tests/test_acme.py "

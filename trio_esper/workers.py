@@ -169,7 +169,7 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
     listener.set_inheritable(True)
     host, port = listener.getsockname()[:2]
     try:
-        url = logs.url(host, port, tls=config.certfile is not None)
+        url = logs.url(host, port, tls=config.certfile is not None or bool(config.acme_domains))
         return trio.run(_Supervisor(config, list(argv), listener, url).run)
     finally:
         listener.close()
