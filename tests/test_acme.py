@@ -42,6 +42,7 @@ from josepy.jwk import JWKEC
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_esper.acme import manager
+from trio_esper.acme.hello import NEED_DATA, Hello, parse_client_hello
 
 from .conftest import (
     STEP_SECONDS,
@@ -154,6 +155,7 @@ def pebble_running(
     tls_port: int,
     http_port: int,
     validity_seconds: int = 90 * 86400,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Pebble]:
     """Pebble validating on ``tls_port`` and ``http_port`` of 127.0.0.1."""
     folder.mkdir(exist_ok=True)
@@ -186,8 +188,8 @@ def pebble_running(
         *("-config", str(folder / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns_port}"),
     ]
     # No sleeps before validation, no nonces refused at random, no authorization reused.
-    env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
-    with running(command, log, env):
+    quick = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+    with running(command, log, {**quick, **(env or {})}):
         pebble = Pebble(
             f"https://127.0.0.1:{port}/dir", bundle, f"https://127.0.0.1:{management}", log
         )
@@ -641,3 +643,81 @@ async def test_the_documented_command_with_two_workers(
     log = (tmp_path / "broker.log").read_text()
     assert f"listening on https://127.0.0.1:{port} with 2 workers" in log
     assert log.count("ordering a certificate for a.esper.test, b.esper.test") == 1
+
+
+async def test_validation_that_needs_no_answer(
+    nursery: trio.Nursery, pebble_bin: Path, dns_port: int, tmp_path: Path
+) -> None:
+    """The one test with PEBBLE_VA_ALWAYS_VALID: Pebble marks each challenge
+    valid at once, without connecting (its TLS-ALPN port is closed here). The
+    broker does not depend on when validation happens: it gets the
+    certificate all the same, and cleans its challenge files up."""
+    port = free_port()
+    storage = tmp_path / "acme"
+    with pebble_running(
+        pebble_bin,
+        dns_port,
+        tmp_path / "pebble",
+        tls_port=free_port(),
+        http_port=1,
+        env={"PEBBLE_VA_ALWAYS_VALID": "1"},
+    ) as pebble:
+        await start_acme_broker(nursery, port, **acme_settings(pebble, storage))
+        await wait_for_certificate(pebble, port)
+    assert list((storage / "challenges" / "tls-alpn-01").iterdir()) == []
+
+
+def test_an_unusable_storage_directory_stops_the_broker(tmp_path: Path) -> None:
+    """One line and exit status 2, as any setting the broker cannot run with."""
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "trio_esper", "--port", "0", "--no-auth"),
+            *("--acme-domain", NAMES[0], "--acme-storage", str(tmp_path / "file" / "acme")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=STEP_SECONDS * 3,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"trio-esper: error: --acme-storage {tmp_path / 'file' / 'acme'}: cannot make or "
+        "write it (Not a directory)"
+    )
+
+
+def _client_hello(server_name: str | None, protocols: list[str]) -> bytes:
+    """The first bytes Python's own client sends."""
+    context = ssl.create_default_context()
+    if protocols:
+        context.set_alpn_protocols(protocols)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+HELLOS = [
+    (("a.esper.test", ["acme-tls/1"]), Hello("a.esper.test", (b"acme-tls/1",))),
+    (("B.Esper.Test", ["h2", "http/1.1"]), Hello("b.esper.test", (b"h2", b"http/1.1"))),
+    (("a.esper.test", []), Hello("a.esper.test", ())),
+]
+
+
+@pytest.mark.parametrize(("sent", "read"), HELLOS)
+def test_client_hello_is_read(sent: tuple[str, list[str]], read: Hello) -> None:
+    data = _client_hello(*sent)
+    assert parse_client_hello(data) == read
+    # Every cut short of the whole record asks for more.
+    for end in (0, 1, 5, len(data) // 2, len(data) - 1):
+        assert parse_client_hello(data[:end]) is NEED_DATA
+
+
+@pytest.mark.parametrize(
+    "data", [b"GET / HTTP/1.1\r\n", b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", b"\x15\x03\x03"]
+)
+def test_what_is_not_a_client_hello(data: bytes) -> None:
+    """Plain HTTP, a handshake message that is not a ClientHello, an alert."""
+    assert parse_client_hello(data) is None

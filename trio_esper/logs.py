@@ -23,6 +23,13 @@ line's object and the text format leaves to the message, which says them too:
 ``store_error``           error      ``kind`` (of store operation), and
                                      ``left_out`` on the count at closing
 ``store_recovered``       info       ``kind``
+``acme_loaded``           info       ``serial`` (the certificate now served)
+``acme_order``            info       ``names`` (ordering, and why: the message)
+``acme_issued``           info       ``names``, ``serial``
+``acme_failed``           error      ``names``, ``problem`` (the ACME server's
+                                     problem document, or null),
+                                     ``retry_seconds``
+``acme_http_unavailable`` warning    ``port`` (``--acme-http-port`` not bound)
 ========================  =========  ==========================================
 
 ``client`` is the peer's IP address; ``topic`` the normalised topic id. No

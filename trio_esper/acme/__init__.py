@@ -24,7 +24,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..metrics import Metrics
 from .http01 import serve_http01
 from .manager import Certificates
@@ -42,10 +42,16 @@ async def open_certificates(
     it; its expiry in ``metrics`` (and ``/stats``), its validity in ``/ready``.
 
     Raises:
-        OSError: the storage directory cannot be made or written.
+        ConfigError: the storage directory cannot be made or written.
     """
-    storage = await trio.to_thread.run_sync(Storage, config.acme_storage)
-    certificates = await trio.to_thread.run_sync(Certificates, config, storage)
+    try:
+        storage = await trio.to_thread.run_sync(Storage, config.acme_storage)
+        certificates = await trio.to_thread.run_sync(Certificates, config, storage)
+    except OSError as error:
+        raise ConfigError(
+            f"--acme-storage {config.acme_storage}: cannot make or write it "
+            f"({error.strerror or error})"
+        ) from None
     metrics.registry.register(_CertificateCollector(certificates))
     metrics.sections["certificate"] = certificates.statistics
     metrics.readiness.append(certificates.readiness)
