@@ -106,6 +106,27 @@ async def test_a_stream_with_a_shut_window_is_reset_at_the_queue_bound(
     await broker.stop()
 
 
+async def test_a_stream_with_a_shut_window_is_reset_at_the_queue_bytes_bound(
+    nursery: trio.Nursery,
+) -> None:
+    """Far below ``--queue`` in events, a shut stream's unwritten bytes reach
+    ``--queue-bytes``: it is reset."""
+    topic = "h2shutbytes01"
+    size = 16 * 1024
+    broker = await start_broker(nursery, queue_events=1000, queue_bytes=64 * 1024)
+    shut = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    async with open_client(broker, nursery, settings=shut) as client:
+        [stream_id] = await open_streams(client, topic, 1)
+        await clients(broker, 1)
+        await publish_many(broker, topic, 6, size)  # 96 KiB
+        await client.wait_for(
+            lambda: client.streams[stream_id].reset_by_server is not None, what="the reset"
+        )
+        assert client.streams[stream_id].reset_by_server == CANCEL
+        await clients(broker, 0)
+    await broker.stop()
+
+
 async def test_a_connection_that_never_reopens_its_window_is_bounded_in_bytes(
     nursery: trio.Nursery,
 ) -> None:
@@ -115,7 +136,9 @@ async def test_a_connection_that_never_reopens_its_window_is_bounded_in_bytes(
     topic = "h2nowindow001"
     size = 16 * 1024
     streams = 10
-    broker = await start_broker(nursery, max_body_bytes=64 * 1024, queue_events=1000)
+    broker = await start_broker(
+        nursery, max_body_bytes=64 * 1024, queue_events=1000, queue_bytes=64 * 1024 * 1024
+    )
     bound = bridge.connection_unsent_max_bytes(broker.config)
     # Twice the bound, in events that each reach every stream.
     events = 2 * bound // (size * streams) + 1

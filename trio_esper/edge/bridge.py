@@ -223,12 +223,13 @@ class BoundedApp:
       (RST_STREAM REFUSED_STREAM, which clients retry: RFC 9113, 8.7) before
       the application sees it.
     * A stream that cannot be written -- its client keeps its flow-control
-      window shut -- counts against the subscriber's ``--queue`` bound as an
-      HTTP/1.1 subscriber that stops reading does: the messages (each one or
-      more events) its application sent that are not written yet. Past the
-      bound, or past :func:`connection_unsent_max_bytes` for the connection,
-      the stream is reset (RST_STREAM CANCEL): the subscriber is dropped, and
-      reconnects and resumes as after any drop. (Hypercorn's stream buffer
+      window shut -- counts against the subscriber's ``--queue`` and
+      ``--queue-bytes`` bounds as an HTTP/1.1 subscriber that stops reading
+      does: the messages (each one or more events) its application sent that
+      are not written yet, and their bytes. Past either bound, or past
+      :func:`connection_unsent_max_bytes` for the connection, the stream is
+      reset (RST_STREAM CANCEL): the subscriber is dropped, and reconnects
+      and resumes as after any drop. (Hypercorn's stream buffer
       stops holding the application back once a shut window paused it.)
     """
 
@@ -236,6 +237,7 @@ class BoundedApp:
         self._app = app
         self._max_streams = config.h2_max_streams
         self._max_messages = config.queue_events
+        self._max_bytes = config.queue_bytes
         self._connection_max_bytes = connection_unsent_max_bytes(config)
 
     async def __call__(
@@ -259,7 +261,9 @@ class BoundedApp:
             )
             await stream.reset(h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        bounded = _BoundedSend(stream, send, self._max_messages, self._connection_max_bytes)
+        bounded = _BoundedSend(
+            stream, send, self._max_messages, self._max_bytes, self._connection_max_bytes
+        )
         await self._app(scope, receive, bounded, sync_spawn, call_soon)
 
 
@@ -277,11 +281,13 @@ class _BoundedSend:
         stream: H2Stream,
         send: Callable[[Any], Awaitable[None]],
         max_messages: int,
+        max_bytes: int,
         connection_max_bytes: int,
     ) -> None:
         self._stream = stream
         self._send = send
         self._max_messages = max_messages
+        self._max_bytes = max_bytes
         self._connection_max_bytes = connection_max_bytes
         #: Where each message not yet wholly written ends, in bytes sent.
         self._ends: deque[int] = deque()
@@ -299,6 +305,8 @@ class _BoundedSend:
             self._ends.popleft()
         if len(self._ends) > self._max_messages:
             why = f"{len(self._ends)} messages unwritten, over the queue bound"
+        elif self._sent - written > self._max_bytes:
+            why = f"{self._sent - written} bytes unwritten, over the queue's bytes bound"
         elif self._stream.connection_unsent_bytes() > self._connection_max_bytes:
             why = f"its connection holds over {self._connection_max_bytes} bytes unwritten"
         else:
