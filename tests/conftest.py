@@ -370,6 +370,8 @@ class RedisServer:
     directory: str
     password: str | None = None
     process: subprocess.Popen[bytes] | None = None
+    #: More redis-server options (``--maxmemory-policy allkeys-lru``).
+    options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -385,6 +387,7 @@ class RedisServer:
                 *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
                 *("--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory),
                 *guard,
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -367,6 +367,14 @@ class Config:
         "process and node shares ([Beyond one process](#beyond-one-process))",
         repr=False,
     )
+    backplane_eviction: str = setting(
+        "warn",
+        "--backplane-eviction",
+        metavar="WHAT",
+        choices=("warn", "refuse"),
+        help="when the backplane's `maxmemory-policy` can evict the broker's streams "
+        "(`allkeys-*`): `warn`, or `refuse` publishes ([Beyond one process](#beyond-one-process))",
+    )
     subscriber_secret: str | None = setting(
         None,
         help="HMAC secret for subscribers; unset or empty, and no key file: subscribing is open",
@@ -707,6 +715,7 @@ class Config:
                 raise ConfigError.about(name, "must not be negative")
         for name, words in (
             ("history_sync", ("full", "normal")),
+            ("backplane_eviction", ("warn", "refuse")),
             ("log_level", LOG_LEVELS),
             ("log_format", LOG_FORMATS),
         ):

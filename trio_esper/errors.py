@@ -19,6 +19,7 @@
     ├── ServiceUnavailable          (503) the broker is shutting down: closes
     │   └── LimitReached            (503) a limit on subscribers, topics or connections
     └── HistoryError                (503) the history store cannot be opened or written
+        └── OutcomeUnknown          (504) the backplane never answered a publish: stored or not
 
 An error whose ``close_connection`` is true ends its connection after the
 answer: the rest of the request was not read, or cannot be trusted.
@@ -127,3 +128,10 @@ class HistoryError(EsperError):
     """The history store cannot be opened or written (start-up: exit status 3)."""
 
     status = 503
+
+
+class OutcomeUnknown(HistoryError):
+    """The backplane has not said whether it stored a publish (it stopped
+    answering after it was sent): a retry with the same id is refused if it did."""
+
+    status = 504

@@ -152,7 +152,9 @@ async def open_history(config: Config) -> AsyncIterator[History]:
         from .history.redis import open_redis_history  # coredis loads only when used
 
         async with open_redis_history(
-            config.backplane, max_events_per_topic=config.history_events
+            config.backplane,
+            max_events_per_topic=config.history_events,
+            eviction=config.backplane_eviction,
         ) as shared:
             yield shared
         return

@@ -3,12 +3,12 @@ every broker process and node that names the same Redis.
 
 Design
 ------
-One Redis Stream per topic is the topic's ordered log (``XADD`` with
-``MAXLEN ~ N`` as retention). The stream entry id (``1795947651928-0``) is
-the event's SSE id, so a subscriber resumes with ``Last-Event-ID`` on any
-node. A publish is acknowledged once Redis has accepted its ``XADD``
-(the events of one body, and a notice naming the topic on
-:data:`NOTIFY_CHANNEL`, in one ``MULTI``/``EXEC``), and is *not* delivered
+One Redis Stream per topic is the topic's ordered log (``XADD``, trimmed to
+``N`` entries once it holds :func:`trim_batch` more). The stream entry id
+(``1795947651928-0``) is the event's SSE id, so a subscriber resumes with
+``Last-Event-ID`` on any node. A publish is acknowledged once Redis has
+accepted its ``XADD`` (the events of one body, and a notice naming the topic
+on :data:`NOTIFY_CHANNEL`, in one script), and is *not* delivered
 by the node that took it: every node, that one included, follows the
 notices and reads (``XRANGE``, pipelined) the streams they name that it has
 local subscribers for, and hands what it reads to the hub, so every
@@ -22,14 +22,38 @@ A subscription to a topic new to the node first *watches* the stream
 subscriber is told ``: subscribed``, and the reader starts after that id, so
 an event published after the subscribe is never missed.
 
+A publish is one Lua script (:data:`PUBLISH_SCRIPT`), so Redis decides it
+atomically: it refuses a repeated publisher id (409), and it refuses a
+publish it runs later than :data:`PUBLISH_WINDOW_SECONDS` after the broker
+sent it, by its own clock (``TIME``; the broker learns the offset to its own
+clock at start and every few seconds). The answer waits for that decision, so
+it says what happened: 200 stored; 503 not stored (Redis refused it, or it
+never reached Redis); 504 unknown, only when Redis has not answered at all
+within :data:`OUTCOME_SECONDS` after the window (it may have stored it before
+it stalled; a retry with the same ``id:`` is then refused if it did). A
+publish Redis runs late (a stall: the process stopped, a long command) is
+thus never stored after it was answered 503.
+
 Redis goes away: publishes fail fast with :class:`HistoryError` (503) and
 nothing acknowledged is lost; subscriptions to new topics get 503; open
 streams stay open (their heartbeats come from the hub), and the reader
 retries with backoff, then goes on from the last id it read per stream.
 
-Ids are the broker's: a publisher-given ``id:`` is refused (400), because an
-id must name a place in the shared log. ``coredis`` is the client: it runs
-on anyio, so natively under Trio (docs/scaling.md, "Client: coredis").
+Ids: the broker numbers events with the stream's entry ids. A publisher's
+own ``id:`` works as on one node: the script keeps a hash per topic
+(``trio_esper:ids:<topic>``, publisher id -> entry id) beside the stream,
+written with the ``XADD`` and trimmed with it, so the id is stored once,
+refused again on every node, and resumable on every node. An id shaped like
+an entry id (``<ms>-<n>``) is the broker's and is refused (400). The routed
+log (Mercure) takes an id again, and resumes after its newest entry.
+
+Eviction: the broker's keys have no TTL, so only an ``allkeys-*``
+``maxmemory-policy`` can evict them; it is checked at start and on every
+reconnect (``CONFIG GET``), and warned about, or refused with
+``--backplane-eviction refuse``. ``coredis`` is the client: it runs
+on anyio, so natively under Trio (docs/scaling.md, "Client: coredis"); its
+own log lines (a lost connection comes with a traceback group) become one
+line per kind, rate-limited (:class:`CoredisLines`).
 """
 
 from __future__ import annotations
@@ -47,7 +71,7 @@ import coredis.exceptions
 import coredis.retry
 import trio
 
-from ..errors import BadRequest, HistoryError
+from ..errors import BadRequest, Conflict, HistoryError, OutcomeUnknown
 from ..routing import Route, decode_route, encode_route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay
@@ -56,6 +80,8 @@ log = logging.getLogger("trio_esper")
 
 #: Key of a topic's stream.
 KEY_PREFIX = "trio_esper:topic:"
+#: Key of a topic's publisher ids: a hash, publisher id -> stream entry id.
+IDS_PREFIX = "trio_esper:ids:"
 #: The channel every publish names its topic on (in the XADD's MULTI).
 NOTIFY_CHANNEL = "trio_esper:published"
 #: Most entries one XRANGE reads of a stream (more: read again).
@@ -64,8 +90,17 @@ READ_COUNT = 1000
 #: lost with a connection is caught up at once on reconnecting; this is the
 #: belt to those braces).
 SWEEP_SECONDS = 30.0
-#: A command Redis has not answered in this long fails (publishes: 503).
+#: A command Redis has not answered in this long fails (reads: 503).
 COMMAND_TIMEOUT_SECONDS = 2.0
+#: Redis stores a publish only if it runs it within this long of its sending
+#: (by Redis' clock); later, it refuses it, and the publisher gets 503.
+PUBLISH_WINDOW_SECONDS = COMMAND_TIMEOUT_SECONDS
+#: After the window, how long a publish still waits for Redis' answer (it
+#: says what happened) before the answer is 504, outcome unknown: long
+#: enough for a stall, short enough for a publisher's own timeout.
+OUTCOME_SECONDS = 10.0
+#: ``maxmemory-policy`` values that can evict keys without a TTL, the broker's.
+EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 #: The reader's retry delays after a failure: from the first to the cap.
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
@@ -83,6 +118,68 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: One publish, decided atomically by Redis.
+#: KEYS: the stream, its id hash. ARGV: deadline (Redis' clock, ms), entries
+#: kept, trim batch, "1" if publisher ids are unique, topic, notice channel,
+#: event count, then per event: its publisher id ("" for none), its field
+#: count, its fields and values. Returns {"ok", entry ids...}, {"late", ms
+#: late} or {"conflict", id}.
+PUBLISH_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local late = now - tonumber(ARGV[1])
+if late > 0 then return {'late', tostring(late)} end
+local stream, ids = KEYS[1], KEYS[2]
+local unique = ARGV[4] == '1'
+local events, seen, at = {}, {}, 8
+for e = 1, tonumber(ARGV[7]) do
+  local given, count = ARGV[at], tonumber(ARGV[at + 1])
+  local fields = {}
+  for j = 1, count * 2 do fields[j] = ARGV[at + 1 + j] end
+  at = at + 2 + count * 2
+  if given ~= '' then
+    if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
+      return {'conflict', given}
+    end
+    seen[given] = true
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = given
+  end
+  events[e] = {given, fields}
+end
+local answer = {'ok'}
+for e = 1, #events do
+  local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
+  if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
+  answer[e + 1] = id
+end
+local keep = tonumber(ARGV[2])
+local excess = redis.call('XLEN', stream) - keep
+if excess >= tonumber(ARGV[3]) then
+  if redis.call('EXISTS', ids) == 1 then
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
+      local fields = entry[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'i' and redis.call('HGET', ids, fields[j + 1]) == entry[1] then
+          redis.call('HDEL', ids, fields[j + 1])
+        end
+      end
+    end
+  end
+  redis.call('XTRIM', stream, 'MAXLEN', keep)
+end
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return answer
+"""
+
+
+def trim_batch(max_events_per_topic: int) -> int:
+    """A stream is trimmed to ``max_events_per_topic`` once it holds this many
+    more: trimming (and forgetting the trimmed entries' publisher ids) is then
+    paid once per batch, not per publish, as ``MAXLEN ~`` would."""
+    return max(1, min(100, max_events_per_topic // 10))
+
+
 def seq_of(entry_id: str) -> int:
     """A stream entry id as an integer in the same order (milliseconds, then
     the sequence within the millisecond)."""
@@ -97,7 +194,8 @@ def _valid_entry_id(text: str) -> bool:
 
 def _record(topic: str, entry_id: str, fields: Any) -> Record:
     retry = fields.get("r")
-    event = Event(fields.get("d", ""), fields.get("e"), entry_id, int(retry) if retry else None)
+    event_id = fields.get("i") or entry_id
+    event = Event(fields.get("d", ""), fields.get("e"), event_id, int(retry) if retry else None)
     route = fields.get("w")
     return Record.create(
         seq_of(entry_id),
@@ -106,6 +204,19 @@ def _record(topic: str, entry_id: str, fields: Any) -> Record:
         float(fields.get("t", 0.0)),
         None if route is None else decode_route(route),
     )
+
+
+def _script_args(
+    events: Sequence[Event], fields: Iterable[dict[str, str]], *header: str | int
+) -> list[str]:
+    """:data:`PUBLISH_SCRIPT`'s ARGV: ``header``, then each event."""
+    args = [str(value) for value in header]
+    args.append(str(len(events)))
+    for event, pairs in zip(events, fields, strict=True):
+        args += [event.id or "", str(len(pairs))]
+        for name, value in pairs.items():
+            args += [name, value]
+    return args
 
 
 def _fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
@@ -122,8 +233,20 @@ def _fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
 class RedisHistory:
     """See the module docstring. Build with :func:`open_redis_history`."""
 
-    def __init__(self, client: Any, url: str, *, max_events_per_topic: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        url: str,
+        *,
+        max_events_per_topic: int,
+        eviction: str = "warn",
+        publisher: Any = None,
+    ) -> None:
         self._client = client
+        #: The publishes' own client: coredis drops a connection when a command
+        #: on it is cancelled, with every command waiting on it (a read's
+        #: timeout would otherwise take the answers of the publishes beside it).
+        self._publisher = client if publisher is None else publisher
         self.url = url
         self.max_events_per_topic = max_events_per_topic
         #: Watched topics: the id the reader reads after, per stream key.
@@ -135,44 +258,96 @@ class RedisHistory:
         self._quiet_until: dict[str, float] = {}
         self.down_reason: str | None = None
         self._statistics = HistoryStatistics("redis", 0, 0, 0)
+        self._publish = self._publisher.register_script(PUBLISH_SCRIPT)
+        #: Redis' clock minus trio's, in milliseconds (:meth:`measure_clock`).
+        self._clock_offset_ms = time.time() * 1000 - trio.current_time() * 1000
+        #: ``--backplane-eviction``; why publishes are refused for it, if they are.
+        self.eviction = eviction
+        self.eviction_refusal: str | None = None
+        self._policy_unknown_said = False
+        #: The Redis server (``run_id``) and policy last warned about.
+        self._policy_warned: tuple[str, str] | None = None
 
     # -- the History protocol ----------------------------------------------------
 
     async def append(
         self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
     ) -> list[Record]:
+        """Store ``events`` by :data:`PUBLISH_SCRIPT`; waits for Redis to say
+        what it did (the module docstring: "A publish is one Lua script").
+
+        Raises:
+            BadRequest: a publisher id is shaped like an entry id.
+            Conflict: a publisher id is retained for ``topic`` already (or
+                repeated in ``events``), outside the routed log; nothing stored.
+            HistoryError: Redis refused it (too late) or it never reached
+                Redis; nothing stored.
+            OutcomeUnknown: Redis has not answered (it may have stored it).
+        """
         for event in events:
-            if event.id is not None:
+            if event.id is not None and _valid_entry_id(event.id):
                 raise BadRequest(
-                    "with the Redis backplane the broker numbers events (the stream's ids, "
-                    "valid on every node): publish without id:"
+                    f"id {event.id!r} has the form of the backplane's own ids (<ms>-<n>), "
+                    "which are the broker's: choose another"
                 )
+        if self.eviction_refusal is not None:
+            await trio.lowlevel.checkpoint()
+            raise HistoryError(f"{self.eviction_refusal}: not stored")
         now = time.time()
-        key = KEY_PREFIX + topic
-        try:
-            with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pending = [
-                        pipe.xadd(
-                            key,
-                            _fields(event, now, route),
-                            trim_strategy=coredis.PureToken.MAXLEN,
-                            trim_operator=coredis.PureToken.APPROXIMATELY,
-                            threshold=self.max_events_per_topic,
-                        )
-                        for event in events
-                    ]
-                    notice = pipe.publish(NOTIFY_CHANNEL, topic)
-                ids = [await request for request in pending]
-                await notice
-        except REDIS_ERRORS as exc:
-            raise self._unavailable("publish", exc) from None
+        deadline_ms = int(
+            trio.current_time() * 1000 + self._clock_offset_ms + PUBLISH_WINDOW_SECONDS * 1000
+        )
+        args = _script_args(
+            events,
+            (_fields(event, now, route) for event in events),
+            deadline_ms,
+            self.max_events_per_topic,
+            trim_batch(self.max_events_per_topic),
+            "1" if route is None else "0",
+            topic,
+            NOTIFY_CHANNEL,
+        )
+        answer: Any = None
+        # Shielded: a publisher that leaves must not cancel the command (and
+        # drop the connection the publishes beside it wait on).
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS),
+        ):
+            try:
+                answer = await self._publish(
+                    keys=[KEY_PREFIX + topic, IDS_PREFIX + topic], args=args
+                )
+            except REDIS_ERRORS as exc:
+                self._down("publish", exc)
+                if not _never_sent(exc):
+                    raise _unknown(_reason(exc)) from None
+                raise HistoryError(
+                    f"the backplane is unavailable ({_reason(exc)}): not stored; try again"
+                ) from None
+        if answer is None:
+            reason = f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s"
+            self._down("publish", trio.TooSlowError())
+            raise _unknown(reason)
         self._up()
+        outcome, *values = [str(value) for value in answer]
+        if outcome == "late":
+            raise HistoryError(
+                "the backplane is unavailable (Redis took the publish "
+                f"{int(values[0]) / 1000 + PUBLISH_WINDOW_SECONDS:.1f} s after it was sent, "
+                f"more than {PUBLISH_WINDOW_SECONDS:g} s): not stored; try again"
+            )
+        if outcome == "conflict":
+            raise Conflict("event id is already in this topic's history")
         return [
             Record.create(
-                seq_of(entry_id), topic, Event(e.data, e.event, entry_id, e.retry), now, route
+                seq_of(entry_id),
+                topic,
+                Event(e.data, e.event, e.id or entry_id, e.retry),
+                now,
+                route,
             )
-            for entry_id, e in zip(ids, events, strict=True)
+            for entry_id, e in zip(values, events, strict=True)
         ]
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
@@ -185,6 +360,11 @@ class RedisHistory:
                     found = bool(await self._client.xrange(key, last_id, last_id, count=1))
                     if found:
                         start = "(" + last_id
+                elif last_id is not None:  # a publisher's id: where it was stored
+                    entry_id = await self._client.hget(IDS_PREFIX + topic, last_id)
+                    found = entry_id is not None
+                    if entry_id is not None:
+                        start = "(" + str(entry_id)
                 entries = await self._client.xrange(key, start, "+", count=limit)
         except REDIS_ERRORS as exc:
             raise self._unavailable("read", exc) from None
@@ -194,7 +374,7 @@ class RedisHistory:
     async def delete(self, topic: str) -> None:
         try:
             with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                await self._client.delete([KEY_PREFIX + topic])
+                await self._client.delete([KEY_PREFIX + topic, IDS_PREFIX + topic])
         except REDIS_ERRORS as exc:
             raise self._unavailable("delete", exc) from None
 
@@ -204,7 +384,68 @@ class RedisHistory:
                 await self._client.ping()
         except REDIS_ERRORS as exc:
             return f"backplane {self.url_for_logs} is unavailable: {_reason(exc)}"
-        return self.down_reason
+        return self.down_reason or self.eviction_refusal
+
+    async def measure_clock(self) -> None:
+        """Learn Redis' clock (``TIME``) against trio's, for the publish
+        deadlines. Its error is half a round trip; an error only moves where
+        a slow publish is refused, never what its answer says.
+
+        Raises:
+            REDIS_ERRORS: Redis did not answer.
+        """
+        with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
+            sent = trio.current_time()
+            server = await self._client.time()
+            received = trio.current_time()
+        self._clock_offset_ms = server.timestamp() * 1000 - (sent + received) * 500
+
+    async def check_eviction(self) -> None:
+        """Read Redis' ``maxmemory-policy`` and warn (``--backplane-eviction
+        warn``) or refuse publishes (``refuse``) if it can evict the broker's
+        keys, which have no TTL: the ``allkeys-*`` policies. Warned once per
+        Redis server (its ``run_id``: a restart is another) and policy. A
+        Redis that refuses ``CONFIG`` is said once.
+
+        Raises:
+            REDIS_ERRORS: Redis did not answer (a refused ``CONFIG`` is not raised).
+        """
+        try:
+            with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
+                server = str((await self._client.info("server")).get("run_id", ""))
+                found = await self._client.config_get(["maxmemory-policy"])
+        except coredis.exceptions.ResponseError as exc:  # CONFIG renamed away, or not allowed
+            if not self._policy_unknown_said:
+                self._policy_unknown_said = True
+                log.warning(
+                    "backplane: cannot check maxmemory-policy (%s): it must not be allkeys-*, "
+                    "which evicts the broker's streams",
+                    _reason(exc),
+                    extra={"event": "backplane_eviction_unknown"},
+                )
+            return
+        policy = str(found.get("maxmemory-policy", ""))
+        if policy not in EVICTING_POLICIES:
+            self.eviction_refusal = None
+            self._policy_warned = None
+            return
+        if self._policy_warned == (server, policy):
+            return
+        self._policy_warned = (server, policy)
+        problem = (
+            f"the backplane's maxmemory-policy {policy} can evict the broker's streams "
+            "(acknowledged events would vanish): use noeviction or a volatile-* policy"
+        )
+        if self.eviction == "refuse":
+            self.eviction_refusal = problem
+        log.warning(
+            "backplane: %s%s",
+            problem,
+            "; publishes are refused (--backplane-eviction refuse)"
+            if self.eviction == "refuse"
+            else "",
+            extra={"event": "backplane_eviction", "policy": policy},
+        )
 
     def statistics(self) -> HistoryStatistics:
         return dataclasses.replace(self._statistics, problem=self.down_reason)
@@ -327,7 +568,9 @@ class RedisHistory:
 
     async def _keep_statistics(self) -> None:
         """Refresh what ``/stats`` shows every :data:`STATISTICS_INTERVAL_SECONDS`:
-        the watched streams' lengths (one pipeline) and Redis' memory."""
+        the watched streams' lengths (one pipeline) and Redis' memory; and
+        what the publishes rely on: Redis' clock and its eviction policy
+        (which a reconnect, to a restarted Redis or another one, may change)."""
         while True:
             keys = list(self._positions)
             try:
@@ -337,6 +580,8 @@ class RedisHistory:
                         memory = pipe.info("memory")
                     events = sum([await length for length in lengths])
                     used = int((await memory).get("used_memory", 0))
+                await self.measure_clock()
+                await self.check_eviction()
             except REDIS_ERRORS:
                 pass  # the reader and the publishes report the failure
             else:
@@ -380,6 +625,56 @@ class RedisHistory:
             )
 
 
+#: How coredis begins the messages of :func:`_never_sent`'s errors.
+NEVER_SENT_MESSAGES = ("Unable to establish a connection", "Connection not usable")
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a command, means the command never reached
+    Redis: no connection could be made, or the one taken was already
+    broken. Anything else (a timeout, a connection lost while waiting) may
+    come after Redis ran it. (coredis says which by the message alone;
+    tests/test_redis_faults.py checks these against the installed coredis.)"""
+    return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
+        NEVER_SENT_MESSAGES
+    )
+
+
+def _unknown(reason: str) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"the backplane did not answer ({reason}): the publish may have been stored before "
+        "Redis stopped answering; a retry with the same id: is refused (409) if it was"
+    )
+
+
+class CoredisLines(logging.Filter):
+    """Installed on coredis' logger for the backplane's life: coredis logs a
+    lost or failed connection with its traceback group (over a hundred lines
+    per stall). Each becomes one line, ``backplane: coredis: <what>
+    (<first error>)``, and each kind is let through at most once per
+    :data:`LOG_INTERVAL_SECONDS`, as the backplane's own failures are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._quiet_until: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        what = record.getMessage()
+        now = time.monotonic()
+        if now < self._quiet_until.get(what, -math.inf):
+            return False
+        self._quiet_until[what] = now + LOG_INTERVAL_SECONDS
+        error = record.exc_info[1] if record.exc_info else None
+        record.msg = (
+            "backplane: coredis: %s (%s)" if error is not None else "backplane: coredis: %s"
+        )
+        record.args = (what, _reason(_first_leaf(error))) if error is not None else (what,)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
 def _first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
@@ -395,30 +690,55 @@ def _reason(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_redis_history(
-    url: str, *, max_events_per_topic: int = 1000
+    url: str, *, max_events_per_topic: int = 1000, eviction: str = "warn"
 ) -> AsyncIterator[RedisHistory]:
     """Connect to the Redis at ``url`` and run the reader for the block.
+    ``eviction``: what an evicting ``maxmemory-policy`` gets, ``warn`` or
+    ``refuse`` (:meth:`RedisHistory.check_eviction`).
 
     Raises:
-        HistoryError: Redis cannot be reached at start-up.
+        HistoryError: Redis cannot be reached at start-up, or its policy can
+            evict the broker's keys and ``eviction`` is ``refuse``.
     """
-    # coredis logs each lost connection with an empty traceback: our own
-    # lines say what failed, once per interval.
-    logging.getLogger("coredis").setLevel(logging.WARNING)
-    client = coredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        connect_timeout=COMMAND_TIMEOUT_SECONDS,
-        retry_policy=coredis.retry.NoRetryPolicy(),
-    )
-    history = RedisHistory(client, url, max_events_per_topic=max_events_per_topic)
-    async with client:
-        problem = await history.check()
-        if problem is not None:
-            raise HistoryError(problem)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(history.run)
-            try:
-                yield history
-            finally:
-                nursery.cancel_scope.cancel()
+    # coredis logs each lost connection (INFO) with an empty traceback: our
+    # own lines say what failed. What it logs higher is one line (CoredisLines).
+    coredis_log = logging.getLogger("coredis")
+    coredis_log.setLevel(logging.WARNING)
+    lines = CoredisLines()
+    coredis_log.addFilter(lines)
+    try:
+        client, publisher = (
+            coredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                connect_timeout=COMMAND_TIMEOUT_SECONDS,
+                retry_policy=coredis.retry.NoRetryPolicy(),
+            )
+            for _ in range(2)
+        )
+        history = RedisHistory(
+            client,
+            url,
+            max_events_per_topic=max_events_per_topic,
+            eviction=eviction,
+            publisher=publisher,
+        )
+        async with client, publisher:
+            problem = await history.check()
+            if problem is None:
+                try:
+                    await history.measure_clock()
+                    await history.check_eviction()
+                except REDIS_ERRORS as exc:
+                    problem = f"backplane {history.url_for_logs} is unavailable: {_reason(exc)}"
+            problem = problem or history.eviction_refusal
+            if problem is not None:
+                raise HistoryError(problem)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(history.run)
+                try:
+                    yield history
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        coredis_log.removeFilter(lines)
