@@ -313,3 +313,33 @@ async def test_subscriptions_and_discovery_in_chromium(
         assert (closed["subscriber"], closed["active"]) == (opened["subscriber"], False)
     stopped.set()
     await broker.stop()
+
+
+@pytest.mark.slow
+async def test_the_dashboard_shows_the_mercure_hub(
+    nursery: trio.Nursery, browser: Browser, client: httpx.AsyncClient
+) -> None:
+    broker = await start_broker(nursery)  # monitoring open: the page asks for no token
+    with trio.fail_after(BROWSER_SECONDS):
+        async with client.stream("GET", hub_url(broker, BOOK)) as stream:
+            assert stream.status_code == 200
+            await client.post(
+                f"{broker.url}/.well-known/mercure", data={"topic": BOOK, "data": "x"}
+            )
+            await client.post(f"{broker.url}/publish/plaintopic1", content=b"data: y\n")
+            stats = (await client.get(f"{broker.url}/stats")).json()
+            assert stats["mercure"] == {"clients": 1, "published": 1}
+            assert (stats["clients"], stats["published"], stats["topics"]) == (1, 2, 0)
+            metrics = (await client.get(f"{broker.url}/metrics")).text
+            assert "trio_esper_mercure_subscriptions 1.0" in metrics
+            assert "trio_esper_mercure_updates_published_total 1.0" in metrics
+            await browser.open_page(f"{broker.url}/dashboard")
+            shown = await poll_script(
+                browser.driver,
+                "return [document.getElementById('stat-mercure-clients').textContent,"
+                " document.getElementById('stat-mercure-published').textContent];",
+                lambda texts: texts == ["1", "1"],
+                "the Mercure card",
+            )
+            assert shown == ["1", "1"]
+    await broker.stop()

@@ -98,6 +98,10 @@ class HubStatistics:
     """Subscribers disconnected because their queue was full."""
     known_topics: int
     """Topics in the catalog: created, or used lately (see :mod:`.catalog`)."""
+    routed_clients: int = 0
+    """Live subscriptions to the routed log (counted in ``clients`` too)."""
+    routed_published: int = 0
+    """Events accepted into the routed log since start (counted in ``published`` too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +669,7 @@ class Hub:
         self._closing_started = trio.Event()
         self._closed = trio.Event()
         self._published = 0
+        self._routed_published = 0
         self._delivered = 0
         self._dropped = 0
         #: Told of each publish: how long it took (seconds) and the
@@ -903,6 +908,7 @@ class Hub:
         started = time.perf_counter()
         records = await self.history.append(ROUTED_LOG, events, self._deliver, route=route)
         self._published += len(records)
+        self._routed_published += len(records)
         return await self._fanned(ROUTED_LOG, records, started)
 
     async def routed_position(self, last_id: str, selection: Selection) -> str | None:
@@ -1077,13 +1083,16 @@ class Hub:
         await self._closed.wait()
 
     def statistics(self) -> HubStatistics:
+        routed = self._topics.get(ROUTED_LOG)
         return HubStatistics(
             clients=sum(len(t.subscribers) for t in self._topics.values()),
-            topics=len(self._topics),
+            topics=len(self._topics) - (routed is not None),
             published=self._published,
             delivered=self._delivered,
             dropped=self._dropped,
             known_topics=len(self.catalog),
+            routed_clients=0 if routed is None else len(routed.subscribers),
+            routed_published=self._routed_published,
         )
 
 

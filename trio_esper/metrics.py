@@ -157,6 +157,11 @@ class _HubCollector(Collector):
         for name, help_text, value in (
             ("connections", "Open client connections.", self._connections()),
             ("subscriptions", "Live subscriptions.", stats.clients),
+            (
+                "mercure_subscriptions",
+                "Live subscriptions on /.well-known/mercure (counted in subscriptions too).",
+                stats.routed_clients,
+            ),
             ("topics", "Topics with at least one subscriber.", stats.topics),
             (
                 "known_topics",
@@ -172,5 +177,10 @@ class _HubCollector(Collector):
             ("events_published", "Events accepted from publishers.", stats.published),
             ("events_delivered", "Events handed to subscriber connections.", stats.delivered),
             ("subscribers_dropped", "Subscribers dropped for a full queue.", stats.dropped),
+            (
+                "mercure_updates_published",
+                "Mercure updates accepted (counted in events_published too).",
+                stats.routed_published,
+            ),
         ):
             yield CounterMetricFamily(f"trio_esper_{name}", help_text, value=value)

@@ -215,6 +215,8 @@ STATISTICS = {
     "queued_bytes": "Bytes waiting for subscribers (queued or being written); a frame "
     "queued to many subscribers counts once.",
     "known_topics": "Topics in the catalog: created, or used lately.",
+    "routed_clients": "Live subscriptions on /.well-known/mercure (counted in clients too).",
+    "routed_published": "Mercure updates accepted since start (counted in published too).",
 }
 HISTORY_STATISTICS = {
     "backend": "Where history is kept.",
@@ -248,7 +250,17 @@ _STATS_FIELDS: dict[str, Json] = {
         "type": "integer",
         "description": "The process answering (with --threads, each worker answers for itself).",
     },
-    **_statistics(HubStatistics, STATISTICS)["properties"],
+    **{
+        name: schema
+        for name, schema in _statistics(HubStatistics, STATISTICS)["properties"].items()
+        if not name.startswith("routed_")
+    },
+    "mercure": _object(
+        {
+            "clients": _JSON_TYPES[int] | {"description": STATISTICS["routed_clients"]},
+            "published": _JSON_TYPES[int] | {"description": STATISTICS["routed_published"]},
+        }
+    ),
     "history": _statistics(
         HistoryStatistics,
         HISTORY_STATISTICS,
@@ -661,6 +673,7 @@ _STATS_EXAMPLE = {
     "dropped": 0,
     "queued_bytes": 0,
     "known_topics": 1,
+    "mercure": {"clients": 0, "published": 0},
     "history": {"backend": "memory", "topics": 1, "events": 10, "bytes": 7000},
 }
 _TEXT_SCHEMA: Json = {"type": "string"}

@@ -105,10 +105,18 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, metrics: Metr
 
 def _statistics(hub: Hub, metrics: Metrics) -> dict[str, Any]:
     """What ``/stats`` answers."""
+    figures = asdict(hub.statistics())
+    # The Mercure hub's share (its subscriptions and updates are the hub's
+    # routed log), counted in the totals too.
+    mercure = {
+        "clients": figures.pop("routed_clients"),
+        "published": figures.pop("routed_published"),
+    }
     return {
         "version": __version__,
         "pid": os.getpid(),
-        **asdict(hub.statistics()),
+        **figures,
+        "mercure": mercure,
         "history": asdict(hub.history.statistics()),
         **{name: section() for name, section in metrics.sections.items()},
     }

@@ -179,6 +179,8 @@
     show("stat-topics", s.topics);
     show("stat-known-topics", s.known_topics);
     show("stat-clients", s.clients);
+    show("stat-mercure-clients", s.mercure.clients);
+    show("stat-mercure-published", s.mercure.published);
     show("stat-connections", s.connections);
     show("stat-published", s.published);
     show("stat-delivered", s.delivered);
