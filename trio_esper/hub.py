@@ -9,8 +9,10 @@ task starts with its first subscriber and ends when the last one leaves: the
 topic then closes its own send channel, and its task finishes once the
 publishers holding clones of that channel have let go.
 
-A subscriber gets a bounded memory channel (opened the first time something
-must wait in it: see :class:`Subscription`). :meth:`Hub.subscribe` is an async
+A subscriber gets a memory channel (opened the first time something must
+wait in it: see :class:`Subscription`), bounded in events (``queue_events``)
+and in bytes (``queue_bytes``), and all subscribers' queues together in bytes
+(``queue_total_bytes``). :meth:`Hub.subscribe` is an async
 context manager, so whatever ends the subscriber's task -- a normal return,
 a client disconnect arriving as cancellation, an error -- removes it from its
 topic in ``__aexit__``.
@@ -18,7 +20,10 @@ topic in ``__aexit__``.
 Publishers never wait for a subscriber: the topic task delivers with
 ``send_nowait``, and a subscriber whose queue is full is dropped (its stream
 ends; the client reconnects and, with history, resumes by Last-Event-ID),
-as Mercure's localsubscriber does. A publisher does wait for the topic task
+as Mercure's localsubscriber does. A queue is full when one more hand-out
+would take it past its events or its bytes (a subscriber with nothing
+pending takes any one hand-out); past the total, the subscription holding
+the most bytes is dropped until the total fits. A publisher does wait for the topic task
 to have handed its records to every subscriber (written or queued): that
 takes no longer than one pass over the subscribers, and it keeps a publisher
 from running ahead of its topic (its answer means the event is out).
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 import trio
 
 from .catalog import Catalog, TopicEntry
+from .config import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_EVENTS, DEFAULT_QUEUE_TOTAL_BYTES
 from .errors import (
     BadRequest,
     Conflict,
@@ -96,6 +102,9 @@ class HubStatistics:
     """Events handed to subscriber connections since start."""
     dropped: int
     """Subscribers disconnected because their queue was full."""
+    queued_bytes: int
+    """Bytes waiting for subscribers (queued, or taken and being written),
+    all subscriptions; a frame queued to many subscribers counts once."""
     known_topics: int
     """Topics in the catalog: created, or used lately (see :mod:`.catalog`)."""
     routed_clients: int = 0
@@ -134,6 +143,10 @@ Frame = Callable[[bytes], bytes]
 
 def _bare(data: bytes) -> bytes:
     return data
+
+
+def _held_bytes(subscription: Subscription) -> int:
+    return subscription._queued_bytes
 
 
 #: The "seq" of items that are not records (a heartbeat, a last frame): it
@@ -181,9 +194,11 @@ class Subscription:
         "_direct",
         "_dropped",
         "_frame",
+        "_held",
         "_hub",
         "_interrupt",
         "_queued",
+        "_queued_bytes",
         "_receive",
         "_replayed_through",
         "_selection",
@@ -218,6 +233,11 @@ class Subscription:
         self._receive: trio.MemoryReceiveChannel[Item] | None = None
         #: Items in the channel (its statistics() builds an object per call).
         self._queued = 0
+        #: Bytes of those items, plus the chunk :attr:`_held`.
+        self._queued_bytes = 0
+        #: The last chunk taken, counted until the task asks for more (then
+        #: the transport has written it).
+        self._held: bytes | None = None
         #: Set when the topic disconnected this subscriber for falling behind.
         self._dropped = False
         #: Highest seq already sent from history; live records up to it are skipped.
@@ -269,6 +289,7 @@ class Subscription:
         True; ``wake`` is called once when an item is queued or the stream
         ends. Returns False (and parks nothing) otherwise: call
         :meth:`take_nowait`."""
+        self._let_go_held()
         if self._queued or self._dropped or self._closed:
             return False
         self._direct = self._attached
@@ -288,6 +309,7 @@ class Subscription:
             trio.EndOfChannel: the stream has ended and its queue is drained
                 (at once if dropped).
         """
+        self._let_go_held()
         if self._receive is None:  # nothing was ever queued
             if self._dropped or self._closed:
                 raise trio.EndOfChannel
@@ -307,7 +329,7 @@ class Subscription:
                     break
                 raise trio.EndOfChannel from None
             self._take(seq, data, frames)
-        return b"".join(frames)
+        return self._hold(b"".join(frames))
 
     # --- the iterator -------------------------------------------------------
 
@@ -315,6 +337,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> bytes:
+        self._let_go_held()
         receive = self._open()[1]
         frames: list[bytes] = []
         while not frames:
@@ -335,7 +358,7 @@ class Subscription:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 self._take(seq, data, frames)
-        return frames[0] if len(frames) == 1 else b"".join(frames)
+        return self._hold(frames[0] if len(frames) == 1 else b"".join(frames))
 
     # --- the hub's side -----------------------------------------------------
 
@@ -344,8 +367,9 @@ class Subscription:
         once if the stream has ended)."""
         if self._send is None or self._receive is None:
             # Not open_memory_channel[Item](...): subscripting builds a typing
-            # alias on every call.
-            self._send, self._receive = trio.open_memory_channel(self._hub._queue_events)
+            # alias on every call. Unbounded: _queue applies the bounds, to
+            # whole hand-outs, in events and in bytes.
+            self._send, self._receive = trio.open_memory_channel(math.inf)
             if self._closed:
                 self._send.close()
         return self._send, self._receive
@@ -365,22 +389,40 @@ class Subscription:
         return self._queue(items)
 
     def _queue(self, items: Sequence[Item]) -> bool:
-        """Queue ``items``; False if the subscriber is gone or was dropped
-        because its queue is full."""
-        return all(self._offer(item) for item in items)
-
-    def _offer(self, item: Item) -> bool:
+        """Queue ``items`` (one hand-out); False if the subscriber is gone,
+        or is dropped because they would take its queue past its bounds (in
+        events or bytes; a subscriber with nothing pending takes any one
+        hand-out) or the hub's total past its own."""
         self._direct = None  # the task will wake to this: no direct write may overtake it
         if self._closed:
             return False  # gone or ended already: not a slow subscriber
-        try:
-            self._open()[0].send_nowait(item)
-            self._queued += 1
-        except trio.WouldBlock:
+        hub = self._hub
+        size = 0
+        for _, data in items:
+            size += len(data)
+        if self._queued_bytes and (
+            self._queued + len(items) > hub._queue_events
+            or self._queued_bytes + size > hub._queue_bytes
+        ):
             self._drop()
             return False
+        send = self._open()[0]
+        for item in items:
+            send.send_nowait(item)  # unbounded: never raises WouldBlock
+            hub._hold(item[1])
+        self._queued += len(items)
+        if not self._queued_bytes:
+            hub._backlogged.add(self)
+        self._queued_bytes += size
+        if hub._queued_bytes > hub._queue_total_bytes:
+            hub._shed()
+            if self._dropped:
+                return False
         self._wake_task()
         return True
+
+    def _offer(self, item: Item) -> bool:
+        return self._queue((item,))
 
     def _wake_task(self) -> None:
         wake, self._wake = self._wake, None
@@ -402,6 +444,10 @@ class Subscription:
             self._dropped = True
             self._hub._dropped += 1
             self._close()
+            # Nothing queued will be written now: let it go at once (the
+            # chunk being written stays counted until the task lets go).
+            self._hub._backlogged.discard(self)
+            self._empty_queue()
             if self._interrupt is not None:
                 self._interrupt()
 
@@ -416,18 +462,52 @@ class Subscription:
 
     def _take(self, seq: int | None, data: bytes, frames: list[bytes]) -> None:
         self._queued -= 1
+        self._hub._let_go(data)
         if seq is None:
             frames.append(data)
         elif seq > self._replayed_through:
             frames.append(data)
             self._hub._delivered += 1
+        else:  # already replayed: skipped, so no longer pending
+            self._queued_bytes -= len(data)
+
+    def _hold(self, chunk: bytes) -> bytes:
+        """Count ``chunk``, taken to be written, until the task asks for more."""
+        self._held = chunk
+        self._hub._hold(chunk)
+        return chunk
+
+    def _let_go_held(self) -> None:
+        """The task asks for more: the chunk it took is written."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._hub._let_go(held)
+            self._queued_bytes -= len(held)
+            if not self._queued_bytes:
+                self._hub._backlogged.discard(self)
+
+    def _empty_queue(self) -> None:
+        """Let go of every queued item (the stream has ended)."""
+        if self._send is None or self._receive is None:
+            return
+        self._send.close()
+        while True:
+            try:
+                data = self._receive.receive_nowait()[1]
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._hub._let_go(data)
+            self._queued_bytes -= len(data)
+        self._queued = 0
 
     def _aclose(self) -> None:
         self.detach()
         self._closed = True
-        if self._send is not None and self._receive is not None:
-            self._send.close()
+        self._let_go_held()
+        self._empty_queue()
+        if self._receive is not None:
             self._receive.close()
+        self._hub._backlogged.discard(self)
 
 
 class Topic:
@@ -653,6 +733,8 @@ class Hub:
         queue_events: int,
         limits: Limits,
         catalog: Catalog | None = None,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        queue_total_bytes: int = DEFAULT_QUEUE_TOTAL_BYTES,
     ) -> None:
         self._nursery = nursery
         self.catalog = Catalog(limits.topics, durable=False) if catalog is None else catalog
@@ -662,6 +744,16 @@ class Hub:
         self.history = history
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_events = queue_events
+        self._queue_bytes = queue_bytes
+        self._queue_total_bytes = queue_total_bytes
+        #: Bytes of the distinct frames subscribers hold (queued or being
+        #: written), and how many holds each has, by id: the frames of a
+        #: batch are one object whatever the number of subscribers.
+        self._queued_bytes = 0
+        self._holds: dict[int, int] = {}
+        #: Subscriptions holding bytes: where the total bound looks for the
+        #: subscription holding the most.
+        self._backlogged: set[Subscription] = set()
         self._topics: dict[str, Topic] = {}
         #: (selector, topic) matches, shared by the routed log's fan-out and replay.
         self._matcher = SelectorMatcher()
@@ -798,6 +890,33 @@ class Hub:
                 entry.watching = True
             finally:
                 done.set()
+
+    def _hold(self, data: bytes) -> None:
+        """A subscriber holds ``data`` (queued, or being written)."""
+        key = id(data)
+        holds = self._holds.get(key)
+        if holds is None:
+            self._holds[key] = 1
+            self._queued_bytes += len(data)
+        else:
+            self._holds[key] = holds + 1
+
+    def _let_go(self, data: bytes) -> None:
+        """A subscriber no longer holds ``data`` (called while it still
+        references it, so its id is not reused in between)."""
+        key = id(data)
+        holds = self._holds[key]
+        if holds == 1:
+            del self._holds[key]
+            self._queued_bytes -= len(data)
+        else:
+            self._holds[key] = holds - 1
+
+    def _shed(self) -> None:
+        """Past the total bound: drop the subscriptions holding the most
+        bytes (the furthest behind) until the total fits."""
+        while self._queued_bytes > self._queue_total_bytes and self._backlogged:
+            max(self._backlogged, key=_held_bytes)._drop()
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
@@ -1090,6 +1209,7 @@ class Hub:
             published=self._published,
             delivered=self._delivered,
             dropped=self._dropped,
+            queued_bytes=self._queued_bytes,
             known_topics=len(self.catalog),
             routed_clients=0 if routed is None else len(routed.subscribers),
             routed_published=self._routed_published,
@@ -1101,11 +1221,18 @@ async def open_hub(
     history: History | None = None,
     *,
     heartbeat_seconds: float = math.inf,
-    queue_events: int = 1000,
+    queue_events: int = DEFAULT_QUEUE_EVENTS,
     limits: Limits = Limits(),  # frozen: one shared default is safe
     catalog: Catalog | None = None,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    queue_total_bytes: int = DEFAULT_QUEUE_TOTAL_BYTES,
 ) -> AsyncIterator[Hub]:
     """Open a :class:`Hub` whose topic tasks live for the ``async with`` block.
+
+    A subscriber is dropped when a hand-out would take its queue past
+    ``queue_events`` events or ``queue_bytes`` bytes; past
+    ``queue_total_bytes`` for all subscribers, the subscription holding the
+    most is dropped (see :class:`~trio_esper.config.Config`).
 
     ``history`` defaults to a :class:`MemoryHistory`; the caller owns it.
     On exit the hub is closed (streams end) and the topic tasks are cancelled.
@@ -1118,6 +1245,8 @@ async def open_hub(
             queue_events=queue_events,
             limits=limits,
             catalog=catalog,
+            queue_bytes=queue_bytes,
+            queue_total_bytes=queue_total_bytes,
         )
         try:
             yield hub

@@ -72,6 +72,8 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
             history,
             heartbeat_seconds=config.heartbeat_seconds,
             queue_events=config.queue_events,
+            queue_bytes=config.queue_bytes,
+            queue_total_bytes=config.queue_total_bytes,
             limits=Limits(
                 topics=config.max_topics,
                 subscribers=config.max_subscribers,
