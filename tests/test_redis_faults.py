@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
@@ -17,6 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
+from trio_esper.errors import OutcomeUnknown
+from trio_esper.history import Record
+from trio_esper.history import redis as redis_history
+from trio_esper.history.redis import open_redis_history
+from trio_esper.sse import Event
 
 from .conftest import (
     REDIS_SERVER,
@@ -187,6 +193,47 @@ async def test_publishes_redis_answers_too_late_are_refused_and_never_delivered(
             assert kept[4:] == ["after the stall"]
             for answer in answers.values():
                 assert "not stored" in answer.text, answer.text
+
+
+async def test_a_publish_redis_never_answers_is_504_and_redis_refuses_it_when_it_runs(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait after the window, shortened so that the stall can outlast it.
+    monkeypatch.setattr(redis_history, "OUTCOME_SECONDS", 0.5)
+    topic = "stalledtopic3"
+
+    async def deliver(topic: str, records: Sequence[Record]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    with running_redis(redis_dir) as redis:
+        async with open_redis_history(redis.url) as history:
+            await history.append(topic, [Event("before")], deliver)
+            with stalled(redis), pytest.raises(OutcomeUnknown) as unknown:
+                await history.append(topic, [Event("unknown")], deliver)
+            assert unknown.value.status == 504
+            assert "may have been stored" in unknown.value.reason
+            # Redis runs it now, past its deadline: refused, not stored.
+            await trio.sleep(0.5)
+            await history.append(topic, [Event("after")], deliver)
+            replay = await history.after(topic, None, 10)
+            assert [r.event.data for r in replay.records] == ["before", "after"]
+
+
+async def test_a_publish_that_never_reached_redis_is_503_at_once(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    with running_redis(redis_dir) as redis:
+        async with nodes(redis, 1) as (node,):
+            await published(client, node, "stalledtopic4", "data: before\n")
+            redis.kill()
+            with trio.fail_after(STEP_SECONDS):
+                reply = await client.post(
+                    f"{node.url}/publish/stalledtopic4", content=b"data: refused\n"
+                )
+            # The connection was refused (coredis says so in its own words: history/redis.py,
+            # NEVER_SENT_MESSAGES): Redis never had it, so the answer is sure.
+            assert reply.status_code == 503, reply.text
+            assert "not stored" in reply.text
 
 
 # -- 9. a stall is logged in one line per failure kind ---------------------------------------

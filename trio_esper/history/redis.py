@@ -327,16 +327,18 @@ class RedisHistory:
                 ) from None
         if answer is None:
             reason = f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s"
-            self._down("publish", trio.TooSlowError())
+            self.down_reason = f"backplane {self.url_for_logs} is unavailable: {reason}"
+            self._complain("publish", reason)
             raise _unknown(reason)
         self._up()
         outcome, *values = [str(value) for value in answer]
         if outcome == "late":
-            raise HistoryError(
-                "the backplane is unavailable (Redis took the publish "
-                f"{int(values[0]) / 1000 + PUBLISH_WINDOW_SECONDS:.1f} s after it was sent, "
-                f"more than {PUBLISH_WINDOW_SECONDS:g} s): not stored; try again"
+            reason = (
+                f"Redis took the publish {int(values[0]) / 1000 + PUBLISH_WINDOW_SECONDS:.1f} s "
+                f"after it was sent, more than {PUBLISH_WINDOW_SECONDS:g} s"
             )
+            self._complain("publish", reason)
+            raise HistoryError(f"the backplane is unavailable ({reason}): not stored; try again")
         if outcome == "conflict":
             raise Conflict("event id is already in this topic's history")
         return [
@@ -604,14 +606,18 @@ class RedisHistory:
 
     def _down(self, what: str, exc: BaseException) -> None:
         self.down_reason = f"backplane {self.url_for_logs} is unavailable: {_reason(exc)}"
+        self._complain(what, _reason(exc))
+
+    def _complain(self, what: str, reason: str) -> None:
+        """Log that ``what`` failed, at most once per :data:`LOG_INTERVAL_SECONDS`."""
         now = trio.current_time()
         if now >= self._quiet_until.get(what, -math.inf):
             self._quiet_until[what] = now + LOG_INTERVAL_SECONDS
             log.error(
                 "backplane: %s failed: %s",
                 what,
-                _reason(exc),
-                extra={"event": "backplane_error", "operation": what, "reason": _reason(exc)},
+                reason,
+                extra={"event": "backplane_error", "operation": what, "reason": reason},
             )
 
     def _up(self) -> None:
@@ -650,7 +656,7 @@ def _unknown(reason: str) -> OutcomeUnknown:
 class CoredisLines(logging.Filter):
     """Installed on coredis' logger for the backplane's life: coredis logs a
     lost or failed connection with its traceback group (over a hundred lines
-    per stall). Each becomes one line, ``backplane: coredis: <what>
+    per stall). Each becomes one line, ``coredis: backplane: <what>
     (<first error>)``, and each kind is let through at most once per
     :data:`LOG_INTERVAL_SECONDS`, as the backplane's own failures are."""
 
@@ -665,9 +671,7 @@ class CoredisLines(logging.Filter):
             return False
         self._quiet_until[what] = now + LOG_INTERVAL_SECONDS
         error = record.exc_info[1] if record.exc_info else None
-        record.msg = (
-            "backplane: coredis: %s (%s)" if error is not None else "backplane: coredis: %s"
-        )
+        record.msg = "backplane: %s (%s)" if error is not None else "backplane: %s"
         record.args = (what, _reason(_first_leaf(error))) if error is not None else (what,)
         record.exc_info = None
         record.exc_text = None
@@ -682,7 +686,7 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
+    if isinstance(exc, trio.TooSlowError | trio.Cancelled):
         return f"no answer within {COMMAND_TIMEOUT_SECONDS:g} s"
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
