@@ -95,6 +95,12 @@ CLAIMS: dict[tuple[str, str], str] = {
         "README.md",
         "T=$(python3 noxfile.py -R -s run -- trio-esper token",
     ): "test_newcomer_commands",
+    ("README.md", "export ESPER_SUBSCRIBER_SECRET="): "test_newcomer_commands",
+    ("README.md", "curl -gN 'http://127.0.0.1:3000/.well-known/mercure"): "test_newcomer_commands",
+    (
+        "README.md",
+        "TOKEN=$(python3 noxfile.py -R -s run -- trio-esper token",
+    ): "test_newcomer_commands",
     ("docs/quickstart.md", "python3 noxfile.py -s serve"): "test_newcomer_commands",
     ("docs/quickstart.md", "python3 noxfile.py -s dev"): "test_newcomer_commands",
     ("docs/quickstart.md", "python3 noxfile.py -R -s run -- python examples/publish.py"): (
@@ -466,7 +472,21 @@ def test_newcomer_commands(checkout: Path) -> None:
         answer = json.loads(done.stdout)
         assert answer["events"] == 1, done.stdout
 
-    # 5. Getting started: one command at a time, and the token captured alone.
+    # 5. The Mercure hub: its broker, a subscriber, and a form published with a minted token.
+    server_block = block("README.md", "export ESPER_SUBSCRIBER_SECRET=")
+    subscribe = block("README.md", "curl -gN 'http://127.0.0.1:3000/.well-known/mercure")
+    publish = block("README.md", "TOKEN=$(python3 noxfile.py -R -s run -- trio-esper token")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serving_block(server_block, checkout, newcomer_env(), port) as (served, shell):
+        wait_until_serving(url, served, timeout=INSTALL_SECONDS)
+        with listening(localise(subscribe.text, port), checkout, base_env()) as stream:
+            done = run_bash(localise(publish.text, port), checkout, shell, INSTALL_SECONDS)
+            update_id = done.stdout.strip()
+            assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", update_id), done.stdout
+            stream.wait_for(f'id: {update_id}\ndata: {{"title": "Dune"}}\n\n')
+
+    # 6. Getting started: one command at a time, and the token captured alone.
     captured = block("docs/quickstart.md", "export ESPER_PUBLISHER_SECRET=")
     done = run_bash(captured.text, checkout, newcomer_env(), INSTALL_SECONDS)
     assert JWT.fullmatch(done.stdout.rstrip("\n")), repr(done.stdout)

@@ -219,9 +219,16 @@ async def test_two_nodes_share_order_and_resume(
         headers={"Last-Event-ID": ids[0], "Authorization": f"Bearer {allowed}"},
     )
     assert await resumed.ids(3) == [ids[1], ids[2], private.text]
+    assert all(
+        i.startswith("urn:uuid:") for i in [*ids, private.text]
+    )  # the hub's, as on one node
+    # A publisher's own id: kept as given, and resumable from on the other node.
     with trio.fail_after(STEP_SECONDS):
-        refused = await publish(client, one.url, topics[0], id="mine")
-    assert refused.status_code == 400  # the backplane numbers updates itself
+        mine = await publish(client, one.url, topics[0], id="urn:example:mine")
+        after = await publish(client, one.url, topics[1], id="urn:example:after")
+    assert (mine.text, after.text) == ("urn:example:mine", "urn:example:after")
+    from_mine = await subscribe(two.url, *topics, headers={"Last-Event-ID": "urn:example:mine"})
+    assert await from_mine.ids(1) == ["urn:example:after"]
     await one.stop()
     await two.stop()
 

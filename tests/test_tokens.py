@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from urllib.parse import quote
 
+import httpx
 import jwt
 import pytest
 import trio
@@ -156,7 +159,12 @@ async def test_algorithm_follows_esper_jwt_algorithms(nursery: trio.Nursery) -> 
             "--ttl must be a positive number",
         ),
         (["--topic", TOPIC, "--publisher", "--ttl", "1.5"], SECRETS, "invalid int value"),
-        (["--topic", TOPIC], SECRETS, "one of the arguments --publisher --subscriber"),
+        (["--topic", TOPIC], SECRETS, "give --topic and --publisher or --subscriber"),
+        (["--mercure-publish", "*", "--topic", TOPIC], SECRETS, "not with --mercure-*"),
+        (["--mercure-publish", "*", "--publisher"], SECRETS, "not allowed with"),
+        (["--mercure-publish", ""], SECRETS, "needs a topic selector"),
+        (["--mercure-subscribe", "*"], {}, "ESPER_SUBSCRIBER_SECRET is not set"),
+        (["--mercure-publish", "*", "--ttl", "0"], SECRETS, "--ttl must be a positive"),
         (["--topic", TOPIC, "--publisher", "--subscriber"], SECRETS, "not allowed with"),
         (["--publisher"], SECRETS, "--topic"),
         (["--topic", TOPIC, "--publisher", "--bogus"], SECRETS, "unrecognized arguments"),
@@ -179,6 +187,58 @@ def test_bad_input_is_one_line_and_status_2(
     assert reason in err
     for secret in SECRETS.values():
         assert secret not in err
+
+
+async def test_mercure_tokens_publish_and_receive_private_updates(nursery: trio.Nursery) -> None:
+    book = "https://example.com/books/{id}"
+    published = await _token_command("--mercure-publish", book, **SECRETS)
+    subscribed = await _token_command(
+        "--mercure-subscribe", book, "--mercure-subscribe", "https://example.com/a", **SECRETS
+    )
+    for run in (published, subscribed):
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == b""
+    publisher = published.stdout.decode().strip()
+    subscriber = subscribed.stdout.decode().strip()
+    claims = jwt.decode(subscriber, SUBSCRIBER_SECRET, algorithms=["HS256"])
+    assert claims["mercure"] == {"subscribe": [book, "https://example.com/a"]}
+    assert claims["exp"] - claims["iat"] == tokens.DEFAULT_TTL_SECONDS
+    broker = await start_broker(
+        nursery, publisher_secret=PUBLISHER_SECRET, subscriber_secret=SUBSCRIBER_SECRET
+    )
+    hub = f"{broker.url}/.well-known/mercure"
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as client:
+        url = f"{hub}?topic={quote(book, safe='')}"
+        headers = {"Authorization": f"Bearer {subscriber}"}
+        async with client.stream("GET", url, headers=headers) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            assert await anext(lines) == ": subscribed"
+            form = {"topic": "https://example.com/books/1", "data": "private", "private": "on"}
+            answer = await client.post(
+                hub, data=form, headers={"Authorization": f"Bearer {publisher}"}
+            )
+            assert answer.status_code == 200, answer.text
+            outside = await client.post(
+                hub,
+                data={"topic": "https://example.com/other", "data": "x"},
+                headers={"Authorization": f"Bearer {publisher}"},
+            )
+            assert outside.status_code == 403
+            with trio.fail_after(STEP_SECONDS):
+                received = [line async for line in _until_blank(lines, skip_first=True)]
+            assert received == [f"id: {answer.text}", "data: private"]
+    await broker.stop()
+
+
+async def _until_blank(lines: AsyncIterator[str], *, skip_first: bool) -> AsyncIterator[str]:
+    """The lines of the next event (after the blank line that ends the previous one)."""
+    if skip_first:
+        assert await anext(lines) == ""
+    async for line in lines:
+        if not line:
+            return
+        yield line
 
 
 async def test_bad_input_through_the_command() -> None:

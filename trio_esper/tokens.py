@@ -3,6 +3,8 @@
 ::
 
     trio-esper token --topic myTopic123 --publisher [--ttl SECONDS]
+    trio-esper token --mercure-publish 'https://example.com/books/{id}' [--ttl SECONDS]
+    trio-esper token --mercure-subscribe '*' [--ttl SECONDS]
 
 signs ``{"sub": <normalised topic>, "iat": <now>, "exp": <now + ttl>}`` (and
 ``"aud"`` when ``ESPER_JWT_AUDIENCE`` is set, since the broker then requires
@@ -10,6 +12,11 @@ it) with ``ESPER_PUBLISHER_SECRET`` or ``ESPER_SUBSCRIBER_SECRET`` from the
 environment, and prints it on standard output, nothing else. The algorithm is
 HS256, or the first HMAC algorithm ``ESPER_JWT_ALGORITHMS`` lists when it does
 not list HS256, so the broker reading the same environment accepts the token.
+
+The Mercure forms sign ``{"mercure": {"publish": [...]}, "iat", "exp"}`` with
+``ESPER_PUBLISHER_SECRET`` (``"subscribe"`` and ``ESPER_SUBSCRIBER_SECRET`` for
+``--mercure-subscribe``): the claim the Mercure hub at ``/.well-known/mercure``
+reads, one selector per repeated flag.
 
 A secret that is unset or empty, a topic the broker would refuse, or a TTL
 that is not a positive integer ends the command with exit status 2 and one
@@ -32,7 +39,7 @@ from .auth import HMAC_ALGORITHMS
 from .errors import InvalidTopic
 from .topics import normalise_topic
 
-__all__ = ["DEFAULT_TTL_SECONDS", "EXIT_USAGE", "TokenError", "main", "mint"]
+__all__ = ["DEFAULT_TTL_SECONDS", "EXIT_USAGE", "TokenError", "main", "mint", "mint_mercure"]
 
 #: A token for a person at a terminal: an hour, then mint another.
 DEFAULT_TTL_SECONDS = 3600
@@ -82,6 +89,44 @@ def mint(
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
+def mint_mercure(
+    secret: str,
+    claim: str,
+    selectors: Sequence[str],
+    ttl_seconds: int,
+    *,
+    audience: str | None = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+    now: float | None = None,
+) -> str:
+    """A Mercure JWT signed with ``secret``: ``{"mercure": {claim: selectors}}``
+    (``claim`` is ``"publish"`` or ``"subscribe"``), ``iat``, ``exp`` and
+    ``aud`` as :func:`mint` gives them.
+
+    Raises:
+        TokenError: as :func:`mint`, or no selector, or an empty one.
+    """
+    if not secret:
+        raise TokenError("the secret is empty")
+    if not selectors or not all(selectors):
+        raise TokenError(f"--mercure-{claim} needs a topic selector (a topic, a template or *)")
+    if ttl_seconds < 1:
+        raise TokenError(f"--ttl must be a positive number of seconds, got {ttl_seconds}")
+    if algorithm not in HMAC_ALGORITHMS:
+        raise TokenError(
+            f"{algorithm} is not an HMAC algorithm ({', '.join(sorted(HMAC_ALGORITHMS))})"
+        )
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, object] = {
+        "mercure": {claim: list(selectors)},
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+    }
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
 def _algorithm(environ: Mapping[str, str]) -> str:
     """HS256 unless ``ESPER_JWT_ALGORITHMS`` leaves it out (parsed as the
     broker parses it: comma-separated, spaces ignored)."""
@@ -114,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         "ESPER_SUBSCRIBER_SECRET from the environment (and carrying ESPER_JWT_AUDIENCE "
         "as aud when set).",
     )
-    parser.add_argument("--topic", required=True, help="the topic the token is for")
-    side = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--topic", help="the topic the token is for")
+    side = parser.add_mutually_exclusive_group()
     side.add_argument(
         "--publisher",
         dest="side",
@@ -130,6 +175,20 @@ def _parser() -> argparse.ArgumentParser:
         const="subscriber",
         help="a token to subscribe with ESPER_SUBSCRIBER_SECRET",
     )
+    side.add_argument(
+        "--mercure-publish",
+        action="append",
+        metavar="SELECTOR",
+        help="a Mercure token whose mercure.publish claim holds SELECTOR (repeatable), "
+        "signed with ESPER_PUBLISHER_SECRET; no --topic",
+    )
+    side.add_argument(
+        "--mercure-subscribe",
+        action="append",
+        metavar="SELECTOR",
+        help="a Mercure token whose mercure.subscribe claim holds SELECTOR (repeatable), "
+        "signed with ESPER_SUBSCRIBER_SECRET; no --topic",
+    )
     parser.add_argument(
         "--ttl",
         type=int,
@@ -140,22 +199,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, read and checked: esper's form or a Mercure one."""
+    args = _parser().parse_args(argv)
+    mercure = args.mercure_publish or args.mercure_subscribe
+    if mercure and args.topic is not None:
+        raise _UsageError("--topic is for esper's tokens, not with --mercure-*")
+    if not mercure and (args.topic is None or args.side is None):
+        raise _UsageError(
+            "give --topic and --publisher or --subscriber, "
+            "or --mercure-publish or --mercure-subscribe"
+        )
+    return args
+
+
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run ``trio-esper token ARGV``; print the token; return the exit status
     (0, or :data:`EXIT_USAGE` after one line on standard error).
     ``environ`` defaults to ``os.environ``."""
     env = os.environ if environ is None else environ
     try:
-        args = _parser().parse_args(argv)
+        args = _arguments(argv)
+        mercure = args.mercure_publish or args.mercure_subscribe
+        audience = env.get("ESPER_JWT_AUDIENCE") or None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            token = mint(
-                _secret(env, args.side),
-                args.topic,
-                args.ttl,
-                audience=env.get("ESPER_JWT_AUDIENCE") or None,
-                algorithm=_algorithm(env),
-            )
+            if mercure:
+                publish = args.mercure_publish is not None
+                token = mint_mercure(
+                    _secret(env, "publisher" if publish else "subscriber"),
+                    "publish" if publish else "subscribe",
+                    mercure,
+                    args.ttl,
+                    audience=audience,
+                    algorithm=_algorithm(env),
+                )
+            else:
+                token = mint(
+                    _secret(env, args.side),
+                    args.topic,
+                    args.ttl,
+                    audience=audience,
+                    algorithm=_algorithm(env),
+                )
     except (_UsageError, TokenError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,8 +11,8 @@ the hub knows nothing of Mercure.
 Where this differs from the dunglas/mercure hub (docs/mercure.md has the list):
 an update to topics a token may not publish gets 403 (the draft's status;
 Mercure answers 401); a ``mercureAuthorization`` cookie authorises subscribing
-only, never publishing; with the Redis backplane the hub numbers updates
-itself (a publisher's ``id`` is refused, as on ``/publish``).
+only, never publishing; a stream ends at its token's ``exp`` on both front
+ends (the draft's rule, which the reference hub does not keep).
 """
 
 from __future__ import annotations
@@ -84,10 +84,9 @@ def subscribe_request() -> subscribe.Request:
     )
 
 
-def _new_id(config: Config) -> str | None:
-    """An id for an update the hub makes: an IRI (the draft: it MUST be one);
-    none with the backplane, which numbers updates itself."""
-    return None if config.backplane is not None else f"urn:uuid:{uuid.uuid4()}"
+def _new_id() -> str:
+    """An id for an update the hub makes: an IRI (the draft: it MUST be one)."""
+    return f"urn:uuid:{uuid.uuid4()}"
 
 
 def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: bytes) -> None:
@@ -95,10 +94,15 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
     registry = subscriptions.Registry()
     matcher = SelectorMatcher()
 
+    async def announce_closed(subscriber: subscriptions.Subscriber) -> None:
+        registry.discard(subscriber)
+        with trio.CancelScope(shield=True), trio.move_on_after(ANNOUNCE_SECONDS):
+            await announce(subscriber, False)
+
     async def announce(subscriber: subscriptions.Subscriber, active: bool) -> None:
         """Publish ``subscriber``'s documents as private updates on their own topics."""
         for document in subscriber.documents(active):
-            event = Event(subscriptions.update_data(document), id=_new_id(config))
+            event = Event(subscriptions.update_data(document), id=_new_id())
             await hub.publish_routed(Route((document["id"],), private=True), [event])
 
     @route(PATH, "GET")
@@ -107,48 +111,39 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
         if request.method == "HEAD":
             return Response(b"", headers=Headers(plan.headers))
         client = request.remote_addr or ""
-        subscriber = None
+        held = web.held()
         if config.mercure_subscriptions:
+            # Announced before it opens (as Mercure does: its own
+            # announcement is not sent to it), and after it closes.
             payload = None if plan.claims is None else plan.claims.payload
             subscriber = subscriptions.Subscriber(f"urn:uuid:{uuid.uuid4()}", plan.topics, payload)
+            registry.add(subscriber)
+            held.push_async_callback(announce_closed, subscriber)
+            await announce(subscriber, True)
+        # Admission and subscription are one step (see web.stream_response):
+        # subscribed before the head goes out, held by the request.
+        subscription = await held.enter_async_context(
+            hub.subscribe_routed(plan.selection, client=client)
+        )
+        expires_in = plan.expires_in()
+        deadline = math.inf if expires_in is None else trio.current_time() + expires_in
 
         async def stream() -> AsyncIterator[bytes]:
-            # Subscribed before the first byte goes out (a browser publishes
-            # once its EventSource opens), and unsubscribed on any exit; a
-            # subscription is announced before it opens (as Mercure does:
-            # its own announcement is not sent to it) and after it closes.
             try:
-                if subscriber is not None:
-                    registry.add(subscriber)
-                    await announce(subscriber, True)
-                try:
-                    async with hub.subscribe_routed(plan.selection, client=client) as subscription:
-                        yield opening
-                        async with aclosing(
-                            subscribe.replay_pages(hub, subscription, plan)
-                        ) as pages:
-                            async for page in pages:
-                                yield page
-                        # Until the token expires (the cancel scope holds
-                        # each wait, never a yield).
-                        expires_in = plan.expires_in()
-                        deadline = (
-                            math.inf if expires_in is None else trio.current_time() + expires_in
-                        )
-                        while True:
-                            with trio.move_on_at(deadline):
-                                try:
-                                    chunk = await subscription.__anext__()
-                                except StopAsyncIteration:
-                                    return
-                            if trio.current_time() >= deadline:
-                                return
-                            yield chunk
-                finally:
-                    if subscriber is not None:
-                        registry.discard(subscriber)
-                        with trio.CancelScope(shield=True), trio.move_on_after(ANNOUNCE_SECONDS):
-                            await announce(subscriber, False)
+                yield opening
+                async with aclosing(subscribe.replay_pages(hub, subscription, plan)) as pages:
+                    async for page in pages:
+                        yield page
+                # Until the token expires (the cancel scope holds each wait, never a yield).
+                while True:
+                    with trio.move_on_at(deadline):
+                        try:
+                            chunk = await subscription.__anext__()
+                        except StopAsyncIteration:
+                            return
+                    if trio.current_time() >= deadline:
+                        return
+                    yield chunk
             except EsperError as error:
                 log.warning("Mercure stream to %s ended: %s", client, error.reason)
 
@@ -165,7 +160,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
         update = form.update()
         event = update.event
         if event.id is None:  # a publisher's id, else the hub's
-            event = Event(event.data, event.event, _new_id(config), event.retry)
+            event = Event(event.data, event.event, _new_id(), event.retry)
         published = await hub.publish_routed(Route(update.topics, update.private), [event])
         headers = [("content-type", endpoints.TEXT), *_cors(config)]
         return Response(published.records[-1].id, status=200, headers=Headers(headers))
