@@ -517,7 +517,12 @@ AUTH_ERRORS = {
     ),
 }
 _QUERY_400 = "a query string whose percent-escapes are not UTF-8"
-_STORE_503 = "the history store failed (with its reason)"
+_STORE_503 = "the history store failed (with its reason); nothing was stored"
+#: A publish the Redis backplane never answered (history/redis.py).
+_BACKPLANE_504 = (
+    "With the Redis backplane: Redis has not answered at all, and may have stored the "
+    "publish before it stopped; a retry with the same `id` is refused (409) if it did."
+)
 _SUBSCRIBE_503 = (
     "The broker is shutting down (the connection is closed), or a limit is reached: "
     "subscribers, topics with subscribers, subscribers of the topic or of the client's "
@@ -867,6 +872,7 @@ def _publish() -> Json:
                 413: _BODY_413,
                 429: _RATE_429,
                 503: f"The broker is shutting down, or {_STORE_503}.",
+                504: _BACKPLANE_504,
             }
         ),
     )
@@ -1041,6 +1047,7 @@ def _pubsub_publish() -> Json:
                 415: _JSON_415,
                 429: _RATE_429,
                 503: f"The broker is shutting down, or {_STORE_503}.",
+                504: _BACKPLANE_504,
             }
         ),
     )
