@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_esper.history import History
 from trio_esper.history.memory import MemoryHistory
 from trio_esper.history.sqlite import open_sqlite_history
 from trio_esper.hub import Hub, Subscription, open_hub
-from trio_esper.routing import Route, Selection, decode_route, encode_route
+from trio_esper.routing import Route, Router, Selection, decode_route, encode_route, selects
+from trio_esper.selectors import SelectorMatcher
 from trio_esper.sse import Event
 
 BOOK = "https://example.com/books/{id}"
@@ -148,3 +151,62 @@ async def test_routed_and_topic_namespaces_are_apart(hub: Hub) -> None:
 )
 def test_a_route_is_stored_and_read_back(route: Route) -> None:
     assert decode_route(encode_route(route)) == route
+
+
+_SELECTORS = [
+    "https://example.com/books/1",
+    "https://example.com/books/2",
+    "https://example.com/books/{id}",
+    "https://example.com/{kind}/1",
+    "*",
+]
+_TOPICS = [
+    "https://example.com/books/1",
+    "https://example.com/books/2",
+    "https://example.com/users/1",
+    "https://example.com/other",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("add"),
+                st.integers(0, 7),
+                st.lists(st.sampled_from(_SELECTORS), min_size=1, max_size=3),
+                st.lists(st.sampled_from(_SELECTORS), max_size=2),
+            ),
+            st.tuples(st.just("discard"), st.integers(0, 7), st.just([]), st.just([])),
+            st.tuples(
+                st.just("route"),
+                st.integers(0, 1),
+                st.lists(st.sampled_from(_TOPICS), min_size=1, max_size=3),
+                st.just([]),
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_the_router_finds_what_matching_each_subscription_finds(
+    steps: list[tuple[str, int, list[str], list[str]]],
+) -> None:
+    # Remembered matches (per topic, forgotten as pattern subscriptions come and
+    # go) must give what matching every subscription's selection gives.
+    matcher = SelectorMatcher()
+    router = Router[int](matcher)
+    held: dict[int, Selection] = {}
+    for kind, n, first, second in steps:
+        if kind == "add" and n not in held:
+            held[n] = Selection(tuple(first), tuple(second))
+            router.add(n, held[n])
+        elif kind == "discard":
+            held.pop(n, None)
+            router.discard(n)
+        elif kind == "route":
+            route = Route(tuple(first), private=bool(n))
+            expected = {s for s, selection in held.items() if selects(matcher, selection, route)}
+            found = list(router.recipients(route))
+            assert len(found) == len(set(found))  # each once
+            assert set(found) == expected

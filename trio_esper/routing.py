@@ -84,6 +84,11 @@ def selects(matcher: SelectorMatcher, selection: Selection, route: Route) -> boo
     return not route.private or matcher.matches_any(selection.private, route.topics)
 
 
+#: Topics whose matching pattern subscriptions a router remembers: forgotten
+#: oldest first, and all of them when a pattern subscription comes or goes.
+PATTERN_TOPICS_REMEMBERED = 4096
+
+
 class Router(Generic[S]):
     """The subscriptions of one routed log, indexed for fan-out.
 
@@ -98,6 +103,9 @@ class Router(Generic[S]):
         #: Subscriptions holding at least one pattern (``*`` or a template).
         self._patterns: set[S] = set()
         self._selections: dict[S, Selection] = {}
+        #: For a topic published to lately, the pattern subscriptions that
+        #: select it: a publish to it visits those, not every pattern holder.
+        self._pattern_matches: dict[str, set[S]] = {}
 
     def __len__(self) -> int:
         return len(self._selections)
@@ -107,20 +115,34 @@ class Router(Generic[S]):
         for selector in selection.selectors:
             if is_exact(selector):
                 self._exact.setdefault(selector, set()).add(subscription)
-            else:
+            elif subscription not in self._patterns:
                 self._patterns.add(subscription)
+                self._pattern_matches.clear()
 
     def discard(self, subscription: S) -> None:
         selection = self._selections.pop(subscription, None)
         if selection is None:
             return
-        self._patterns.discard(subscription)
+        if subscription in self._patterns:
+            self._patterns.discard(subscription)
+            self._pattern_matches.clear()
         for selector in selection.selectors:
             exact = self._exact.get(selector)
             if exact is not None:
                 exact.discard(subscription)
                 if not exact:
                     del self._exact[selector]
+
+    def _selecting(self, topic: str) -> set[S]:
+        """The pattern subscriptions that select ``topic`` (remembered)."""
+        found = self._pattern_matches.get(topic)
+        if found is None:
+            matches, selections = self._matcher.matches_any, self._selections
+            found = {s for s in self._patterns if matches(selections[s].selectors, (topic,))}
+            if len(self._pattern_matches) >= PATTERN_TOPICS_REMEMBERED:
+                del self._pattern_matches[next(iter(self._pattern_matches))]
+            self._pattern_matches[topic] = found
+        return found
 
     def selects(self, selection: Selection, route: Route) -> bool:
         """Whether a subscription with ``selection`` receives an update with ``route``."""
@@ -135,10 +157,8 @@ class Router(Generic[S]):
             found: set[S] = set()
             for topic in topics:
                 found.update(self._exact.get(topic, ()))
-            matches = self._matcher.matches_any
-            found.update(
-                s for s in self._patterns if matches(self._selections[s].selectors, topics)
-            )
+                if self._patterns:
+                    found.update(self._selecting(topic))
             chosen = found
         if not route.private:
             return chosen
