@@ -4,8 +4,8 @@ every broker process and node that names the same Redis.
 Design
 ------
 One Redis Stream per topic is the topic's ordered log (``XADD``, trimmed to
-``N`` entries once it holds :func:`trim_batch` more). The stream entry id
-(``1795947651928-0``) is the event's SSE id, so a subscriber resumes with
+``N`` entries once it holds :func:`~.redis_entries.trim_batch` more). The
+stream entry id (``1795947651928-0``) is the event's SSE id, so a subscriber resumes with
 ``Last-Event-ID`` on any node. A publish is acknowledged once Redis has
 accepted its ``XADD`` (the events of one body, and a notice naming the topic
 on :data:`NOTIFY_CHANNEL`, in one script), and is *not* delivered
@@ -22,7 +22,8 @@ A subscription to a topic new to the node first *watches* the stream
 subscriber is told ``: subscribed``, and the reader starts after that id, so
 an event published after the subscribe is never missed.
 
-A publish is one Lua script (:data:`PUBLISH_SCRIPT`), so Redis decides it
+A publish is one Lua script (:data:`~.redis_entries.PUBLISH_SCRIPT`, with
+how an event is kept in Redis, in :mod:`.redis_entries`), so Redis decides it
 atomically: it refuses a repeated publisher id (409), and it refuses a
 publish it runs later than :data:`PUBLISH_WINDOW_SECONDS` after the broker
 sent it, by its own clock (``TIME``; the broker learns the offset to its own
@@ -72,18 +73,24 @@ import coredis.retry
 import trio
 
 from ..errors import BadRequest, Conflict, HistoryError, OutcomeUnknown
-from ..routing import Route, decode_route, encode_route
+from ..routing import Route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay
+from .redis_entries import (
+    IDS_PREFIX,
+    KEY_PREFIX,
+    NOTIFY_CHANNEL,
+    PUBLISH_SCRIPT,
+    entry_fields,
+    record_of,
+    script_args,
+    seq_of,
+    trim_batch,
+    valid_entry_id,
+)
 
 log = logging.getLogger("trio_esper")
 
-#: Key of a topic's stream.
-KEY_PREFIX = "trio_esper:topic:"
-#: Key of a topic's publisher ids: a hash, publisher id -> stream entry id.
-IDS_PREFIX = "trio_esper:ids:"
-#: The channel every publish names its topic on (in the XADD's MULTI).
-NOTIFY_CHANNEL = "trio_esper:published"
 #: Most entries one XRANGE reads of a stream (more: read again).
 READ_COUNT = 1000
 #: Every watched stream is read this often even without a notice (a notice
@@ -116,118 +123,6 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
-
-
-#: One publish, decided atomically by Redis.
-#: KEYS: the stream, its id hash. ARGV: deadline (Redis' clock, ms), entries
-#: kept, trim batch, "1" if publisher ids are unique, topic, notice channel,
-#: event count, then per event: its publisher id ("" for none), its field
-#: count, its fields and values. Returns {"ok", entry ids...}, {"late", ms
-#: late} or {"conflict", id}.
-PUBLISH_SCRIPT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local late = now - tonumber(ARGV[1])
-if late > 0 then return {'late', tostring(late)} end
-local stream, ids = KEYS[1], KEYS[2]
-local unique = ARGV[4] == '1'
-local events, seen, at = {}, {}, 8
-for e = 1, tonumber(ARGV[7]) do
-  local given, count = ARGV[at], tonumber(ARGV[at + 1])
-  local fields = {}
-  for j = 1, count * 2 do fields[j] = ARGV[at + 1 + j] end
-  at = at + 2 + count * 2
-  if given ~= '' then
-    if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
-      return {'conflict', given}
-    end
-    seen[given] = true
-    fields[#fields + 1] = 'i'
-    fields[#fields + 1] = given
-  end
-  events[e] = {given, fields}
-end
-local answer = {'ok'}
-for e = 1, #events do
-  local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
-  if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
-  answer[e + 1] = id
-end
-local keep = tonumber(ARGV[2])
-local excess = redis.call('XLEN', stream) - keep
-if excess >= tonumber(ARGV[3]) then
-  if redis.call('EXISTS', ids) == 1 then
-    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
-      local fields = entry[2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'i' and redis.call('HGET', ids, fields[j + 1]) == entry[1] then
-          redis.call('HDEL', ids, fields[j + 1])
-        end
-      end
-    end
-  end
-  redis.call('XTRIM', stream, 'MAXLEN', keep)
-end
-redis.call('PUBLISH', ARGV[6], ARGV[5])
-return answer
-"""
-
-
-def trim_batch(max_events_per_topic: int) -> int:
-    """A stream is trimmed to ``max_events_per_topic`` once it holds this many
-    more: trimming (and forgetting the trimmed entries' publisher ids) is then
-    paid once per batch, not per publish, as ``MAXLEN ~`` would."""
-    return max(1, min(100, max_events_per_topic // 10))
-
-
-def seq_of(entry_id: str) -> int:
-    """A stream entry id as an integer in the same order (milliseconds, then
-    the sequence within the millisecond)."""
-    millis, _, sequence = entry_id.partition("-")
-    return (int(millis) << 24) | min(int(sequence or 0), (1 << 24) - 1)
-
-
-def _valid_entry_id(text: str) -> bool:
-    millis, dash, sequence = text.partition("-")
-    return bool(dash) and millis.isascii() and millis.isdigit() and sequence.isdigit()
-
-
-def _record(topic: str, entry_id: str, fields: Any) -> Record:
-    retry = fields.get("r")
-    event_id = fields.get("i") or entry_id
-    event = Event(fields.get("d", ""), fields.get("e"), event_id, int(retry) if retry else None)
-    route = fields.get("w")
-    return Record.create(
-        seq_of(entry_id),
-        topic,
-        event,
-        float(fields.get("t", 0.0)),
-        None if route is None else decode_route(route),
-    )
-
-
-def _script_args(
-    events: Sequence[Event], fields: Iterable[dict[str, str]], *header: str | int
-) -> list[str]:
-    """:data:`PUBLISH_SCRIPT`'s ARGV: ``header``, then each event."""
-    args = [str(value) for value in header]
-    args.append(str(len(events)))
-    for event, pairs in zip(events, fields, strict=True):
-        args += [event.id or "", str(len(pairs))]
-        for name, value in pairs.items():
-            args += [name, value]
-    return args
-
-
-def _fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
-    fields = {"d": event.data, "t": repr(when)}
-    if event.event is not None:
-        fields["e"] = event.event
-    if event.retry is not None:
-        fields["r"] = str(event.retry)
-    if route is not None:
-        fields["w"] = encode_route(route)
-    return fields
 
 
 class RedisHistory:
@@ -285,7 +180,7 @@ class RedisHistory:
             OutcomeUnknown: Redis has not answered (it may have stored it).
         """
         for event in events:
-            if event.id is not None and _valid_entry_id(event.id):
+            if event.id is not None and valid_entry_id(event.id):
                 raise BadRequest(
                     f"id {event.id!r} has the form of the backplane's own ids (<ms>-<n>), "
                     "which are the broker's: choose another"
@@ -297,9 +192,9 @@ class RedisHistory:
         deadline_ms = int(
             trio.current_time() * 1000 + self._clock_offset_ms + PUBLISH_WINDOW_SECONDS * 1000
         )
-        args = _script_args(
+        args = script_args(
             events,
-            (_fields(event, now, route) for event in events),
+            (entry_fields(event, now, route) for event in events),
             deadline_ms,
             self.max_events_per_topic,
             trim_batch(self.max_events_per_topic),
@@ -358,7 +253,7 @@ class RedisHistory:
             with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
                 found = last_id is None
                 start = "-"
-                if last_id is not None and _valid_entry_id(last_id):
+                if last_id is not None and valid_entry_id(last_id):
                     found = bool(await self._client.xrange(key, last_id, last_id, count=1))
                     if found:
                         start = "(" + last_id
@@ -371,7 +266,7 @@ class RedisHistory:
         except REDIS_ERRORS as exc:
             raise self._unavailable("read", exc) from None
         self._up()
-        return Replay([_record(topic, e.identifier, e.field_values) for e in entries], found)
+        return Replay([record_of(topic, e.identifier, e.field_values) for e in entries], found)
 
     async def delete(self, topic: str) -> None:
         try:
@@ -565,7 +460,7 @@ class RedisHistory:
                 if len(entries) == READ_COUNT:
                     self._mark([key])  # more to read
                 await deliver(
-                    topic, [_record(topic, e.identifier, e.field_values) for e in entries]
+                    topic, [record_of(topic, e.identifier, e.field_values) for e in entries]
                 )
 
     async def _keep_statistics(self) -> None:

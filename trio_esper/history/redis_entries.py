@@ -1,0 +1,139 @@
+"""How the Redis backplane keeps events: the keys, an entry's fields, and
+the Lua script that stores a publish (:mod:`.redis` sends it). No I/O here:
+Redis is what runs :data:`PUBLISH_SCRIPT`.
+
+An entry of a topic's stream (``trio_esper:topic:<topic>``) holds an event
+in short fields: ``d`` data, ``e`` event type, ``r`` retry, ``t`` publish
+time, ``w`` route (the routed log's), ``i`` the publisher's id. Its entry id
+(``<ms>-<n>``) is the event's id unless the publisher gave one; the id hash
+(``trio_esper:ids:<topic>``) maps publisher ids to entry ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..routing import Route, decode_route, encode_route
+from ..sse import Event
+from . import Record
+
+#: Key of a topic's stream.
+KEY_PREFIX = "trio_esper:topic:"
+#: Key of a topic's publisher ids: a hash, publisher id -> stream entry id.
+IDS_PREFIX = "trio_esper:ids:"
+#: The channel every publish names its topic on (in :data:`PUBLISH_SCRIPT`).
+NOTIFY_CHANNEL = "trio_esper:published"
+
+#: One publish, decided atomically by Redis.
+#: KEYS: the stream, its id hash. ARGV: deadline (Redis' clock, ms), entries
+#: kept, trim batch, "1" if publisher ids are unique, topic, notice channel,
+#: event count, then per event: its publisher id ("" for none), its field
+#: count, its fields and values. Returns {"ok", entry ids...}, {"late", ms
+#: late} or {"conflict", id}.
+PUBLISH_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local late = now - tonumber(ARGV[1])
+if late > 0 then return {'late', tostring(late)} end
+local stream, ids = KEYS[1], KEYS[2]
+local unique = ARGV[4] == '1'
+local events, seen, at = {}, {}, 8
+for e = 1, tonumber(ARGV[7]) do
+  local given, count = ARGV[at], tonumber(ARGV[at + 1])
+  local fields = {}
+  for j = 1, count * 2 do fields[j] = ARGV[at + 1 + j] end
+  at = at + 2 + count * 2
+  if given ~= '' then
+    if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
+      return {'conflict', given}
+    end
+    seen[given] = true
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = given
+  end
+  events[e] = {given, fields}
+end
+local answer = {'ok'}
+for e = 1, #events do
+  local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
+  if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
+  answer[e + 1] = id
+end
+local keep = tonumber(ARGV[2])
+local excess = redis.call('XLEN', stream) - keep
+if excess >= tonumber(ARGV[3]) then
+  if redis.call('EXISTS', ids) == 1 then
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
+      local fields = entry[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'i' and redis.call('HGET', ids, fields[j + 1]) == entry[1] then
+          redis.call('HDEL', ids, fields[j + 1])
+        end
+      end
+    end
+  end
+  redis.call('XTRIM', stream, 'MAXLEN', keep)
+end
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return answer
+"""
+
+
+def trim_batch(max_events_per_topic: int) -> int:
+    """A stream is trimmed to ``max_events_per_topic`` once it holds this many
+    more: trimming (and forgetting the trimmed entries' publisher ids) is then
+    paid once per batch, not per publish, as ``MAXLEN ~`` would."""
+    return max(1, min(100, max_events_per_topic // 10))
+
+
+def seq_of(entry_id: str) -> int:
+    """A stream entry id as an integer in the same order (milliseconds, then
+    the sequence within the millisecond)."""
+    millis, _, sequence = entry_id.partition("-")
+    return (int(millis) << 24) | min(int(sequence or 0), (1 << 24) - 1)
+
+
+def valid_entry_id(text: str) -> bool:
+    millis, dash, sequence = text.partition("-")
+    return (
+        bool(dash) and f"{millis}{sequence}".isascii() and millis.isdigit() and sequence.isdigit()
+    )
+
+
+def record_of(topic: str, entry_id: str, fields: Any) -> Record:
+    retry = fields.get("r")
+    event_id = fields.get("i") or entry_id
+    event = Event(fields.get("d", ""), fields.get("e"), event_id, int(retry) if retry else None)
+    route = fields.get("w")
+    return Record.create(
+        seq_of(entry_id),
+        topic,
+        event,
+        float(fields.get("t", 0.0)),
+        None if route is None else decode_route(route),
+    )
+
+
+def script_args(
+    events: Sequence[Event], fields: Iterable[dict[str, str]], *header: str | int
+) -> list[str]:
+    """:data:`PUBLISH_SCRIPT`'s ARGV: ``header``, then each event."""
+    args = [str(value) for value in header]
+    args.append(str(len(events)))
+    for event, pairs in zip(events, fields, strict=True):
+        args += [event.id or "", str(len(pairs))]
+        for name, value in pairs.items():
+            args += [name, value]
+    return args
+
+
+def entry_fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
+    fields = {"d": event.data, "t": repr(when)}
+    if event.event is not None:
+        fields["e"] = event.event
+    if event.retry is not None:
+        fields["r"] = str(event.retry)
+    if route is not None:
+        fields["w"] = encode_route(route)
+    return fields
