@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -213,4 +214,63 @@ async def test_stats_stream_sends_snapshots_and_ends_at_shutdown(
     assert snapshot["busiest"][0]["subscribers"] == 1
     broker.shutdown.set()
     assert (await stream.read_to_end()).count(b"event: stats") <= 1
+    await broker.stop()
+
+
+#: Routes Hypercorn answers on either lane (the fast forms decline them).
+HYPERCORN_ROUTES = ["/health", "/stats", "/history/closingtopic1", "/metrics", "/openapi.json"]
+#: Long enough that a socket held for the keep-alive wait outlasts the test's bound.
+LONG_KEEP_ALIVE_SECONDS = 60.0
+
+
+async def read_answer(stream: trio.SocketStream) -> bytes:
+    """One answer with a ``content-length``: its head and its whole body."""
+    received = b""
+    with trio.fail_after(STEP_SECONDS):
+        while b"\r\n\r\n" not in received:
+            chunk = await stream.receive_some()
+            assert chunk, received
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        match = re.search(rb"\r\ncontent-length: (\d+)", head, re.IGNORECASE)
+        assert match, head
+        while len(body) < int(match.group(1)):
+            chunk = await stream.receive_some()
+            assert chunk, head
+            body += chunk
+    return head
+
+
+async def open_connections(probe: httpx.AsyncClient, broker: Broker) -> int:
+    """The broker's ``trio_esper_connections`` gauge (the probe's own included)."""
+    samples = await scrape(probe, broker)
+    return int(value(samples, "trio_esper_connections"))
+
+
+@pytest.mark.parametrize("path", HYPERCORN_ROUTES)
+async def test_a_connection_closes_when_its_client_does(
+    nursery: trio.Nursery, fast_lane: bool, path: str
+) -> None:
+    # Issue 22, point 13: a client that reads its answer and closes leaves no
+    # socket behind in CLOSE-WAIT for the keep-alive wait.
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, keep_alive_seconds=LONG_KEEP_ALIVE_SECONDS
+    )
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as probe:
+        alone = await open_connections(probe, broker)  # the probe's keep-alive connection
+        for _ in range(3):
+            stream = await trio.open_tcp_stream(*broker.host_port)
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert (await read_answer(stream)).startswith(b"HTTP/1.1 200 ")
+            # The broker waits for the next request by now (a client that
+            # closes at once may meet it before: that case closed already).
+            await trio.sleep(0.2)
+            assert await open_connections(probe, broker) == alone + 1
+            await stream.aclose()
+            start = trio.current_time()
+            with trio.move_on_after(STEP_SECONDS):
+                while await open_connections(probe, broker) > alone:
+                    await trio.sleep(0.02)
+            held = trio.current_time() - start
+            assert held < STEP_SECONDS, f"{path}: the broker held the socket {held:.1f} s"
     await broker.stop()

@@ -16,6 +16,9 @@ changes behaviour; the versions are pinned in pyproject.toml):
   from plaintext by trying ``stream.do_handshake`` (``AttributeError``:
   plaintext, the peer's address then from ``stream.socket``; else
   ``selected_alpn_protocol()`` and ``stream.transport_stream.socket``).
+* ``TCPServer._read_data()``, which returns once the peer has ended its
+  input, and ``TCPServer.idle_task`` (``stop()``), the keep-alive wait:
+  :class:`_TCPServer` stops the wait then.
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
@@ -55,7 +58,7 @@ from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import wrap_app
 from priority.priority import MissingStreamError
@@ -321,6 +324,18 @@ class _BoundedSend:
         await self._stream.reset(h2.errors.ErrorCodes.CANCEL)
 
 
+class _TCPServer(TCPServer):
+    """Hypercorn's server for one connection, closing it when the peer ends
+    its input. Hypercorn's closes only once its keep-alive wait is over: a
+    client that closed between requests left the socket in CLOSE-WAIT for
+    the whole ``--keep-alive`` (its protocol has nothing to close then, and
+    the connection's task group waits for the idle task)."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
 class Hypercorn:
     """Hypercorn, serving the connections the edge hands it, for one edge."""
 
@@ -343,7 +358,7 @@ class Hypercorn:
         # Every request's ASGI scope gets a copy of this state: the publish
         # route charges the connection's budget, as the fast forms do.
         state = ConnectionState({endpoints.BUDGET_KEY: budget})
-        server = TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
+        server = _TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
         self._servers.add(server)
         try:
             await server
@@ -466,6 +481,12 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
         _parameters(TCPServer.__init__) == ["self", "app", "config", "context", "state", "stream"]
     ),
     "TCPServer is awaitable": lambda: hasattr(TCPServer, "__await__"),
+    "TCPServer._read_data() reads to the end; .idle_task.stop()": lambda: (
+        _parameters(TCPServer._read_data) == ["self"]
+        and "self.idle_task.restart(" in _source(TCPServer.run)
+        and _assigns(TCPServer.__init__, "idle_task")
+        and _parameters(TrioSingleTask.stop) == ["self"]
+    ),
     "TCPServer.run tells TLS by stream.do_handshake, else reads stream.socket": lambda: all(
         part in _source(TCPServer.run)
         for part in (
