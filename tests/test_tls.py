@@ -551,6 +551,21 @@ async def test_httpx_over_plain_http_to_the_tls_port_reads_the_400(
     await broker.stop()
 
 
+async def test_a_tls_connection_closes_when_its_client_does(
+    nursery: trio.Nursery, pki: PKI
+) -> None:
+    # Issue 22, point 13: a client that closes between requests leaves no
+    # socket behind for the keep-alive wait (60 s here), over HTTP/1.1 and h2.
+    broker = await start_tls_broker(nursery, pki, keep_alive_seconds=60)
+    for http2 in (False, True):
+        async with tls_client(pki, http2=http2) as client:
+            for path in ("/health", "/stats", "/history/closingtopic1"):
+                assert (await client.get(f"{https(broker)}{path}")).status_code == 200
+            await trio.sleep(0.2)  # the broker waits for the next request by now
+        await wait_for_connections(broker, pki, 0)
+    await broker.stop()
+
+
 async def test_handshake_cut_short_by_a_reset(
     nursery: trio.Nursery, pki: PKI, caplog: pytest.LogCaptureFixture
 ) -> None:
