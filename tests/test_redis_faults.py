@@ -372,6 +372,29 @@ async def test_an_evicting_policy_is_warned_about_at_start_and_on_reconnect(
             await published(client, node, "evicttopic1", "data: still published\n")
 
 
+async def test_a_full_redis_that_does_not_evict_refuses_publishes_with_503(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    topic = "fulltopic12"
+    with running_redis(
+        redis_dir, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
+    ) as redis:
+        async with nodes(redis, 1, "--history-events", "100000") as (node,):
+            assert not node.log_lines("maxmemory-policy")
+            body = "data: " + "x" * 60_000 + "\n"
+            stored: list[str] = []
+            with trio.fail_after(STEP_SECONDS * 3):
+                while (
+                    reply := await client.post(f"{node.url}/publish/{topic}", content=body)
+                ).status_code == 200:
+                    stored.append(reply.json()["id"])
+            assert reply.status_code == 503, reply.text
+            assert "OOM" in reply.text
+            assert "not stored" in reply.text
+            history = await client.get(f"{node.url}/history/{topic}")
+            assert [json.loads(line)["id"] for line in history.text.splitlines()] == stored
+
+
 async def test_refuse_an_evicting_policy_when_told_to(
     redis_dir: Path, client: httpx.AsyncClient
 ) -> None:

@@ -29,9 +29,10 @@ publish it runs later than :data:`PUBLISH_WINDOW_SECONDS` after the broker
 sent it, by its own clock (``TIME``; the broker learns the offset to its own
 clock at start and every few seconds). The answer waits for that decision, so
 it says what happened: 200 stored; 503 not stored (Redis refused it, or it
-never reached Redis); 504 unknown, only when Redis has not answered at all
-within :data:`OUTCOME_SECONDS` after the window (it may have stored it before
-it stalled; a retry with the same ``id:`` is then refused if it did). A
+never reached Redis); 504 unknown, only when Redis never answers: nothing
+within :data:`OUTCOME_SECONDS` after the window, or the connection lost once
+the publish was sent (it may have stored it; a retry with the same ``id:``
+is then refused if it did). A
 publish Redis runs late (a stall: the process stopped, a long command) is
 thus never stored after it was answered 503.
 
@@ -213,6 +214,13 @@ class RedisHistory:
                 answer = await self._publish(
                     keys=[KEY_PREFIX + topic, IDS_PREFIX + topic], args=args
                 )
+            except coredis.exceptions.ResponseError as exc:
+                # Redis answered with an error before any write (out of memory
+                # under noeviction; a busy script): nothing was stored.
+                self._complain("publish", _reason(exc))
+                raise HistoryError(
+                    f"the backplane refused the publish ({_reason(exc)}): not stored; try again"
+                ) from None
             except REDIS_ERRORS as exc:
                 self._down("publish", exc)
                 if not _never_sent(exc):
