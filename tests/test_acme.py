@@ -721,3 +721,42 @@ def test_client_hello_is_read(sent: tuple[str, list[str]], read: Hello) -> None:
 def test_what_is_not_a_client_hello(data: bytes) -> None:
     """Plain HTTP, a handshake message that is not a ClientHello, an alert."""
     assert parse_client_hello(data) is None
+
+
+async def test_nodes_on_the_backplane_order_once(
+    nursery: trio.Nursery,
+    pebble_bin: Path,
+    dns_port: int,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """Two nodes on one Redis, each with its own storage directory (no shared
+    file system): the first takes the Redis lock and orders; the validation
+    reaches the other, which answers with the challenge it copied from Redis;
+    both serve the one certificate."""
+    port, other_port = free_port(), free_port()
+    ordering, answering = tmp_path / "ordering", tmp_path / "answering"
+    with pebble_running(
+        pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=1
+    ) as pebble:
+        # A database of its own: the documented command's test shares the names.
+        shared = {"backplane": redis_server.url.replace("/0", "/7")}
+        first = await start_acme_broker(
+            nursery, other_port, **acme_settings(pebble, ordering), **shared
+        )
+        second = await start_acme_broker(
+            nursery, port, **acme_settings(pebble, answering), **shared
+        )
+        serial = await wait_for_certificate(pebble, port)
+        assert await wait_for_certificate(pebble, other_port) == serial
+        assert pebble.orders() == 1
+        # Stopped, not cancelled: the Redis history's reader can fail on a cancel
+        # (anyio's ClosedResourceError from coredis' pubsub), with or without ACME.
+        await first.stop()
+        await second.stop()
+    # Only the node that ordered made an account key; both hold the certificate.
+    assert (ordering / "account.key").exists()
+    assert not (answering / "account.key").exists()
+    assert (answering / "certificate.pem").read_bytes() == (
+        ordering / "certificate.pem"
+    ).read_bytes()

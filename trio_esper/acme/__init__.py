@@ -10,6 +10,7 @@ module                what it does
 ``http01``            the plain-HTTP port: HTTP-01 answers, redirects to https
 ``hello``             a ClientHello's name and ALPN protocols (pure)
 ``storage``           the files in ``--acme-storage``
+``shared``            who orders; the certificate and challenges for the others
 ====================  =========================================================
 
 :func:`open_certificates` runs them for the block.
@@ -18,7 +19,7 @@ module                what it does
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +29,7 @@ from ..config import Config, ConfigError
 from ..metrics import Metrics
 from .http01 import serve_http01
 from .manager import Certificates
+from .shared import LocalShare, Share, open_redis_share
 from .storage import Storage
 
 __all__ = ["Certificates", "open_certificates"]
@@ -46,12 +48,30 @@ async def open_certificates(
     """
     try:
         storage = await trio.to_thread.run_sync(Storage, config.acme_storage)
-        certificates = await trio.to_thread.run_sync(Certificates, config, storage)
     except OSError as error:
         raise ConfigError(
             f"--acme-storage {config.acme_storage}: cannot make or write it "
             f"({error.strerror or error})"
         ) from None
+    async with AsyncExitStack() as stack:
+        share: Share = LocalShare(storage)
+        if config.backplane is not None:
+            share = await open_redis_share(
+                config.backplane,
+                storage,
+                frozenset(config.acme_domains),
+                config.acme_directory,
+                stack,
+            )
+        certificates = await trio.to_thread.run_sync(Certificates, config, storage, share)
+        async with _serving(config, metrics, tls_port, storage, certificates) as served:
+            yield served
+
+
+@asynccontextmanager
+async def _serving(
+    config: Config, metrics: Metrics, tls_port: int, storage: Storage, certificates: Certificates
+) -> AsyncIterator[Certificates]:
     metrics.registry.register(_CertificateCollector(certificates))
     metrics.sections["certificate"] = certificates.statistics
     metrics.readiness.append(certificates.readiness)

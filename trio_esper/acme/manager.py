@@ -7,9 +7,9 @@ which the edge calls before each handshake). A new certificate is a new
 :class:`ssl.SSLContext`, which new handshakes get; a connection keeps the one
 it was made with, so no open stream is dropped.
 
-One process orders (the holder of the storage directory's ``order.lock``);
-every other process serving the same names (``--threads``, nodes sharing the
-directory) loads what it writes and answers the validations it finds there.
+One process orders, the holder of the order lock; every other process
+serving the same names (``--threads``, other nodes) loads the certificate it
+gets and answers the validations it starts (:mod:`.shared` says how).
 
 Failure: an order that fails is logged with the ACME server's problem
 document and retried after :data:`RETRY_FIRST_SECONDS`, doubling up to
@@ -18,6 +18,7 @@ document and retried after :data:`RETRY_FIRST_SECONDS`, doubling up to
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -34,6 +35,8 @@ from ..config import Config, ConfigError
 from ..edge.connection import Connection
 from ..edge.tls import load_tls_context
 from . import hello
+from .shared import SHARE_ERRORS as _SHARE_ERRORS
+from .shared import Share
 from .storage import Storage, tls_alpn_name
 
 log = logging.getLogger("trio_esper")
@@ -48,9 +51,6 @@ RENEW_REMAINING = 1 / 3
 #: How often renewal information is asked for at most (the server's Retry-After
 #: may say sooner), and at least a tenth of the certificate's lifetime.
 CHECK_MAX_SECONDS = 6 * 3600.0
-#: How often a process that does not order looks for a new certificate on disk,
-#: and for the order lock (whose holder may have stopped).
-FOLLOW_SECONDS = 2.0
 #: While a TLS-ALPN-01 validation is pending, a ClientHello still incomplete
 #: is peeked at again after this long.
 PEEK_SECONDS = 0.005
@@ -104,9 +104,10 @@ class Certificates:
     the broker's nursery; cancelling it leaves the files as they are.
     """
 
-    def __init__(self, config: Config, storage: Storage) -> None:
+    def __init__(self, config: Config, storage: Storage, share: Share) -> None:
         self._config = config
         self._storage = storage
+        self._share = share
         self._names = frozenset(config.acme_domains)
         self._held: Held | None = None
         #: Served until there is a certificate, so that a health check (which
@@ -185,12 +186,17 @@ class Certificates:
         task_status.started()
         try:
             while True:
-                if await trio.to_thread.run_sync(self._storage.try_lock):
-                    await self._order_and_renew()
-                await trio.sleep(FOLLOW_SECONDS)
+                if await self._share.try_lead():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._order_and_renew)
+                        await self._share.keep_leading()
+                        nursery.cancel_scope.cancel()
+                await self._share.follow()
                 await trio.to_thread.run_sync(self._reload)
+                await trio.sleep(self._share.follow_seconds)
         finally:
-            self._storage.unlock()
+            with trio.CancelScope(shield=True):
+                await self._share.release()
 
     async def _order_and_renew(self) -> None:
         """Order and renew, for as long as the broker runs. Calls to the ACME
@@ -240,13 +246,20 @@ class Certificates:
             await trio.sleep_until(trio.current_time() + max(0.0, self._wake - time.time()))
 
     async def _open_session(self) -> Any:
-        from .order import Session, new_key_pem
+        from .order import OrderFailed, Session, new_key_pem
+
+        own = await trio.to_thread.run_sync(self._storage.read, "account.key")
+        if own is None:
+            own = await trio.to_thread.run_sync(new_key_pem)
+            await trio.to_thread.run_sync(self._storage.write, "account.key", own)
+        try:
+            key = await self._share.account_key(own)
+        except _SHARE_ERRORS as error:
+            raise OrderFailed(f"sharing the account key: {type(error).__name__}") from None
+        if key != own:
+            await trio.to_thread.run_sync(self._storage.write, "account.key", key)
 
         def open_session() -> Session:
-            key = self._storage.read("account.key")
-            if key is None:
-                key = new_key_pem()
-                self._storage.write("account.key", key)
             return Session(
                 self._config.acme_directory,
                 key,
@@ -290,7 +303,7 @@ class Certificates:
     _wake: float = 0.0
 
     async def _order(self, session: Any) -> None:
-        from .order import HTTP01, TLS_ALPN01, new_key_pem, tls_alpn_certificate
+        from .order import HTTP01, TLS_ALPN01, OrderFailed, new_key_pem, tls_alpn_certificate
 
         key = await trio.to_thread.run_sync(new_key_pem)
         names = sorted(self._names)
@@ -314,13 +327,23 @@ class Certificates:
                     data = tls_alpn_certificate(challenge.name, challenge.key_authorization)
                 await trio.to_thread.run_sync(self._storage.write, name, data)
                 files.append(name)
+                try:
+                    await self._share.share(name, data)
+                except _SHARE_ERRORS as error:
+                    raise OrderFailed(f"sharing a challenge: {type(error).__name__}") from None
+            await self._share.settle()
             for challenge in chosen:
                 await trio.to_thread.run_sync(session.answer, challenge, abandon_on_cancel=True)
             chain = await trio.to_thread.run_sync(session.finalize, order, abandon_on_cancel=True)
         finally:
-            for name in files:
-                self._storage.remove(name)
+            with trio.CancelScope(shield=True):
+                for name in files:
+                    self._storage.remove(name)
+                    with contextlib.suppress(*_SHARE_ERRORS):
+                        await self._share.share(name, None)
         await trio.to_thread.run_sync(self._storage.write, "certificate.pem", key + chain)
+        with contextlib.suppress(*_SHARE_ERRORS):  # the others get it from the files, or later
+            await self._share.share("certificate.pem", key + chain)
         before = self._held
         await trio.to_thread.run_sync(self._reload)
         held = self._held
