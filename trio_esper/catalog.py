@@ -14,16 +14,33 @@ it. Three kinds of entry, each bounded:
 
 Ids are normalised topic ids; the list is ordered by id, paged by cursor
 (the last id of the previous page).
+
+Memory: the catalog counts the heap it holds (:attr:`Catalog.bytes`: each
+entry's objects, each tombstone, the containers measured whole) and holds at
+most ``max_bytes``: past it, ad hoc entries go first (least recently used,
+skipping topics with subscribers), then the oldest tombstones; creating a
+topic is refused when created topics and tombstones alone fill it. The
+broker gives it a share of the memory budget (:data:`BUDGET_SHARE`) and
+charges what it holds to the memory history (:meth:`Catalog.count_in`), so
+the catalog and the history together stay within ``--history-max-bytes``
+whatever the number of topics.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .history.heap import container_bytes, object_bytes
+
+#: The catalog may take up to 1/BUDGET_SHARE of the memory budget, so the
+#: history keeps the rest whatever the number of topics.
+BUDGET_SHARE = 4
 
 
 @dataclass(slots=True)
@@ -43,11 +60,33 @@ class TopicEntry:
     """Events published since the last :meth:`Catalog.busiest` call."""
 
 
+def _fixed_entry_bytes() -> int:
+    """What every entry holds whatever its id, measured on a sample: the
+    entry, its time, and its two counts (ints past 256 are objects)."""
+    entry = TopicEntry("topic", False, time.time(), managed=False, published=1 << 20)
+    parts: tuple[object, ...] = (entry, entry.created, entry.published, 1 << 21)
+    return sum(object_bytes(part) for part in parts)
+
+
+#: Bytes each entry holds besides its id string.
+ENTRY_FIXED_BYTES = _fixed_entry_bytes()
+#: What :meth:`Catalog.full` allows for the id of a topic yet to be created.
+ID_ALLOWANCE_BYTES = 128
+#: Bytes each tombstone holds besides its id string: its time.
+TOMBSTONE_FIXED_BYTES = object_bytes(time.time())
+
+
+def _no_charge(delta: int) -> None:
+    pass
+
+
 class Catalog:
     """See the module docstring."""
 
-    def __init__(self, capacity: int, *, durable: bool) -> None:
+    def __init__(self, capacity: int, *, durable: bool, max_bytes: float = math.inf) -> None:
         self.capacity = capacity
+        #: At most this many bytes held (see the module docstring).
+        self.max_bytes = max_bytes
         #: Whether topics used ad hoc keep history in a durable backend.
         self.durable = durable
         self._managed: dict[str, TopicEntry] = {}
@@ -58,6 +97,51 @@ class Catalog:
         #: Topics published to since the last :meth:`busiest` call.
         self._recent: dict[str, TopicEntry] = {}
         self._sorted: list[str] | None = None
+        #: The entries' and tombstones' own bytes; the containers are
+        #: measured whole by _remeasure.
+        self._entries_bytes = 0
+        self._tombstones_bytes = 0
+        #: The ad hoc entries' share of _entries_bytes: what room making can free.
+        self._adhoc_bytes = 0
+        #: The most ad hoc entries and tombstones since their dicts were last
+        #: copied (a dict never shrinks when keys are deleted: see _compact).
+        self._adhoc_peak = 0
+        self._deleted_peak = 0
+        #: Heap bytes held, all told.
+        self.bytes = 0
+        #: Told each change of :attr:`bytes` (see :meth:`count_in`).
+        self._charge: Callable[[int], None] = _no_charge
+        self._remeasure()
+
+    def count_in(self, charge: Callable[[int], None]) -> None:
+        """From now on, tell ``charge`` each change of :attr:`bytes` (a
+        memory history's :meth:`~trio_esper.history.memory.MemoryHistory.charge`),
+        starting with what is held now."""
+        self._charge = charge
+        charge(self.bytes)
+
+    def _remeasure(self) -> None:
+        size = (
+            self._entries_bytes
+            + self._tombstones_bytes
+            + container_bytes(self._managed)
+            + container_bytes(self._adhoc)
+            + container_bytes(self._deleted)
+            + container_bytes(self._recent)
+        )
+        if self._sorted is not None:
+            size += container_bytes(self._sorted)
+        delta, self.bytes = size - self.bytes, size
+        if delta:
+            self._charge(delta)
+
+    @staticmethod
+    def _entry_bytes(entry: TopicEntry) -> int:
+        return ENTRY_FIXED_BYTES + object_bytes(entry.id)
+
+    @staticmethod
+    def _tombstone_bytes(topic: str) -> int:
+        return TOMBSTONE_FIXED_BYTES + object_bytes(topic)
 
     def __len__(self) -> int:
         return len(self._managed) + len(self._adhoc)
@@ -74,10 +158,13 @@ class Catalog:
         entry = self._managed.get(topic)
         return entry is not None and not entry.persist
 
-    def create(self, topic: str, *, persist: bool) -> TopicEntry | None:
+    def create(
+        self, topic: str, *, persist: bool, in_use: Callable[[str], bool] | None = None
+    ) -> TopicEntry | None:
         """Enter ``topic`` as created; ``None`` if it is already listed (as
         created, or ad hoc with a different ``persist``: its history stays
-        where it is). An ad hoc topic with the same ``persist`` becomes created."""
+        where it is). An ad hoc topic with the same ``persist`` becomes created.
+        ``in_use``: as for :meth:`used` (``None``: any ad hoc entry may make room)."""
         if topic in self._managed:
             return None
         adhoc = self._adhoc.get(topic)
@@ -85,29 +172,52 @@ class Catalog:
             return None
         if adhoc is not None:
             del self._adhoc[topic]
+            self._adhoc_bytes -= self._entry_bytes(adhoc)
             entry = adhoc
             entry.managed = True
         else:
             entry = TopicEntry(topic, persist, time.time(), managed=True)
+            self._entries_bytes += self._entry_bytes(entry)
             self._sorted = None
-        self._deleted.pop(topic, None)
+        self._forget_tombstone(topic)
         self._managed[topic] = entry
+        self._make_room(in_use)
         return entry
 
     def full(self) -> bool:
-        """Whether creating another topic would exceed the capacity."""
-        return len(self._managed) >= self.capacity
+        """Whether creating another topic would exceed the capacity, or the
+        bytes, with every ad hoc entry gone: one more entry (its id up to
+        :data:`ID_ALLOWANCE_BYTES`), and the created topics' dict perhaps
+        doubling its table to take it."""
+        if len(self._managed) >= self.capacity:
+            return True
+        removable = self._adhoc_bytes + container_bytes(self._adhoc)
+        another = ENTRY_FIXED_BYTES + ID_ALLOWANCE_BYTES + container_bytes(self._managed)
+        return self.bytes - removable + another > self.max_bytes
 
     def delete(self, topic: str) -> TopicEntry | None:
         """Forget ``topic`` and remember it was deleted; its entry, if listed."""
-        entry = self._managed.pop(topic, None) or self._adhoc.pop(topic, None)
+        entry = self._managed.pop(topic, None)
+        if entry is None:
+            entry = self._adhoc.pop(topic, None)
+            if entry is not None:
+                self._adhoc_bytes -= self._entry_bytes(entry)
+        if entry is not None:
+            self._entries_bytes -= self._entry_bytes(entry)
         self._recent.pop(topic, None)
+        self._forget_tombstone(topic)
         self._deleted[topic] = time.time()
-        self._deleted.move_to_end(topic)
+        self._tombstones_bytes += self._tombstone_bytes(topic)
+        self._deleted_peak = max(self._deleted_peak, len(self._deleted))
         while len(self._deleted) > self.capacity:
-            self._deleted.popitem(last=False)
+            self._forget_tombstone(next(iter(self._deleted)))
         self._sorted = None
+        self._make_room(None)
         return entry
+
+    def _forget_tombstone(self, topic: str) -> None:
+        if self._deleted.pop(topic, None) is not None:
+            self._tombstones_bytes -= self._tombstone_bytes(topic)
 
     def used(self, topic: str, in_use: Callable[[str], bool]) -> TopicEntry:
         """``topic`` was published or subscribed to: its entry, entered ad hoc
@@ -121,19 +231,45 @@ class Catalog:
             self._adhoc.move_to_end(topic)
             return entry
         entry = self._adhoc[topic] = TopicEntry(topic, self.durable, time.time(), managed=False)
+        self._entries_bytes += self._entry_bytes(entry)
+        self._adhoc_bytes += self._entry_bytes(entry)
+        self._adhoc_peak = max(self._adhoc_peak, len(self._adhoc))
         self._sorted = None
-        # Make room: the least recently used first, skipping topics with
-        # subscribers (each is looked at once per call).
+        self._make_room(in_use, keep=topic)
+        return entry
+
+    def _make_room(self, in_use: Callable[[str], bool] | None, keep: str = "") -> None:
+        """Within the capacity and the bytes: drop ad hoc entries, least
+        recently used first, skipping ``keep`` and (if ``in_use`` is given)
+        topics with subscribers, each looked at once; then, past the bytes
+        still, the oldest tombstones."""
+        self._remeasure()
         for _ in range(len(self._adhoc)):
-            if len(self._adhoc) <= self.capacity:
+            if len(self._adhoc) <= self.capacity and self.bytes <= self.max_bytes:
                 break
             oldest = next(iter(self._adhoc))
-            if oldest != topic and in_use(oldest):
+            if oldest == keep or (in_use is not None and in_use(oldest)):
                 self._adhoc.move_to_end(oldest)
                 continue
-            del self._adhoc[oldest]
+            dropped = self._entry_bytes(self._adhoc.pop(oldest))
+            self._entries_bytes -= dropped
+            self._adhoc_bytes -= dropped
             self._recent.pop(oldest, None)
-        return entry
+            self._compact()
+        while self.bytes > self.max_bytes and self._deleted:
+            self._forget_tombstone(next(iter(self._deleted)))
+            self._compact()
+
+    def _compact(self) -> None:
+        """Copy a dict that holds a quarter of its peak or less, so its table
+        fits what is left (amortised O(1): 3/4 were deleted); re-measure."""
+        if len(self._adhoc) * 4 < self._adhoc_peak:
+            self._adhoc = OrderedDict(self._adhoc)
+            self._adhoc_peak = len(self._adhoc)
+        if len(self._deleted) * 4 < self._deleted_peak:
+            self._deleted = OrderedDict(self._deleted)
+            self._deleted_peak = len(self._deleted)
+        self._remeasure()
 
     def published(self, entry: TopicEntry, events: int) -> None:
         entry.published += events
@@ -145,6 +281,7 @@ class Catalog:
         ``None``), by id; and the cursor of the next page (``None``: last page)."""
         if self._sorted is None:
             self._sorted = sorted([*self._managed, *self._adhoc])
+            self._remeasure()
         ids = self._sorted
         start = 0 if after is None else bisect.bisect_right(ids, after)
         entries: list[TopicEntry] = []
@@ -164,6 +301,7 @@ class Catalog:
         call, each with that number; then resets the recent counts."""
         recent = self._recent
         self._recent = {}
+        self._remeasure()
         chosen = heapq.nlargest(
             count, recent.values(), key=lambda e: (e.recent, subscribers(e.id), e.id)
         )

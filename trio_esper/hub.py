@@ -1088,7 +1088,9 @@ class Hub:
             raise LimitReached(f"the broker holds its limit of {catalog.capacity} created topics")
         if topic is None:
             topic = secrets.token_hex(TOPIC_ID_BYTES)
-        created = catalog.create(topic, persist=catalog.durable if persist is None else persist)
+        created = catalog.create(
+            topic, persist=catalog.durable if persist is None else persist, in_use=self._in_use
+        )
         if created is None:
             raise Conflict(f"topic {topic} exists already")
         return self._info(created)

@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from . import logs
 from .accepting import ConnectionSource, SocketAcceptor, open_listeners
 from .app import create_app
+from .catalog import BUDGET_SHARE as CATALOG_BUDGET_SHARE
 from .catalog import Catalog
 from .config import Config
 from .edge import Edge, load_tls_context, require_private_names, wrap_asgi
@@ -62,12 +63,22 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
     """
     async with open_history(config) as stored:
         durable = stored.statistics().backend != "memory"
-        catalog = Catalog(config.max_topics, durable=durable)
+        # The catalog takes a share of the memory budget, and what it holds
+        # is charged to the memory history's (catalog.py says why).
+        catalog = Catalog(
+            config.max_topics,
+            durable=durable,
+            max_bytes=config.history_max_bytes // CATALOG_BUDGET_SHARE,
+        )
         history: History = stored
+        memory = stored if isinstance(stored, MemoryHistory) else None
         # Topics created with persist: false keep their history in memory,
         # except with a backplane: other nodes see a topic through Redis only.
         if durable and config.backplane is None:
-            history = SplitHistory(stored, _memory_history(config), catalog.ephemeral)
+            memory = _memory_history(config)
+            history = SplitHistory(stored, memory, catalog.ephemeral)
+        if memory is not None:
+            catalog.count_in(memory.charge)
         async with open_hub(
             history,
             heartbeat_seconds=config.heartbeat_seconds,

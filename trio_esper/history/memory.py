@@ -28,6 +28,10 @@ too. tests/test_memory_budget.py checks the count against ``tracemalloc``
   dict, and its place in the topic index (an ``OrderedDict``: a node, its
   dict entry, index slots, holes).
 
+The budget is shared: what the broker's topic catalog holds is charged to it
+too (:meth:`MemoryHistory.charge`), so many topics cannot grow the process
+past the budget through the catalog either.
+
 A topic's own objects weigh as much as a small record, and more: an
 estimate that counted records and their payloads alone let a history of
 many one-event topics grow the process far past its budget. The sizes, and
@@ -55,29 +59,7 @@ from ..errors import Conflict
 from ..routing import Route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay, SeqClock
-
-#: pymalloc serves requests up to this size from 16-byte size classes.
-SMALL_REQUEST_BYTES = 512
-#: Above this, glibc's malloc maps whole pages (its default mmap threshold).
-MMAP_THRESHOLD_BYTES = 128 << 10
-PAGE_BYTES = 4096
-#: A list or dict is two allocations (the object and its table), each rounded up.
-CONTAINER_ROUNDING_BYTES = 16
-
-
-def allocated_bytes(size: int) -> int:
-    """Heap bytes an object of ``size`` bytes (as ``sys.getsizeof`` says)
-    takes: pymalloc's 16-byte classes, glibc's 8-byte chunk header and
-    16-byte alignment, or whole pages once malloc maps the block."""
-    if size <= SMALL_REQUEST_BYTES:
-        return (size + 15) & ~15
-    if size < MMAP_THRESHOLD_BYTES:
-        return (size + 8 + 15) & ~15
-    return (size + 16 + PAGE_BYTES - 1) & ~(PAGE_BYTES - 1)
-
-
-def _container_bytes(container: object) -> int:
-    return allocated_bytes(sys.getsizeof(container)) + CONTAINER_ROUNDING_BYTES
+from .heap import allocated_bytes, container_bytes
 
 
 def _fixed_record_bytes() -> int:
@@ -180,9 +162,11 @@ class MemoryHistory:
     def __init__(self, *, max_events_per_topic: int = 1000, max_bytes: int = 256 << 20) -> None:
         self.max_events_per_topic = max_events_per_topic
         self.max_bytes = max_bytes
+        #: Bytes others hold against the same budget (:meth:`charge`).
+        self._charged = 0
         # Order is publish recency: _touch() moves a topic to the end.
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
-        self._index_bytes = _container_bytes(self._rings)
+        self._index_bytes = container_bytes(self._rings)
         self._topics_peak = 0
         self._bytes = self._index_bytes
         self._events = 0
@@ -255,7 +239,19 @@ class MemoryHistory:
             self._resize(ring)
         elif ring.topic in self._rings:  # no events kept (or an append of none)
             self._forget(ring)
-        while self._bytes > self.max_bytes and self._rings:
+        self._fit()
+
+    def charge(self, delta: int) -> None:
+        """Count ``delta`` more bytes (fewer, if negative) that something
+        else holds against this history's budget: the topic catalog (see
+        :meth:`~trio_esper.catalog.Catalog.count_in`). Room is made at once,
+        as for a publish: the least recently published topics lose their
+        oldest events first."""
+        self._charged += delta
+        self._fit()
+
+    def _fit(self) -> None:
+        while self._bytes + self._charged > self.max_bytes and self._rings:
             self._drop_oldest(next(iter(self._rings.values())))
 
     def _pop_oldest(self, ring: _Ring) -> None:
@@ -285,13 +281,13 @@ class MemoryHistory:
 
     def _resize(self, ring: _Ring) -> None:
         """Re-measure what ``ring`` holds besides its records."""
-        size = ring.fixed_bytes + _container_bytes(ring.records) + _container_bytes(ring.by_id)
+        size = ring.fixed_bytes + container_bytes(ring.records) + container_bytes(ring.by_id)
         self._bytes += size - ring.bytes
         ring.bytes = size
 
     def _reindex(self) -> None:
         """Re-measure the topic index (its nodes, table and holes)."""
-        size = _container_bytes(self._rings)
+        size = container_bytes(self._rings)
         self._bytes += size - self._index_bytes
         self._index_bytes = size
 

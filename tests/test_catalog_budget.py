@@ -1,0 +1,122 @@
+"""The topic catalog is counted in the memory budget (issue 22, point 3): it
+holds at most its share of ``--history-max-bytes``, and what it holds is
+charged to the memory history, so the two together stay within the budget
+whatever the number of topics, small budgets included.
+
+The accounting is checked here (against ``tracemalloc``, and through a real
+broker's hub with a modest count); benchmarks/catalog_budget.py measures the
+process's RSS with hundreds of thousands of topics.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Sequence
+
+import trio
+
+from trio_esper.catalog import BUDGET_SHARE, Catalog
+from trio_esper.history import Record
+from trio_esper.history.memory import MemoryHistory
+from trio_esper.hub import open_hub
+from trio_esper.sse import Event
+
+from .conftest import start_broker
+from .rawhttp import publish, stats
+
+KIB = 1024
+
+
+def _nobody(topic: str) -> bool:
+    return False
+
+
+async def _nowhere(topic: str, records: Sequence[Record]) -> None:
+    pass
+
+
+def test_counted_bytes_cover_what_the_catalog_holds() -> None:
+    """``bytes`` is at least what tracemalloc sees the catalog allocate (it
+    sees requested sizes; the count adds the allocator's rounding), and not
+    much more: ad hoc entries, created ones, tombstones, the sorted page list."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        catalog = Catalog(100_000, durable=False)
+        for n in range(3000):
+            catalog.published(catalog.used(f"adhoc{n:07d}", _nobody), 1000 + n)
+        for n in range(500):
+            catalog.create(f"created{n:07d}", persist=False)
+        for n in range(500):
+            catalog.delete(f"adhoc{n:07d}")
+        catalog.page(None, 10)
+        gc.collect()
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert traced <= catalog.bytes <= 1.25 * traced
+
+
+def test_the_catalog_holds_at_most_its_bytes() -> None:
+    limit = 256 * KIB
+    catalog = Catalog(100_000, durable=False, max_bytes=limit)
+    live = {"adhoc0000000"}  # a topic with subscribers stays listed
+    for n in range(20_000):
+        catalog.used(f"adhoc{n:07d}", live.__contains__)
+        assert catalog.bytes <= limit
+    # An entry costs a few hundred bytes, its share of the index included.
+    assert limit // 1024 < len(catalog) < 20_000
+    assert catalog.get("adhoc0000000") is not None  # in use
+    assert catalog.get("adhoc0019999") is not None  # the most recent
+    assert catalog.get("adhoc0000001") is None  # the least recently used went
+    # Created topics and tombstones count too: creating is refused once they
+    # alone would fill it, and ad hoc entries make room for them.
+    adhoc = len(catalog)
+    created = 0
+    while not catalog.full():
+        entry = catalog.create(f"created{created:07d}", persist=False, in_use=live.__contains__)
+        assert entry is not None
+        created += 1
+        assert catalog.bytes <= limit
+    assert limit // 1024 < created < 20_000
+    assert len(catalog) - created < adhoc // 4  # most ad hoc entries gave way
+    assert catalog.get("adhoc0000000") is not None
+    for n in range(created):
+        catalog.delete(f"created{n:07d}")
+        assert catalog.bytes <= limit
+
+
+async def test_the_catalog_and_the_history_share_the_budget() -> None:
+    budget = 512 * KIB
+    history = MemoryHistory(max_bytes=budget)
+    catalog = Catalog(100_000, durable=False, max_bytes=budget // BUDGET_SHARE)
+    catalog.count_in(history.charge)
+    async with open_hub(history, catalog=catalog) as hub:
+        for n in range(8000):
+            await hub.publish(f"topic{n:07d}", [Event("x" * 20)])
+            assert history.statistics().bytes + catalog.bytes <= budget
+        kept = history.statistics()
+        # Both hold a share: the catalog up to its own, the history the rest.
+        assert catalog.bytes <= budget // BUDGET_SHARE
+        assert kept.bytes >= budget - budget // BUDGET_SHARE - 4 * KIB
+        assert 0 < kept.topics < 8000
+        assert 0 < len(catalog) < 8000
+
+
+async def test_a_broker_counts_its_catalog_in_the_budget(nursery: trio.Nursery) -> None:
+    budget = 1024 * KIB
+    broker = await start_broker(nursery, history_max_bytes=budget)
+    hub = broker.hub
+    for n in range(10_000):
+        await hub.publish(f"many{n:07d}", [Event("x" * 20)])
+    history = hub.history.statistics()
+    assert history.bytes + hub.catalog.bytes <= budget
+    assert hub.catalog.bytes <= budget // BUDGET_SHARE
+    known = (await stats(broker))["known_topics"]
+    assert isinstance(known, int)
+    assert 0 < known < 10_000
+    # The broker still takes publishes and lists the newest topic.
+    await publish(broker, "many0010000", b"data: last\n")
+    assert hub.catalog.get("many0010000") is not None
+    await broker.stop()
