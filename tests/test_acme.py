@@ -337,6 +337,7 @@ async def test_issues_for_two_names_and_serves_http2_by_name(
             (storage / "certificate.pem").read_bytes()
         ).not_valid_after_utc.timestamp()
         assert gauge(metrics, "trio_esper_tls_certificate_expiry_timestamp_seconds") == not_after
+        assert gauge(metrics, "trio_esper_acme_failures_total") == 0
         assert pebble.orders() == 1
     assert storage.stat().st_mode & 0o777 == 0o700
     for name in ("account.key", "certificate.pem"):
@@ -458,6 +459,8 @@ async def test_a_challenge_that_cannot_complete(
             while not messages(caplog, "acme_failed"):
                 await trio.sleep(0.05)
         status, body = await ready(port)
+        async with httpx.AsyncClient(verify=False, timeout=STEP_SECONDS) as unverified:
+            metrics = (await unverified.get(url(port, "/metrics"))).text
     failure = next(r for r in caplog.records if getattr(r, "event", None) == "acme_failed")
     assert "completing the order: validation failed" in failure.getMessage()
     problems = failure.problem["subproblems"]  # type: ignore[attr-defined]
@@ -467,6 +470,8 @@ async def test_a_challenge_that_cannot_complete(
     assert all(f"Failed to connect to 127.0.0.1:{tls_port}" in p["detail"] for p in problems)
     assert status == 503
     assert "validation failed" in body["reason"]
+    assert gauge(metrics, "trio_esper_acme_failures_total") >= 1
+    assert gauge(metrics, "trio_esper_tls_certificate_expiry_timestamp_seconds") == 0
 
 
 async def test_renewal_swaps_the_certificate_under_open_streams(
@@ -612,10 +617,11 @@ async def test_the_documented_command_with_two_workers(
 ) -> None:
     """docs/acme.md's command, run as a process (the CLI's flags, repeatable
     --acme-domain) on loopback against Pebble, with --threads 2: the two
-    workers make one order between them and serve one certificate."""
+    workers make one order between them (validated by HTTP-01, on the port
+    both workers serve) and serve one certificate."""
     found = DOCUMENTED.search((ROOT / "docs" / "acme.md").read_text())
     assert found is not None
-    port = free_port()
+    port, http_port = free_port(), free_port()
     line = (
         found.group(0)
         .replace("--bind 0.0.0.0", "--bind 127.0.0.1")
@@ -623,7 +629,7 @@ async def test_the_documented_command_with_two_workers(
         .replace("events.example.com", f"{NAMES[0]} --acme-domain {NAMES[1]}")
     )
     with pebble_running(
-        pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=1
+        pebble_bin, dns_port, tmp_path / "pebble", tls_port=free_port(), http_port=http_port
     ) as pebble:
         argv = [
             sys.executable,
@@ -631,7 +637,7 @@ async def test_the_documented_command_with_two_workers(
             "trio_esper",
             *line.split()[1:],
             *("--acme-directory", pebble.directory, "--acme-ca-bundle", str(pebble.ca_bundle)),
-            *("--acme-storage", str(tmp_path / "acme"), "--acme-http-port", "0"),
+            *("--acme-storage", str(tmp_path / "acme"), "--acme-http-port", str(http_port)),
             *("--threads", "2", "--backplane", redis_server.url, "--no-auth"),
         ]
         with running(argv, tmp_path / "broker.log", start_new_session=True):
@@ -640,9 +646,14 @@ async def test_the_documented_command_with_two_workers(
             for _ in range(4):
                 assert await handshake_serial(pebble, port, NAMES[0]) == serial
             assert pebble.orders() == 1
+            async with httpx.AsyncClient(timeout=STEP_SECONDS) as plain:
+                for _ in range(4):
+                    moved = await plain.get(f"http://127.0.0.1:{http_port}/health")
+                    assert moved.headers["location"] == f"https://a.esper.test:{port}/health"
     log = (tmp_path / "broker.log").read_text()
     assert f"listening on https://127.0.0.1:{port} with 2 workers" in log
     assert log.count("ordering a certificate for a.esper.test, b.esper.test") == 1
+    assert "cannot listen" not in log
 
 
 async def test_validation_that_needs_no_answer(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 
 import h11
 import trio
@@ -37,7 +38,7 @@ async def serve_http01(
     the bound port, or ``None`` (logged) if it cannot be bound: TLS-ALPN-01
     still works without it."""
     try:
-        listeners = await trio.open_tcp_listeners(config.acme_http_port, host=config.bind)
+        listener = await _listen(config.bind, config.acme_http_port)
     except OSError as error:
         log.warning(
             "cannot listen on port %d for ACME HTTP-01 validations and redirects (%s): "
@@ -48,9 +49,32 @@ async def serve_http01(
         )
         task_status.started(None)
         return
-    task_status.started(int(listeners[0].socket.getsockname()[1]))
+    task_status.started(int(listener.socket.getsockname()[1]))
     handler = functools.partial(_serve_one, config, storage, tls_port)
-    await trio.serve_listeners(handler, listeners)
+    await trio.serve_listeners(handler, [listener])
+
+
+async def _listen(host: str, port: int) -> trio.SocketListener:
+    """A listener on ``host``:``port`` that every worker process of
+    ``--threads`` can open too (``SO_REUSEPORT``: the kernel spreads the
+    connections, and each worker answers from the same storage).
+
+    Raises:
+        OSError: the address cannot be resolved or bound.
+    """
+    family, kind, proto, _, address = (
+        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    )[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 async def _serve_one(

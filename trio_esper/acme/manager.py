@@ -117,6 +117,8 @@ class Certificates:
         self._last_error: str | None = None
         self._failures = 0
         self._next_renewal: float | None = None
+        #: When the order loop looks again (time.time()).
+        self._wake = 0.0
         #: TLS-ALPN-01 contexts by name, with the challenge file's mtime.
         self._alpn: dict[str, tuple[int, ssl.SSLContext]] = {}
         self._alpn_directory = storage.path / "challenges" / "tls-alpn-01"
@@ -299,8 +301,6 @@ class Certificates:
         )
         self._wake = min(renew_at, now + check)
         return None
-
-    _wake: float = 0.0
 
     async def _order(self, session: Any) -> None:
         from .order import HTTP01, TLS_ALPN01, OrderFailed, new_key_pem, tls_alpn_certificate
