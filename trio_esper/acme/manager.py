@@ -163,14 +163,17 @@ class Certificates:
     async def context_for(self, connection: Connection) -> ssl.SSLContext | None:
         """The context for a new connection's handshake: the TLS-ALPN-01
         challenge's if the client asks for it, else the certificate's (the
-        placeholder's until there is one); ``None``: the client left."""
+        placeholder's until there is one); ``None``: the client sent no
+        ClientHello within the request-head timeout, or left."""
         served = self._placeholder if self._held is None else self._held.context
         pending = self._pending_alpn()
         if not pending:
             return served
         offered = None
-        with trio.move_on_after(self._config.request_head_timeout_seconds):
+        with trio.move_on_after(self._config.request_head_timeout_seconds) as waited:
             offered = await _peek_hello(connection.socket)
+        if waited.cancelled_caught:
+            return None  # nothing came within the handshake's own time
         if offered is None or hello.ACME_TLS_ALPN not in offered.protocols:
             return served
         name = offered.server_name
