@@ -758,8 +758,34 @@ async def mercure_streams(nursery: trio.Nursery, fast_lane: bool) -> Seen:
     return seen
 
 
+async def token_expiry(nursery: trio.Nursery, fast_lane: bool) -> Seen:
+    """A stream whose token expires: its last event says so, then its body
+    ends; a stream with a longer token goes on."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, subscriber_secret=SUB_SECRET)
+    topic = "expirytopic1"
+    expiring = await open_stream(
+        broker, topic, f"Authorization: Bearer {make_token(SUB_SECRET, topic, exp_in=2)}"
+    )
+    lasting = await open_stream(
+        broker, topic, f"Authorization: Bearer {make_token(SUB_SECRET, topic)}"
+    )
+    await publish(broker, topic, b"id: before\ndata: x\n")
+    seen: Seen = {"before": [await stream.frame() for stream in (expiring, lasting)]}
+    seen["the expiring stream's last frame"] = last = await expiring.frame()
+    assert b'event: expired\ndata: {"reason": "token-expired"}\n\n' in last, last
+    seen["then comes"] = await expiring.raw.read_to_eof()
+    assert seen["then comes"] == b"0\r\n\r\n"  # the last chunk: the body is complete
+    await publish(broker, topic, b"id: after\ndata: y\n")
+    seen["the other stream goes on"] = await lasting.frame()
+    for stream in (expiring, lasting):
+        await stream.raw.aclose()
+    await broker.stop()
+    return seen
+
+
 SCENARIOS = [
     live_delivery,
+    token_expiry,
     mercure_streams,
     heartbeats,
     slow_subscriber,

@@ -66,6 +66,9 @@ DASHBOARD_TYPES = {
 #: client missed events it cannot get back, and everything retained follows.
 #: No id field, so the client's last event id is left as it was.
 RESET_FRAME = encode(Event('{"reason": "unknown-last-event-id"}', event="reset"))
+#: The last event of a stream whose token expires (the stream then ends): a
+#: page refreshes its token and reopens with ``?lastEventId=``.
+EXPIRED_FRAME = encode(Event('{"reason": "token-expired"}', event="expired"))
 
 
 # Not frozen: one is built per request, and a frozen dataclass's __init__
@@ -164,10 +167,11 @@ def authorise(
     *,
     authorization: str | None,
     token: str | None,
-) -> None:
+) -> int | None:
     """Check the request's JWT (``Authorization`` header or ``?token=``)
     against ``secret`` (a side's secret or its :class:`~trio_esper.auth.PublicKeys`);
-    an open side (``None``) lets everyone in.
+    an open side (``None``) lets everyone in. Returns the token's ``exp``
+    (``None`` on an open side).
 
     Raises:
         Unauthorized: no token, or a malformed ``Authorization`` header.
@@ -175,28 +179,30 @@ def authorise(
             names another topic.
     """
     if secret is None:
-        return
-    verify_token(
+        return None
+    claims = verify_token(
         bearer_token(authorization, token),
         secret,
         topic=topic,
         algorithms=config.jwt_algorithms,
         audience=config.jwt_audience,
     )
+    expires: int = claims["exp"]  # verify_token checked it is an int
+    return expires
 
 
 def _checked(
     config: Config, secret: str | None, request: PublishRequest | SubscribeRequest
-) -> tuple[str, dict[str, str]]:
-    """The request's topic, normalised, and its query arguments, once its
-    token (``Authorization``, ``?token=`` or the auth cookie) is checked
-    against ``secret``."""
+) -> tuple[str, dict[str, str], int | None]:
+    """The request's topic, normalised, its query arguments and its token's
+    ``exp``, once its token (``Authorization``, ``?token=`` or the auth
+    cookie) is checked against ``secret``."""
     topic = normalise_topic(request.topic)
     args = query_args(request.query)
     subscribing = isinstance(request, SubscribeRequest)
     token = query_or_cookie_token(config, args, request.cookie, subscribing=subscribing)
-    authorise(config, secret, topic, authorization=request.authorization, token=token)
-    return topic, args
+    expires = authorise(config, secret, topic, authorization=request.authorization, token=token)
+    return topic, args, expires
 
 
 def query_or_cookie_token(
@@ -334,7 +340,7 @@ async def publish(config: Config, hub: Hub, request: PublishRequest) -> bytes:
             the connection's publish rate exceeded (429); the history store
             failed (503).
     """
-    topic, args = _checked(config, config.publisher_key, request)
+    topic, args, _ = _checked(config, config.publisher_key, request)
     if request.budget is not None:
         request.budget.charge()
     event, id = args.get("event"), args.get("id")
@@ -392,6 +398,13 @@ class Stream:
     """Whether history is replayed before live events."""
     after: str | None
     """The id history is replayed after (from the oldest if ``None``)."""
+    expires_at: int | None = None
+    """The token's ``exp`` (seconds since the epoch): the stream ends then,
+    with :data:`EXPIRED_FRAME`; ``None`` without a token."""
+
+    def expires_in(self) -> float | None:
+        """Seconds until the token expires (``None``: it does not)."""
+        return None if self.expires_at is None else self.expires_at - time.time()
 
 
 def header_text(value: str | None) -> str | None:
@@ -416,14 +429,14 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     Raises:
         EsperError: a bad topic, token or query.
     """
-    topic, args = _checked(config, config.subscriber_key, request)
+    topic, args, expires = _checked(config, config.subscriber_key, request)
     since = args.get("since")
     if since is not None and since != "earliest":
         raise BadRequest("since must be 'earliest'")
     last_id = header_text(request.last_event_id) or args.get("lastEventId")
     if last_id:
-        return Stream(topic, True, last_id)
-    return Stream(topic, since is not None, None)
+        return Stream(topic, True, last_id, expires)
+    return Stream(topic, since is not None, None, expires)
 
 
 def opening_frame(config: Config) -> bytes:

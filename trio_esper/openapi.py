@@ -693,9 +693,11 @@ def _subscribe(endpoint: str, tag: str, summary: str, not_found: str) -> Json:
         summary,
         "200 and the head at once; the stream opens with `: subscribed` (and `retry:` with "
         "`--retry`), replays history if asked to resume, then carries every event published "
-        "to the topic, in order, with a `: heartbeat` comment on idle streams. It never ends "
-        "on its own: a subscriber too slow for its queue (`--queue`) is dropped, a deleted "
-        "topic's streams get `event: deleted` and end, shutdown ends them all.",
+        "to the topic, in order, with a `: heartbeat` comment on idle streams. It ends at "
+        'its token\'s `exp` with `event: expired` (data `{"reason": "token-expired"}`); '
+        "otherwise never on its own: a subscriber too slow for its queue (`--queue`) is "
+        "dropped, a deleted topic's streams get `event: deleted` and end, shutdown ends them "
+        "all.",
         security=SUBSCRIBER,
         parameters=[TOPIC, *RESUME],
         responses=_ok("The event stream.", _content(SSE, _ref("Event"), stream))

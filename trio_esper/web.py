@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
 from typing import Any, TypedDict, cast
 
+import trio
 from quart import Response, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -19,7 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from . import endpoints
 from .config import Config
 from .errors import BadRequest, EsperError, HistoryError, PayloadTooLarge, UnsupportedMediaType
-from .hub import Hub
+from .hub import Hub, Subscription
 
 log = logging.getLogger("trio_esper")
 
@@ -158,6 +159,8 @@ async def stream_response(
     # request holds the subscription, so it ends with the request, whether
     # or not the body ever starts.
     subscription = await held().enter_async_context(hub.subscribe(plan.topic, client=client))
+    expires_in = plan.expires_in()
+    deadline = math.inf if expires_in is None else trio.current_time() + expires_in
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -165,13 +168,29 @@ async def stream_response(
             async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
                 async for page in pages:
                     yield page
-            async for chunk in subscription:
+            async for chunk in until(deadline, subscription):
                 yield chunk
+            if trio.current_time() >= deadline:
+                yield endpoints.EXPIRED_FRAME
         except EsperError as error:
             # After the head: end the stream; the client reconnects and resumes.
             log.warning("stream to %s on %s ended: %s", client, plan.topic, error.reason)
 
     return endless(Response(stream(), status=200, headers=Headers(headers)))
+
+
+async def until(deadline: float, subscription: Subscription) -> AsyncIterator[bytes]:
+    """What ``subscription`` gives until it ends or ``deadline`` passes (a
+    token's expiry). The cancel scope holds each wait, never a ``yield``."""
+    while True:
+        with trio.move_on_at(deadline):
+            try:
+                chunk = await subscription.__anext__()
+            except StopAsyncIteration:
+                return
+        if trio.current_time() >= deadline:
+            return
+        yield chunk
 
 
 #: The request scope's key for :func:`held`'s stack.

@@ -258,6 +258,7 @@ class FastForms:
         """Serve an esper subscriber's stream (see :meth:`_stream`)."""
         plan = opened.plan
         hub = self._hub
+        expires_in = plan.expires_in()
         await self._stream(
             connection,
             hub.subscribe(plan.topic, frame=h1.chunk, client=connection.address),
@@ -265,6 +266,8 @@ class FastForms:
             lambda subscription: endpoints.replay_pages(hub, subscription, plan),
             error_cors=opened.cors,
             topic=plan.topic,
+            deadline=math.inf if expires_in is None else trio.current_time() + expires_in,
+            expired=endpoints.EXPIRED_FRAME,
         )
 
     async def _mercure(self, connection: Connection, request: h1.Request) -> bool:
@@ -316,11 +319,13 @@ class FastForms:
         error_cors: endpoints.Headers,
         topic: str,
         deadline: float = math.inf,
+        expired: bytes = b"",
     ) -> None:
         """Serve a subscriber's stream until it ends, the peer leaves, or
         ``deadline`` (its token's expiry) passes, then end the body (the
         connection then closes). ``head()`` is the stream's response head,
-        ``replay`` what it resumes from.
+        ``replay`` what it resumes from, ``expired`` its last frame at
+        ``deadline``.
 
         The task parks on the socket (to see the peer leave) rather than on
         the queue: while it is parked the topic writes to the socket directly
@@ -345,6 +350,8 @@ class FastForms:
                                 continue
                         subscription.unpark()
                         if trio.current_time() >= deadline:
+                            if expired:
+                                await connection.write_all(h1.chunk(expired))
                             break
                         try:
                             chunk = subscription.take_nowait()

@@ -134,15 +134,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
                 async with aclosing(subscribe.replay_pages(hub, subscription, plan)) as pages:
                     async for page in pages:
                         yield page
-                # Until the token expires (the cancel scope holds each wait, never a yield).
-                while True:
-                    with trio.move_on_at(deadline):
-                        try:
-                            chunk = await subscription.__anext__()
-                        except StopAsyncIteration:
-                            return
-                    if trio.current_time() >= deadline:
-                        return
+                async for chunk in web.until(deadline, subscription):
                     yield chunk
             except EsperError as error:
                 log.warning("Mercure stream to %s ended: %s", client, error.reason)
