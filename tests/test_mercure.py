@@ -6,7 +6,10 @@ errors, and two nodes on a real redis-server."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -15,7 +18,15 @@ import jwt
 import pytest
 import trio
 
-from .conftest import STEP_SECONDS, Broker, RedisServer, SSEStream, open_sse, start_broker
+from .conftest import (
+    STEP_SECONDS,
+    Broker,
+    RedisServer,
+    SSEStream,
+    broker_process,
+    open_sse,
+    start_broker,
+)
 
 KEY = "a-mercure-key-long-enough-for-hs256-0123456789"
 HUB = "/.well-known/mercure"
@@ -299,3 +310,32 @@ async def test_the_subscriptions_api_is_off_by_default(
 
 def _data(frame: bytes) -> str:
     return "\n".join(line[6:] for line in frame.decode().splitlines() if line.startswith("data: "))
+
+
+async def test_updates_survive_a_restart_with_sqlite_history(
+    tmp_path: Path, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    # A Mercure update in a SQLite history survives a kill -9 (acknowledged
+    # means committed), with its route: private stays private, and a resuming
+    # subscription gets the updates its selectors select, across topics.
+    argv = [sys.executable, "-m", "trio_esper", "--port", "0", "--mercure-anonymous"]
+    argv += ["--history", f"sqlite:{tmp_path / 'history.db'}"]
+    env = {**os.environ, "ESPER_PUBLISHER_SECRET": KEY, "ESPER_SUBSCRIBER_SECRET": KEY}
+    async with broker_process(argv=argv, env=env) as first:
+        ids = [
+            (await publish(client, first.url, topic, **fields)).text
+            for topic, fields in [
+                ("https://example.com/books/1", {}),
+                ("https://example.com/books/2", {"private": "on"}),
+                ("https://example.com/other", {}),
+                ("https://example.com/books/3", {}),
+            ]
+        ]
+        first.process.kill()
+        await first.process.wait()
+    async with broker_process(argv=argv, env=env) as second:
+        anonymous = await subscribe(second.url, BOOKS, headers={"Last-Event-ID": "earliest"})
+        assert await anonymous.ids(2) == [ids[0], ids[3]]
+        allowed = {"Last-Event-ID": ids[0], "Authorization": f"Bearer {token(subscribe=['*'])}"}
+        resumed = await subscribe(second.url, BOOKS, headers=allowed)
+        assert await resumed.ids(2) == [ids[1], ids[3]]
