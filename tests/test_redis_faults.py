@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import coredis
 import httpx
 import pytest
 import trio
@@ -21,7 +23,7 @@ import trio
 from trio_esper.errors import OutcomeUnknown
 from trio_esper.history import Record
 from trio_esper.history import redis as redis_history
-from trio_esper.history.redis import open_redis_history
+from trio_esper.history.redis import RedisHistory, open_redis_history
 from trio_esper.sse import Event
 
 from .conftest import (
@@ -219,6 +221,18 @@ async def test_a_publish_redis_never_answers_is_504_and_redis_refuses_it_when_it
             assert [r.event.data for r in replay.records] == ["before", "after"]
 
 
+async def test_the_deadline_is_set_on_redis_clock_to_the_millisecond(redis_dir: Path) -> None:
+    with running_redis(redis_dir) as redis:
+        client = coredis.Redis.from_url(redis.url, decode_responses=True)
+        async with client:
+            history = RedisHistory(client, redis.url, max_events_per_topic=10)
+            await history.measure_clock()
+            # Redis runs on this machine: its clock is ours (coredis' own TIME
+            # would be up to a second off: it drops the fraction).
+            estimate_ms = trio.current_time() * 1000 + history.clock_offset_ms
+            assert abs(estimate_ms - time.time() * 1000) < 100
+
+
 async def test_a_publish_that_never_reached_redis_is_503_at_once(
     redis_dir: Path, client: httpx.AsyncClient
 ) -> None:
@@ -227,6 +241,8 @@ async def test_a_publish_that_never_reached_redis_is_503_at_once(
             await published(client, node, "stalledtopic4", "data: before\n")
             redis.kill()
             with trio.fail_after(STEP_SECONDS):
+                while (await client.get(f"{node.url}/ready")).status_code != 503:
+                    await trio.sleep(0.05)
                 reply = await client.post(
                     f"{node.url}/publish/stalledtopic4", content=b"data: refused\n"
                 )

@@ -78,6 +78,7 @@ from ..routing import Route
 from ..sse import Event
 from . import Deliver, HistoryStatistics, Record, Replay
 from .redis_entries import (
+    CLOCK_SCRIPT,
     IDS_PREFIX,
     KEY_PREFIX,
     NOTIFY_CHANNEL,
@@ -155,8 +156,9 @@ class RedisHistory:
         self.down_reason: str | None = None
         self._statistics = HistoryStatistics("redis", 0, 0, 0)
         self._publish = self._publisher.register_script(PUBLISH_SCRIPT)
+        self._clock = client.register_script(CLOCK_SCRIPT)
         #: Redis' clock minus trio's, in milliseconds (:meth:`measure_clock`).
-        self._clock_offset_ms = time.time() * 1000 - trio.current_time() * 1000
+        self.clock_offset_ms = time.time() * 1000 - trio.current_time() * 1000
         #: ``--backplane-eviction``; why publishes are refused for it, if they are.
         self.eviction = eviction
         self.eviction_refusal: str | None = None
@@ -191,7 +193,7 @@ class RedisHistory:
             raise HistoryError(f"{self.eviction_refusal}: not stored")
         now = time.time()
         deadline_ms = int(
-            trio.current_time() * 1000 + self._clock_offset_ms + PUBLISH_WINDOW_SECONDS * 1000
+            trio.current_time() * 1000 + self.clock_offset_ms + PUBLISH_WINDOW_SECONDS * 1000
         )
         args = script_args(
             events,
@@ -292,7 +294,7 @@ class RedisHistory:
         return self.down_reason or self.eviction_refusal
 
     async def measure_clock(self) -> None:
-        """Learn Redis' clock (``TIME``) against trio's, for the publish
+        """Learn Redis' clock (``TIME``, by :data:`CLOCK_SCRIPT`) against trio's, for the publish
         deadlines. Its error is half a round trip; an error only moves where
         a slow publish is refused, never what its answer says.
 
@@ -301,9 +303,9 @@ class RedisHistory:
         """
         with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
             sent = trio.current_time()
-            server = await self._client.time()
+            server_ms = int(await self._clock())
             received = trio.current_time()
-        self._clock_offset_ms = server.timestamp() * 1000 - (sent + received) * 500
+        self.clock_offset_ms = server_ms - (sent + received) * 500
 
     async def check_eviction(self) -> None:
         """Read Redis' ``maxmemory-policy`` and warn (``--backplane-eviction

@@ -79,6 +79,14 @@ redis.call('PUBLISH', ARGV[6], ARGV[5])
 return answer
 """
 
+#: Redis' clock in milliseconds, as :data:`PUBLISH_SCRIPT` reads it (coredis'
+#: ``time()`` drops the fraction of the second). Writes nothing, so Redis runs
+#: it even when out of memory.
+CLOCK_SCRIPT = """
+local clock = redis.call('TIME')
+return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
 
 def trim_batch(max_events_per_topic: int) -> int:
     """A stream is trimmed to ``max_events_per_topic`` once it holds this many
