@@ -43,6 +43,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_esper.acme import manager
 from trio_esper.acme.hello import NEED_DATA, Hello, parse_client_hello
+from trio_esper.cli import parse_config
+from trio_esper.config import Config
 
 from .conftest import (
     STEP_SECONDS,
@@ -607,9 +609,7 @@ async def test_an_expired_certificate_is_not_ready(
 
 
 #: The page's command, as an operator types it.
-DOCUMENTED = re.compile(
-    r"^trio-esper --bind 0\.0\.0\.0 --port 443 --acme-domain .*--acme-email .*$", re.M
-)
+DOCUMENTED = re.compile(r"^trio-esper --acme-domain .*--acme-email .*$", re.MULTILINE)
 
 
 async def test_the_documented_command_with_two_workers(
@@ -622,12 +622,7 @@ async def test_the_documented_command_with_two_workers(
     found = DOCUMENTED.search((ROOT / "docs" / "acme.md").read_text())
     assert found is not None
     port, http_port = free_port(), free_port()
-    line = (
-        found.group(0)
-        .replace("--bind 0.0.0.0", "--bind 127.0.0.1")
-        .replace("--port 443", f"--port {port}")
-        .replace("events.example.com", f"{NAMES[0]} --acme-domain {NAMES[1]}")
-    )
+    line = found.group(0).replace("events.example.com", f"{NAMES[0]} --acme-domain {NAMES[1]}")
     with pebble_running(
         pebble_bin, dns_port, tmp_path / "pebble", tls_port=free_port(), http_port=http_port
     ) as pebble:
@@ -639,6 +634,8 @@ async def test_the_documented_command_with_two_workers(
             *("--acme-directory", pebble.directory, "--acme-ca-bundle", str(pebble.ca_bundle)),
             *("--acme-storage", str(tmp_path / "acme"), "--acme-http-port", str(http_port)),
             *("--threads", "2", "--backplane", redis_server.url, "--no-auth"),
+            # Not the defaults ACME brings, 0.0.0.0:443: loopback, a free port.
+            *("--bind", "127.0.0.1", "--port", str(port)),
         ]
         with running(argv, tmp_path / "broker.log", start_new_session=True):
             serial = await wait_for_certificate(pebble, port)
@@ -771,3 +768,16 @@ async def test_nodes_on_the_backplane_order_once(
     assert (answering / "certificate.pem").read_bytes() == (
         ordering / "certificate.pem"
     ).read_bytes()
+
+
+def test_acme_makes_the_public_port_the_default() -> None:
+    """With --acme-domain, port 443 of every interface unless told otherwise;
+    without it, the defaults stay 127.0.0.1:3000."""
+    given = Config.from_env({"ESPER_ACME_DOMAINS": "a.esper.test"})
+    assert (given.bind, given.port) == ("0.0.0.0", 443)
+    told = parse_config(["--acme-domain", "a.esper.test", "--port", "8443"], {})
+    assert (told.bind, told.port) == ("0.0.0.0", 8443)
+    told = parse_config(["--acme-domain", "a.esper.test"], {"ESPER_BIND": "127.0.0.2"})
+    assert (told.bind, told.port) == ("127.0.0.2", 443)
+    plain = Config.from_env({})
+    assert (plain.bind, plain.port) == ("127.0.0.1", 3000)

@@ -133,18 +133,18 @@ CLAIMS: dict[tuple[str, str], str] = {
     ("docs/tls.md", "openssl req -x509 -newkey ec"): "test_tls",
     ("docs/tls.md", "curl --cacert cert.pem --http2 -N"): "test_tls",
     ("docs/scaling.md", "redis-server --port 6379"): "test_backplane",
-    ("README.md", "trio-esper --bind 0.0.0.0 --port 443 --acme-domain"): (
+    ("README.md", "trio-esper --acme-domain events.example.com --acme-email"): (
         NOT_RUN + "it needs a public name and ports 443 and 80 reachable from Let's Encrypt; "
         "tests/test_acme.py runs the same flags against Pebble on loopback"
     ),
     (
         "docs/acme.md",
-        "trio-esper --bind 0.0.0.0 --port 443 --acme-domain events.example.com --acme-email",
+        "trio-esper --acme-domain events.example.com --acme-email",
     ): (
         NOT_RUN + "a public name, and Let's Encrypt; tests/test_acme.py's "
         "test_the_documented_command_with_two_workers runs this line against Pebble on loopback"
     ),
-    ("docs/acme.md", "trio-esper --bind 0.0.0.0 --port 443 --acme-domain events.example.com \\"): (
+    ("docs/acme.md", "trio-esper --acme-domain events.example.com \\"): (
         NOT_RUN + "a public name, and Let's Encrypt's staging directory; tests/test_acme.py "
         "gives --acme-directory (Pebble's) the same way"
     ),

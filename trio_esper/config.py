@@ -89,6 +89,10 @@ LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 #: Relative to the working directory (the container's is /data).
 DEFAULT_ACME_STORAGE = "acme"
+#: Where the broker listens with --acme-domain, unless told: where the ACME
+#: server (and every client) comes to the name, port 443 of every interface.
+ACME_BIND = "0.0.0.0"  # noqa: S104 (on purpose: a public name)
+ACME_PORT = 443
 #: Where an ACME server sends HTTP-01 validations: always port 80 (RFC 8555, section 8.3).
 DEFAULT_ACME_HTTP_PORT = 80
 
@@ -294,8 +298,18 @@ def setting(
 class Config:
     """Everything the broker can be told. Build with :meth:`from_env` or directly."""
 
-    bind: str = setting(DEFAULT_BIND, "--bind", metavar="ADDR", help="address to listen on")
-    port: int = setting(DEFAULT_PORT, "--port", metavar="N", help="port; `0` picks a free one")
+    bind: str = setting(
+        DEFAULT_BIND,
+        "--bind",
+        metavar="ADDR",
+        help="address to listen on; `0.0.0.0` if not given, with `--acme-domain`",
+    )
+    port: int = setting(
+        DEFAULT_PORT,
+        "--port",
+        metavar="N",
+        help="port; `0` picks a free one; `443` if not given, with `--acme-domain`",
+    )
     certfile: str | None = setting(
         None,
         "--certfile",
@@ -862,6 +876,10 @@ class Config:
             else:
                 values[s.field] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("acme_domains"):
+            # A public name's certificate is for a public port: HTTPS in one flag.
+            values.setdefault("bind", ACME_BIND)
+            values.setdefault("port", ACME_PORT)
         if no_auth:
             for name in (*_AUTH_FIELDS, *_BEARER_FIELDS):
                 values[name] = None
