@@ -433,6 +433,23 @@ async def test_refuse_an_evicting_policy_when_told_to(
             # volatile-* evicts keys with a TTL only: the broker's have none.
             assert not node.log_lines("maxmemory-policy")
             await published(client, node, "evicttopic2", "data: kept\n")
+            # Made evicting while the broker runs: publishes are refused until it is undone.
+            await redis_command(redis, "CONFIG", "SET", "maxmemory-policy", "allkeys-random")
+            with trio.fail_after(STEP_SECONDS * 2):
+                while (await client.get(f"{node.url}/ready")).status_code != 503:
+                    await trio.sleep(0.2)
+            refused = await client.post(f"{node.url}/publish/evicttopic2", content=b"data: no\n")
+            assert refused.status_code == 503
+            assert "allkeys-random" in refused.text
+            assert "not stored" in refused.text
+            await redis_command(redis, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+            with trio.fail_after(STEP_SECONDS * 2):
+                while (await client.get(f"{node.url}/ready")).status_code != 200:
+                    await trio.sleep(0.2)
+            await published(client, node, "evicttopic2", "data: kept again\n")
+            history = await client.get(f"{node.url}/history/evicttopic2")
+            kept = [json.loads(line)["data"] for line in history.text.splitlines()]
+            assert kept == ["kept", "kept again"]
 
 
 async def test_a_policy_that_cannot_be_read_is_said_once(
