@@ -104,6 +104,8 @@ COMMAND_TIMEOUT_SECONDS = 2.0
 #: Redis stores a publish only if it runs it within this long of its sending
 #: (by Redis' clock); later, it refuses it, and the publisher gets 503.
 PUBLISH_WINDOW_SECONDS = COMMAND_TIMEOUT_SECONDS
+#: A reading of Redis' clock that took longer is not taken (its error is half that).
+CLOCK_RTT_SECONDS = 0.5
 #: After the window, how long a publish still waits for Redis' answer (it
 #: says what happened) before the answer is 504, outcome unknown: long
 #: enough for a stall, short enough for a publisher's own timeout.
@@ -294,8 +296,10 @@ class RedisHistory:
         return self.down_reason or self.eviction_refusal
 
     async def measure_clock(self) -> None:
-        """Learn Redis' clock (``TIME``, by :data:`CLOCK_SCRIPT`) against trio's, for the publish
-        deadlines. Its error is half a round trip; an error only moves where
+        """Learn Redis' clock (``TIME``, by :data:`CLOCK_SCRIPT`) against
+        trio's, for the publish deadlines. Its error is at most half the round
+        trip, and a reading whose round trip exceeds :data:`CLOCK_RTT_SECONDS`
+        (a stall that ended meanwhile) is not taken. An error only moves where
         a slow publish is refused, never what its answer says.
 
         Raises:
@@ -305,7 +309,8 @@ class RedisHistory:
             sent = trio.current_time()
             server_ms = int(await self._clock())
             received = trio.current_time()
-        self.clock_offset_ms = server_ms - (sent + received) * 500
+        if received - sent <= CLOCK_RTT_SECONDS:
+            self.clock_offset_ms = server_ms - (sent + received) * 500
 
     async def check_eviction(self) -> None:
         """Read Redis' ``maxmemory-policy`` and warn (``--backplane-eviction
