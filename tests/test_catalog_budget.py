@@ -14,6 +14,7 @@ import gc
 import tracemalloc
 from collections.abc import Sequence
 
+import httpx
 import trio
 
 from trio_esper.catalog import BUDGET_SHARE, Catalog
@@ -22,7 +23,7 @@ from trio_esper.history.memory import MemoryHistory
 from trio_esper.hub import open_hub
 from trio_esper.sse import Event
 
-from .conftest import start_broker
+from .conftest import STEP_SECONDS, start_broker
 from .rawhttp import publish, stats
 
 KIB = 1024
@@ -119,4 +120,26 @@ async def test_a_broker_counts_its_catalog_in_the_budget(nursery: trio.Nursery) 
     # The broker still takes publishes and lists the newest topic.
     await publish(broker, "many0010000", b"data: last\n")
     assert hub.catalog.get("many0010000") is not None
+    await broker.stop()
+
+
+async def test_creating_past_the_catalogs_share_answers_503(nursery: trio.Nursery) -> None:
+    budget = 64 * KIB
+    broker = await start_broker(nursery, history_max_bytes=budget)
+    created = 0
+    async with httpx.AsyncClient(timeout=STEP_SECONDS) as client:
+        while True:
+            reply = await client.post(f"{broker.url}/api/v1/pubsubs", json={})
+            if reply.status_code != 201:
+                break
+            created += 1
+            assert created < 1000, "never refused"
+        assert reply.status_code == 503, reply.text
+        assert "memory budget" in reply.text
+        assert reply.headers["retry-after"].isdigit()
+    # Far below --max-topics: the catalog's quarter of the budget is full.
+    assert 10 < created < 1000
+    assert broker.hub.catalog.bytes <= budget // BUDGET_SHARE
+    # Publishing ad hoc still works; the topic is simply not listed.
+    await publish(broker, "notlisted01", b"data: x\n")
     await broker.stop()

@@ -1085,7 +1085,10 @@ class Hub:
                 "this broker keeps history in memory"
             )
         if catalog.full():
-            raise LimitReached(f"the broker holds its limit of {catalog.capacity} created topics")
+            raise LimitReached(
+                f"the broker holds its limit of {catalog.capacity} created topics "
+                "(or as many as the catalog's share of the memory budget holds)"
+            )
         if topic is None:
             topic = secrets.token_hex(TOPIC_ID_BYTES)
         created = catalog.create(
