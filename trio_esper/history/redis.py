@@ -546,11 +546,14 @@ NEVER_SENT_MESSAGES = ("Unable to establish a connection", "Connection not usabl
 
 
 def _never_sent(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a command, means the command never reached
-    Redis: no connection could be made, or the one taken was already
-    broken. Anything else (a timeout, a connection lost while waiting) may
-    come after Redis ran it. (coredis says which by the message alone;
-    tests/test_redis_faults.py checks these against the installed coredis.)"""
+    """Whether ``exc``, raised by a command, means Redis never ran it: no
+    connection could be made, or the one taken was already broken, or Redis
+    answered that it is still loading its data. Anything else (a timeout, a
+    connection lost while waiting) may come after Redis ran it. (coredis says
+    which by the message alone; tests/test_redis_faults.py checks the refused
+    connection against the installed coredis.)"""
+    if isinstance(exc, coredis.exceptions.BusyLoadingError):  # Redis' answer: LOADING
+        return True
     return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
         NEVER_SENT_MESSAGES
     )
