@@ -6,6 +6,7 @@ stall writes to the log."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -289,6 +290,15 @@ async def test_a_stall_logs_one_line_per_failure_kind(
         assert len(backplane) <= 12, "\n".join(log)
         assert len(log) <= len(backplane) + 6, "\n".join(log)
         assert [line for line in backplane if "coredis" in line or "failed" in line]
+
+
+def test_coredis_logs_through_the_one_logger_the_backplane_filters() -> None:
+    # CoredisLines sits on the "coredis" logger: a logger of another name (a
+    # child's records do not pass its parent's filters) would get past it.
+    names: set[str] = set()
+    for path in Path(coredis.__file__).parent.rglob("*.py"):
+        names.update(re.findall(r"getLogger\(([^)]*)\)", path.read_text()))
+    assert names == {'"coredis"'}
 
 
 # -- 7. publisher-chosen ids, as on one node -------------------------------------------
