@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -781,3 +782,29 @@ def test_acme_makes_the_public_port_the_default() -> None:
     assert (told.bind, told.port) == ("127.0.0.2", 443)
     plain = Config.from_env({})
     assert (plain.bind, plain.port) == ("127.0.0.1", 3000)
+
+
+async def test_an_http_port_that_cannot_be_bound(
+    nursery: trio.Nursery,
+    pebble_bin: Path,
+    dns_port: int,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--acme-http-port taken by another program: a warning, and the
+    certificate comes by TLS-ALPN-01 alone (HTTP-01 is not tried)."""
+    caplog.set_level(logging.INFO, logger="trio_esper")
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_port = taken.getsockname()[1]
+        with pebble_running(
+            pebble_bin, dns_port, tmp_path / "pebble", tls_port=port, http_port=http_port
+        ) as pebble:
+            settings = acme_settings(pebble, tmp_path / "acme", acme_http_port=http_port)
+            await start_acme_broker(nursery, port, **settings)
+            await wait_for_certificate(pebble, port, timeout=STEP_SECONDS)
+    [warning] = messages(caplog, "acme_http_unavailable")
+    assert f"cannot listen on port {http_port} for ACME HTTP-01" in warning
+    assert messages(caplog, "acme_failed") == []

@@ -76,9 +76,10 @@ async def _serving(
     metrics.sections["certificate"] = certificates.statistics
     metrics.readiness.append(certificates.readiness)
     async with trio.open_nursery() as nursery:
-        await nursery.start(certificates.run)
         if config.acme_http_port:
-            await nursery.start(serve_http01, config, storage, tls_port)
+            bound = await nursery.start(serve_http01, config, storage, tls_port)
+            certificates.http01 = bound is not None
+        await nursery.start(certificates.run)
         try:
             yield certificates
         finally:

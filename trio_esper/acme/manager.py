@@ -119,6 +119,9 @@ class Certificates:
         self._next_renewal: float | None = None
         #: When the order loop looks again (time.time()).
         self._wake = 0.0
+        #: Whether this process serves the HTTP-01 port (``--acme-http-port``, bound):
+        #: HTTP-01 is answered then, else TLS-ALPN-01 alone.
+        self.http01 = False
         #: TLS-ALPN-01 contexts by name, with the challenge file's mtime.
         self._alpn: dict[str, tuple[int, ssl.SSLContext]] = {}
         self._alpn_directory = storage.path / "challenges" / "tls-alpn-01"
@@ -315,8 +318,8 @@ class Certificates:
         )
         # HTTP-01 first where its port is served (it works behind a TLS-terminating
         # load balancer), and the other one after a failure.
-        kinds = [TLS_ALPN01, HTTP01] if self._config.acme_http_port else [TLS_ALPN01]
-        if self._config.acme_http_port and self._failures % 2 == 0:
+        kinds = [TLS_ALPN01, HTTP01] if self.http01 else [TLS_ALPN01]
+        if self.http01 and self._failures % 2 == 0:
             kinds.reverse()
         chosen = session.choose(order, kinds)
         files = []
