@@ -301,6 +301,14 @@ def test_coredis_logs_through_the_one_logger_the_backplane_filters() -> None:
     assert names == {'"coredis"'}
 
 
+def test_coredis_still_says_never_sent_in_the_words_the_backplane_reads() -> None:
+    # A publish failing with one of these is 503 (never reached Redis); any
+    # other failure is 504. A reworded message would turn a sure 503 into 504.
+    source = "".join(p.read_text() for p in Path(coredis.__file__).parent.rglob("*.py"))
+    for message in redis_history.NEVER_SENT_MESSAGES:
+        assert re.search(r'ConnectionError\(\s*f?"' + re.escape(message), source), message
+
+
 # -- 7. publisher-chosen ids, as on one node -------------------------------------------
 
 
