@@ -550,8 +550,8 @@ def _never_sent(exc: BaseException) -> bool:
     connection could be made, or the one taken was already broken, or Redis
     answered that it is still loading its data. Anything else (a timeout, a
     connection lost while waiting) may come after Redis ran it. (coredis says
-    which by the message alone; tests/test_redis_faults.py checks the refused
-    connection against the installed coredis.)"""
+    which by the message alone; tests/test_redis_faults.py checks that the
+    installed coredis still raises these, and a refused connection.)"""
     if isinstance(exc, coredis.exceptions.BusyLoadingError):  # Redis' answer: LOADING
         return True
     return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
