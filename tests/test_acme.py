@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import trio
 import trustme
@@ -332,9 +333,13 @@ async def test_issues_for_two_names_and_serves_http2_by_name(
             first_event = time.monotonic() - started
             stats = (await client.get(url(port, "/stats"), **sni(NAMES[0]))).json()
             metrics = (await client.get(url(port, "/metrics"), **sni(NAMES[0]))).text
+            document = (await client.get(url(port, "/openapi.json"), **sni(NAMES[0]))).json()
         print(f"start to first HTTPS event against Pebble: {first_event:.2f} s")
         assert await ready(port) == (200, {"status": "ready"})
         assert stats["certificate"]["serial"] == serial
+        # As the OpenAPI document describes it.
+        schema = {"$ref": "#/components/schemas/Stats", "components": document["components"]}
+        jsonschema.validate(stats, schema)
         assert stats["certificate"]["names"] == sorted(NAMES)
         not_after = x509.load_pem_x509_certificate(
             (storage / "certificate.pem").read_bytes()

@@ -244,6 +244,36 @@ def _statistics(cls: type, descriptions: dict[str, str], **overrides: Json) -> J
     return _object(properties)
 
 
+#: With --acme-domain only: the certificate served (acme/manager.py, Certificates.statistics).
+_CERTIFICATE_FIELD: dict[str, Json] = {
+    "certificate": {
+        "type": "object",
+        "description": "With ACME (--acme-domain): the certificate served and its renewal.",
+        "properties": {
+            "names": {"type": "array", "items": {"type": "string"}},
+            "serial": {"type": ["string", "null"], "description": "Hexadecimal."},
+            "issuer": {"type": ["string", "null"]},
+            "not_before": {"type": ["string", "null"], "format": "date-time"},
+            "not_after": {"type": ["string", "null"], "format": "date-time"},
+            "expires_in_seconds": {"type": ["integer", "null"]},
+            "next_renewal": {"type": ["string", "null"], "format": "date-time"},
+            "failures": _count("Orders and renewal checks that failed since start."),
+            "last_error": {"type": ["string", "null"]},
+        },
+        "required": [
+            "names",
+            "serial",
+            "issuer",
+            "not_before",
+            "not_after",
+            "expires_in_seconds",
+            "next_renewal",
+            "failures",
+            "last_error",
+        ],
+        "additionalProperties": False,
+    }
+}
 _STATS_FIELDS: dict[str, Json] = {
     "version": {"type": "string", "description": "The broker's version."},
     "pid": {
@@ -381,9 +411,10 @@ SCHEMAS: Json = {
             )
         }
     ),
-    "Stats": _object(_STATS_FIELDS),
+    "Stats": _object(_STATS_FIELDS | _CERTIFICATE_FIELD, optional=_CERTIFICATE_FIELD),
     "StatsSnapshot": _object(
         _STATS_FIELDS
+        | _CERTIFICATE_FIELD
         | {
             "time": {"type": "number", "description": "When it was taken, Unix seconds."},
             "connections": _count("Open client connections."),
@@ -403,7 +434,8 @@ SCHEMAS: Json = {
                     }
                 ),
             },
-        }
+        },
+        optional=_CERTIFICATE_FIELD,
     ),
     "Health": _object({"status": {"const": "ok"}, "version": {"type": "string"}}),
     "Ready": _object({"status": {"const": "ready"}}),
