@@ -56,7 +56,6 @@ from .conftest import (
     open_sse,
     start_broker,
 )
-from .conftest import redis_server as redis_server  # the fixture
 
 PEBBLE_BIN = Path(
     os.environ.get(
