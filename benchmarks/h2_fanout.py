@@ -364,6 +364,7 @@ def broker(mode: str, certfile: Path, keyfile: Path, log: Path) -> Iterator[tupl
     # No subscriber is dropped for lagging behind the client, and the
     # publisher's connection stays open while the subscribers connect.
     args += ["--log-level", "info", "--queue", "100000", "--keep-alive", "3600"]
+    args += ["--queue-bytes", str(1 << 40), "--queue-total-bytes", str(1 << 40)]
     if mode.endswith("-tls"):
         args += ["--certfile", str(certfile), "--keyfile", str(keyfile)]
     if mode == "h1-quart":
