@@ -187,3 +187,24 @@ async def test_index_shrinks_after_a_burst_of_one_off_topics() -> None:
     # The index was rebuilt to fit one topic, not left sized for 5001 (which
     # would have cost about 500 kB, and steady001's events with it).
     assert stats.bytes <= fresh.statistics().bytes + 500
+
+
+async def test_bytes_charged_by_others_make_room_at_once() -> None:
+    """What the topic catalog holds is charged to the history's budget
+    (``charge``): room is made at once, least recently published first, and
+    bytes given back leave room for later publishes."""
+    history = MemoryHistory(max_events_per_topic=100, max_bytes=1 << 40)
+    for t in range(10):
+        await history.append(f"topic{t:04d}", [Event("x" * 100)], nowhere)
+    full = history.statistics()
+    history.max_bytes = full.bytes
+    history.charge(full.bytes // 2)  # no publish: the eviction happens now
+    halved = history.statistics()
+    assert halved.bytes <= full.bytes // 2
+    assert 0 < halved.topics < 10
+    assert (await history.after("topic0000", None, 10)).records == []  # the oldest went
+    assert (await history.after("topic0009", None, 10)).records != []  # the newest stayed
+    history.charge(-(full.bytes // 2))
+    for t in range(10, 14):
+        await history.append(f"topic{t:04d}", [Event("x" * 100)], nowhere)
+    assert history.statistics().topics == halved.topics + 4  # room again, nothing evicted
