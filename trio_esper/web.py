@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
 from typing import Any, TypedDict, cast
 
@@ -168,8 +168,9 @@ async def stream_response(
             async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
                 async for page in pages:
                     yield page
-            async for chunk in until(deadline, subscription):
-                yield chunk
+            async with aclosing(until(deadline, subscription)) as live:
+                async for chunk in live:
+                    yield chunk
             if trio.current_time() >= deadline:
                 yield endpoints.EXPIRED_FRAME
         except EsperError as error:
@@ -179,9 +180,10 @@ async def stream_response(
     return endless(Response(stream(), status=200, headers=Headers(headers)))
 
 
-async def until(deadline: float, subscription: Subscription) -> AsyncIterator[bytes]:
+async def until(deadline: float, subscription: Subscription) -> AsyncGenerator[bytes, None]:
     """What ``subscription`` gives until it ends or ``deadline`` passes (a
-    token's expiry). The cancel scope holds each wait, never a ``yield``."""
+    token's expiry). The cancel scope holds each wait, never a ``yield``.
+    Use with ``contextlib.aclosing``."""
     while True:
         with trio.move_on_at(deadline):
             try:

@@ -134,8 +134,9 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
                 async with aclosing(subscribe.replay_pages(hub, subscription, plan)) as pages:
                     async for page in pages:
                         yield page
-                async for chunk in web.until(deadline, subscription):
-                    yield chunk
+                async with aclosing(web.until(deadline, subscription)) as live:
+                    async for chunk in live:
+                        yield chunk
             except EsperError as error:
                 log.warning("Mercure stream to %s ended: %s", client, error.reason)
 
