@@ -22,7 +22,6 @@ import contextlib
 import datetime
 import logging
 import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass, replace
@@ -174,7 +173,7 @@ class Certificates:
             return served
         offered = None
         with trio.move_on_after(self._config.request_head_timeout_seconds) as waited:
-            offered = await _peek_hello(connection.socket)
+            offered = await _peek_hello(connection)
         if waited.cancelled_caught:
             return None  # nothing came within the handshake's own time
         if offered is None or hello.ACME_TLS_ALPN not in offered.protocols:
@@ -445,14 +444,14 @@ class Certificates:
         return context
 
 
-async def _peek_hello(sock: trio.socket.SocketType) -> hello.Hello | None:
+async def _peek_hello(connection: Connection) -> hello.Hello | None:
     """The connection's ClientHello, read without taking it off the socket
     (the handshake reads it again); ``None`` if it is not one, or the peer
     closed or broke. The caller bounds the wait (the handshake's timeout)."""
     while True:
         try:
-            data = await sock.recv(hello.MAX_RECORD_BYTES, socket.MSG_PEEK)
-        except OSError:
+            data = await connection.peek(hello.MAX_RECORD_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         if not data:
             return None
