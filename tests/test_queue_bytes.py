@@ -56,6 +56,24 @@ async def test_a_subscription_is_dropped_at_its_byte_bound() -> None:
         assert stats.queued_bytes == frame_bytes(Event(DATA, id="e0"))
 
 
+async def test_a_subscription_with_nothing_pending_takes_any_one_publish() -> None:
+    """The bounds apply to what is pending: a publish of more events (or
+    bytes) than the queue holds reaches a subscriber that is caught up, whole,
+    as it did while the queue was opened per record."""
+    async with (
+        open_hub(queue_events=3, queue_bytes=3 * KIB, queue_total_bytes=1 << 30) as hub,
+        hub.subscribe("topic0001") as reader,
+    ):
+        batch = [Event(f"{n} {'b' * 1000}", id=f"b{n}") for n in range(10)]
+        await hub.publish("topic0001", batch)
+        assert not reader.dropped
+        assert await reader.__anext__() == b"".join(encode(e) for e in batch)
+        # Behind by that whole chunk (being written), the next publish is one too many.
+        await hub.publish("topic0001", [Event("c" * 1000, id="c0")])
+        assert reader.dropped
+        assert hub.statistics().dropped == 1
+
+
 async def test_the_total_bound_drops_the_subscription_holding_most() -> None:
     frame = frame_bytes(Event(DATA, id="e0"))
     total = 11 * frame
