@@ -21,7 +21,7 @@ from trio_esper.hub import Subscription, open_hub
 from trio_esper.sse import Event, encode
 
 from .conftest import STEP_SECONDS, Broker, start_broker
-from .rawhttp import Raw, open_subscriber, publish, stats, wait_for_clients
+from .rawhttp import Raw, exchange, open_subscriber, publish, stats, wait_for_clients
 
 #: An event's data: large enough that bytes, not events, fill a queue.
 KIB = 1024
@@ -210,6 +210,8 @@ async def test_stalled_subscribers_are_dropped_at_the_byte_bound(
     await reader.aclose()
     await wait_for_clients(broker, 0)
     assert (await stats(broker))["queued_bytes"] == 0
+    metrics = await exchange(broker, "GET", "/metrics")
+    assert b"\ntrio_esper_queued_bytes 0.0\n" in metrics.body
     await broker.stop()
 
 

@@ -171,6 +171,11 @@ class _HubCollector(Collector):
             ("history_topics", "Topics with retained events.", history.topics),
             ("history_events", "Retained events, all topics.", history.events),
             ("history_bytes", "History size: memory held, or file size.", history.bytes),
+            (
+                "queued_bytes",
+                "Bytes waiting for subscribers (queued or being written).",
+                stats.queued_bytes,
+            ),
         ):
             yield GaugeMetricFamily(f"trio_esper_{name}", help_text, value=value)
         for name, help_text, value in (
