@@ -76,17 +76,7 @@ def mint(
         subject = normalise_topic(topic)
     except InvalidTopic as exc:
         raise TokenError(f"invalid topic {topic[:80]!r}: {exc.reason}") from None
-    if ttl_seconds < 1:
-        raise TokenError(f"--ttl must be a positive number of seconds, got {ttl_seconds}")
-    if algorithm not in HMAC_ALGORITHMS:
-        raise TokenError(
-            f"{algorithm} is not an HMAC algorithm ({', '.join(sorted(HMAC_ALGORITHMS))})"
-        )
-    issued = int(time.time() if now is None else now)
-    claims: dict[str, str | int] = {"sub": subject, "iat": issued, "exp": issued + ttl_seconds}
-    if audience:
-        claims["aud"] = audience
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    return _signed({"sub": subject}, secret, ttl_seconds, audience, algorithm, now)
 
 
 def mint_mercure(
@@ -110,6 +100,23 @@ def mint_mercure(
         raise TokenError("the secret is empty")
     if not selectors or not all(selectors):
         raise TokenError(f"--mercure-{claim} needs a topic selector (a topic, a template or *)")
+    claims: dict[str, object] = {"mercure": {claim: list(selectors)}}
+    return _signed(claims, secret, ttl_seconds, audience, algorithm, now)
+
+
+def _signed(
+    claims: dict[str, object],
+    secret: str,
+    ttl_seconds: int,
+    audience: str | None,
+    algorithm: str,
+    now: float | None,
+) -> str:
+    """``claims`` with ``iat``, ``exp`` (integers) and ``aud``, signed.
+
+    Raises:
+        TokenError: ``ttl_seconds`` not positive, or ``algorithm`` not an HMAC one.
+    """
     if ttl_seconds < 1:
         raise TokenError(f"--ttl must be a positive number of seconds, got {ttl_seconds}")
     if algorithm not in HMAC_ALGORITHMS:
@@ -117,11 +124,7 @@ def mint_mercure(
             f"{algorithm} is not an HMAC algorithm ({', '.join(sorted(HMAC_ALGORITHMS))})"
         )
     issued = int(time.time() if now is None else now)
-    claims: dict[str, object] = {
-        "mercure": {claim: list(selectors)},
-        "iat": issued,
-        "exp": issued + ttl_seconds,
-    }
+    claims = {**claims, "iat": issued, "exp": issued + ttl_seconds}
     if audience:
         claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm=algorithm)
