@@ -52,7 +52,7 @@ STOPSIGNAL SIGTERM
 # No curl in slim images: Python's urllib. Exit 0 on a 2xx from /health, 1
 # otherwise (refused, timed out, an error status).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('ESPER_PORT') or '3000'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-m", "trio_esper.healthcheck"]
 
 ENTRYPOINT ["trio-esper"]
 # Extra flags: `docker run ... trio-esper --log-level debug` puts them here.

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 
 from .conftest import STEP_SECONDS, free_port
 
@@ -295,8 +296,9 @@ def test_context_has_the_package_and_nothing_generated(installed: Installed) -> 
     assert Path(where.stdout.decode().strip()).is_relative_to(installed.site)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
 async def test_entry_command_serves_and_the_health_check_follows_it(
-    dockerfile: Dockerfile, installed: Installed, tmp_path: Path
+    dockerfile: Dockerfile, installed: Installed, tmp_path: Path, tls: bool
 ) -> None:
     volume = dockerfile.volume()
     data = tmp_path / "data"
@@ -307,6 +309,14 @@ async def test_entry_command_serves_and_the_health_check_follows_it(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
     env |= {k: v.replace(volume, str(data)) for k, v in dockerfile.env().items()}
     env |= {"ESPER_BIND": "127.0.0.1", "ESPER_PORT": str(port)}
+    scheme = "http"
+    if tls:  # the port speaks TLS only (as with ACME): the check must follow it there
+        ca = trustme.CA()
+        cert = ca.issue_cert("events.example.com")
+        cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "cert.pem")
+        env |= {"ESPER_CERTFILE": str(tmp_path / "cert.pem")}
+        env |= {"ESPER_KEYFILE": str(tmp_path / "cert.pem")}
+        scheme = "https"
     env["PYTHONPATH"] = str(installed.site)
     # `trio-esper` is the built package's script; `python`, this interpreter.
     env["PATH"] = os.pathsep.join(
@@ -339,14 +349,14 @@ async def test_entry_command_serves_and_the_health_check_follows_it(
                 assert broker.poll() is None, "the broker exited"
                 await trio.sleep(0.1)
         assert not waiting.cancelled_caught, "never healthy within the start period"
-        async with httpx.AsyncClient(timeout=STEP_SECONDS) as client:
-            health = await client.get(f"http://127.0.0.1:{port}/health")
+        async with httpx.AsyncClient(timeout=STEP_SECONDS, verify=False) as client:
+            health = await client.get(f"{scheme}://127.0.0.1:{port}/health")
             assert health.json()["status"] == "ok"
-            ready = await client.get(f"http://127.0.0.1:{port}/ready")
+            ready = await client.get(f"{scheme}://127.0.0.1:{port}/ready")
             assert ready.json() == {"status": "ready"}
         assert (data / "history.db").is_file(), "the SQLite history lives in the volume"
         logged = await broker.stderr.receive_some()
-        assert f"listening on http://127.0.0.1:{port}".encode() in logged
+        assert f"listening on {scheme}://127.0.0.1:{port}".encode() in logged
 
         broker.send_signal(signal.Signals[dockerfile.one("STOPSIGNAL")])
         with trio.fail_after(DOCKER_STOP_SECONDS):
