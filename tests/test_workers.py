@@ -126,9 +126,7 @@ def worker_pids(running: BrokerProcess) -> list[int]:
     worker threads, so listed under any of its tasks)."""
     tasks = Path(f"/proc/{running.process.pid}/task")
     return sorted(
-        int(child)
-        for task in tasks.iterdir()
-        for child in (task / "children").read_text().split()
+        int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()
     )
 
 
