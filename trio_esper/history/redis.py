@@ -7,9 +7,9 @@ One Redis Stream per topic is the topic's ordered log (``XADD``, trimmed to
 ``N`` entries once it holds :func:`~.redis_entries.trim_batch` more). The
 stream entry id (``1795947651928-0``) is the event's SSE id, so a subscriber resumes with
 ``Last-Event-ID`` on any node. A publish is acknowledged once Redis has
-accepted its ``XADD`` (the events of one body, and a notice naming the topic
-on :data:`NOTIFY_CHANNEL`, in one script), and is *not* delivered
-by the node that took it: every node, that one included, follows the
+accepted its ``XADD`` (the events of one body, in one script, with a notice
+naming the topic on :data:`NOTIFY_CHANNEL`), and is *not* delivered
+by the node that took it the way one process delivers: every node follows the
 notices and reads (``XRANGE``, pipelined) the streams they name that it has
 local subscribers for, and hands what it reads to the hub, so every
 subscriber everywhere sees one order, the stream's. A node pays nothing for
@@ -17,14 +17,25 @@ topics it has no subscribers for but a notice each. Notices are lost while a
 node is unsubscribed: each (re)subscription reads every watched stream, and
 every stream is read every :data:`SWEEP_SECONDS` besides.
 
+Batches, as the SQLite writer commits: publishes go to one writer task
+(:meth:`RedisHistory._write`), which sends all those waiting in one script
+(one round trip; what comes meanwhile forms the next batch), and Redis sends
+one notice per batch naming its topics. Redis answers each publish with the
+entry id its stream had before it: when that is where this node's reader
+stands, the reader hands the publish's records to the hub without reading
+them (the position moves on at once, so a read in flight is read again),
+and the node skips its own notices (its token heads them); otherwise the
+stream is read. Each publish in a batch is decided on its own, as if it were
+sent alone.
+
 A subscription to a topic new to the node first *watches* the stream
 (:meth:`RedisHistory.watch`): it reads the stream's last id before the
 subscriber is told ``: subscribed``, and the reader starts after that id, so
 an event published after the subscribe is never missed.
 
-A publish is one Lua script (:data:`~.redis_entries.PUBLISH_SCRIPT`, with
-how an event is kept in Redis, in :mod:`.redis_entries`), so Redis decides it
-atomically: it refuses a repeated publisher id (409), and it refuses a
+A publish is one Lua call (:data:`~.redis_entries.PUBLISH_SCRIPT`, with
+how an event is kept in Redis, in :mod:`.redis_entries`; one per batch), so
+Redis decides it atomically: it refuses a repeated publisher id (409), and it refuses a
 publish it runs later than :data:`PUBLISH_WINDOW_SECONDS` after the broker
 sent it, by its own clock (``TIME``; the broker learns the offset to its own
 clock at start and every few seconds). The answer waits for that decision, so
@@ -60,11 +71,13 @@ line per kind, rate-limited (:class:`CoredisLines`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
+import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -84,8 +97,8 @@ from .redis_entries import (
     NOTIFY_CHANNEL,
     PUBLISH_SCRIPT,
     entry_fields,
+    publish_args,
     record_of,
-    script_args,
     seq_of,
     trim_batch,
     valid_entry_id,
@@ -119,6 +132,10 @@ RETRY_MAX_SECONDS = 2.0
 LOG_INTERVAL_SECONDS = 10.0
 #: How often the reader refreshes the statistics /stats shows.
 STATISTICS_INTERVAL_SECONDS = 5.0
+#: Most publishes the writer sends in one script (more wait for the next),
+#: and most of their arguments (a batch of large events is cut short).
+MAX_BATCH_PUBLISHES = 256
+MAX_BATCH_ARGS = 16384
 #: Errors that mean Redis (or the way to it) failed, not our request.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.RedisError,
@@ -127,6 +144,28 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Publish:
+    """One publish waiting for the writer (:meth:`RedisHistory._write`), then
+    for its answer."""
+
+    topic: str
+    events: Sequence[Event]
+    route: Route | None
+    #: Its publish time (the entries' ``t``), and the trio time after which
+    #: Redis refuses it.
+    now: float
+    deadline: float
+    #: Its part of :data:`PUBLISH_SCRIPT`'s ARGV.
+    args: list[str]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    #: Whether the writer has sent it (then only Redis knows what happened).
+    sent: bool = False
+    records: list[Record] | None = None
+    #: What to raise instead of returning ``records``.
+    failure: Callable[[], Exception] | None = None
 
 
 class RedisHistory:
@@ -158,6 +197,15 @@ class RedisHistory:
         self.down_reason: str | None = None
         self._statistics = HistoryStatistics("redis", 0, 0, 0)
         self._publish = self._publisher.register_script(PUBLISH_SCRIPT)
+        #: Publishes waiting for the writer, in the order taken.
+        self._queue: collections.deque[_Publish] = collections.deque()
+        self._queued = trio.Event()
+        #: Records this node's own publishes stored right after the reader's
+        #: position: the reader hands them to the hub without reading them.
+        self._local: list[tuple[str, list[Record]]] = []
+        #: Names this node in its notices (it skips its own: the writer marks
+        #: what it does not hand over itself).
+        self._token = secrets.token_hex(8)
         self._clock = client.register_script(CLOCK_SCRIPT)
         #: Redis' clock minus trio's, in milliseconds (:meth:`measure_clock`).
         self.clock_offset_ms = time.time() * 1000 - trio.current_time() * 1000
@@ -173,8 +221,9 @@ class RedisHistory:
     async def append(
         self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
     ) -> list[Record]:
-        """Store ``events`` by :data:`PUBLISH_SCRIPT`; waits for Redis to say
-        what it did (the module docstring: "A publish is one Lua script").
+        """Store ``events`` by :data:`PUBLISH_SCRIPT`, in the writer's next
+        batch; waits for Redis to say what it did (the module docstring: "A
+        publish is one Lua script").
 
         Raises:
             BadRequest: a publisher id is shaped like an entry id.
@@ -194,70 +243,151 @@ class RedisHistory:
             await trio.lowlevel.checkpoint()
             raise HistoryError(f"{self.eviction_refusal}: not stored")
         now = time.time()
-        deadline_ms = int(
-            trio.current_time() * 1000 + self.clock_offset_ms + PUBLISH_WINDOW_SECONDS * 1000
-        )
-        args = script_args(
+        sent_at = trio.current_time()
+        deadline = sent_at + PUBLISH_WINDOW_SECONDS
+        args = publish_args(
             events,
             (entry_fields(event, now, route) for event in events),
-            deadline_ms,
-            self.max_events_per_topic,
-            trim_batch(self.max_events_per_topic),
+            int(deadline * 1000 + self.clock_offset_ms),
             "1" if route is None else "0",
             topic,
-            NOTIFY_CHANNEL,
         )
+        item = _Publish(topic, events, route, now, deadline, args)
+        self._queue.append(item)
+        self._queued.set()
+        # Shielded: a publisher that leaves must not take its publish out of
+        # a batch, nor the batch's connection away from the others.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_at(deadline + OUTCOME_SECONDS):
+                await item.done.wait()
+            if not item.done.is_set():
+                if not item.sent:  # still queued behind a batch Redis does not answer
+                    self._queue.remove(item)
+                    raise HistoryError(
+                        "the backplane is unavailable (it has not taken the publishes before "
+                        f"this one for {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s): "
+                        "not stored; try again"
+                    )
+                raise _unknown(f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s")
+        if item.failure is not None:
+            raise item.failure()
+        assert item.records is not None
+        return item.records
+
+    async def _write(self) -> None:
+        """The writer: send the publishes waiting, all of them (up to
+        :data:`MAX_BATCH_PUBLISHES` or :data:`MAX_BATCH_ARGS`), in one
+        :data:`PUBLISH_SCRIPT`, and answer each by what Redis did with it, as
+        the SQLite writer commits the appends waiting together: one round
+        trip per batch, and publishes that come meanwhile form the next."""
+        while True:
+            await self._queued.wait()
+            self._queued = trio.Event()
+            while self._queue:
+                batch = [self._queue.popleft()]
+                size = len(batch[0].args)
+                while (
+                    self._queue
+                    and len(batch) < MAX_BATCH_PUBLISHES
+                    and size + len(self._queue[0].args) <= MAX_BATCH_ARGS
+                ):
+                    batch.append(self._queue.popleft())
+                    size += len(batch[-1].args)
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Publish]) -> None:
+        """Run ``batch`` in one script and answer each publish in it."""
+        keys: list[str] = []
+        args = [
+            str(self.max_events_per_topic),
+            str(trim_batch(self.max_events_per_topic)),
+            NOTIFY_CHANNEL,
+            self._token,
+            str(len(batch)),
+        ]
+        for item in batch:
+            item.sent = True
+            keys += (KEY_PREFIX + item.topic, IDS_PREFIX + item.topic)
+            args += item.args
         answer: Any = None
-        # Shielded: a publisher that leaves must not cancel the command (and
-        # drop the connection the publishes beside it wait on).
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS),
-        ):
+        with trio.move_on_at(max(item.deadline for item in batch) + OUTCOME_SECONDS):
             try:
-                answer = await self._publish(
-                    keys=[KEY_PREFIX + topic, IDS_PREFIX + topic], args=args
-                )
+                answer = await self._publish(keys=keys, args=args)
             except coredis.exceptions.ResponseError as exc:
-                # Redis answered with an error before any write (out of memory
-                # under noeviction; a busy script): nothing was stored.
-                self._complain("publish", _reason(exc))
-                raise HistoryError(
-                    f"the backplane refused the publish ({_reason(exc)}): not stored; try again"
-                ) from None
+                # Redis answered with an error before running it (a busy
+                # script; out of memory): nothing was stored.
+                reason = _reason(exc)
+                self._complain("publish", reason)
+                self._answer(batch, lambda: _refused(reason))
+                return
             except REDIS_ERRORS as exc:
                 self._down("publish", exc)
-                if not _never_sent(exc):
-                    raise _unknown(_reason(exc)) from None
-                raise HistoryError(
-                    f"the backplane is unavailable ({_reason(exc)}): not stored; try again"
-                ) from None
+                reason = _reason(exc)
+                if _never_sent(exc):
+                    self._answer(batch, lambda: _not_sent(reason))
+                else:
+                    self._answer(batch, lambda: _unknown(reason))
+                    self._mark(keys[::2])  # stored or not, the reader looks
+                return
         if answer is None:
             reason = f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s"
             self.down_reason = f"backplane {self.url_for_logs} is unavailable: {reason}"
             self._complain("publish", reason)
-            raise _unknown(reason)
+            self._answer(batch, lambda: _unknown(reason))
+            self._mark(keys[::2])
+            return
         self._up()
-        outcome, *values = [str(value) for value in answer]
-        if outcome == "late":
+        for item, outcome in zip(batch, answer, strict=True):
+            self._answer_one(item, outcome)
+        if self._local:
+            self._changed.set()
+
+    def _answer_one(self, item: _Publish, outcome: list[str]) -> None:
+        kind = outcome[0]
+        if kind == "ok":
+            entry_ids = outcome[2:]
+            topic = item.topic
+            item.records = records = [
+                Record.create(
+                    seq_of(entry_id),
+                    topic,
+                    Event(e.data, e.event, e.id or entry_id, e.retry),
+                    item.now,
+                    item.route,
+                )
+                for entry_id, e in zip(entry_ids, item.events, strict=True)
+            ]
+            key = KEY_PREFIX + topic
+            position = self._positions.get(key)
+            if position == outcome[1]:
+                # This node reads the stream up to just before this publish:
+                # the reader hands these records over, no read needed.
+                self._positions[key] = entry_ids[-1]
+                self._local.append((key, records))
+            elif position is not None:
+                self._mark([key])
+        elif kind == "late":
             reason = (
-                f"Redis took the publish {int(values[0]) / 1000 + PUBLISH_WINDOW_SECONDS:.1f} s "
+                f"Redis took the publish {int(outcome[1]) / 1000 + PUBLISH_WINDOW_SECONDS:.1f} s "
                 f"after it was sent, more than {PUBLISH_WINDOW_SECONDS:g} s"
             )
             self._complain("publish", reason)
-            raise HistoryError(f"the backplane is unavailable ({reason}): not stored; try again")
-        if outcome == "conflict":
-            raise Conflict("event id is already in this topic's history")
-        return [
-            Record.create(
-                seq_of(entry_id),
-                topic,
-                Event(e.data, e.event, e.id or entry_id, e.retry),
-                now,
-                route,
+            item.failure = lambda: HistoryError(
+                f"the backplane is unavailable ({reason}): not stored; try again"
             )
-            for entry_id, e in zip(values, events, strict=True)
-        ]
+        elif kind == "conflict":
+            item.failure = lambda: Conflict("event id is already in this topic's history")
+        else:  # the publish's own commands failed (one publish: nothing stored)
+            reason = outcome[1].splitlines()[0][:200] if len(outcome) > 1 else "error"
+            self._complain("publish", reason)
+            item.failure = lambda: _refused(reason)
+        item.done.set()
+
+    @staticmethod
+    def _answer(batch: list[_Publish], failure: Callable[[], Exception]) -> None:
+        for item in batch:
+            item.failure = failure
+            item.done.set()
 
     async def after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         key = KEY_PREFIX + topic
@@ -393,6 +523,8 @@ class RedisHistory:
         self._positions.pop(key, None)
         self._deliver.pop(key, None)
         self._dirty.discard(key)
+        if self._local:  # a new watch must not get what came before it
+            self._local = [(k, records) for k, records in self._local if k != key]
 
     def _mark(self, keys: Iterable[str]) -> None:
         """Have the reader read ``keys`` (those still watched)."""
@@ -407,6 +539,7 @@ class RedisHistory:
             nursery.start_soon(self._listen)
             nursery.start_soon(self._sweep)
             nursery.start_soon(self._keep_statistics)
+            nursery.start_soon(self._write)
             await self._read()
 
     async def _listen(self) -> None:
@@ -425,7 +558,9 @@ class RedisHistory:
                             self._up()
                             self._mark(list(self._positions))
                         elif message["type"] == "message":
-                            self._mark([KEY_PREFIX + str(message["data"])])
+                            head, *topics = str(message["data"]).split("\n")
+                            if head != self._token:  # this node's: the writer saw to them
+                                self._mark([KEY_PREFIX + topic for topic in topics])
             except Exception as exc:
                 # Whatever ends the subscription (a lost connection, in the
                 # pub/sub task group), it is logged and taken again.
@@ -445,6 +580,12 @@ class RedisHistory:
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
+            while self._local:
+                local, self._local = self._local, []
+                for key, records in local:
+                    deliver = self._deliver.get(key)
+                    if deliver is not None:
+                        await deliver(records[0].topic, records)
             keys = [key for key in self._dirty if key in self._positions]
             self._dirty.clear()
             if not keys:
@@ -468,8 +609,13 @@ class RedisHistory:
             self._up()
             for key, entries in zip(positions, read, strict=True):
                 deliver = self._deliver.get(key)
-                if not entries or deliver is None or self._positions.get(key) != positions[key]:
-                    continue  # nothing new, or unwatched (or watched afresh) meanwhile
+                if not entries or deliver is None:
+                    continue  # nothing new, or unwatched meanwhile
+                if self._positions.get(key) != positions[key]:
+                    # Watched afresh, or the writer handed this node's own
+                    # publish over meanwhile: read again from where it is now.
+                    self._mark([key])
+                    continue
                 topic = key.removeprefix(KEY_PREFIX)
                 self._positions[key] = entries[-1].identifier
                 if len(entries) == READ_COUNT:
@@ -557,6 +703,14 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
         NEVER_SENT_MESSAGES
     )
+
+
+def _refused(reason: str) -> HistoryError:
+    return HistoryError(f"the backplane refused the publish ({reason}): not stored; try again")
+
+
+def _not_sent(reason: str) -> HistoryError:
+    return HistoryError(f"the backplane is unavailable ({reason}): not stored; try again")
 
 
 def _unknown(reason: str) -> OutcomeUnknown:

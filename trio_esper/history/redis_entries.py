@@ -25,58 +25,88 @@ IDS_PREFIX = "trio_esper:ids:"
 #: The channel every publish names its topic on (in :data:`PUBLISH_SCRIPT`).
 NOTIFY_CHANNEL = "trio_esper:published"
 
-#: One publish, decided atomically by Redis.
-#: KEYS: the stream, its id hash. ARGV: deadline (Redis' clock, ms), entries
-#: kept, trim batch, "1" if publisher ids are unique, topic, notice channel,
-#: event count, then per event: its publisher id ("" for none), its field
-#: count, its fields and values. Returns {"ok", entry ids...}, {"late", ms
-#: late} or {"conflict", id}.
+#: A batch of publishes, each decided atomically by Redis, in the order
+#: given (the writer of :mod:`.redis` sends the publishes waiting together).
+#: KEYS: per publish, its stream and its id hash. ARGV: entries kept, trim
+#: batch, notice channel, notice head (the sending node's token), publish
+#: count, then per publish: deadline (Redis' clock, ms), "1" if publisher ids
+#: are unique, topic, event count, then per event: its publisher id ("" for
+#: none), its field count, its fields and values. Returns per publish
+#: {"ok", last entry id before it, entry ids...}, {"late", ms late},
+#: {"conflict", id} or {"error", message} (one publish's failure, caught, is
+#: its own). One notice names every topic stored to, after the head, one a
+#: line (topics have no line breaks).
 PUBLISH_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local late = now - tonumber(ARGV[1])
-if late > 0 then return {'late', tostring(late)} end
-local stream, ids = KEYS[1], KEYS[2]
-local unique = ARGV[4] == '1'
-local events, seen, at = {}, {}, 8
-for e = 1, tonumber(ARGV[7]) do
-  local given, count = ARGV[at], tonumber(ARGV[at + 1])
-  local fields = {}
-  for j = 1, count * 2 do fields[j] = ARGV[at + 1 + j] end
-  at = at + 2 + count * 2
-  if given ~= '' then
-    if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
-      return {'conflict', given}
-    end
-    seen[given] = true
-    fields[#fields + 1] = 'i'
-    fields[#fields + 1] = given
+local keep, trim = tonumber(ARGV[1]), tonumber(ARGV[2])
+local at = 6
+local function publish(stream, ids)
+  local late = now - tonumber(ARGV[at])
+  local unique = ARGV[at + 1] == '1'
+  local count = tonumber(ARGV[at + 3])
+  at = at + 4
+  local events, seen = {}, {}
+  for e = 1, count do
+    local given, n = ARGV[at], tonumber(ARGV[at + 1])
+    local fields = {}
+    for j = 1, n * 2 do fields[j] = ARGV[at + 1 + j] end
+    at = at + 2 + n * 2
+    events[e] = {given, fields}
   end
-  events[e] = {given, fields}
-end
-local answer = {'ok'}
-for e = 1, #events do
-  local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
-  if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
-  answer[e + 1] = id
-end
-local keep = tonumber(ARGV[2])
-local excess = redis.call('XLEN', stream) - keep
-if excess >= tonumber(ARGV[3]) then
-  if redis.call('EXISTS', ids) == 1 then
-    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
-      local fields = entry[2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'i' and redis.call('HGET', ids, fields[j + 1]) == entry[1] then
-          redis.call('HDEL', ids, fields[j + 1])
+  if late > 0 then return {'late', tostring(late)} end
+  for e = 1, count do
+    local given, fields = events[e][1], events[e][2]
+    if given ~= '' then
+      if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
+        return {'conflict', given}
+      end
+      seen[given] = true
+      fields[#fields + 1] = 'i'
+      fields[#fields + 1] = given
+    end
+  end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local answer = {'ok', last[1] and last[1][1] or '0-0'}
+  for e = 1, count do
+    local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
+    if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
+    answer[e + 2] = id
+  end
+  local excess = redis.call('XLEN', stream) - keep
+  if excess >= trim then
+    if redis.call('EXISTS', ids) == 1 then
+      for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
+        local fields = entry[2]
+        for j = 1, #fields, 2 do
+          if fields[j] == 'i' and redis.call('HGET', ids, fields[j + 1]) == entry[1] then
+            redis.call('HDEL', ids, fields[j + 1])
+          end
         end
       end
     end
+    redis.call('XTRIM', stream, 'MAXLEN', keep)
   end
-  redis.call('XTRIM', stream, 'MAXLEN', keep)
+  return answer
 end
-redis.call('PUBLISH', ARGV[6], ARGV[5])
-return answer
+local answers, stored, named = {}, {}, {}
+for p = 1, tonumber(ARGV[5]) do
+  local start, topic = at, ARGV[at + 2]
+  local ok, answer = pcall(publish, KEYS[p * 2 - 1], KEYS[p * 2])
+  if not ok then
+    answer = {'error', tostring(type(answer) == 'table' and answer.err or answer)}
+    at = start + 4
+    for e = 1, tonumber(ARGV[start + 3]) do at = at + 2 + tonumber(ARGV[at + 1]) * 2 end
+  elseif answer[1] == 'ok' and not named[topic] then
+    named[topic] = true
+    stored[#stored + 1] = topic
+  end
+  answers[p] = answer
+end
+if #stored > 0 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n' .. table.concat(stored, '\\n'))
+end
+return answers
 """
 
 #: Redis' clock in milliseconds, as :data:`PUBLISH_SCRIPT` reads it (coredis'
@@ -123,10 +153,11 @@ def record_of(topic: str, entry_id: str, fields: Any) -> Record:
     )
 
 
-def script_args(
+def publish_args(
     events: Sequence[Event], fields: Iterable[dict[str, str]], *header: str | int
 ) -> list[str]:
-    """:data:`PUBLISH_SCRIPT`'s ARGV: ``header``, then each event."""
+    """One publish's part of :data:`PUBLISH_SCRIPT`'s ARGV: ``header``
+    (deadline, unique, topic), then each event."""
     args = [str(value) for value in header]
     args.append(str(len(events)))
     for event, pairs in zip(events, fields, strict=True):

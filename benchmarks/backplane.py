@@ -1,0 +1,203 @@
+"""The Redis backplane against one process without it (issue 24).
+
+For each scenario, each repeat and each variant (interleaved, so drift on a
+shared machine hits every variant alike) a fresh broker is started, pinned to
+cpu 0 with ``taskset``, and ssebench (``../shared/bench``) runs pinned to cpu
+1. Variants:
+
+- ``memory``: one process, memory history, no backplane;
+- ``redis``: the same with ``--backplane redis://...`` to a redis-server of
+  its own (fresh per run, no persistence, a free port), pinned to cpu 0 with
+  the broker, so broker and Redis share one core; the server CPU counts both;
+- ``redis@REV``: the same with the package as of git commit ``REV`` (before/after
+  in one run).
+
+Scenarios: ``topics`` (1,000 topics x 1 subscriber, 16 publisher connections,
+20,000 publishes back to back) and ``latency`` (100 subscribers of one topic,
+200 publishes/s). Prints publishes/s, latency p50/p99, server CPU per publish
+(broker + Redis, in us: steadier than rates when the machine is loaded) and
+the other load on the machine; the runs go to bench-results/backplane.json.
+
+    python3 benchmarks/backplane.py --repeat 2
+    python3 benchmarks/backplane.py --variants memory,redis@d7986d0,redis --scenarios topics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from compare import OUT, ROOT, build_ssebench, stop, wait_listening
+
+SCENARIOS = {
+    "topics": ("-s", "1000", "-t", "1000", "-c", "16", "-n", "20000", "-z", "100"),
+    "latency": (
+        *("-s", "100", "-t", "1", "-c", "1", "-n", "2000", "-r", "200", "-z", "100"),
+        *("-d", "15"),
+    ),
+}
+BROKER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def source_at(revision: str) -> Path:
+    """The ``trio_esper`` package as of ``revision``, unpacked once."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    source = Path(tempfile.gettempdir()) / "trio-esper-bench" / f"rev-{commit}"
+    if not (source / "trio_esper").is_dir():
+        source.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "trio_esper"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return source
+
+
+@contextmanager
+def broker(variant: str, port: int) -> Iterator[list[int]]:
+    """The broker of ``variant`` on ``port`` (and its redis-server): their pids."""
+    name, _, revision = variant.partition("@")
+    pids: list[int] = []
+    redis: subprocess.Popen[bytes] | None = None
+    extra: list[str] = []
+    env = {**os.environ, "ESPER_NO_AUTH": "1"}
+    cwd = ROOT
+    if revision:
+        cwd = source_at(revision)
+        env["PYTHONPATH"] = str(cwd)
+    try:
+        if name == "redis":
+            if shutil.which("redis-server") is None:
+                raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+            redis_port = free_port()
+            redis = subprocess.Popen(
+                [
+                    *("taskset", "-c", BROKER_CPU, "redis-server", "--port", str(redis_port)),
+                    *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            wait_listening(redis_port)
+            pids.append(redis.pid)
+            extra = ["--backplane", f"redis://127.0.0.1:{redis_port}/0"]
+        proc = subprocess.Popen(
+            [
+                *("taskset", "-c", BROKER_CPU, sys.executable, "-m", "trio_esper"),
+                *("--port", str(port), "--log-level", "warning", "--history", "memory", *extra),
+            ],
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        try:
+            wait_listening(port)
+            yield [proc.pid, *pids]
+        finally:
+            stop(proc, signal.SIGINT)
+    finally:
+        if redis is not None:
+            stop(redis, signal.SIGTERM)
+
+
+def run(binary: Path, variant: str, scenario: str, label: str) -> dict[str, object]:
+    port = free_port()
+    with broker(variant, port) as pids:
+        cmd = ["taskset", "-c", LOAD_CPU, str(binary), "--port", str(port)]
+        cmd += ["--body", "sse", "--pub-content-type", "text/event-stream"]
+        cmd += [*SCENARIOS[scenario], "--topic-prefix", "benchtopic", "--drain-max", "60"]
+        cmd += ["--server-pid", ",".join(map(str, pids)), "--duration", "400"]
+        cmd += ["--label", label, "--idle-wait", "15", "-q"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(variant=variant, scenario=scenario, exit_code=done.returncode)
+    cpu, rate = result.get("run_cpu_server_pct"), result.get("publish_per_s")
+    if isinstance(cpu, int | float) and isinstance(rate, int | float) and rate > 0:
+        result["server_cpu_us_per_publish"] = cpu / 100 / rate * 1e6
+    return result
+
+
+COLUMNS = (
+    ("pub/s", "publish_per_s", "{:,.0f}", 1),
+    ("p50 ms", "lat_p50_us", "{:.1f}", 1000),
+    ("p99 ms", "lat_p99_us", "{:.1f}", 1000),
+    ("srv cpu%", "run_cpu_server_pct", "{:.0f}", 1),
+    ("us/pub", "server_cpu_us_per_publish", "{:,.0f}", 1),
+    ("other%", "run_cpu_other_pct", "{:.0f}", 1),
+    ("lost", "lost", "{:.0f}", 1),
+    ("reord", "reordered", "{:.0f}", 1),
+)
+
+
+def print_table(results: list[dict[str, object]]) -> None:
+    print("| scenario | variant | run | " + " | ".join(c[0] for c in COLUMNS) + " |")
+    print("| --- | --- | --- |" + " ---: |" * len(COLUMNS))
+    for r in results:
+        cells = []
+        for _, key, fmt, div in COLUMNS:
+            value = r.get(key)
+            cells.append(fmt.format(value / div) if isinstance(value, int | float) else "-")
+        print(f"| {r['scenario']} | {r['variant']} | {r['label']} | " + " | ".join(cells) + " |")
+    print()
+    print("medians:")
+    keys = sorted({(str(r["scenario"]), str(r["variant"])) for r in results})
+    for scenario, variant in keys:
+        runs = [r for r in results if r["scenario"] == scenario and r["variant"] == variant]
+        cells = []
+        for name, key, fmt, div in COLUMNS[:5]:
+            values = [v for r in runs if isinstance(v := r.get(key), int | float)]
+            cell = fmt.format(statistics.median(values) / div) if values else "-"
+            cells.append(f"{name} {cell}")
+        print(f"  {scenario:8} {variant:24} " + ", ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--scenarios", default="topics,latency", help=f"comma list of {list(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--variants",
+        default="memory,redis",
+        help="comma list of memory, redis, redis@REV, memory@REV",
+    )
+    args = parser.parse_args()
+    binary = build_ssebench()
+    results: list[dict[str, object]] = []
+    for scenario in args.scenarios.split(","):
+        for n in range(args.repeat):
+            for variant in args.variants.split(","):
+                result = run(binary, variant, scenario, f"{scenario}#{n}")
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "backplane.json").write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
