@@ -74,6 +74,21 @@ async def test_a_subscription_with_nothing_pending_takes_any_one_publish() -> No
         assert hub.statistics().dropped == 1
 
 
+async def test_a_queue_short_of_its_events_takes_a_publish_of_many_whole() -> None:
+    """``--queue`` counts what waits: a publish of more events than that
+    reaches a subscriber with fewer waiting, whole; once it holds ``--queue``
+    events, the next publish drops it, as one event at a time always did."""
+    async with (
+        open_hub(queue_events=3, queue_bytes=1 << 30, queue_total_bytes=1 << 30) as hub,
+        hub.subscribe("topic0001") as slow,
+    ):
+        await hub.publish("topic0001", [Event("one", id="a0")])
+        await hub.publish("topic0001", [Event(f"{n}", id=f"b{n}") for n in range(10)])
+        assert not slow.dropped
+        await hub.publish("topic0001", [Event("late", id="c0")])
+        assert slow.dropped
+
+
 async def test_the_total_bound_drops_the_subscription_holding_most() -> None:
     frame = frame_bytes(Event(DATA, id="e0"))
     total = 11 * frame

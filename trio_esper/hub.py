@@ -20,13 +20,15 @@ topic in ``__aexit__``.
 Publishers never wait for a subscriber: the topic task delivers with
 ``send_nowait``, and a subscriber whose queue is full is dropped (its stream
 ends; the client reconnects and, with history, resumes by Last-Event-ID),
-as Mercure's localsubscriber does. A queue is full when one more hand-out
-would take it past its events or its bytes (a subscriber with nothing
-pending takes any one hand-out); past the total, the subscription holding
-the most bytes is dropped until the total fits. A publisher does wait for the topic task
-to have handed its records to every subscriber (written or queued): that
-takes no longer than one pass over the subscribers, and it keeps a publisher
-from running ahead of its topic (its answer means the event is out).
+as Mercure's localsubscriber does. A queue is full when it holds its events
+already, or when one more hand-out would take it past its bytes (a
+subscriber holding nothing takes any one hand-out); past the total, the
+subscription holding the most bytes is dropped until the total fits.
+
+A publisher does wait for the topic task to have handed its records to
+every subscriber (written or queued): that takes no longer than one pass
+over the subscribers, and it keeps a publisher from running ahead of its
+topic (its answer means the event is out).
 """
 
 from __future__ import annotations
@@ -389,10 +391,12 @@ class Subscription:
         return self._queue(items)
 
     def _queue(self, items: Sequence[Item]) -> bool:
-        """Queue ``items`` (one hand-out); False if the subscriber is gone,
-        or is dropped because they would take its queue past its bounds (in
-        events or bytes; a subscriber with nothing pending takes any one
-        hand-out) or the hub's total past its own."""
+        """Queue ``items`` (one hand-out, whole); False if the subscriber is
+        gone, or is dropped: its queue holds ``queue_events`` already, or
+        the items would take what it holds past ``queue_bytes`` (a subscriber
+        holding nothing takes any one hand-out), or the hub's total past its
+        own and it holds the most. So a publish of many events reaches a
+        subscriber that is not that far behind, whole."""
         self._direct = None  # the task will wake to this: no direct write may overtake it
         if self._closed:
             return False  # gone or ended already: not a slow subscriber
@@ -400,9 +404,8 @@ class Subscription:
         size = 0
         for _, data in items:
             size += len(data)
-        if self._queued_bytes and (
-            self._queued + len(items) > hub._queue_events
-            or self._queued_bytes + size > hub._queue_bytes
+        if self._queued >= hub._queue_events or (
+            self._queued_bytes and self._queued_bytes + size > hub._queue_bytes
         ):
             self._drop()
             return False
@@ -1234,8 +1237,8 @@ async def open_hub(
 ) -> AsyncIterator[Hub]:
     """Open a :class:`Hub` whose topic tasks live for the ``async with`` block.
 
-    A subscriber is dropped when a hand-out would take its queue past
-    ``queue_events`` events or ``queue_bytes`` bytes; past
+    A subscriber is dropped when its queue holds ``queue_events`` events
+    already, or a hand-out would take it past ``queue_bytes`` bytes; past
     ``queue_total_bytes`` for all subscribers, the subscription holding the
     most is dropped (see :class:`~trio_esper.config.Config`).
 
