@@ -95,6 +95,7 @@ async def test_a_stream_with_a_shut_window_is_reset_at_the_queue_bound(
         assert {client.streams[i].reset_by_server for i in ids} == {CANCEL}
         assert not any(client.streams[i].data for i in ids)  # nothing could be written
         await clients(broker, 0)
+        assert broker.hub.statistics().dropped == 3  # /stats counts them as dropped
         assert not client.closing  # the connection itself is kept
         # A stream that reads keeps receiving on the same connection.
         client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})

@@ -1209,6 +1209,12 @@ class Hub:
         """After :meth:`close`, wait until every subscription has left."""
         await self._closed.wait()
 
+    def count_dropped(self) -> None:
+        """Count a subscriber its transport dropped for falling behind where
+        its queue could not see it (an HTTP/2 stream that cannot be written:
+        see :class:`~trio_esper.edge.bridge.BoundedApp`)."""
+        self._dropped += 1
+
     def statistics(self) -> HubStatistics:
         routed = self._topics.get(ROUTED_LOG)
         return HubStatistics(

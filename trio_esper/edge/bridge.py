@@ -236,8 +236,11 @@ class BoundedApp:
       stops holding the application back once a shut window paused it.)
     """
 
-    def __init__(self, app: AppWrapper, config: Config) -> None:
+    def __init__(self, app: AppWrapper, config: Config, on_dropped: Callable[[], object]) -> None:
+        """``on_dropped`` is called for each stream reset for its client not
+        reading (the hub counts it with the subscribers it drops)."""
         self._app = app
+        self._on_dropped = on_dropped
         self._max_streams = config.h2_max_streams
         self._max_messages = config.queue_events
         self._max_bytes = config.queue_bytes
@@ -265,7 +268,12 @@ class BoundedApp:
             await stream.reset(h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         bounded = _BoundedSend(
-            stream, send, self._max_messages, self._max_bytes, self._connection_max_bytes
+            stream,
+            send,
+            self._max_messages,
+            self._max_bytes,
+            self._connection_max_bytes,
+            self._on_dropped,
         )
         await self._app(scope, receive, bounded, sync_spawn, call_soon)
 
@@ -286,8 +294,10 @@ class _BoundedSend:
         max_messages: int,
         max_bytes: int,
         connection_max_bytes: int,
+        on_dropped: Callable[[], object],
     ) -> None:
         self._stream = stream
+        self._on_dropped = on_dropped
         self._send = send
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -315,6 +325,7 @@ class _BoundedSend:
         else:
             return
         self._reset = True
+        self._on_dropped()
         log.info(
             "HTTP/2 stream %d dropped: %s (its client does not read)",
             self._stream.stream_id,
@@ -339,8 +350,11 @@ class _TCPServer(TCPServer):
 class Hypercorn:
     """Hypercorn, serving the connections the edge hands it, for one edge."""
 
-    def __init__(self, config: Config, app: AppWrapper) -> None:
-        self._app = BoundedApp(app, config)
+    def __init__(
+        self, config: Config, app: AppWrapper, *, on_dropped: Callable[[], object]
+    ) -> None:
+        """``on_dropped``: see :class:`BoundedApp`."""
+        self._app = BoundedApp(app, config, on_dropped)
         self._config = HypercornConfig()
         self._config.h2_max_concurrent_streams = h2_advertised_streams(config)
         self._config.keep_alive_timeout = config.keep_alive_seconds

@@ -76,7 +76,7 @@ class Edge:
         self._hub = hub
         self._metrics = metrics
         self._tls = None if tls is None else TLS(config, tls)
-        self._hypercorn = Hypercorn(config, app)
+        self._hypercorn = Hypercorn(config, app, on_dropped=hub.count_dropped)
         self._fast = FastForms(config, hub, metrics)
         self._deadlines = Deadlines()
         self._connections: Registry[Connection] = Registry()
