@@ -22,8 +22,8 @@ import trio
 from .conftest import STEP_SECONDS, Broker, open_sse, start_broker, wait_for_stats
 from .h2client import SUBSCRIBED, H2Client
 
-#: Subscriber streams opened on one connection: Hypercorn's default
-#: SETTINGS_MAX_CONCURRENT_STREAMS is exactly 100.
+#: Subscriber streams opened on one connection: all that ``--h2-max-streams``
+#: serves by default (tests/test_h2_bounds.py opens more).
 LIVE_STREAMS = 100
 #: Streams opened (HEADERS) and reset (RST_STREAM) per write in the flood. Each
 #: is reset right after its HEADERS, so the client never holds more than one
