@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import math
 import secrets
@@ -97,7 +98,7 @@ from .redis_entries import (
     NOTIFY_CHANNEL,
     PUBLISH_SCRIPT,
     entry_fields,
-    publish_args,
+    publish_entry,
     record_of,
     seq_of,
     trim_batch,
@@ -133,9 +134,11 @@ LOG_INTERVAL_SECONDS = 10.0
 #: How often the reader refreshes the statistics /stats shows.
 STATISTICS_INTERVAL_SECONDS = 5.0
 #: Most publishes the writer sends in one script (more wait for the next),
-#: and most of their arguments (a batch of large events is cut short).
+#: and about most bytes (a batch of large events is cut short).
 MAX_BATCH_PUBLISHES = 256
-MAX_BATCH_ARGS = 16384
+MAX_BATCH_BYTES = 1 << 20
+#: What an entry adds to its data in a batch, about (fields, ids, JSON).
+ENTRY_OVERHEAD_BYTES = 64
 #: Errors that mean Redis (or the way to it) failed, not our request.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.RedisError,
@@ -158,8 +161,9 @@ class _Publish:
     #: Redis refuses it.
     now: float
     deadline: float
-    #: Its part of :data:`PUBLISH_SCRIPT`'s ARGV.
-    args: list[str]
+    #: Its element of :data:`PUBLISH_SCRIPT`'s JSON array, and about its size.
+    entry: list[object]
+    size: int
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     #: Whether the writer has sent it (then only Redis knows what happened).
     sent: bool = False
@@ -245,14 +249,15 @@ class RedisHistory:
         now = time.time()
         sent_at = trio.current_time()
         deadline = sent_at + PUBLISH_WINDOW_SECONDS
-        args = publish_args(
+        entry = publish_entry(
+            int(deadline * 1000 + self.clock_offset_ms),
+            route is None,
+            topic,
             events,
             (entry_fields(event, now, route) for event in events),
-            int(deadline * 1000 + self.clock_offset_ms),
-            "1" if route is None else "0",
-            topic,
         )
-        item = _Publish(topic, events, route, now, deadline, args)
+        size = sum(len(event.data) for event in events) + ENTRY_OVERHEAD_BYTES * len(events)
+        item = _Publish(topic, events, route, now, deadline, entry, size)
         self._queue.append(item)
         self._queued.set()
         # Shielded: a publisher that leaves must not take its publish out of
@@ -276,7 +281,7 @@ class RedisHistory:
 
     async def _write(self) -> None:
         """The writer: send the publishes waiting, all of them (up to
-        :data:`MAX_BATCH_PUBLISHES` or :data:`MAX_BATCH_ARGS`), in one
+        :data:`MAX_BATCH_PUBLISHES` or :data:`MAX_BATCH_BYTES`), in one
         :data:`PUBLISH_SCRIPT`, and answer each by what Redis did with it, as
         the SQLite writer commits the appends waiting together: one round
         trip per batch, and publishes that come meanwhile form the next."""
@@ -285,30 +290,29 @@ class RedisHistory:
             self._queued = trio.Event()
             while self._queue:
                 batch = [self._queue.popleft()]
-                size = len(batch[0].args)
+                size = batch[0].size
                 while (
                     self._queue
                     and len(batch) < MAX_BATCH_PUBLISHES
-                    and size + len(self._queue[0].args) <= MAX_BATCH_ARGS
+                    and size + self._queue[0].size <= MAX_BATCH_BYTES
                 ):
                     batch.append(self._queue.popleft())
-                    size += len(batch[-1].args)
+                    size += batch[-1].size
                 await self._send(batch)
 
     async def _send(self, batch: list[_Publish]) -> None:
         """Run ``batch`` in one script and answer each publish in it."""
         keys: list[str] = []
+        for item in batch:
+            item.sent = True
+            keys += (KEY_PREFIX + item.topic, IDS_PREFIX + item.topic)
         args = [
             str(self.max_events_per_topic),
             str(trim_batch(self.max_events_per_topic)),
             NOTIFY_CHANNEL,
             self._token,
-            str(len(batch)),
+            json.dumps([item.entry for item in batch], ensure_ascii=False),
         ]
-        for item in batch:
-            item.sent = True
-            keys += (KEY_PREFIX + item.topic, IDS_PREFIX + item.topic)
-            args += item.args
         answer: Any = None
         with trio.move_on_at(max(item.deadline for item in batch) + OUTCOME_SECONDS):
             try:
@@ -337,7 +341,7 @@ class RedisHistory:
             self._mark(keys[::2])
             return
         self._up()
-        for item, outcome in zip(batch, answer, strict=True):
+        for item, outcome in zip(batch, json.loads(answer), strict=True):
             self._answer_one(item, outcome)
         if self._local:
             self._changed.set()

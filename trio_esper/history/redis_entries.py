@@ -28,47 +28,38 @@ NOTIFY_CHANNEL = "trio_esper:published"
 #: A batch of publishes, each decided atomically by Redis, in the order
 #: given (the writer of :mod:`.redis` sends the publishes waiting together).
 #: KEYS: per publish, its stream and its id hash. ARGV: entries kept, trim
-#: batch, notice channel, notice head (the sending node's token), publish
-#: count, then per publish: deadline (Redis' clock, ms), "1" if publisher ids
-#: are unique, topic, event count, then per event: its publisher id ("" for
-#: none), its field count, its fields and values. Returns per publish
-#: {"ok", last entry id before it, entry ids...}, {"late", ms late},
-#: {"conflict", id} or {"error", message} (one publish's failure, caught, is
-#: its own). One notice names every topic stored to, after the head, one a
-#: line (topics have no line breaks).
+#: batch, notice channel, notice head (the sending node's token), then the
+#: publishes as one JSON array (one argument to encode, one to decode: fewer
+#: objects per event than an argument per field), each
+#: ``[deadline (Redis' clock, ms), publisher ids unique?, topic, [[publisher
+#: id or "", [field, value, ...]], ...]]``. Returns a JSON array with, per
+#: publish, ``["ok", last entry id before it, entry ids...]``, ``["late", ms
+#: late]``, ``["conflict", id]`` or ``["error", message]`` (one publish's
+#: failure, caught, is its own). One notice names every topic stored to,
+#: after the head, one a line (topics have no line breaks).
 PUBLISH_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local keep, trim = tonumber(ARGV[1]), tonumber(ARGV[2])
-local at = 6
-local function publish(stream, ids)
-  local late = now - tonumber(ARGV[at])
-  local unique = ARGV[at + 1] == '1'
-  local count = tonumber(ARGV[at + 3])
-  at = at + 4
-  local events, seen = {}, {}
-  for e = 1, count do
-    local given, n = ARGV[at], tonumber(ARGV[at + 1])
-    local fields = {}
-    for j = 1, n * 2 do fields[j] = ARGV[at + 1 + j] end
-    at = at + 2 + n * 2
-    events[e] = {given, fields}
-  end
+local function publish(stream, ids, p)
+  local late = now - p[1]
   if late > 0 then return {'late', tostring(late)} end
-  for e = 1, count do
-    local given, fields = events[e][1], events[e][2]
+  local events, seen = p[4], {}
+  for e = 1, #events do
+    local given = events[e][1]
     if given ~= '' then
-      if unique and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
+      if p[2] and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
         return {'conflict', given}
       end
       seen[given] = true
+      local fields = events[e][2]
       fields[#fields + 1] = 'i'
       fields[#fields + 1] = given
     end
   end
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   local answer = {'ok', last[1] and last[1][1] or '0-0'}
-  for e = 1, count do
+  for e = 1, #events do
     local id = redis.call('XADD', stream, '*', unpack(events[e][2]))
     if events[e][1] ~= '' then redis.call('HSET', ids, events[e][1], id) end
     answer[e + 2] = id
@@ -90,23 +81,20 @@ local function publish(stream, ids)
   return answer
 end
 local answers, stored, named = {}, {}, {}
-for p = 1, tonumber(ARGV[5]) do
-  local start, topic = at, ARGV[at + 2]
-  local ok, answer = pcall(publish, KEYS[p * 2 - 1], KEYS[p * 2])
+for n, p in ipairs(cjson.decode(ARGV[5])) do
+  local ok, answer = pcall(publish, KEYS[n * 2 - 1], KEYS[n * 2], p)
   if not ok then
     answer = {'error', tostring(type(answer) == 'table' and answer.err or answer)}
-    at = start + 4
-    for e = 1, tonumber(ARGV[start + 3]) do at = at + 2 + tonumber(ARGV[at + 1]) * 2 end
-  elseif answer[1] == 'ok' and not named[topic] then
-    named[topic] = true
-    stored[#stored + 1] = topic
+  elseif answer[1] == 'ok' and not named[p[3]] then
+    named[p[3]] = true
+    stored[#stored + 1] = p[3]
   end
-  answers[p] = answer
+  answers[n] = answer
 end
 if #stored > 0 then
   redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n' .. table.concat(stored, '\\n'))
 end
-return answers
+return cjson.encode(answers)
 """
 
 #: Redis' clock in milliseconds, as :data:`PUBLISH_SCRIPT` reads it (coredis'
@@ -153,26 +141,29 @@ def record_of(topic: str, entry_id: str, fields: Any) -> Record:
     )
 
 
-def publish_args(
-    events: Sequence[Event], fields: Iterable[dict[str, str]], *header: str | int
-) -> list[str]:
-    """One publish's part of :data:`PUBLISH_SCRIPT`'s ARGV: ``header``
-    (deadline, unique, topic), then each event."""
-    args = [str(value) for value in header]
-    args.append(str(len(events)))
-    for event, pairs in zip(events, fields, strict=True):
-        args += [event.id or "", str(len(pairs))]
-        for name, value in pairs.items():
-            args += [name, value]
-    return args
+def publish_entry(
+    deadline_ms: int,
+    unique: bool,
+    topic: str,
+    events: Sequence[Event],
+    fields: Iterable[list[str]],
+) -> list[object]:
+    """One publish's element of :data:`PUBLISH_SCRIPT`'s JSON array."""
+    return [
+        deadline_ms,
+        unique,
+        topic,
+        [[event.id or "", pairs] for event, pairs in zip(events, fields, strict=True)],
+    ]
 
 
-def entry_fields(event: Event, when: float, route: Route | None) -> dict[str, str]:
-    fields = {"d": event.data, "t": repr(when)}
+def entry_fields(event: Event, when: float, route: Route | None) -> list[str]:
+    """An entry's fields and values, one after the other."""
+    fields = ["d", event.data, "t", repr(when)]
     if event.event is not None:
-        fields["e"] = event.event
+        fields += ("e", event.event)
     if event.retry is not None:
-        fields["r"] = str(event.retry)
+        fields += ("r", str(event.retry))
     if route is not None:
-        fields["w"] = encode_route(route)
+        fields += ("w", encode_route(route))
     return fields
