@@ -165,8 +165,6 @@ class _Publish:
     entry: list[object]
     size: int
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    #: Whether the writer has sent it (then only Redis knows what happened).
-    sent: bool = False
     records: list[Record] | None = None
     #: What to raise instead of returning ``records``.
     failure: Callable[[], Exception] | None = None
@@ -260,20 +258,10 @@ class RedisHistory:
         item = _Publish(topic, events, route, now, deadline, entry, size)
         self._queue.append(item)
         self._queued.set()
-        # Shielded: a publisher that leaves must not take its publish out of
-        # a batch, nor the batch's connection away from the others.
-        with trio.CancelScope(shield=True):
-            with trio.move_on_at(deadline + OUTCOME_SECONDS):
-                await item.done.wait()
-            if not item.done.is_set():
-                if not item.sent:  # still queued behind a batch Redis does not answer
-                    self._queue.remove(item)
-                    raise HistoryError(
-                        "the backplane is unavailable (it has not taken the publishes before "
-                        f"this one for {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s): "
-                        "not stored; try again"
-                    )
-                raise _unknown(f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s")
+        # The writer answers it, by its deadline + OUTCOME_SECONDS at the
+        # latest (it alone sends it, so a publisher that leaves cancels
+        # nothing but its own wait: no cancel scope per publish).
+        await item.done.wait()
         if item.failure is not None:
             raise item.failure()
         assert item.records is not None
@@ -285,26 +273,40 @@ class RedisHistory:
         :data:`PUBLISH_SCRIPT`, and answer each by what Redis did with it, as
         the SQLite writer commits the appends waiting together: one round
         trip per batch, and publishes that come meanwhile form the next."""
-        while True:
-            await self._queued.wait()
-            self._queued = trio.Event()
-            while self._queue:
-                batch = [self._queue.popleft()]
-                size = batch[0].size
-                while (
-                    self._queue
-                    and len(batch) < MAX_BATCH_PUBLISHES
-                    and size + self._queue[0].size <= MAX_BATCH_BYTES
-                ):
-                    batch.append(self._queue.popleft())
-                    size += batch[-1].size
-                await self._send(batch)
+        batch: list[_Publish] = []
+        try:
+            while True:
+                await self._queued.wait()
+                self._queued = trio.Event()
+                while self._queue:
+                    batch = [self._queue.popleft()]
+                    size = batch[0].size
+                    while (
+                        self._queue
+                        and len(batch) < MAX_BATCH_PUBLISHES
+                        and size + self._queue[0].size <= MAX_BATCH_BYTES
+                    ):
+                        batch.append(self._queue.popleft())
+                        size += batch[-1].size
+                    now = trio.current_time()
+                    if batch[0].deadline <= now:  # queued behind a batch Redis did not answer
+                        expired = [item for item in batch if item.deadline <= now]
+                        self._answer(expired, _waited)
+                        batch = [item for item in batch if item.deadline > now]
+                    if batch:
+                        await self._send(batch)
+                    batch = []
+        finally:
+            self._answer(
+                [item for item in (*batch, *self._queue) if not item.done.is_set()],
+                lambda: HistoryError("the backplane is closing: not stored"),
+            )
+            self._queue.clear()
 
     async def _send(self, batch: list[_Publish]) -> None:
         """Run ``batch`` in one script and answer each publish in it."""
         keys: list[str] = []
         for item in batch:
-            item.sent = True
             keys += (KEY_PREFIX + item.topic, IDS_PREFIX + item.topic)
         args = [
             str(self.max_events_per_topic),
@@ -314,7 +316,8 @@ class RedisHistory:
             json.dumps([item.entry for item in batch], ensure_ascii=False),
         ]
         answer: Any = None
-        with trio.move_on_at(max(item.deadline for item in batch) + OUTCOME_SECONDS):
+        # Each publish is answered by its own deadline + OUTCOME_SECONDS.
+        with trio.move_on_at(batch[0].deadline + OUTCOME_SECONDS):
             try:
                 answer = await self._publish(keys=keys, args=args)
             except coredis.exceptions.ResponseError as exc:
@@ -706,6 +709,13 @@ def _never_sent(exc: BaseException) -> bool:
         return True
     return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
         NEVER_SENT_MESSAGES
+    )
+
+
+def _waited() -> HistoryError:
+    return HistoryError(
+        "the backplane is unavailable (it did not take the publishes before this one within "
+        f"{PUBLISH_WINDOW_SECONDS:g} s): not stored; try again"
     )
 
 
