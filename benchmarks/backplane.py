@@ -8,7 +8,8 @@ cpu 0 with ``taskset``, and ssebench (``../shared/bench``) runs pinned to cpu
 - ``memory``: one process, memory history, no backplane;
 - ``redis``: the same with ``--backplane redis://...`` to a redis-server of
   its own (fresh per run, no persistence, a free port), pinned to cpu 0 with
-  the broker, so broker and Redis share one core; the server CPU counts both;
+  the broker, so broker and Redis share one core (``--redis-cpu 1``: with the
+  load generator instead); the server CPU counts both;
 - ``redis@REV``: the same with the package as of git commit ``REV`` (before/after
   in one run).
 
@@ -49,6 +50,8 @@ SCENARIOS = {
 }
 BROKER_CPU = "0"
 LOAD_CPU = "1"
+#: Where redis-server runs (--redis-cpu): with the broker by default.
+REDIS_CPU = [BROKER_CPU]
 
 
 def free_port() -> int:
@@ -96,7 +99,7 @@ def broker(variant: str, port: int) -> Iterator[list[int]]:
             redis_port = free_port()
             redis = subprocess.Popen(
                 [
-                    *("taskset", "-c", BROKER_CPU, "redis-server", "--port", str(redis_port)),
+                    *("taskset", "-c", REDIS_CPU[0], "redis-server", "--port", str(redis_port)),
                     *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
                 ],
                 stdout=subprocess.DEVNULL,
@@ -185,7 +188,11 @@ def main() -> None:
         default="memory,redis",
         help="comma list of memory, redis, redis@REV, memory@REV",
     )
+    parser.add_argument(
+        "--redis-cpu", default=BROKER_CPU, help="the cpu redis-server is pinned to (default: 0)"
+    )
     args = parser.parse_args()
+    REDIS_CPU[0] = args.redis_cpu
     binary = build_ssebench()
     results: list[dict[str, object]] = []
     for scenario in args.scenarios.split(","):
