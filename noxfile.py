@@ -376,6 +376,14 @@ def bench_cost(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_backplane(session: nox.Session) -> None:
+    """One process against the same with the Redis backplane (``topics``,
+    ``latency``), pinned, interleaved: ``-- --variants memory,redis@REV,redis``."""
+    session.install("-e", ".", *CONSTRAINED)
+    session.run("python", "benchmarks/backplane.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def fuzz(session: nox.Session) -> None:
     """tests/test_fuzz.py with many more examples than the default run's 150.
 
