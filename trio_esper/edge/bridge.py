@@ -18,7 +18,9 @@ changes behaviour; the versions are pinned in pyproject.toml):
   ``selected_alpn_protocol()`` and ``stream.transport_stream.socket``).
 * ``TCPServer._read_data()``, which returns once the peer has ended its
   input, and ``TCPServer.idle_task`` (``stop()``), the keep-alive wait:
-  :class:`_TCPServer` stops the wait then.
+  :class:`_TCPServer` stops the wait then; ``TCPServer.protocol_send(event)``,
+  where an ``Updated`` event with ``idle`` restarts that wait: it does not
+  once the input has ended.
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
@@ -52,7 +54,7 @@ import h2.errors
 import h2.exceptions
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import RawData
+from hypercorn.events import Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
@@ -340,11 +342,22 @@ class _TCPServer(TCPServer):
     its input. Hypercorn's closes only once its keep-alive wait is over: a
     client that closed between requests left the socket in CLOSE-WAIT for
     the whole ``--keep-alive`` (its protocol has nothing to close then, and
-    the connection's task group waits for the idle task)."""
+    the connection's task group waits for the idle task). A request still
+    being answered when the input ends makes the protocol idle afterwards
+    (``Updated(idle=True)``), which would start the wait again: once the
+    input has ended it does not."""
+
+    _input_ended = False
 
     async def _read_data(self) -> None:
         await super()._read_data()
+        self._input_ended = True
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if self._input_ended and isinstance(event, Updated) and event.idle:
+            return  # nothing more can come: the task group ends, and the connection closes
+        await super().protocol_send(event)
 
 
 class Hypercorn:
@@ -498,6 +511,9 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
     "TCPServer._read_data() reads to the end; .idle_task.stop()": lambda: (
         _parameters(TCPServer._read_data) == ["self"]
         and "self.idle_task.restart(" in _source(TCPServer.run)
+        and _parameters(TCPServer.protocol_send) == ["self", "event"]
+        and "isinstance(event, Updated)" in _source(TCPServer.protocol_send)
+        and "event.idle" in _source(TCPServer.protocol_send)
         and _assigns(TCPServer.__init__, "idle_task")
         and _parameters(TrioSingleTask.stop) == ["self"]
     ),
