@@ -13,8 +13,8 @@ from selenium import webdriver
 
 from .browser import BROWSER_SECONDS, in_thread, poll_script
 from .browser import chrome as chrome  # the fixture
-from .test_tls import PKI, https, publish, start_tls_broker, tls_client
-from .test_tls import pki as pki  # the fixture
+from .tlspki import PKI, https, publish, start_tls_broker, tls_client
+from .tlspki import pki as pki  # the fixture
 
 #: Streams the broker serves on one connection in this test.
 MAX_STREAMS = 3
