@@ -837,3 +837,18 @@ def test_noxfile_brings_nox_on_an_externally_managed_python(tmp_path: Path) -> N
     for session in ("serve", "tests", "lint", "typing", "run", "dev", "docs_site"):
         assert re.search(rf"^[*-] {session}\b", listed.stdout, re.MULTILINE), listed.stdout
     assert (tmp_path / "bootstrap" / "venv" / "bin" / "python").exists()
+
+
+def test_the_readme_bounds_are_the_defaults() -> None:
+    """README's "Bounded" section names each bound with its default, `--flag` (value):
+    each value is the setting's default (MiB as 2**20 bytes)."""
+    from trio_esper.config import SETTINGS
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Bounded, and honest about faults") :]
+    section = section[: section.index("\n## ")]
+    named = re.findall(r"`(--[a-z0-9-]+)`\s+\(([0-9]+)(\s+MiB)?\)", section)
+    assert len(named) >= 5, named
+    defaults = {flag: s.default for s in SETTINGS for flag in s.flags}
+    for flag, number, mib in named:
+        assert defaults[flag] == int(number) * (2**20 if mib else 1), flag
