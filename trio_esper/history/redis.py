@@ -22,11 +22,12 @@ Batches, as the SQLite writer commits: publishes go to one writer task
 (one round trip; what comes meanwhile forms the next batch), and Redis sends
 one notice per batch naming its topics. Redis answers each publish with the
 entry id its stream had before it: when that is where this node's reader
-stands, the reader hands the publish's records to the hub without reading
-them (the position moves on at once, so a read in flight is read again),
-and the node skips its own notices (its token heads them); otherwise the
-stream is read. Each publish in a batch is decided on its own, as if it were
-sent alone.
+stands, the writer hands the publish's records to the hub at once, without
+reading them (the position moves on at once, so a read in flight is read
+again; a hand-over that waits keeps its place in the topic's inbox), and the
+publish's answer waits for their fan-out as on one process; the node skips
+its own notices (its token heads them). Otherwise the stream is read.
+Each publish in a batch is decided on its own, as if it were sent alone.
 
 A subscription to a topic new to the node first *watches* the stream
 (:meth:`RedisHistory.watch`): it reads the stream's last id before the
@@ -202,11 +203,8 @@ class RedisHistory:
         #: Publishes waiting for the writer, in the order taken.
         self._queue: collections.deque[_Publish] = collections.deque()
         self._queued = trio.Event()
-        #: Records this node's own publishes stored right after the reader's
-        #: position: the reader hands them to the hub without reading them.
-        self._local: list[tuple[str, list[Record]]] = []
-        #: Names this node in its notices (it skips its own: the writer marks
-        #: what it does not hand over itself).
+        #: Names this node in its notices (it skips its own: the writer hands
+        #: them over, or marks what it does not).
         self._token = secrets.token_hex(8)
         self._clock = client.register_script(CLOCK_SCRIPT)
         #: Redis' clock minus trio's, in milliseconds (:meth:`measure_clock`).
@@ -345,16 +343,22 @@ class RedisHistory:
             return
         self._up()
         for item, outcome in zip(batch, json.loads(answer), strict=True):
-            self._answer_one(item, outcome)
-        if self._local:
-            self._changed.set()
+            deliver = self._answer_one(item, outcome)
+            if deliver is not None and item.records:
+                # Before the next is decided: a watch or unwatch meanwhile
+                # (only if this waits) applies to the next.
+                await deliver(item.topic, item.records)
 
-    def _answer_one(self, item: _Publish, outcome: list[str]) -> None:
+    def _answer_one(self, item: _Publish, outcome: list[str]) -> Deliver | None:
+        """Answer ``item`` by Redis' ``outcome``; return where to hand its
+        records now if this node reads its topic up to just before them.
+        (Set done first: its task runs only once the writer waits.)"""
+        item.done.set()
         kind = outcome[0]
         if kind == "ok":
             entry_ids = outcome[2:]
             topic = item.topic
-            item.records = records = [
+            item.records = [
                 Record.create(
                     seq_of(entry_id),
                     topic,
@@ -368,10 +372,11 @@ class RedisHistory:
             position = self._positions.get(key)
             if position == outcome[1]:
                 # This node reads the stream up to just before this publish:
-                # the reader hands these records over, no read needed.
+                # the writer hands these records over, no read needed (a read
+                # in flight sees the position moved and reads again).
                 self._positions[key] = entry_ids[-1]
-                self._local.append((key, records))
-            elif position is not None:
+                return self._deliver.get(key)
+            if position is not None:
                 self._mark([key])
         elif kind == "late":
             reason = (
@@ -388,7 +393,7 @@ class RedisHistory:
             reason = outcome[1].splitlines()[0][:200] if len(outcome) > 1 else "error"
             self._complain("publish", reason)
             item.failure = lambda: _refused(reason)
-        item.done.set()
+        return None
 
     @staticmethod
     def _answer(batch: list[_Publish], failure: Callable[[], Exception]) -> None:
@@ -530,8 +535,6 @@ class RedisHistory:
         self._positions.pop(key, None)
         self._deliver.pop(key, None)
         self._dirty.discard(key)
-        if self._local:  # a new watch must not get what came before it
-            self._local = [(k, records) for k, records in self._local if k != key]
 
     def _mark(self, keys: Iterable[str]) -> None:
         """Have the reader read ``keys`` (those still watched)."""
@@ -587,12 +590,6 @@ class RedisHistory:
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
-            while self._local:
-                local, self._local = self._local, []
-                for key, records in local:
-                    deliver = self._deliver.get(key)
-                    if deliver is not None:
-                        await deliver(records[0].topic, records)
             keys = [key for key in self._dirty if key in self._positions]
             self._dirty.clear()
             if not keys:
