@@ -309,6 +309,9 @@ async def test_entry_command_serves_and_the_health_check_follows_it(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
     env |= {k: v.replace(volume, str(data)) for k, v in dockerfile.env().items()}
     env |= {"ESPER_BIND": "127.0.0.1", "ESPER_PORT": str(port)}
+    # Docker passes the client's proxy settings in; the check must not use them.
+    env |= {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env |= {"NO_PROXY": "127.0.0.0/8,localhost"}
     scheme = "http"
     if tls:  # the port speaks TLS only (as with ACME): the check must follow it there
         ca = trustme.CA()

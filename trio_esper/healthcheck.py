@@ -21,15 +21,21 @@ ATTEMPT_SECONDS = 2.0
 
 
 def healthy(port: str) -> bool:
-    """Whether ``GET /health`` on ``port`` answers 200, over HTTP or HTTPS."""
+    """Whether ``GET /health`` on ``port`` answers 200, over HTTP or HTTPS.
+    Never through a proxy: Docker passes the client's ``HTTP_PROXY`` into
+    containers, and urllib does not read CIDR entries of ``NO_PROXY``."""
     unchecked = ssl.create_default_context()
     unchecked.check_hostname = False
     unchecked.verify_mode = ssl.CERT_NONE
     for scheme, context in (("http", None), ("https", unchecked)):
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
         url = f"{scheme}://127.0.0.1:{port}/health"
         try:
             # The URL is built here, http or https only (S310 is about other schemes).
-            with urllib.request.urlopen(url, timeout=ATTEMPT_SECONDS, context=context) as answer:  # noqa: S310
+            with opener.open(url, timeout=ATTEMPT_SECONDS) as answer:
                 if answer.status == 200:
                     return True
         except OSError:  # refused, or an HTTPError: plain HTTP to a TLS port gets 400
