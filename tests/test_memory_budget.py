@@ -14,6 +14,8 @@ import trio
 
 from trio_esper.history import Record
 from trio_esper.history.memory import MemoryHistory
+from trio_esper.hub import ROUTED_LOG
+from trio_esper.routing import Route
 from trio_esper.sse import Event
 
 MIB = 1 << 20
@@ -113,6 +115,27 @@ async def test_accounted_bytes_cover_what_the_history_holds(
             for t in range(topics):
                 data = f"{n:10d} " + "x" * (size - 11)
                 await history.append(f"topic{t:07d}", [Event(data, event="note")], nowhere)
+        gc.collect()
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    accounted = history.statistics().bytes
+    assert traced <= accounted <= 1.2 * traced
+
+
+@pytest.mark.parametrize("topic_size", [40, 60_000])
+async def test_routed_records_count_their_routes(topic_size: int) -> None:
+    """A Mercure update's topics (IRIs, as long as a body allows) are held by
+    its record's route: counted as tracemalloc sees them allocated."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        history = MemoryHistory(max_events_per_topic=50, max_bytes=1 << 40)
+        for n in range(50):
+            topics = tuple(f"https://example.com/{n}/{k}/" + "t" * topic_size for k in range(2))
+            route = Route(topics, private=bool(n % 2))
+            await history.append(ROUTED_LOG, [Event(f"update {n}")], nowhere, route=route)
+            del topics, route
         gc.collect()
         traced, _ = tracemalloc.get_traced_memory()
     finally:

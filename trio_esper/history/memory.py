@@ -80,8 +80,9 @@ _SHARED_INT_MAX = 256
 
 def record_bytes(record: Record, topic: str | None = None) -> int:
     """Heap bytes ``record`` holds on its own: :data:`RECORD_FIXED_BYTES`
-    plus its id, data, event type, retry and frame, and its topic string
-    unless it is ``topic`` (the ring's own, shared by the ring's records)."""
+    plus its id, data, event type, retry and frame, its topic string unless
+    it is ``topic`` (the ring's own, shared by the ring's records), and a
+    routed record's route (its topics: a Mercure update's IRIs)."""
     event = record.event
     sizeof = sys.getsizeof
     size = (
@@ -96,6 +97,10 @@ def record_bytes(record: Record, topic: str | None = None) -> int:
         size += allocated_bytes(sizeof(event.retry))
     if record.topic is not topic:
         size += allocated_bytes(sizeof(record.topic))
+    route = record.route
+    if route is not None:  # a routed log's record: its route and the route's topics
+        size += allocated_bytes(sizeof(route)) + allocated_bytes(sizeof(route.topics))
+        size += sum(allocated_bytes(sizeof(t)) for t in route.topics)
     return size
 
 
