@@ -4,6 +4,8 @@ and one resume point across topics; in memory and in SQLite."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +19,15 @@ from trio_esper.history import History
 from trio_esper.history.memory import MemoryHistory
 from trio_esper.history.sqlite import open_sqlite_history
 from trio_esper.hub import Hub, Subscription, open_hub
-from trio_esper.routing import Route, Router, Selection, decode_route, encode_route, selects
+from trio_esper.routing import (
+    PATTERN_MATCHES_MAX_BYTES,
+    Route,
+    Router,
+    Selection,
+    decode_route,
+    encode_route,
+    selects,
+)
 from trio_esper.selectors import SelectorMatcher
 from trio_esper.sse import Event
 
@@ -210,3 +220,35 @@ def test_the_router_finds_what_matching_each_subscription_finds(
             found = list(router.recipients(route))
             assert len(found) == len(set(found))  # each once
             assert set(found) == expected
+
+
+def test_remembered_matches_of_long_topics_stay_within_their_bytes() -> None:
+    # The review found 4,096 topics of 60 kB each held 236 MiB for one `*` subscriber.
+    router = Router[int](SelectorMatcher())
+    router.add(1, Selection(("*",), ()))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for n in range(600):
+            topic = f"https://example.com/books/{n}/" + "x" * 60_000
+            assert list(router.recipients(Route((topic,)))) == [1]
+            del topic
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert router.remembered_bytes() <= PATTERN_MATCHES_MAX_BYTES
+    assert after - before <= PATTERN_MATCHES_MAX_BYTES * 1.25
+
+
+def test_remembered_matches_of_many_subscribers_stay_within_their_bytes() -> None:
+    # The review found 1,000 template subscribers and 4,096 topics held 130 MiB.
+    router = Router[int](SelectorMatcher())
+    for n in range(200):
+        router.add(1000 + n, Selection(("https://example.com/books/{id}",), ()))
+    for n in range(1500):
+        assert len(list(router.recipients(Route((f"https://example.com/books/{n}",))))) == 200
+    assert router.remembered_bytes() <= PATTERN_MATCHES_MAX_BYTES
+    # The bound was reached (a topic's entry holds 200 members): not every topic is kept.
+    assert router.remembered_bytes() > PATTERN_MATCHES_MAX_BYTES * 0.9

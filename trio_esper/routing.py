@@ -20,9 +20,10 @@ routed log and asks it at each fan-out; the Mercure front end
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .selectors import SelectorMatcher
 
@@ -87,6 +88,16 @@ def selects(matcher: SelectorMatcher, selection: Selection, route: Route) -> boo
 #: Topics whose matching pattern subscriptions a router remembers: forgotten
 #: oldest first, and all of them when a pattern subscription comes or goes.
 PATTERN_TOPICS_REMEMBERED = 4096
+#: What the remembered matches may hold, in bytes as :func:`_remembered_bytes`
+#: counts them (the topic string, and the set of subscriptions): a topic whose
+#: entry alone would take more than a sixteenth is not remembered.
+PATTERN_MATCHES_MAX_BYTES = 8 << 20
+#: An entry's bytes beside its set and topic: its dict slot and hash.
+_ENTRY_BYTES = 64
+
+
+def _remembered_bytes(topic: str, found: set[Any]) -> int:
+    return _ENTRY_BYTES + sys.getsizeof(topic) + sys.getsizeof(found)
 
 
 class Router(Generic[S]):
@@ -106,6 +117,8 @@ class Router(Generic[S]):
         #: For a topic published to lately, the pattern subscriptions that
         #: select it: a publish to it visits those, not every pattern holder.
         self._pattern_matches: dict[str, set[S]] = {}
+        #: Their bytes (:func:`_remembered_bytes`), within PATTERN_MATCHES_MAX_BYTES.
+        self._pattern_bytes = 0
 
     def __len__(self) -> int:
         return len(self._selections)
@@ -117,7 +130,7 @@ class Router(Generic[S]):
                 self._exact.setdefault(selector, set()).add(subscription)
             elif subscription not in self._patterns:
                 self._patterns.add(subscription)
-                self._pattern_matches.clear()
+                self._forget_matches()
 
     def discard(self, subscription: S) -> None:
         selection = self._selections.pop(subscription, None)
@@ -125,7 +138,7 @@ class Router(Generic[S]):
             return
         if subscription in self._patterns:
             self._patterns.discard(subscription)
-            self._pattern_matches.clear()
+            self._forget_matches()
         for selector in selection.selectors:
             exact = self._exact.get(selector)
             if exact is not None:
@@ -134,15 +147,35 @@ class Router(Generic[S]):
                     del self._exact[selector]
 
     def _selecting(self, topic: str) -> set[S]:
-        """The pattern subscriptions that select ``topic`` (remembered)."""
-        found = self._pattern_matches.get(topic)
-        if found is None:
-            matches, selections = self._matcher.matches_any, self._selections
-            found = {s for s in self._patterns if matches(selections[s].selectors, (topic,))}
-            if len(self._pattern_matches) >= PATTERN_TOPICS_REMEMBERED:
-                del self._pattern_matches[next(iter(self._pattern_matches))]
-            self._pattern_matches[topic] = found
+        """The pattern subscriptions that select ``topic`` (remembered,
+        within :data:`PATTERN_TOPICS_REMEMBERED` topics and
+        :data:`PATTERN_MATCHES_MAX_BYTES`, oldest forgotten first)."""
+        remembered = self._pattern_matches
+        found = remembered.get(topic)
+        if found is not None:
+            return found
+        matches, selections = self._matcher.matches_any, self._selections
+        found = {s for s in self._patterns if matches(selections[s].selectors, (topic,))}
+        cost = _remembered_bytes(topic, found)
+        if cost > PATTERN_MATCHES_MAX_BYTES // 16:
+            return found
+        while remembered and (
+            len(remembered) >= PATTERN_TOPICS_REMEMBERED
+            or self._pattern_bytes + cost > PATTERN_MATCHES_MAX_BYTES
+        ):
+            oldest = next(iter(remembered))
+            self._pattern_bytes -= _remembered_bytes(oldest, remembered.pop(oldest))
+        remembered[topic] = found
+        self._pattern_bytes += cost
         return found
+
+    def _forget_matches(self) -> None:
+        self._pattern_matches.clear()
+        self._pattern_bytes = 0
+
+    def remembered_bytes(self) -> int:
+        """What the remembered matches hold (as estimated; for tests and figures)."""
+        return self._pattern_bytes
 
     def selects(self, selection: Selection, route: Route) -> bool:
         """Whether a subscription with ``selection`` receives an update with ``route``."""
