@@ -132,3 +132,24 @@ async def test_a_node_hands_its_own_publishes_to_its_hub_without_reading_them(
         assert sorted(got[1:]) == sorted(stored)
         assert await stat_calls(client, "xrange") == reads + 1  # the after() just above
         await client.delete([KEY_PREFIX + topic])
+
+
+async def test_any_text_survives_the_batch_s_json(redis_server: RedisServer) -> None:
+    topic = "batchtopic20"
+    data = 'héllo 😀 \t\x00 "quoted" \\ back/slash \u2028\nsecond line'
+
+    async def deliver(topic: str, records: Sequence[Record]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    client = coredis.Redis.from_url(redis_server.url, decode_responses=True)
+    async with client, open_redis_history(redis_server.url) as history:
+        await client.delete([KEY_PREFIX + topic, IDS_PREFIX + topic])
+        stored = await history.append(
+            topic, [Event(data, "kind", "given-é", 5), Event("")], deliver
+        )
+        replay = (await history.after(topic, None, 10)).records
+        assert [r.event for r in replay] == [r.event for r in stored]
+        assert (replay[0].event.data, replay[0].event.event) == (data, "kind")
+        assert (replay[0].event.id, replay[0].event.retry) == ("given-é", 5)
+        assert replay[1].event.data == ""
+        await client.delete([KEY_PREFIX + topic, IDS_PREFIX + topic])
