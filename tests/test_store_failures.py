@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,14 @@ from trio_esper.history import sqlite as store
 from trio_esper.history.sqlite import INSERT, open_sqlite_history
 from trio_esper.sse import Event
 
-from .conftest import BrokerProcess, broker_process, start_broker
+from .conftest import (
+    STEP_SECONDS,
+    BrokerProcess,
+    RedisServer,
+    broker_process,
+    free_port,
+    start_broker,
+)
 from .faults import WRITE_FAILED, broker_command
 
 TOPIC = "storetopic1"
@@ -276,3 +284,37 @@ async def test_file_renamed_and_renamed_back_resumes(
         stored = (await client.get(f"{broker.url}/history/{TOPIC}")).text.splitlines()
         assert [json.loads(line)["data"] for line in stored] == ["one", "two"]
     await broker.stop()
+
+
+@pytest.mark.parametrize("lane", [(), ("--no-fast-lane",)], ids=["fast", "quart"])
+async def test_a_subscribe_while_the_backplane_is_down_is_503_on_both_lanes(
+    tmp_path: Path, lane: tuple[str, ...]
+) -> None:
+    # The backplane down (its redis-server gone), a subscriber asks: refused
+    # (503) before its head on /subscribe and on Mercure's route, as the Quart
+    # routes answered /subscribe; the fast forms answered 200 then ended.
+    redis = RedisServer(free_port(), str(tmp_path))
+    redis.start()
+    try:
+        async with (
+            broker_process("--backplane", redis.url, *lane) as running,
+            httpx.AsyncClient(timeout=STEP_SECONDS) as client,
+        ):
+            assert (await _publish(client, running.url, "before")).status_code == 200
+            urls = (
+                f"{running.url}/subscribe/{OTHER}",
+                f"{running.url}/.well-known/mercure?topic=https%3A%2F%2Fexample.com%2F1",
+            )
+            async with AsyncExitStack() as watching:
+                # A subscriber on each first: the backplane already watches them.
+                for url in urls:
+                    early = await watching.enter_async_context(client.stream("GET", url))
+                    assert early.status_code == 200
+                redis.kill()
+                assert (await _publish(client, running.url, "after")).status_code == 503
+                for url in urls:
+                    async with client.stream("GET", url) as answer:
+                        assert answer.status_code == 503, url
+                        assert "unavailable" in (await answer.aread()).decode(), url
+    finally:
+        redis.kill()

@@ -25,6 +25,7 @@ from .errors import (
     BadRequest,
     EsperError,
     Forbidden,
+    HistoryError,
     InvalidTopic,
     TooManyRequests,
     Unauthorized,
@@ -437,6 +438,20 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     if last_id:
         return Stream(topic, True, last_id, expires)
     return Stream(topic, since is not None, None, expires)
+
+
+async def check_store(hub: Hub) -> None:
+    """Refuse a subscription while the store fails: a store that reported a
+    problem is asked again, so that a subscriber gets 503 before its head
+    rather than 200 and a stream that ends. A checkpoint only then.
+
+    Raises:
+        HistoryError: the store still fails.
+    """
+    if hub.history.statistics().problem is not None:
+        problem = await hub.history.check()
+        if problem is not None:
+            raise HistoryError(problem)
 
 
 def opening_frame(config: Config) -> bytes:

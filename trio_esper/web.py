@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import endpoints
 from .config import Config
-from .errors import BadRequest, EsperError, HistoryError, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadRequest, EsperError, PayloadTooLarge, UnsupportedMediaType
 from .hub import Hub, Subscription
 
 log = logging.getLogger("trio_esper")
@@ -144,12 +144,7 @@ async def stream_response(
     headers = [*endpoints.STREAM_HEADERS, *cors_headers(config)]
     client = request.remote_addr or ""
     hub.admit(plan.topic, client)
-    if hub.history.statistics().problem is not None:
-        # The store (the backplane) was failing: ask it again rather than
-        # answer 200 and end the stream when the subscription cannot open.
-        problem = await hub.history.check()
-        if problem is not None:
-            raise HistoryError(problem)
+    await endpoints.check_store(hub)
     if request.method == "HEAD":
         return Response(b"", headers=Headers(headers))
 

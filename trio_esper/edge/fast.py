@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -259,6 +259,11 @@ class FastForms:
         plan = opened.plan
         hub = self._hub
         expires_in = plan.expires_in()
+
+        async def admitted() -> None:  # as the Quart route checks, in its order
+            hub.admit(plan.topic, connection.address)
+            await endpoints.check_store(hub)
+
         await self._stream(
             connection,
             hub.subscribe(plan.topic, frame=h1.chunk, client=connection.address),
@@ -268,6 +273,7 @@ class FastForms:
             topic=plan.topic,
             deadline=math.inf if expires_in is None else trio.current_time() + expires_in,
             expired=endpoints.EXPIRED_FRAME,
+            admitted=admitted,
         )
 
     async def _mercure(self, connection: Connection, request: h1.Request) -> bool:
@@ -320,12 +326,14 @@ class FastForms:
         topic: str,
         deadline: float = math.inf,
         expired: bytes = b"",
+        admitted: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Serve a subscriber's stream until it ends, the peer leaves, or
         ``deadline`` (its token's expiry) passes, then end the body (the
         connection then closes). ``head()`` is the stream's response head,
         ``replay`` what it resumes from, ``expired`` its last frame at
-        ``deadline``.
+        ``deadline``; ``admitted()`` raises if the subscription must be
+        refused before it opens.
 
         The task parks on the socket (to see the peer leave) rather than on
         the queue: while it is parked the topic writes to the socket directly
@@ -334,6 +342,8 @@ class FastForms:
         """
         started = False
         try:
+            if admitted is not None:
+                await admitted()
             async with subscribing as subscription:
                 await connection.write_all(head())
                 started = True

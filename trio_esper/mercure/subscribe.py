@@ -132,6 +132,7 @@ async def plan(config: Config, hub: Hub, request: Request) -> Plan:
     selection = Selection(topics, allowed)
     headers = [*STREAM_HEADERS, *cors_headers(config, request.origin)]
     hub.admit_routed(request.client)
+    await endpoints.check_store(hub)
     last_id = endpoints.header_text(request.last_event_id) or args.get("lastEventID", [""])[0]
     # Where the stream resumes: after ``after`` (from the oldest if None), or not at all.
     resume, after = False, None
