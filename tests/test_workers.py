@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 import trio
 
 from trio_esper.client import Client
+from trio_esper.workers import HANDOFF_TIMEOUT_SECONDS
 
 from .conftest import STEP_SECONDS, BrokerProcess, RedisServer, broker_process
 
@@ -191,3 +194,90 @@ async def test_a_worker_killed_loses_no_connection_not_yet_taken(
             os.kill(killed, signal.SIGKILL)
         assert running.log_lines(rf"worker {killed} exited with status -9"), running.stderr
         await wait_for_workers(running, 2, without=killed)
+
+
+#: What each process of the broker below may hold (soft and hard, as
+#: ``ulimit -n`` sets it): a few dozen connections fill a worker.
+DESCRIPTOR_LIMIT = 64
+#: Subscribers enough to fill both workers at DESCRIPTOR_LIMIT, and more.
+OVERLOAD_CONNECTIONS = 2 * DESCRIPTOR_LIMIT + 20
+#: How many of them leave to make room for others.
+LEAVING = 10
+#: ``python -m trio_esper`` with that limit (its workers inherit it).
+LIMITED_COMMAND = (
+    sys.executable,
+    "-c",
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTOR_LIMIT}, {DESCRIPTOR_LIMIT})); "
+    "runpy.run_module('trio_esper', run_name='__main__', alter_sys=True)",
+)
+
+
+async def test_a_worker_out_of_descriptors_keeps_its_clients(redis_server: RedisServer) -> None:
+    # The kernel drops a descriptor handed to a process whose table is full:
+    # the worker must say so rather than be taken for stalled and killed with
+    # every client it serves. As one process out of descriptors does, the
+    # broker lets new connections wait (it sheds them, never the ones it
+    # serves), and serves them as room comes back.
+    args = ("--threads", "2", "--backplane", redis_server.url)
+    async with broker_process(*args, command=LIMITED_COMMAND) as running:
+        with trio.fail_after(STEP_SECONDS * 3):
+            while not running.log_lines("with 2 workers"):
+                await trio.sleep(0.05)
+        workers_before = worker_pids(running)
+        host, port = running.url.removeprefix("http://").rsplit(":", 1)
+        request = b"GET /subscribe/fulltopic1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        #: Each subscriber's state: "waiting" for its answer's head, "served"
+        #: (streaming), "left" (closed here), or what ended it.
+        state: dict[int, str] = {}
+        connections: dict[int, trio.SocketStream] = {}
+
+        async def subscriber(number: int) -> None:
+            state[number] = "waiting"
+            connection = connections[number] = await trio.open_tcp_stream(host, int(port))
+            try:
+                await connection.send_all(request)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = await connection.receive_some(4096)
+                    if not chunk:
+                        state[number] = f"closed after {head!r}"
+                        return
+                    head += chunk
+                if not head.startswith(b"HTTP/1.1 200"):
+                    state[number] = f"answered {head!r}"
+                    return
+                state[number] = "served"
+                while await connection.receive_some(4096):
+                    pass
+                state[number] = "stream ended"
+            except trio.ClosedResourceError:
+                state[number] = "left"
+
+        def counts() -> Counter[str]:
+            return Counter(state.values())
+
+        async with trio.open_nursery() as nursery:
+            for number in range(OVERLOAD_CONNECTIONS):
+                nursery.start_soon(subscriber, number)
+                await trio.sleep(0.005)
+            # Long enough for a worker that answers no hand-off to be taken
+            # for stalled and killed (workers.HANDOFF_TIMEOUT_SECONDS).
+            await trio.sleep(HANDOFF_TIMEOUT_SECONDS * 2)
+            assert set(counts()) == {"served", "waiting"}, (counts(), running.stderr)
+            assert counts()["waiting"] >= OVERLOAD_CONNECTIONS - 2 * DESCRIPTOR_LIMIT
+            assert running.log_lines("out of file descriptors"), running.stderr
+            assert not running.log_lines(r"took no connection|exited with"), running.stderr
+            assert worker_pids(running) == workers_before
+            # Room made by some leaving goes to the ones waiting.
+            served = counts()["served"]
+            leaving = [n for n, now in state.items() if now == "served"][:LEAVING]
+            for number in leaving:
+                await connections[number].aclose()
+            with trio.fail_after(STEP_SECONDS * 2):
+                while counts()["served"] < served:
+                    await trio.sleep(0.05)
+            assert set(counts()) <= {"served", "waiting", "left"}, counts()
+            nursery.cancel_scope.cancel()
+        for connection in connections.values():
+            await connection.aclose()

@@ -22,10 +22,15 @@ Signals to the supervisor:
 
 A worker that dies unexpectedly is replaced.
 
-Hand-offs never block the supervisor: a worker acknowledges each connection
-as it takes it (one byte back over its socket pair), and until then the
-supervisor keeps its own copy. A worker whose socket pair is full is passed
-over for the next; one that has not taken a connection handed to it
+Hand-offs never block the supervisor: a worker answers each hand-off, in
+the order they came, with one byte back over its socket pair (:data:`TAKEN`,
+or :data:`LOST`: it is out of file descriptors, and the kernel dropped the
+one passed), and until then the supervisor keeps its own copy. A connection
+a worker lost goes to another worker, and the one out of descriptors gets no
+more for :data:`HANDOFF_FULL_SECONDS` at a time: as one process out of
+descriptors waits before it accepts again, new connections wait, and the
+worker keeps the clients it serves. A worker whose socket pair is full is
+passed over for the next; one that has not answered a hand-off
 :data:`HANDOFF_TIMEOUT_SECONDS` ago (stopped, or stuck) gets no more and is
 killed and replaced. When a worker ends, however it ends, the connections
 handed to it that it had not taken go to the other workers: none is lost
@@ -47,7 +52,7 @@ from dataclasses import dataclass, field
 import trio
 
 from . import logs
-from .accepting import listening_socket
+from .accepting import ACCEPT_RETRY_SECONDS, listening_socket
 from .config import Config
 
 log = logging.getLogger("trio_esper")
@@ -65,10 +70,10 @@ HANDOFF_SETTLE_SECONDS = 0.2
 START_SECONDS = 30.0
 #: A worker that dies this soon after starting is not restarted at once.
 RESPAWN_DELAY_SECONDS = 1.0
-#: A worker that has not taken a connection handed to it this long ago is
-#: stalled (stopped, or its event loop stuck): it gets no more, and is
-#: killed and replaced. Taking one is a few system calls, so this only
-#: leaves room for a loaded machine.
+#: A worker that has not answered a hand-off this long ago is stalled
+#: (stopped, or its event loop stuck): it gets no more, and is killed and
+#: replaced. Answering is a few system calls, so this only leaves room for
+#: a loaded machine.
 HANDOFF_TIMEOUT_SECONDS = 2.0
 #: How often the supervisor looks for stalled workers.
 HANDOFF_CHECK_SECONDS = 0.1
@@ -77,6 +82,16 @@ HANDOFF_CHECK_SECONDS = 0.1
 HANDOFF_RETRY_SECONDS = 0.01
 #: What a worker sends back for each connection it takes.
 TAKEN = b"t"
+#: What a worker sends back for a hand-off that brought no connection: its
+#: descriptor table is full (the kernel closes a descriptor passed to a
+#: process that has no room for it). Any byte back releases the
+#: supervisor's copy, so a supervisor that knows only :data:`TAKEN` (a
+#: rolling restart to new code) closes it.
+LOST = b"l"
+#: A worker that lost a connection gets no new ones for this long, then is
+#: tried again: as long as one process out of descriptors waits before it
+#: accepts again.
+HANDOFF_FULL_SECONDS = ACCEPT_RETRY_SECONDS
 
 
 def is_worker() -> bool:
@@ -110,6 +125,10 @@ class HandedListener:
     async def accept_batch(self) -> list[trio.socket.SocketType]:
         """The next connection handed over, as a batch of one (the
         supervisor accepts; see :class:`~trio_esper.accepting.ConnectionSource`).
+        Each hand-off is answered at once, also one whose descriptor this
+        process had no room for (:data:`LOST`: the supervisor hands that
+        connection to another worker, and waits before it hands this one
+        more).
 
         Raises:
             ConnectionError: the supervisor is gone (the worker then stops).
@@ -121,21 +140,28 @@ class HandedListener:
             )
             if not data:
                 raise ConnectionError("the supervisor closed the hand-off socket")
+            taken = None
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
                     fds.frombytes(payload[: len(payload) - len(payload) % size])
-                    if fds:
-                        taken = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
-                        # Taken: from now on the supervisor lets its copy go,
-                        # and would not hand it to another worker if this
-                        # one ended.
-                        try:
-                            await self._channel.send(TAKEN)
-                        except OSError as error:
-                            taken.close()
-                            raise ConnectionError("the supervisor is gone") from error
-                        return [taken]
+                    for fd in fds:  # one is sent; more would be a bug, not a leak
+                        if taken is None:
+                            taken = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+                        else:
+                            os.close(fd)
+            # Taken: from now on the supervisor lets its copy go, and would
+            # not hand it to another worker if this one ended. Lost (the
+            # kernel found no room for it here, MSG_CTRUNC): its copy goes to
+            # another worker.
+            try:
+                await self._channel.send(LOST if taken is None else TAKEN)
+            except OSError as error:
+                if taken is not None:
+                    taken.close()
+                raise ConnectionError("the supervisor is gone") from error
+            if taken is not None:
+                return [taken]
 
     async def aclose(self) -> None:
         self._channel.close()
@@ -186,8 +212,12 @@ class _Worker:
     #: The connections handed over that the worker has not taken yet, oldest
     #: first, each with when it was handed: the supervisor's copies.
     untaken: deque[tuple[float, trio.socket.SocketType]] = field(default_factory=deque)
-    #: It did not take a connection in time: it gets no more.
+    #: It did not answer a hand-off in time: it gets no more.
     stalled: bool = False
+    #: It lost the last connection handed to it (out of file descriptors):
+    #: it gets no more until :attr:`full_until`.
+    full: bool = False
+    full_until: float = -float("inf")
     #: Set once its watcher has read its last acknowledgement and closed
     #: its socket pair (see :meth:`_Supervisor._watch`).
     done: trio.Event = field(default_factory=trio.Event)
@@ -269,7 +299,7 @@ class _Supervisor:
         for _ in range(len(self._workers)):
             worker = self._workers[self._next % len(self._workers)]
             self._next += 1
-            if worker.stalled:
+            if worker.stalled or worker.full_until > trio.current_time():
                 continue
             try:
                 worker.handoff.sendmsg([b"c"], fds)
@@ -280,8 +310,8 @@ class _Supervisor:
         return False
 
     async def _find_stalled(self) -> None:
-        """Kill each serving worker that has not taken a connection handed to
-        it in :data:`HANDOFF_TIMEOUT_SECONDS` (its watcher replaces it)."""
+        """Kill each serving worker that has not answered a hand-off in
+        :data:`HANDOFF_TIMEOUT_SECONDS` (its watcher replaces it)."""
         while True:
             await trio.sleep(HANDOFF_CHECK_SECONDS)
             now = trio.current_time()
@@ -307,7 +337,9 @@ class _Supervisor:
 
     async def _take_acknowledgements(self, worker: _Worker) -> None:
         """Release the supervisor's copy of each connection ``worker`` takes,
-        until its end of the socket pair closes (it has exited)."""
+        and hand on each it lost, until its end of the socket pair closes (it
+        has exited). Answers come one byte per hand-off, in the order of the
+        hand-offs (one stream, read in order at both ends)."""
         while True:
             try:
                 data = await worker.channel.recv(4096)
@@ -315,8 +347,43 @@ class _Supervisor:
                 return
             if not data:
                 return
-            for _ in range(min(len(data), len(worker.untaken))):
-                worker.untaken.popleft()[1].close()
+            answers = data[: len(worker.untaken)]
+            lost: list[trio.socket.SocketType] = []
+            for answer in answers:
+                connection = worker.untaken.popleft()[1]
+                if answer == LOST[0]:
+                    lost.append(connection)
+                else:
+                    connection.close()
+            if answers:
+                self._note_room(worker, full=answers[-1:] == LOST)
+            if lost:
+                worker.full_until = trio.current_time() + HANDOFF_FULL_SECONDS
+                if self._stopping:
+                    for connection in lost:
+                        connection.close()
+                else:
+                    self._nursery.start_soon(self._hand, *lost)
+
+    def _note_room(self, worker: _Worker, *, full: bool) -> None:
+        """Log when ``worker`` runs out of file descriptors (its last answer
+        was :data:`LOST`), and when it has room again."""
+        if full == worker.full:
+            return
+        worker.full = full
+        if full:
+            log.warning(
+                "worker %d is out of file descriptors: new connections go to the others, "
+                "or wait, until it has room (the clients it serves stay)",
+                worker.process.pid,
+                extra={"event": "worker_full", "pid": worker.process.pid},
+            )
+        else:
+            log.info(
+                "worker %d takes connections again",
+                worker.process.pid,
+                extra={"event": "worker_has_room", "pid": worker.process.pid},
+            )
 
     async def _rolling_restart(self) -> None:
         old = self._workers
