@@ -1,9 +1,10 @@
 """Subscriber queues are bounded in bytes, per subscription and in total
 (issue 22, point 2): a subscriber that stops reading a topic of large events
 is dropped at ``--queue-bytes`` long before ``--queue`` events, the bytes all
-queues hold together stay under ``--queue-total-bytes`` (the subscription
-holding the most is dropped), and ``/stats`` ``queued_bytes`` is back at 0
-once they leave.
+queues hold together stay under ``--queue-total-bytes`` (the subscriptions
+whose dropping frees the most are dropped: a frame many share is freed only
+once all of them let go), and ``/stats`` ``queued_bytes`` is back at 0 once
+they leave.
 
 First in-process, deterministic (the hub alone), then through a real broker
 with raw-socket subscribers that never read, on both lanes.
@@ -13,11 +14,15 @@ case (ten stalled subscribers on topics of 60 KiB events).
 
 from __future__ import annotations
 
+import heapq
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
 
-from trio_esper.hub import Subscription, open_hub
+from trio_esper import hub as hub_module
+from trio_esper.hub import Hub, Subscription, open_hub
 from trio_esper.sse import Event, encode
 
 from .conftest import STEP_SECONDS, Broker, start_broker
@@ -104,7 +109,7 @@ async def test_the_total_bound_drops_the_subscription_holding_most() -> None:
             await hub.publish("topic0002", [Event(DATA, id=f"e{n}")])
         assert hub.statistics().queued_bytes == 10 * frame
         # The reader takes each event; it gets every one while the
-        # subscription holding the most is dropped to stay within the total.
+        # subscription holding the most (alone) is dropped to stay within the total.
         for n in range(5):
             await hub.publish("topic0003", [Event(DATA, id=f"e{n}")])
             assert hub.statistics().queued_bytes <= total
@@ -155,6 +160,112 @@ async def test_frames_queued_to_many_subscribers_are_counted_once() -> None:
             nursery.cancel_scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
         assert hub.statistics().queued_bytes == 0
+
+
+#: Stalled subscribers sharing one frame in the tests below: enough that
+#: dropping them one by one, each choice a pass over them, shows.
+SHARING = 2000
+
+
+class _Counting:
+    """``heapq`` as the hub uses it, counting pushes and pops, and the
+    subscriptions whose bytes held it looks at: the work its total bound does
+    to pick whom to drop, whatever the machine's speed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps = 0
+        held_bytes = hub_module._held_bytes
+
+        def counted(subscription: Subscription) -> int:
+            self.steps += 1
+            return held_bytes(subscription)
+
+        monkeypatch.setattr(hub_module, "heapq", self)
+        monkeypatch.setattr(hub_module, "_held_bytes", counted)
+
+    def heappush(self, heap: list[Any], item: Any) -> None:
+        self.steps += 1
+        heapq.heappush(heap, item)
+
+    def heappop(self, heap: list[Any]) -> Any:
+        self.steps += 1
+        return heapq.heappop(heap)
+
+    def heapify(self, heap: list[Any]) -> None:
+        self.steps += len(heap)
+        heapq.heapify(heap)
+
+    def nlargest(self, *args: Any, **kwargs: Any) -> Any:
+        return heapq.nlargest(*args, **kwargs)
+
+
+async def _stall(
+    hub: Hub, topic: str, into: list[Subscription], task_status: trio.TaskStatus[None]
+) -> None:
+    async with hub.subscribe(topic) as subscription:
+        into.append(subscription)
+        task_status.started()
+        await trio.sleep_forever()  # never reads
+
+
+@pytest.mark.parametrize("shared_first", [True, False], ids=["shared-first", "alone-first"])
+async def test_the_total_bound_drops_whom_it_frees_bytes_by_dropping(
+    shared_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many stalled subscribers share one frame (counted once) and one holds
+    a frame alone: past the total, that one goes, whichever came first;
+    dropping a sharer frees nothing while the others hold the frame."""
+    counting = _Counting(monkeypatch)
+    shared, alone = Event("a" * 60 * KIB, id="s0"), Event("b" * 50 * KIB, id="b0")
+    assert frame_bytes(shared) + frame_bytes(alone) > 100 * KIB > frame_bytes(shared)
+    async with (
+        open_hub(queue_events=100, queue_bytes=1 << 20, queue_total_bytes=100 * KIB) as hub,
+        trio.open_nursery() as nursery,
+    ):
+        sharers: list[Subscription] = []
+        lone: list[Subscription] = []
+        for _ in range(SHARING):
+            await nursery.start(_stall, hub, "sharedtopic", sharers)
+        await nursery.start(_stall, hub, "alonetopic", lone)
+        publishes = [("sharedtopic", shared), ("alonetopic", alone)]
+        for topic, event in publishes if shared_first else publishes[::-1]:
+            await hub.publish(topic, [event])
+        stats = hub.statistics()
+        assert stats.dropped == 1
+        assert lone[0].dropped
+        assert not any(s.dropped for s in sharers)
+        assert stats.queued_bytes == frame_bytes(shared)
+        # The work to pick it does not grow with the sharers.
+        assert counting.steps <= 8
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broadcast_past_the_total_on_its_own_reaches_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every frame shared and still past the total: a frame larger than the
+    whole bound reaches none of its subscribers (each is dropped as it is
+    handed it: it would hold that frame alone), and ones sharing a smaller
+    frame first are dropped only as they are handed the large one."""
+    counting = _Counting(monkeypatch)
+    small, large = Event("s" * KIB), Event("l" * 120 * KIB)
+    async with (
+        open_hub(queue_events=100, queue_bytes=1 << 20, queue_total_bytes=100 * KIB) as hub,
+        trio.open_nursery() as nursery,
+    ):
+        sharers: list[Subscription] = []
+        for _ in range(SHARING):
+            await nursery.start(_stall, hub, "sharedtopic", sharers)
+        await hub.publish("sharedtopic", [small])
+        assert hub.statistics().dropped == 0
+        await hub.publish("sharedtopic", [large])
+        stats = hub.statistics()
+        assert stats.dropped == SHARING
+        assert all(s.dropped for s in sharers)
+        assert stats.queued_bytes == 0
+        # Each drop is picked in a bounded number of steps, not a pass over the rest.
+        assert counting.steps <= 2 * SHARING
+        nursery.cancel_scope.cancel()
 
 
 # --- through a real broker -------------------------------------------------

@@ -459,7 +459,7 @@ class Config:
         "--queue-total-bytes",
         metavar="BYTES",
         help="bytes buffered for all subscribers together (a frame queued to many counts "
-        "once); past it, the subscriber holding the most is disconnected",
+        "once); past it, the subscriber whose disconnection frees the most is disconnected",
     )
     cors_origins: tuple[str, ...] = setting(
         (),

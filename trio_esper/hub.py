@@ -22,8 +22,10 @@ Publishers never wait for a subscriber: the topic task delivers with
 ends; the client reconnects and, with history, resumes by Last-Event-ID),
 as Mercure's localsubscriber does. A queue is full when it holds its events
 already, or when one more hand-out would take it past its bytes (a
-subscriber holding nothing takes any one hand-out); past the total, the
-subscription holding the most bytes is dropped until the total fits.
+subscriber holding nothing takes any one hand-out); past the total,
+subscriptions are dropped until the total fits, the one whose dropping frees
+the most first (the bytes of frames it alone holds: a frame queued to many
+subscribers is freed only once all of them let go). See :meth:`Hub._shed`.
 
 A publisher does wait for the topic task to have handed its records to
 every subscriber (written or queued): that takes no longer than one pass
@@ -34,6 +36,7 @@ topic (its answer means the event is out).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import secrets
@@ -190,6 +193,7 @@ class Subscription:
     # cost more memory per subscriber than the rest of it.
     __slots__ = (
         "__weakref__",
+        "_alone_bytes",
         "_attached",
         "_client",
         "_closed",
@@ -237,6 +241,10 @@ class Subscription:
         self._queued = 0
         #: Bytes of those items, plus the chunk :attr:`_held`.
         self._queued_bytes = 0
+        #: Bytes of the frames it holds that no other subscription holds:
+        #: what dropping it frees (kept by :meth:`Hub._hold` and
+        #: :meth:`Hub._let_go`; exact while it is backlogged).
+        self._alone_bytes = 0
         #: The last chunk taken, counted until the task asks for more (then
         #: the transport has written it).
         self._held: bytes | None = None
@@ -395,8 +403,9 @@ class Subscription:
         gone, or is dropped: its queue holds ``queue_events`` already, or
         the items would take what it holds past ``queue_bytes`` (a subscriber
         holding nothing takes any one hand-out), or the hub's total past its
-        own and it holds the most. So a publish of many events reaches a
-        subscriber that is not that far behind, whole."""
+        own and dropping others does not bring it back (:meth:`Hub._shed`).
+        So a publish of many events reaches a subscriber that is not that
+        far behind, whole."""
         self._direct = None  # the task will wake to this: no direct write may overtake it
         if self._closed:
             return False  # gone or ended already: not a slow subscriber
@@ -410,15 +419,15 @@ class Subscription:
             self._drop()
             return False
         send = self._open()[0]
+        hub._backlogged[id(self)] = self  # before _hold, which looks holders up there
+        before = hub._queued_bytes
         for item in items:
             send.send_nowait(item)  # unbounded: never raises WouldBlock
-            hub._hold(item[1])
+            hub._hold(item[1], self)
         self._queued += len(items)
-        if not self._queued_bytes:
-            hub._backlogged.add(self)
         self._queued_bytes += size
         if hub._queued_bytes > hub._queue_total_bytes:
-            hub._shed()
+            hub._shed(self, hub._queued_bytes - before)
             if self._dropped:
                 return False
         self._wake_task()
@@ -449,7 +458,8 @@ class Subscription:
             self._close()
             # Nothing queued will be written now: let it go at once (the
             # chunk being written stays counted until the task lets go).
-            self._hub._backlogged.discard(self)
+            self._hub._backlogged.pop(id(self), None)
+            self._hub._rising.discard(self)
             self._empty_queue()
             if self._interrupt is not None:
                 self._interrupt()
@@ -465,7 +475,7 @@ class Subscription:
 
     def _take(self, seq: int | None, data: bytes, frames: list[bytes]) -> None:
         self._queued -= 1
-        self._hub._let_go(data)
+        self._hub._let_go(data, self)
         if seq is None:
             frames.append(data)
         elif seq > self._replayed_through:
@@ -477,17 +487,17 @@ class Subscription:
     def _hold(self, chunk: bytes) -> bytes:
         """Count ``chunk``, taken to be written, until the task asks for more."""
         self._held = chunk
-        self._hub._hold(chunk)
+        self._hub._hold(chunk, self)
         return chunk
 
     def _let_go_held(self) -> None:
         """The task asks for more: the chunk it took is written."""
         held, self._held = self._held, None
         if held is not None:
-            self._hub._let_go(held)
+            self._hub._let_go(held, self)
             self._queued_bytes -= len(held)
             if not self._queued_bytes:
-                self._hub._backlogged.discard(self)
+                self._hub._backlogged.pop(id(self), None)
 
     def _empty_queue(self) -> None:
         """Let go of every queued item (the stream has ended)."""
@@ -499,7 +509,7 @@ class Subscription:
                 data = self._receive.receive_nowait()[1]
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            self._hub._let_go(data)
+            self._hub._let_go(data, self)
             self._queued_bytes -= len(data)
         self._queued = 0
 
@@ -510,7 +520,8 @@ class Subscription:
         self._empty_queue()
         if self._receive is not None:
             self._receive.close()
-        self._hub._backlogged.discard(self)
+        self._hub._backlogged.pop(id(self), None)
+        self._hub._rising.discard(self)
 
 
 class Topic:
@@ -750,13 +761,21 @@ class Hub:
         self._queue_bytes = queue_bytes
         self._queue_total_bytes = queue_total_bytes
         #: Bytes of the distinct frames subscribers hold (queued or being
-        #: written), and how many holds each has, by id: the frames of a
-        #: batch are one object whatever the number of subscribers.
+        #: written), and for each, by id, how many holds it has and the sum
+        #: of its holders' ids (with one hold left, that sum names the
+        #: holder): the frames of a batch are one object whatever the number
+        #: of subscribers.
         self._queued_bytes = 0
-        self._holds: dict[int, int] = {}
-        #: Subscriptions holding bytes: where the total bound looks for the
-        #: subscription holding the most.
-        self._backlogged: set[Subscription] = set()
+        self._holds: dict[int, list[int]] = {}
+        #: Subscriptions holding bytes, by id: where the total bound looks
+        #: for its victims (see _shed).
+        self._backlogged: dict[int, Subscription] = {}
+        #: Backlogged subscriptions whose bytes held alone grew since _shed
+        #: last looked, and the heap of (-bytes alone, order, subscription)
+        #: it picks from; entries there may be stale (checked when popped).
+        self._rising: set[Subscription] = set()
+        self._victims: list[tuple[int, int, Subscription]] = []
+        self._victim_order = itertools.count()
         self._topics: dict[str, Topic] = {}
         #: (selector, topic) matches, shared by the routed log's fan-out and replay.
         self._matcher = SelectorMatcher()
@@ -894,32 +913,101 @@ class Hub:
             finally:
                 done.set()
 
-    def _hold(self, data: bytes) -> None:
-        """A subscriber holds ``data`` (queued, or being written)."""
+    def _hold(self, data: bytes, holder: Subscription) -> None:
+        """``holder`` holds ``data`` (queued, or being written)."""
         key = id(data)
-        holds = self._holds.get(key)
-        if holds is None:
-            self._holds[key] = 1
+        held = self._holds.get(key)
+        if held is None:
+            self._holds[key] = [1, id(holder)]
             self._queued_bytes += len(data)
-        else:
-            self._holds[key] = holds + 1
+            holder._alone_bytes += len(data)
+            self._rising.add(holder)
+            return
+        if held[0] == 1:  # no longer held alone by the one holding it
+            alone = self._backlogged.get(held[1])
+            if alone is not None:
+                alone._alone_bytes -= len(data)
+        held[0] += 1
+        held[1] += id(holder)
 
-    def _let_go(self, data: bytes) -> None:
-        """A subscriber no longer holds ``data`` (called while it still
+    def _let_go(self, data: bytes, holder: Subscription) -> None:
+        """``holder`` no longer holds ``data`` (called while it still
         references it, so its id is not reused in between)."""
         key = id(data)
-        holds = self._holds[key]
-        if holds == 1:
+        held = self._holds[key]
+        if held[0] == 1:
             del self._holds[key]
             self._queued_bytes -= len(data)
-        else:
-            self._holds[key] = holds - 1
+            holder._alone_bytes -= len(data)
+            return
+        held[0] -= 1
+        held[1] -= id(holder)
+        if held[0] == 1:  # now held alone: dropping that one frees it
+            alone = self._backlogged.get(held[1])
+            if alone is not None:
+                alone._alone_bytes += len(data)
+                self._rising.add(alone)
 
-    def _shed(self) -> None:
-        """Past the total bound: drop the subscriptions holding the most
-        bytes (the furthest behind) until the total fits."""
+    def _shed(self, current: Subscription, fresh: int) -> None:
+        """Past the total bound, after ``current`` was handed ``fresh`` new
+        bytes: drop subscriptions until the total fits.
+
+        First those whose dropping frees the most (the bytes of frames each
+        holds alone), not counting in ``current``'s the frames just handed
+        to it: those are being handed to its topic's other subscribers too,
+        so dropping it alone would not free them, and older backlog held
+        alone goes first. Then ``current`` itself. Then, if every frame left
+        is shared (a broadcast past the total on its own), the subscriptions
+        holding the most bytes, until enough frames lose their last holder.
+
+        Cost: bytes held alone are kept as frames are held and let go, and
+        picked from a heap, so each drop and each rise costs O(log n) of the
+        n backlogged subscriptions; the last step sorts them once."""
+        by_most: list[Subscription] | None = None
         while self._queued_bytes > self._queue_total_bytes and self._backlogged:
-            max(self._backlogged, key=_held_bytes)._drop()
+            victim = self._most_alone(current, fresh)
+            if victim is None and not current._dropped:
+                victim = current
+            elif victim is None:
+                if by_most is None:
+                    by_most = sorted(self._backlogged.values(), key=_held_bytes)
+                if not by_most:
+                    break
+                victim = by_most.pop()
+            victim._drop()
+        if not current._dropped:
+            self._rising.add(current)  # its entry counted without ``fresh``
+        if len(self._victims) > 2 * len(self._backlogged) + 64:  # stale entries
+            self._rising.clear()
+            self._victims = [
+                (-s._alone_bytes, next(self._victim_order), s)
+                for s in self._backlogged.values()
+                if s._alone_bytes > 0
+            ]
+            heapq.heapify(self._victims)
+
+    def _most_alone(self, current: Subscription, fresh: int) -> Subscription | None:
+        """The backlogged subscription holding the most bytes alone (for
+        ``current``, less ``fresh``), if any holds some."""
+        victims, backlogged, order = self._victims, self._backlogged, self._victim_order
+        for rising in self._rising:
+            alone = rising._alone_bytes - (fresh if rising is current else 0)
+            if alone > 0 and backlogged.get(id(rising)) is rising:
+                heapq.heappush(victims, (-alone, next(order), rising))
+        self._rising.clear()
+        while victims:
+            recorded, _, candidate = victims[0]
+            if backlogged.get(id(candidate)) is not candidate:
+                heapq.heappop(victims)
+                continue
+            alone = candidate._alone_bytes - (fresh if candidate is current else 0)
+            if alone != -recorded:  # it let go of some since
+                heapq.heappop(victims)
+                if alone > 0:
+                    heapq.heappush(victims, (-alone, next(order), candidate))
+                continue
+            return candidate
+        return None
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription._aclose()
@@ -1245,8 +1333,9 @@ async def open_hub(
 
     A subscriber is dropped when its queue holds ``queue_events`` events
     already, or a hand-out would take it past ``queue_bytes`` bytes; past
-    ``queue_total_bytes`` for all subscribers, the subscription holding the
-    most is dropped (see :class:`~trio_esper.config.Config`).
+    ``queue_total_bytes`` for all subscribers, the subscriptions whose
+    dropping frees the most are dropped (see :meth:`Hub._shed` and
+    :class:`~trio_esper.config.Config`).
 
     ``history`` defaults to a :class:`MemoryHistory`; the caller owns it.
     On exit the hub is closed (streams end) and the topic tasks are cancelled.
