@@ -45,6 +45,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_esper.acme import manager
 from trio_esper.acme.hello import NEED_DATA, Hello, parse_client_hello
+from trio_esper.acme.http01 import serve_http01
+from trio_esper.acme.storage import Storage
 from trio_esper.cli import parse_config
 from trio_esper.config import Config
 
@@ -812,3 +814,74 @@ async def test_an_http_port_that_cannot_be_bound(
     [warning] = messages(caplog, "acme_http_unavailable")
     assert f"cannot listen on port {http_port} for ACME HTTP-01" in warning
     assert messages(caplog, "acme_failed") == []
+
+
+async def start_http01(nursery: trio.Nursery, tmp_path: Path, **settings: Any) -> int:
+    """The ACME HTTP port alone (no Pebble: nothing is ordered), on a free
+    port; its port number."""
+    config = Config(acme_domains=NAMES, acme_storage=str(tmp_path / "acme"), **settings)
+    port = await nursery.start(serve_http01, config, Storage(config.acme_storage), 8443)
+    assert isinstance(port, int)
+    return port
+
+
+async def held_open(port: int) -> trio.SocketStream:
+    """A connection to ``port`` that sent half a request head."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHo")
+    return stream
+
+
+async def closed_within(stream: trio.SocketStream, seconds: float) -> bool:
+    """Whether the broker closes ``stream`` within ``seconds``, sending nothing."""
+    with trio.move_on_after(seconds):
+        try:
+            return await stream.receive_some() == b""
+        except trio.BrokenResourceError:  # reset: the request was unread
+            return True
+    return False
+
+
+async def test_the_http_port_limits_connections_per_address(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """--max-connections-per-address holds on the ACME HTTP port too: past
+    it, a connection from that address is closed at once (not after the head
+    timeout, which half-sent heads would otherwise hold it for), and one
+    leaving makes room."""
+    port = await start_http01(
+        nursery,
+        tmp_path,
+        max_connections_per_address=3,
+        request_head_timeout_seconds=STEP_SECONDS * 3,
+    )
+    held = [await held_open(port) for _ in range(3)]
+    try:
+        for _ in range(3):
+            async with await held_open(port) as refused:
+                assert await closed_within(refused, STEP_SECONDS)
+        for stream in held:
+            assert not await closed_within(stream, 0.05)
+        await held.pop().aclose()
+        async with httpx.AsyncClient(timeout=STEP_SECONDS) as plain:
+            with trio.fail_after(STEP_SECONDS):
+                while True:  # the broker sees the close at its next read
+                    try:
+                        moved = await plain.get(f"http://127.0.0.1:{port}/health")
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+        assert moved.status_code == 308
+    finally:
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_the_http_port_closes_a_half_sent_head_after_the_head_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = await start_http01(nursery, tmp_path, request_head_timeout_seconds=0.5)
+    async with await held_open(port) as stream:
+        started = trio.current_time()
+        assert await closed_within(stream, STEP_SECONDS)
+        assert trio.current_time() - started >= 0.4

@@ -2,6 +2,12 @@
 section 8.3) are answered from the storage directory, and every other request
 is redirected to ``https://``. One request a connection, then it is closed.
 
+Bounded as the main port is: a connection gets ``--request-head-timeout``
+from its accept for its whole exchange, and an address holding
+``--max-connections-per-address`` connections here has its next one closed
+at once (no answer: the cheapest refusal, as on the TLS port). The count is
+this port's own.
+
 Owns: its listening sockets and each connection, from accept to close; a
 connection's failure (a reset, bytes that are not HTTP) ends it alone.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+from collections import Counter
 
 import h11
 import trio
@@ -50,7 +57,7 @@ async def serve_http01(
         task_status.started(None)
         return
     task_status.started(int(listener.socket.getsockname()[1]))
-    handler = functools.partial(_serve_one, config, storage, tls_port)
+    handler = functools.partial(_serve_counted, config, storage, tls_port, Counter())
     await trio.serve_listeners(handler, [listener])
 
 
@@ -77,10 +84,45 @@ async def _listen(host: str, port: int) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+async def _serve_counted(
+    config: Config,
+    storage: Storage,
+    tls_port: int,
+    held: Counter[str],
+    stream: trio.SocketStream,
+) -> None:
+    """One connection, counted in ``held`` (connections open, per client
+    address) while it is served; closed at once if its address holds
+    ``config.max_connections_per_address`` already."""
+    try:
+        address = str(stream.socket.getpeername()[0])
+    except OSError:  # reset before it was served
+        await stream.aclose()
+        return
+    if held[address] >= config.max_connections_per_address:
+        # Debug only: a client could otherwise flood the log at will.
+        log.debug(
+            "refused a connection to the ACME HTTP port from %s: its limit of connections "
+            "is reached",
+            address,
+            extra={"event": "connection_refused", "client": address},
+        )
+        await stream.aclose()
+        return
+    held[address] += 1
+    try:
+        await _serve_one(config, storage, tls_port, stream)
+    finally:
+        held[address] -= 1
+        if not held[address]:
+            del held[address]
+
+
 async def _serve_one(
     config: Config, storage: Storage, tls_port: int, stream: trio.SocketStream
 ) -> None:
-    """One connection: read a request head, answer it, close."""
+    """One connection: read a request head, answer it, close; all within
+    ``config.request_head_timeout_seconds`` of its accept."""
     try:
         async with stream:
             with trio.move_on_after(config.request_head_timeout_seconds):
