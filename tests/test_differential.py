@@ -46,7 +46,9 @@ class Case:
     name: str
     sent: bytes
     """Sent at once on one connection; ``{T}`` is the case's own topic,
-    ``{PUB}``/``{SUB}`` a publisher/subscriber token for it."""
+    ``{PUB}``/``{SUB}`` a publisher/subscriber token for it (``{M...}``:
+    Mercure tokens); in the target and headers only: a body's length is
+    counted before they are replaced."""
     handoffs: int
     """Connections the fast-form broker hands to Hypercorn for this case."""
     half_close: bool = False
@@ -203,7 +205,27 @@ OPEN_CASES = [
     Case("mercure-unknown-last-id", get(MT, "Last-Event-ID: nope"), 0),
     Case("mercure-unknown-last-id-query", get(MT + "&lastEventID=nope"), 0),
     Case("mercure-head", req(f"HEAD {MT} HTTP/1.1", "Host: x"), 1),
-    Case("mercure-publish", post(HUB, b"topic=https%3A%2F%2Fexample.com%2F{T}&data=y", FORM), 1),
+    Case("mercure-publish", post(HUB, b"topic=https%3A%2F%2Fexample.com%2F1&data=y", FORM), 0),
+    Case(
+        "mercure-publish-fields",
+        post(HUB, b"topic=a1&topic=b&data=l1%0Al2&id=m1&type=t&retry=50&private=on", FORM),
+        0,
+    ),
+    Case("mercure-publish-no-topic", post(HUB, b"data=y", FORM), 0),
+    Case("mercure-publish-not-a-form", post(HUB, b"topic=a&data=y", PLAIN), 0),
+    Case("mercure-publish-bad-retry", post(HUB, b"topic=a1&data=y&retry=-1", FORM), 0),
+    Case("mercure-publish-bad-escape", post(HUB, b"topic=a%zz&data=y", FORM), 0),
+    Case("mercure-publish-cr-in-id", post(HUB, b"topic=a1&data=y&id=a%0Db", FORM), 0),
+    Case("mercure-publish-reserved", post(HUB, b"topic=/.well-known/mercure/x&data=y", FORM), 0),
+    Case("mercure-publish-bad-query", post(HUB + "?a=%zz", b"topic=a1&data=y", FORM), 0),
+    Case(
+        "mercure-publish-origin-pipelined",
+        post(HUB, b"topic=a1&data=1", FORM, f"Origin: {ORIGIN}")
+        + post(HUB, b"topic=a1&data=2", FORM, "Connection: close"),
+        0,
+    ),
+    Case("mercure-publish-over-limit", post(HUB, b"topic=a&data=" + b"x" * 2000, FORM), 1),
+    Case("mercure-publish-no-length", req(f"POST {HUB} HTTP/1.1", "Host: x"), 1),
     Case("mercure-subscriptions-off", get(HUB + "/subscriptions"), 1),
 ]
 
@@ -237,6 +259,32 @@ AUTH_CASES = [
     Case("mercure-expired-token", get(MT, "Authorization: Bearer {MEXP}"), 0),
     Case("mercure-esper-token", get(MT, "Authorization: Bearer {SUB}"), 0),
     Case("mercure-publisher-key", get(MT, "Authorization: Bearer {MPUB}"), 0),
+    Case("mercure-publish-no-token", post(HUB, b"topic=a1&data=y", FORM), 0),
+    Case(
+        "mercure-publish-token",
+        post(HUB, b"topic=a1&data=y&id=p1", FORM, "Authorization: Bearer {MPUB}"),
+        0,
+    ),
+    Case(
+        "mercure-publish-query-token",
+        post(HUB + "?authorization={MPUB}", b"topic=a1&data=y&id=p2", FORM),
+        0,
+    ),
+    Case(
+        "mercure-publish-cookie-only",
+        post(HUB, b"topic=a1&data=y", FORM, "Cookie: mercureAuthorization={MPUB}"),
+        0,
+    ),
+    Case(
+        "mercure-publish-outside-claim",
+        post(HUB, b"topic=b1&data=y", FORM, "Authorization: Bearer {MPUBA}"),
+        0,
+    ),
+    Case(
+        "mercure-publish-subscriber-key",
+        post(HUB, b"topic=a1&data=y", FORM, "Authorization: Bearer {MSUB}"),
+        0,
+    ),
 ]
 
 
@@ -337,6 +385,7 @@ async def _answers(
             .replace(b"{SUB}", make_token(SUB_SECRET, topic).encode())
             .replace(b"{MSUB}", mercure_token(SUB_SECRET, subscribe=["*"]).encode())
             .replace(b"{MEXP}", mercure_token(SUB_SECRET, -10, subscribe=["*"]).encode())
+            .replace(b"{MPUBA}", mercure_token(PUB_SECRET, publish=["a1"]).encode())
             .replace(b"{MPUB}", mercure_token(PUB_SECRET, publish=["*"]).encode())
         )
         async with await Raw.connect(broker) as raw:

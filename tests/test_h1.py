@@ -59,6 +59,10 @@ TAKEN = [
         ("mercure", "", b"topic=https%3A%2F%2Fa.example%2F1", 0, True),
     ),
     (head("GET /.well-known/mercure HTTP/1.1", "Host: x"), ("mercure", "", b"", 0, True)),
+    (
+        head("POST /.well-known/mercure HTTP/1.1", "Host: x", "Content-Length: 12"),
+        ("mercure-publish", "", b"", 12, True),
+    ),
 ]
 
 # Heads it declines (Hypercorn then reads them), each for one reason.
@@ -72,7 +76,8 @@ DECLINED = [
     head("GET /subscribe/topic0001 HTTP/1.1", "Host: x", "Content-Length: 3"),
     head("GET /subscribe/topic0001 HTTP/1.1", "Host: x", "Upgrade: h2c"),
     head("GET /history/topic0001 HTTP/1.1", "Host: x"),
-    head("POST /.well-known/mercure HTTP/1.1", "Host: x", "Content-Length: 0"),
+    head("POST /.well-known/mercure HTTP/1.1", "Host: x"),  # no Content-Length
+    head("POST /.well-known/mercure HTTP/1.1", "Host: x", "Content-Length: 1001"),  # too large
     head("HEAD /.well-known/mercure?topic=a HTTP/1.1", "Host: x"),
     head("GET /.well-known/mercure/subscriptions HTTP/1.1", "Host: x"),
     head("GET /.well-known/mercure/ HTTP/1.1", "Host: x"),
@@ -139,7 +144,13 @@ def test_every_incomplete_head_needs_data(raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     "start",
-    [b"G", b"GET /", b"GET /.well-known/merc", b"POST /publish/abc HTTP/1.1\r\nHost: x\r\n"],
+    [
+        b"G",
+        b"GET /",
+        b"GET /.well-known/merc",
+        b"POST /.well-known/m",
+        b"POST /publish/abc HTTP/1.1\r\nHost: x\r\n",
+    ],
 )
 def test_a_possible_start_needs_data(start: bytes) -> None:
     assert h1.read_request(start, MAX_BODY) is h1.NEED_DATA
@@ -203,16 +214,19 @@ _mutations = st.lists(
 @st.composite
 def _requests(draw: st.DrawFn) -> bytes:
     body = draw(st.binary(max_size=12))
-    form = draw(st.sampled_from(["publish", "subscribe", "mercure"]))
+    form = draw(st.sampled_from(["publish", "subscribe", "mercure", "mercure-publish"]))
     if form == "publish":
         lines = [f"POST /publish/{draw(_topics)}{draw(_queries)} HTTP/1.1"]
         lines.append(f"Content-Length: {len(body)}")
     elif form == "subscribe":
         lines = [f"GET /subscribe/{draw(_topics)}{draw(_queries)} HTTP/1.1"]
         body = b""
-    else:
+    elif form == "mercure":
         lines = [f"GET /.well-known/mercure{draw(_queries)} HTTP/1.1"]
         body = b""
+    else:
+        lines = [f"POST /.well-known/mercure{draw(_queries)} HTTP/1.1"]
+        lines.append(f"Content-Length: {len(body)}")
     lines.insert(draw(st.integers(1, len(lines))), "Host: x")
     lines += [f"{name}: {value}" for name, value in draw(_extra_headers)]
     data = bytearray(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)

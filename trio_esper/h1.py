@@ -2,8 +2,8 @@
 what the edge writes back. No networking code, no trio.
 
 The edge (:mod:`.edge`) serves plain ``POST /publish/{topic}``,
-``GET /subscribe/{topic}`` and ``GET /.well-known/mercure?...`` requests
-itself; everything else goes to Hypercorn with the bytes already read.
+``GET /subscribe/{topic}`` and ``GET`` and ``POST /.well-known/mercure``
+requests itself; everything else goes to Hypercorn with the bytes already read.
 :func:`read_request` therefore never judges a request: for any input it
 either *declines* (:data:`DECLINE`: Hypercorn and h11 read it and answer,
 errors included), asks for more bytes (:data:`NEED_DATA`), or returns exactly
@@ -54,7 +54,12 @@ _request_line = re.compile(
     rb"(?:\?([\x21\x22\x24-\x7e]*))?) HTTP/1\.1"
 )
 #: How each form's request line may start (to decline any other early).
-_STARTS = (b"POST /publish/", b"GET /subscribe/", b"GET /.well-known/mercure")
+_STARTS = (
+    b"POST /publish/",
+    b"GET /subscribe/",
+    b"GET /.well-known/mercure",
+    b"POST /.well-known/mercure",
+)
 
 
 def _has_bare_lf(data: bytes | bytearray) -> bool:
@@ -99,7 +104,8 @@ class Request:
     target: bytes
     """The request-target as sent."""
     route: str
-    """``"publish"``, ``"subscribe"`` or ``"mercure"`` (a Mercure subscribe)."""
+    """``"publish"``, ``"subscribe"``, ``"mercure"`` (a Mercure subscribe) or
+    ``"mercure-publish"``."""
     topic: str
     """The topic as written in the path (ASCII letters and digits); empty
     for ``"mercure"``, whose topics are in the query."""
@@ -149,9 +155,7 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
         return DECLINE
     method, target, route, topic, mercure, query = match.groups()
     if mercure:
-        if method != b"GET":
-            return DECLINE  # a Mercure publish: the Quart route reads its form
-        route, topic = mercure, b""
+        route, topic = (b"mercure" if method == b"GET" else b"mercure-publish"), b""
     elif (method == b"POST") != (route == b"publish"):
         return DECLINE  # the Quart route answers 405 with Allow
     if fields and _field_block.fullmatch(fields + b"\r\n") is None:
@@ -179,7 +183,7 @@ def read_request(buffer: bytes | bytearray, max_body_bytes: int) -> Request | Se
         if _digits.fullmatch(raw_length) is None:
             return DECLINE
         length = int(raw_length)
-    if route == b"publish":
+    if route == b"publish" or route == b"mercure-publish":
         if raw_length is None or length > max_body_bytes:
             return DECLINE  # the Quart route answers 411/413 and what follows
     elif length:

@@ -1,7 +1,7 @@
 """The fast forms: plain HTTP/1.1 ``POST /publish/{topic}``,
-``GET /subscribe/{topic}`` and ``GET /.well-known/mercure`` (a Mercure
-subscribe, unless the subscriptions API announces subscriptions), served by
-the connection's own task.
+``GET /subscribe/{topic}``, and Mercure's ``GET /.well-known/mercure`` (a
+subscribe, unless the subscriptions API announces subscriptions) and ``POST
+/.well-known/mercure`` (a publish), served by the connection's own task.
 
 While the requests on a connection are fast forms (what :func:`..h1.read_request`
 takes), :meth:`FastForms.serve` answers them with the same code as the Quart
@@ -29,6 +29,7 @@ from .. import endpoints, h1, logs
 from ..config import Config
 from ..errors import EsperError, RequestTimeout
 from ..hub import Hub, Subscribing, Subscription
+from ..mercure import publish as mercure_publish
 from ..mercure import subscribe as mercure
 from ..metrics import Metrics
 from .answers import Answers, closes
@@ -135,7 +136,10 @@ class FastForms:
                 buffer += data
                 now = trio.current_time()
             body, buffer = buffer[request.head_bytes : end], buffer[end:]
-            if not await self._publish(connection, request, body):
+            if request.route == "mercure-publish":
+                if not await self._mercure_publish(connection, request, body):
+                    return None
+            elif not await self._publish(connection, request, body):
                 return None
             checkpointed = True
 
@@ -234,6 +238,30 @@ class FastForms:
             # Hub.publish is a checkpoint; so is a refusal, so that a client
             # pipelining bad requests cannot keep the task from yielding.
             await trio.lowlevel.checkpoint()
+        return await self.send_answer(connection, answer, request.keep_alive)
+
+    async def _mercure_publish(
+        self, connection: Connection, request: h1.Request, body: bytes
+    ) -> bool:
+        """Answer a Mercure publish; whether the connection stays open. A checkpoint."""
+        config = self._config
+        origin = request.header(b"origin")
+        authorization = request.header(b"authorization")
+        published = mercure_publish.Request(
+            body,
+            request.query,
+            content_type=request.header(b"content-type"),
+            authorization=() if authorization is None else (authorization,),
+            origin=origin,
+            referer=request.header(b"referer"),
+            budget=connection.budget,
+        )
+        try:
+            answer = await mercure_publish.publish(config, self._hub, published)
+        except EsperError as error:
+            logs.auth_failed(error, client=connection.address, topic=None)
+            answer = endpoints.error_answer(error, endpoints.cors_headers(config, origin))
+            await trio.lowlevel.checkpoint()  # as _publish: a refusal yields too
         return await self.send_answer(connection, answer, request.keep_alive)
 
     def _open_stream(self, request: h1.Request, client: str) -> _Opened | _Refused:

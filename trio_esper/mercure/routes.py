@@ -37,9 +37,8 @@ from ..hub import Hub
 from ..routing import Route, Selection
 from ..selectors import SelectorMatcher
 from ..sse import Event
-from . import subscribe, subscriptions
-from .claims import TokenSources, authorize, authorize_publish
-from .forms import read_publish_form
+from . import publish, subscribe, subscriptions
+from .claims import TokenSources, authorize
 
 log = logging.getLogger("trio_esper")
 
@@ -84,11 +83,6 @@ def subscribe_request() -> subscribe.Request:
     )
 
 
-def _new_id() -> str:
-    """An id for an update the hub makes: an IRI (the draft: it MUST be one)."""
-    return f"urn:uuid:{uuid.uuid4()}"
-
-
 def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: bytes) -> None:
     """Add the Mercure hub's routes to ``app``."""
     registry = subscriptions.Registry()
@@ -102,7 +96,7 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
     async def announce(subscriber: subscriptions.Subscriber, active: bool) -> None:
         """Publish ``subscriber``'s documents as private updates on their own topics."""
         for document in subscriber.documents(active):
-            event = Event(subscriptions.update_data(document), id=_new_id())
+            event = Event(subscriptions.update_data(document), id=publish.new_id())
             await hub.publish_routed(Route((document["id"],), private=True), [event])
 
     @route(PATH, "GET")
@@ -144,19 +138,17 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
 
     @route(PATH, "POST")
     async def mercure_publish() -> Response:
-        key = config.publisher_key
-        form = read_publish_form(await web.body(config), request.headers.get("Content-Type"))
-        if key is not None:
-            claims = authorize(_sources(cookies=False), key, algorithms=config.jwt_algorithms)
-            authorize_publish(claims, form.topics)
-        web.charge_budget()
-        update = form.update()
-        event = update.event
-        if event.id is None:  # a publisher's id, else the hub's
-            event = Event(event.data, event.event, _new_id(), event.retry)
-        published = await hub.publish_routed(Route(update.topics, update.private), [event])
-        headers = [("content-type", endpoints.TEXT), *_cors(config)]
-        return Response(published.records[-1].id, status=200, headers=Headers(headers))
+        headers = request.headers
+        published = publish.Request(
+            await web.body(config),
+            request.query_string,
+            content_type=headers.get("Content-Type"),
+            authorization=tuple(headers.getlist("Authorization")),
+            origin=headers.get("Origin"),
+            referer=headers.get("Referer"),
+            budget=request.scope.get("state", {}).get(endpoints.BUDGET_KEY),
+        )
+        return web.response(await publish.publish(config, hub, published))
 
     @route(subscriptions.PREFIX, "GET")
     async def mercure_subscriptions() -> Response:
