@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import httpx
 import trio
 
-from trio_esper.catalog import BUDGET_SHARE, Catalog
+from trio_esper.catalog import BUDGET_SHARE, BUSY_RECHECKS, Catalog
 from trio_esper.history import Record
 from trio_esper.history.memory import MemoryHistory
-from trio_esper.hub import open_hub
+from trio_esper.hub import Hub, Subscription, open_hub
 from trio_esper.sse import Event
 
 from .conftest import STEP_SECONDS, start_broker
@@ -86,6 +86,91 @@ def test_the_catalog_holds_at_most_its_bytes() -> None:
     for n in range(created):
         catalog.delete(f"created{n:07d}")
         assert catalog.bytes <= limit
+
+
+class _Subscribed:
+    """Which topics have subscribers, counting how often the catalog asks:
+    the work it does to make room, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+        self.asked = 0
+
+    def __call__(self, topic: str) -> bool:
+        self.asked += 1
+        return topic in self.topics
+
+
+def test_topics_in_use_stay_listed_and_making_room_stays_cheap() -> None:
+    """Every ad hoc topic has subscribers: none can go, so the catalog holds
+    them past its bytes (they are bounded by --max-topics), and each new
+    topic costs a bounded number of looks, not one per topic listed."""
+    limit = 64 * KIB
+    topics = 3000
+    catalog = Catalog(100_000, durable=False, max_bytes=limit)
+    subscribed = _Subscribed()
+    for n in range(topics):
+        subscribed.topics.add(f"inuse{n:07d}")
+        catalog.used(f"inuse{n:07d}", subscribed)
+    assert len(catalog) == topics
+    assert catalog.bytes > limit
+    assert subscribed.asked <= (1 + BUSY_RECHECKS) * topics
+    # Their subscribers leave (the hub says so): the next room made drops
+    # them, least recently used first, each looked at once.
+    for n in range(topics):
+        subscribed.topics.discard(f"inuse{n:07d}")
+        catalog.released(f"inuse{n:07d}")
+    subscribed.asked = 0
+    catalog.used("newcomer", subscribed)
+    assert catalog.bytes <= limit
+    assert subscribed.asked <= topics
+    assert catalog.get("inuse0000000") is None
+    assert catalog.get(f"inuse{topics - 1:07d}") is not None
+    assert catalog.get("newcomer") is not None
+
+
+def test_topics_no_longer_in_use_go_without_being_released() -> None:
+    """A caller that never calls ``released``: a topic set aside while in
+    use is looked at again as room is made, so it goes once unused."""
+    limit = 16 * KIB
+    catalog = Catalog(100_000, durable=False, max_bytes=limit)
+    subscribed = _Subscribed()
+    subscribed.topics.update(f"inuse{n:07d}" for n in range(500))
+    for n in range(500):
+        catalog.used(f"inuse{n:07d}", subscribed)
+    assert catalog.bytes > limit
+    subscribed.topics.clear()
+    catalog.used("newcomer", subscribed)
+    assert catalog.bytes <= limit
+    assert catalog.get("newcomer") is not None
+
+
+async def _hold(
+    hub: Hub, topic: str, into: list[Subscription], task_status: trio.TaskStatus[None]
+) -> None:
+    async with hub.subscribe(topic) as subscription:
+        into.append(subscription)
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_the_hub_keeps_subscribed_topics_listed_then_lets_them_go() -> None:
+    limit = 16 * KIB
+    catalog = Catalog(100_000, durable=False, max_bytes=limit)
+    async with open_hub(catalog=catalog) as hub:
+        held: list[Subscription] = []
+        async with trio.open_nursery() as nursery:
+            for n in range(300):
+                await nursery.start(_hold, hub, f"held{n:07d}", held)
+            assert catalog.bytes > limit
+            assert all(catalog.get(f"held{n:07d}") is not None for n in range(300))
+            nursery.cancel_scope.cancel()
+        # Unsubscribed, they are back in the order: the next topic makes room.
+        await hub.publish("newcomer", [Event("x")])
+        assert catalog.bytes <= limit
+        assert catalog.get("newcomer") is not None
+        # (Which go depends on the order they left in: the tasks' ends.)
+        assert sum(catalog.get(f"held{n:07d}") is not None for n in range(300)) < 300
 
 
 async def test_the_catalog_and_the_history_share_the_budget() -> None:

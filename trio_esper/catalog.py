@@ -17,9 +17,15 @@ Ids are normalised topic ids; the list is ordered by id, paged by cursor
 
 Memory: the catalog counts the heap it holds (:attr:`Catalog.bytes`: each
 entry's objects, each tombstone, the containers measured whole) and holds at
-most ``max_bytes``: past it, ad hoc entries go first (least recently used,
-skipping topics with subscribers), then the oldest tombstones; creating a
-topic is refused when created topics and tombstones alone fill it. The
+most ``max_bytes``: past it, ad hoc entries go first (least recently used),
+then the oldest tombstones; creating a topic is refused when created topics
+and tombstones alone fill it. An ad hoc topic with subscribers is never
+dropped: found in use, it is set aside, out of the eviction order, until the
+hub says it has none left (:meth:`Catalog.released`) or it is used again.
+Topics with subscribers are bounded by ``--max-topics`` (the hub's limit of
+topics with subscribers), so while every ad hoc entry is in use the catalog
+may hold up to that many entries past ``max_bytes``; making room stays O(1)
+amortised whatever their number. The
 broker gives it a share of the memory budget (:data:`BUDGET_SHARE`) and
 charges what it holds to the memory history (:meth:`Catalog.count_in`), so
 the catalog and the history together stay within ``--history-max-bytes``
@@ -74,6 +80,9 @@ ENTRY_FIXED_BYTES = _fixed_entry_bytes()
 ID_ALLOWANCE_BYTES = 128
 #: Bytes each tombstone holds besides its id string: its time.
 TOMBSTONE_FIXED_BYTES = object_bytes(time.time())
+#: Set-aside topics looked at again per room made, for a caller that does not
+#: call :meth:`Catalog.released`: bounded, so room is made in O(1) amortised.
+BUSY_RECHECKS = 2
 
 
 def _no_charge(delta: int) -> None:
@@ -92,6 +101,9 @@ class Catalog:
         self._managed: dict[str, TopicEntry] = {}
         #: Least recently used first.
         self._adhoc: OrderedDict[str, TopicEntry] = OrderedDict()
+        #: Ad hoc entries found in use when room was made, out of that
+        #: order until released or used again; least recently looked at first.
+        self._busy: OrderedDict[str, TopicEntry] = OrderedDict()
         #: Oldest deletion first.
         self._deleted: OrderedDict[str, float] = OrderedDict()
         #: Topics published to since the last :meth:`busiest` call.
@@ -101,11 +113,13 @@ class Catalog:
         #: measured whole by _remeasure.
         self._entries_bytes = 0
         self._tombstones_bytes = 0
-        #: The ad hoc entries' share of _entries_bytes: what room making can free.
+        #: The ad hoc entries' share of _entries_bytes (set aside or not):
+        #: what room making can free.
         self._adhoc_bytes = 0
         #: The most ad hoc entries and tombstones since their dicts were last
         #: copied (a dict never shrinks when keys are deleted: see _compact).
         self._adhoc_peak = 0
+        self._busy_peak = 0
         self._deleted_peak = 0
         #: Heap bytes held, all told.
         self.bytes = 0
@@ -126,6 +140,7 @@ class Catalog:
             + self._tombstones_bytes
             + container_bytes(self._managed)
             + container_bytes(self._adhoc)
+            + container_bytes(self._busy)
             + container_bytes(self._deleted)
             + container_bytes(self._recent)
         )
@@ -144,10 +159,17 @@ class Catalog:
         return TOMBSTONE_FIXED_BYTES + object_bytes(topic)
 
     def __len__(self) -> int:
-        return len(self._managed) + len(self._adhoc)
+        return len(self._managed) + len(self._adhoc) + len(self._busy)
 
     def get(self, topic: str) -> TopicEntry | None:
-        return self._managed.get(topic) or self._adhoc.get(topic)
+        return self._managed.get(topic) or self._adhoc.get(topic) or self._busy.get(topic)
+
+    def _pop_adhoc(self, topic: str) -> TopicEntry | None:
+        """Take ``topic``'s ad hoc entry out (set aside or not), if listed."""
+        entry = self._adhoc.pop(topic, None) or self._busy.pop(topic, None)
+        if entry is not None:
+            self._adhoc_bytes -= self._entry_bytes(entry)
+        return entry
 
     def is_deleted(self, topic: str) -> bool:
         return topic in self._deleted
@@ -167,12 +189,11 @@ class Catalog:
         ``in_use``: as for :meth:`used` (``None``: any ad hoc entry may make room)."""
         if topic in self._managed:
             return None
-        adhoc = self._adhoc.get(topic)
+        adhoc = self._adhoc.get(topic) or self._busy.get(topic)
         if adhoc is not None and adhoc.persist != persist:
             return None
         if adhoc is not None:
-            del self._adhoc[topic]
-            self._adhoc_bytes -= self._entry_bytes(adhoc)
+            self._pop_adhoc(topic)
             entry = adhoc
             entry.managed = True
         else:
@@ -191,7 +212,7 @@ class Catalog:
         doubling its table to take it."""
         if len(self._managed) >= self.capacity:
             return True
-        removable = self._adhoc_bytes + container_bytes(self._adhoc)
+        removable = self._adhoc_bytes + container_bytes(self._adhoc) + container_bytes(self._busy)
         another = ENTRY_FIXED_BYTES + ID_ALLOWANCE_BYTES + container_bytes(self._managed)
         return self.bytes - removable + another > self.max_bytes
 
@@ -199,9 +220,7 @@ class Catalog:
         """Forget ``topic`` and remember it was deleted; its entry, if listed."""
         entry = self._managed.pop(topic, None)
         if entry is None:
-            entry = self._adhoc.pop(topic, None)
-            if entry is not None:
-                self._adhoc_bytes -= self._entry_bytes(entry)
+            entry = self._pop_adhoc(topic)
         if entry is not None:
             self._entries_bytes -= self._entry_bytes(entry)
         self._recent.pop(topic, None)
@@ -230,6 +249,10 @@ class Catalog:
         if entry is not None:
             self._adhoc.move_to_end(topic)
             return entry
+        entry = self._busy.pop(topic, None)
+        if entry is not None:  # looked at again if room is needed
+            self._back_in_order(entry)
+            return entry
         entry = self._adhoc[topic] = TopicEntry(topic, self.durable, time.time(), managed=False)
         self._entries_bytes += self._entry_bytes(entry)
         self._adhoc_bytes += self._entry_bytes(entry)
@@ -238,27 +261,67 @@ class Catalog:
         self._make_room(in_use, keep=topic)
         return entry
 
+    def released(self, topic: str) -> None:
+        """``topic`` has no subscribers left (the hub says so): its entry, if
+        ad hoc, is the most recently used (set aside for being in use, it is
+        back in the order)."""
+        entry = self._busy.pop(topic, None)
+        if entry is not None:
+            self._back_in_order(entry)
+        elif topic in self._adhoc:
+            self._adhoc.move_to_end(topic)
+
+    def _back_in_order(self, entry: TopicEntry) -> None:
+        """A set-aside entry, taken out, goes back in the order, most recent."""
+        self._adhoc[entry.id] = entry
+        self._adhoc_peak = max(self._adhoc_peak, len(self._adhoc))
+        self._compact()
+
+    def _over(self) -> bool:
+        return len(self._adhoc) + len(self._busy) > self.capacity or self.bytes > self.max_bytes
+
     def _make_room(self, in_use: Callable[[str], bool] | None, keep: str = "") -> None:
         """Within the capacity and the bytes: drop ad hoc entries, least
-        recently used first, skipping ``keep`` and (if ``in_use`` is given)
-        topics with subscribers, each looked at once; then, past the bytes
-        still, the oldest tombstones."""
+        recently used first, skipping ``keep``; one ``in_use`` says has
+        subscribers is set aside instead (``None``: any may go). Then, still
+        past them, up to :data:`BUSY_RECHECKS` set-aside entries are looked at
+        again (dropped if no longer in use), and the oldest tombstones go.
+
+        Amortised O(1): an entry is set aside at most once each time it
+        enters the order (when first used, used again, or released); past
+        that, the work is the entries dropped, each once."""
         self._remeasure()
-        for _ in range(len(self._adhoc)):
-            if len(self._adhoc) <= self.capacity and self.bytes <= self.max_bytes:
+        rechecks = BUSY_RECHECKS
+        while self._over():
+            oldest = next(iter(self._adhoc), keep)
+            if oldest != keep:
+                entry = self._adhoc.pop(oldest)
+                if in_use is not None and in_use(oldest):
+                    self._busy[oldest] = entry
+                    self._busy_peak = max(self._busy_peak, len(self._busy))
+                    self._compact()
+                else:
+                    self._drop(entry)
+            elif self._busy and (in_use is None or rechecks):
+                oldest = next(iter(self._busy))
+                if in_use is not None and in_use(oldest):
+                    self._busy.move_to_end(oldest)
+                    rechecks -= 1
+                else:
+                    self._drop(self._busy.pop(oldest))
+            else:
                 break
-            oldest = next(iter(self._adhoc))
-            if oldest == keep or (in_use is not None and in_use(oldest)):
-                self._adhoc.move_to_end(oldest)
-                continue
-            dropped = self._entry_bytes(self._adhoc.pop(oldest))
-            self._entries_bytes -= dropped
-            self._adhoc_bytes -= dropped
-            self._recent.pop(oldest, None)
-            self._compact()
         while self.bytes > self.max_bytes and self._deleted:
             self._forget_tombstone(next(iter(self._deleted)))
             self._compact()
+
+    def _drop(self, entry: TopicEntry) -> None:
+        """Forget ``entry``, taken out of the ad hoc entries, to make room."""
+        dropped = self._entry_bytes(entry)
+        self._entries_bytes -= dropped
+        self._adhoc_bytes -= dropped
+        self._recent.pop(entry.id, None)
+        self._compact()
 
     def _compact(self) -> None:
         """Copy a dict that holds a quarter of its peak or less, so its table
@@ -266,6 +329,9 @@ class Catalog:
         if len(self._adhoc) * 4 < self._adhoc_peak:
             self._adhoc = OrderedDict(self._adhoc)
             self._adhoc_peak = len(self._adhoc)
+        if len(self._busy) * 4 < self._busy_peak:
+            self._busy = OrderedDict(self._busy)
+            self._busy_peak = len(self._busy)
         if len(self._deleted) * 4 < self._deleted_peak:
             self._deleted = OrderedDict(self._deleted)
             self._deleted_peak = len(self._deleted)
@@ -280,7 +346,7 @@ class Catalog:
         """Up to ``limit`` entries with ids after ``after`` (from the first if
         ``None``), by id; and the cursor of the next page (``None``: last page)."""
         if self._sorted is None:
-            self._sorted = sorted([*self._managed, *self._adhoc])
+            self._sorted = sorted([*self._managed, *self._adhoc, *self._busy])
             self._remeasure()
         ids = self._sorted
         start = 0 if after is None else bisect.bisect_right(ids, after)

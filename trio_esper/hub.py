@@ -1023,6 +1023,7 @@ class Hub:
             entry.router.discard(subscription)
         if not entry.subscribers and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
+            self.catalog.released(entry.name)
             entry.close()
             if entry.watching:
                 self.history.unwatch(entry.name)
