@@ -419,7 +419,8 @@ class Subscription:
             self._drop()
             return False
         send = self._open()[0]
-        hub._backlogged[id(self)] = self  # before _hold, which looks holders up there
+        if not self._queued_bytes:  # before _hold, which looks holders up there
+            hub._backlogged[id(self)] = self
         before = hub._queued_bytes
         for item in items:
             send.send_nowait(item)  # unbounded: never raises WouldBlock
