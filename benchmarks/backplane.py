@@ -34,12 +34,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from compare import OUT, ROOT, build_ssebench, stop, wait_listening
+from compare import OUT, ROOT, build_ssebench, source_at, stop, wait_listening
 
 SCENARIOS = {
     "topics": ("-s", "1000", "-t", "1000", "-c", "16", "-n", "20000", "-z", "100"),
@@ -58,26 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def source_at(revision: str) -> Path:
-    """The ``trio_esper`` package as of ``revision``, unpacked once."""
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    source = Path(tempfile.gettempdir()) / "trio-esper-bench" / f"rev-{commit}"
-    if not (source / "trio_esper").is_dir():
-        source.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", commit, "trio_esper"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    return source
 
 
 @contextmanager

@@ -541,9 +541,9 @@ RATIOS = [
 ]
 
 
-def at_revision(revision: str) -> Callable[[], AbstractContextManager[list[int]]]:
-    """trio_esper as of git ``revision`` of this repository (memory history),
-    for before/after figures in one run: ``--brokers trio_esper@26df294,trio_esper``."""
+def source_at(revision: str) -> Path:
+    """The ``trio_esper`` package as of git ``revision`` of this repository,
+    unpacked once (``git archive``) under the temporary directory."""
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
         capture_output=True,
@@ -559,6 +559,13 @@ def at_revision(revision: str) -> Callable[[], AbstractContextManager[list[int]]
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return source
+
+
+def at_revision(revision: str) -> Callable[[], AbstractContextManager[list[int]]]:
+    """trio_esper as of git ``revision`` of this repository (memory history),
+    for before/after figures in one run: ``--brokers trio_esper@26df294,trio_esper``."""
+    source = source_at(revision)
     return lambda: esper("memory", source=source)
 
 

@@ -52,10 +52,8 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import jwt
+from compare import OUT, ROOT, SHARED_BENCH, build_ssebench, source_at, wait_listening
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", ROOT.parent / "shared" / "bench"))
-OUT = ROOT / "bench-results"
 HUB = "/.well-known/mercure"
 #: The key ../shared/bench/run_mercure.sh signs its publisher token with, so that
 #: ssebench's Mercure arguments serve both hubs.
@@ -97,16 +95,6 @@ def memory_kb(pid: int) -> dict[str, int]:
         if line.startswith("Pss:"):
             found["pss_kb"] = int(line.split()[1])
     return found
-
-
-def wait_listening(port: int, deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
 
 
 def pinned(cpu: int, pin: bool) -> list[str]:
@@ -514,15 +502,6 @@ def run_memory(args: argparse.Namespace, per_subscriber: int) -> dict[str, objec
     }
 
 
-def build_ssebench() -> Path:
-    source = SHARED_BENCH / "ssebench.c"
-    binary = OUT / "ssebench"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        OUT.mkdir(exist_ok=True)
-        subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
-    return binary
-
-
 def run_fanout(args: argparse.Namespace, broker: str, binary: Path) -> dict[str, object]:
     """ssebench's fan-out (one topic, ``--subscribers``, ``--publishes`` events of 100
     bytes, one publisher connection) against ``broker``: ``esper`` (the Mercure route),
@@ -660,13 +639,7 @@ def main() -> None:
             text=True,
             check=True,
         ).stdout.strip()
-        SOURCE = Path(tempfile.mkdtemp(prefix="trio-esper-bench-"))
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", args.rev, "trio_esper"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(SOURCE)], input=archive, check=True)
+        SOURCE = source_at(args.rev)
     if args.subscribers % MATCHES_PER_TOPIC:
         parser.error(f"--subscribers must be a multiple of {MATCHES_PER_TOPIC}")
     if args.pin:
