@@ -847,12 +847,16 @@ def _mercure_publish() -> Json:
         | _errors(
             {
                 400: "No `topic`; a bad `retry`; CR, LF or NUL in `type`; an `id` a client "
-                "could not send back (control characters, spaces at its ends, too long).",
+                "could not send back (control characters, spaces at its ends, too long); a "
+                "body or query string Go's `ParseForm` refuses (a `;`, a bad escape).",
                 401: "No token, or one that does not verify.",
                 403: "A topic outside the token's `mercure.publish` claim, or in "
                 "`/.well-known/mercure`.",
                 413: "A body over `--max-body`.",
-                503: "The history store cannot take the update now.",
+                429: _RATE_429,
+                503: f"The broker is shutting down, or {_STORE_503}.",
+                504: "With the Redis backplane: Redis has not answered at all, and may have "
+                "stored the update; Mercure takes an `id` again, so a retry may deliver it twice.",
             }
         ),
     )
