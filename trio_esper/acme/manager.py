@@ -395,15 +395,22 @@ class Certificates:
         # Made with the challenge's builder, whose digest nobody can match.
         name = min(self._names)
         data = tls_alpn_certificate(name, os.urandom(16).hex())
-        self._storage.write("placeholder.pem", data)
-        placeholder = load_tls_context(
-            replace(
-                self._config,
-                certfile=str(self._storage.path / "placeholder.pem"),
-                keyfile=str(self._storage.path / "placeholder.pem"),
-                acme_domains=(),
+        # A file of this process's own, gone once loaded: with --threads each
+        # worker makes one, and a file they shared could be replaced by
+        # another's between reading its certificate and reading its key.
+        file = f"placeholder-{os.getpid()}.pem"
+        self._storage.write(file, data)
+        try:
+            placeholder = load_tls_context(
+                replace(
+                    self._config,
+                    certfile=str(self._storage.path / file),
+                    keyfile=str(self._storage.path / file),
+                    acme_domains=(),
+                )
             )
-        )
+        finally:
+            self._storage.remove(file)
         assert placeholder is not None
         return placeholder
 
