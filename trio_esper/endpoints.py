@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+import trio
+
 from .auth import bearer_token, verify_token
 from .config import Config
 from .errors import (
@@ -403,10 +405,6 @@ class Stream:
     """The token's ``exp`` (seconds since the epoch): the stream ends then,
     with :data:`EXPIRED_FRAME`; ``None`` without a token."""
 
-    def expires_in(self) -> float | None:
-        """Seconds until the token expires (``None``: it does not)."""
-        return None if self.expires_at is None else self.expires_at - time.time()
-
 
 def header_text(value: str | None) -> str | None:
     """A header value as its sender meant it. ASGI servers (and the edge,
@@ -438,6 +436,14 @@ def plan_subscribe(config: Config, request: SubscribeRequest) -> Stream:
     if last_id:
         return Stream(topic, True, last_id, expires)
     return Stream(topic, since is not None, None, expires)
+
+
+def expiry_deadline(expires_at: float | None) -> float:
+    """The trio deadline of a token's ``exp`` (seconds since the epoch), at
+    which its stream ends; ``math.inf`` for a stream without one."""
+    if expires_at is None:
+        return math.inf
+    return trio.current_time() + (expires_at - time.time())
 
 
 async def check_store(hub: Hub) -> None:

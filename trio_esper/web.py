@@ -154,25 +154,42 @@ async def stream_response(
     # request holds the subscription, so it ends with the request, whether
     # or not the body ever starts.
     subscription = await held().enter_async_context(hub.subscribe(plan.topic, client=client))
-    expires_in = plan.expires_in()
-    deadline = math.inf if expires_in is None else trio.current_time() + expires_in
+    body = stream_body(
+        opening,
+        endpoints.replay_pages(hub, subscription, plan),
+        subscription,
+        endpoints.expiry_deadline(plan.expires_at),
+        endpoints.EXPIRED_FRAME,
+        f"stream to {client} on {plan.topic}",
+    )
+    return endless(Response(body, status=200, headers=Headers(headers)))
 
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            yield opening
-            async with aclosing(endpoints.replay_pages(hub, subscription, plan)) as pages:
-                async for page in pages:
-                    yield page
-            async with aclosing(until(deadline, subscription)) as live:
-                async for chunk in live:
-                    yield chunk
-            if trio.current_time() >= deadline:
-                yield endpoints.EXPIRED_FRAME
-        except EsperError as error:
-            # After the head: end the stream; the client reconnects and resumes.
-            log.warning("stream to %s on %s ended: %s", client, plan.topic, error.reason)
 
-    return endless(Response(stream(), status=200, headers=Headers(headers)))
+async def stream_body(
+    opening: bytes,
+    replay: AsyncGenerator[bytes, None],
+    subscription: Subscription,
+    deadline: float,
+    expired: bytes,
+    name: str,
+) -> AsyncIterator[bytes]:
+    """A Quart stream's body: ``opening``, the pages of ``replay``, then
+    what ``subscription`` gives until it ends or ``deadline`` (its token's
+    expiry) passes, and then ``expired`` (if not empty). A history read that
+    fails after the head ends the stream, logged as ``name``: the client
+    reconnects and resumes."""
+    try:
+        yield opening
+        async with aclosing(replay) as pages:
+            async for page in pages:
+                yield page
+        async with aclosing(until(deadline, subscription)) as live:
+            async for chunk in live:
+                yield chunk
+        if expired and trio.current_time() >= deadline:
+            yield expired
+    except EsperError as error:
+        log.warning("%s ended: %s", name, error.reason)
 
 
 async def until(deadline: float, subscription: Subscription) -> AsyncGenerator[bytes, None]:

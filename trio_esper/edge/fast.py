@@ -286,7 +286,6 @@ class FastForms:
         """Serve an esper subscriber's stream (see :meth:`_stream`)."""
         plan = opened.plan
         hub = self._hub
-        expires_in = plan.expires_in()
 
         async def admitted() -> None:  # as the Quart route checks, in its order
             hub.admit(plan.topic, connection.address)
@@ -299,7 +298,7 @@ class FastForms:
             lambda subscription: endpoints.replay_pages(hub, subscription, plan),
             error_cors=opened.cors,
             topic=plan.topic,
-            deadline=math.inf if expires_in is None else trio.current_time() + expires_in,
+            deadline=endpoints.expiry_deadline(plan.expires_at),
             expired=endpoints.EXPIRED_FRAME,
             admitted=admitted,
         )
@@ -331,7 +330,6 @@ class FastForms:
                 connection, endpoints.error_answer(error, cors), request.keep_alive
             )
         close = not request.keep_alive
-        expires_in = plan.expires_in()
         await self._stream(
             connection,
             hub.subscribe_routed(plan.selection, frame=h1.chunk, client=connection.address),
@@ -339,7 +337,7 @@ class FastForms:
             lambda subscription: mercure.replay_pages(hub, subscription, plan),
             error_cors=endpoints.cors_headers(config, origin),
             topic="Mercure",
-            deadline=math.inf if expires_in is None else trio.current_time() + expires_in,
+            deadline=endpoints.expiry_deadline(plan.expires_at),
         )
         return False
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -32,7 +30,7 @@ from werkzeug.datastructures import Headers
 
 from .. import endpoints, web
 from ..config import Config
-from ..errors import EsperError, Forbidden, NotFound, Unauthorized
+from ..errors import Forbidden, NotFound, Unauthorized
 from ..hub import Hub
 from ..routing import Route, Selection
 from ..selectors import SelectorMatcher
@@ -119,22 +117,15 @@ def register(app: Any, config: Config, hub: Hub, route: web.Route, opening: byte
         subscription = await held.enter_async_context(
             hub.subscribe_routed(plan.selection, client=client)
         )
-        expires_in = plan.expires_in()
-        deadline = math.inf if expires_in is None else trio.current_time() + expires_in
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield opening
-                async with aclosing(subscribe.replay_pages(hub, subscription, plan)) as pages:
-                    async for page in pages:
-                        yield page
-                async with aclosing(web.until(deadline, subscription)) as live:
-                    async for chunk in live:
-                        yield chunk
-            except EsperError as error:
-                log.warning("Mercure stream to %s ended: %s", client, error.reason)
-
-        return web.endless(Response(stream(), status=200, headers=Headers(plan.headers)))
+        body = web.stream_body(
+            opening,
+            subscribe.replay_pages(hub, subscription, plan),
+            subscription,
+            endpoints.expiry_deadline(plan.expires_at),
+            b"",  # a Mercure stream just ends
+            f"Mercure stream to {client}",
+        )
+        return web.endless(Response(body, status=200, headers=Headers(plan.headers)))
 
     @route(PATH, "POST")
     async def mercure_publish() -> Response:

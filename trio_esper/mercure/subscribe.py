@@ -9,7 +9,6 @@ No transport here: the hub's operations, and the answer's headers as data.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -68,12 +67,11 @@ class Plan:
     claims: MercureClaims | None
     """The subscriber's claims (``None``: anonymous)."""
 
-    def expires_in(self) -> float | None:
-        """Seconds until the token's ``exp`` (the draft: the hub MUST close
-        the connection then), or ``None`` if it has none."""
-        if self.claims is None or self.claims.expires_at is None:
-            return None
-        return self.claims.expires_at - time.time()
+    @property
+    def expires_at(self) -> int | None:
+        """The token's ``exp`` (the draft: the hub MUST close the connection
+        then), or ``None`` if it has none."""
+        return None if self.claims is None else self.claims.expires_at
 
 
 def cors_headers(config: Config, origin: str | None) -> endpoints.Headers:
