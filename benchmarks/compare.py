@@ -12,9 +12,11 @@ Interleaving the brokers within one run keeps machine noise from favouring
 either. Loopback only; every run is bounded by the generator's
 ``--count``/``--duration``/``--drain-max``.
 
-Two scenarios of our own run only when named: ``admission`` (10,000
-subscribers, 512 handshakes in flight: subscriptions admitted per second,
-ssebench's connect_per_s) and ``reconnect`` (a reconnect storm driven by
+Scenarios of our own run only when named: ``admission`` and
+``admission6k`` (10,000 and 6,000 subscribers, 512 handshakes in flight:
+subscriptions admitted per second, ssebench's connect_per_s), ``mixed``
+(32 topics x 32 subscribers, 4 publisher connections, 1 KiB events) and
+``reconnect`` (a reconnect storm driven by
 benchmarks/reconnect.py: 5000 subscribers resume 100 events back at once;
 time until all have caught up, the broker's peak RSS).
 
@@ -95,6 +97,19 @@ SCENARIOS = {
             *("-s", "10000", "-t", "1", "-c", "1", "-n", "10", "-z", "100"),
             *("--connect-concurrency", "512", "--connect-timeout", "120"),
         ),
+    ),
+    # Admission at 6,000 subscribers (issue 24 names 6,000 and 10,000).
+    "admission6k": Scenario(
+        "admission6k",
+        (
+            *("-s", "6000", "-t", "1", "-c", "1", "-n", "10", "-z", "100"),
+            *("--connect-concurrency", "512", "--connect-timeout", "120"),
+        ),
+    ),
+    # Mixed load: 32 topics x 32 subscribers, 4 publisher connections, 1 KiB
+    # events, 200 per topic.
+    "mixed": Scenario(
+        "mixed", ("-s", "1024", "-t", "32", "-c", "4", "-n", "6400", "-z", "1024")
     ),
     # Reconnect storm: 150 events on each of 50 topics, then 5000 subscribers
     # connect at once, each with Last-Event-ID 100 events back (reconnect.py).

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, aclosing, contextmanager
 
 import pytest
 import trio
 
 from trio_esper import accepting
-from trio_esper.accepting import SocketAcceptor, listening_socket, open_listeners
+from trio_esper.accepting import Accepted, SocketAcceptor, listening_socket, open_listeners
 
 from .conftest import STEP_SECONDS, start_broker
 from .rawhttp import Raw, accepted_socket_fds, assert_still_serves, open_subscriber, publish
@@ -37,13 +37,15 @@ def _clients(acceptor: SocketAcceptor, count: int) -> Iterator[list[socket.socke
         ]
 
 
-async def _peers(accepted: list[trio.socket.SocketType], clients: list[socket.socket]) -> set[int]:
+async def _peers(accepted: Sequence[Accepted], clients: list[socket.socket]) -> set[int]:
     """Which client each accepted socket is connected to: client ``i`` sends
-    its number, each accepted socket reads it (and is closed)."""
+    its number, each accepted socket reads it (and is closed). The address
+    each came with is the client's."""
     for i, client in enumerate(clients):
         client.sendall(b"%d\n" % i)
     seen = set()
-    for sock in accepted:
+    for sock, address in accepted:
+        assert address == "127.0.0.1"
         with sock, trio.fail_after(5):
             seen.add(int(await sock.recv(16)))
     return seen
@@ -71,7 +73,7 @@ async def test_a_batch_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_waits_for_a_connection_and_yields() -> None:
     acceptor = await _acceptor()
     async with aclosing(acceptor), trio.open_nursery() as nursery:
-        got: list[trio.socket.SocketType] = []
+        got: list[Accepted] = []
 
         async def accept() -> None:
             got.extend(await acceptor.accept_batch())
@@ -89,7 +91,7 @@ async def test_waits_for_a_connection_and_yields() -> None:
     async with aclosing(acceptor):
         with _clients(acceptor, 1):
             with trio.testing.assert_checkpoints():
-                (sock,) = await acceptor.accept_batch()
+                ((sock, _),) = await acceptor.accept_batch()
             sock.close()
 
 

@@ -12,6 +12,7 @@ import trio
 
 from trio_esper.edge.connection import Connection
 from trio_esper.edge.lifetime import Deadlines
+from trio_esper.edge.readiness import Readiness
 from trio_esper.hub import open_hub
 from trio_esper.sse import Event
 
@@ -49,7 +50,7 @@ async def test_nothing_reaches_a_connection_that_reuses_a_closed_ones_number(clo
             server, _client = _pair(listener, stack)
             sock = trio.socket.from_stdlib_socket(server)
             number = sock.fileno()
-            connection = Connection(sock, None, Deadlines())
+            connection = Connection(sock, None, Deadlines(), Readiness())
             connection.attach(subscription)
             assert subscription.park(lambda: None)
             if close == "connection":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Protocol
@@ -65,6 +66,18 @@ ACCEPT_SKIPPED_ERRNOS = frozenset(
     )
     if hasattr(errno, name)
 )
+
+
+#: An accepted connection's socket and its peer's address as the per-address
+#: limits count it (``None``: unknown, the connection asks its socket).
+Accepted = tuple[trio.socket.SocketType, str | None]
+
+
+def peer_address(address: object) -> str:
+    """``accept``'s peer address as the per-address limits count it: the IP
+    (interned: every subscription of the address holds the same string), or
+    ``local`` for a non-IP socket."""
+    return sys.intern(str(address[0])) if isinstance(address, tuple) else "local"
 
 
 def listening_socket(
@@ -150,7 +163,7 @@ class ConnectionSource(Protocol):
         """The listening socket (its address and options)."""
         ...
 
-    async def accept_batch(self) -> Sequence[trio.socket.SocketType]:
+    async def accept_batch(self) -> Sequence[Accepted]:
         """The next connections: at least one (a :class:`SocketAcceptor`
         takes those waiting, up to :data:`ACCEPT_BATCH`).
 
@@ -174,7 +187,7 @@ class SocketAcceptor:
         #: non-blocking from here on.
         self.socket = trio.socket.from_stdlib_socket(listening)
 
-    async def accept_batch(self) -> list[trio.socket.SocketType]:
+    async def accept_batch(self) -> list[Accepted]:
         """The connections waiting (:data:`ACCEPT_BATCH` at most); waits
         for one if none is. A checkpoint.
 
@@ -184,11 +197,11 @@ class SocketAcceptor:
                 connection was taken.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        accepted: list[trio.socket.SocketType] = []
+        accepted: list[Accepted] = []
         waited = False
         while True:
             try:
-                sock, _ = self._listening.accept()
+                sock, address = self._listening.accept()
             except BlockingIOError:
                 if accepted:
                     break
@@ -201,7 +214,7 @@ class SocketAcceptor:
                 if accepted:
                     break  # the error comes again on the next call
                 raise
-            accepted.append(trio.socket.from_stdlib_socket(sock))
+            accepted.append((trio.socket.from_stdlib_socket(sock), peer_address(address)))
             if len(accepted) == ACCEPT_BATCH:
                 break
         if not waited:
@@ -217,7 +230,7 @@ class SocketAcceptor:
 
 async def accept_connections(
     source: ConnectionSource,
-    handle: Callable[[trio.socket.SocketType], Awaitable[object]],
+    handle: Callable[[trio.socket.SocketType, str | None], Awaitable[object]],
     nursery: trio.Nursery,
 ) -> None:
     """Accept connections from ``source`` until cancelled (then close it),
@@ -239,5 +252,5 @@ async def accept_connections(
                 )
                 await trio.sleep(ACCEPT_RETRY_SECONDS)
             else:
-                for sock in accepted:
-                    nursery.start_soon(handle, sock, name=name)
+                for sock, address in accepted:
+                    nursery.start_soon(handle, sock, address, name=name)

@@ -454,7 +454,7 @@ async def check_store(hub: Hub) -> None:
     Raises:
         HistoryError: the store still fails.
     """
-    if hub.history.statistics().problem is not None:
+    if hub.history.problem is not None:
         problem = await hub.history.check()
         if problem is not None:
             raise HistoryError(problem)

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import trio
 
 from . import logs
-from .accepting import ACCEPT_RETRY_SECONDS, listening_socket
+from .accepting import ACCEPT_RETRY_SECONDS, Accepted, listening_socket
 from .config import Config
 
 log = logging.getLogger("trio_esper")
@@ -122,7 +122,7 @@ class HandedListener:
         self.socket = listening
         self._channel = channel
 
-    async def accept_batch(self) -> list[trio.socket.SocketType]:
+    async def accept_batch(self) -> list[Accepted]:
         """The next connection handed over, as a batch of one (the
         supervisor accepts; see :class:`~trio_esper.accepting.ConnectionSource`).
         Each hand-off is answered at once, also one whose descriptor this
@@ -161,7 +161,7 @@ class HandedListener:
                     taken.close()
                 raise ConnectionError("the supervisor is gone") from error
             if taken is not None:
-                return [taken]
+                return [(taken, None)]
 
     async def aclose(self) -> None:
         self._channel.close()

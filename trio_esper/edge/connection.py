@@ -24,14 +24,15 @@ import functools
 import os
 import select
 import socket
-import sys
 from contextlib import suppress
 
 import trio
 
+from ..accepting import peer_address
 from ..endpoints import PublishBudget
 from ..hub import Subscription
 from .lifetime import Deadlines
+from .readiness import Readiness
 
 #: One receive takes at most this much (Hypercorn's MAX_RECV).
 RECEIVE_BYTES = 64 * 1024
@@ -58,11 +59,9 @@ def _stream_error(error: OSError) -> trio.BrokenResourceError | trio.ClosedResou
 
 def _address_of(sock: trio.socket.SocketType) -> str:
     try:
-        address = sock.getpeername()
+        return peer_address(sock.getpeername())
     except OSError:
         return ""
-    # Interned: every subscription of the address holds the same string.
-    return sys.intern(str(address[0])) if isinstance(address, tuple) else "local"
 
 
 class Connection(trio.abc.HalfCloseableStream):
@@ -75,16 +74,31 @@ class Connection(trio.abc.HalfCloseableStream):
     :meth:`close`; nothing else closes the socket.
     """
 
-    __slots__ = ("_attached", "_deadlines", "_socket", "address", "budget", "expired")
+    __slots__ = (
+        "_attached",
+        "_deadlines",
+        "_readiness",
+        "_socket",
+        "address",
+        "budget",
+        "expired",
+    )
 
     def __init__(
-        self, sock: trio.socket.SocketType, budget: PublishBudget | None, deadlines: Deadlines
+        self,
+        sock: trio.socket.SocketType,
+        budget: PublishBudget | None,
+        deadlines: Deadlines,
+        readiness: Readiness,
+        address: str | None = None,
     ) -> None:
+        """``address``: the peer's, as ``accept`` gave it (else asked of the socket)."""
         self._socket = sock
         self._deadlines = deadlines
+        self._readiness = readiness
         self._attached: Subscription | None = None
         #: The client's address (IP), what per-address limits count.
-        self.address = _address_of(sock)
+        self.address = _address_of(sock) if address is None else address
         #: The connection's publish rate limit, whoever serves it.
         self.budget = budget
         #: Set by the reaper: the wait that timed out.
@@ -146,24 +160,34 @@ class Connection(trio.abc.HalfCloseableStream):
                     await trio.lowlevel.checkpoint()
                 return data
             waited = True
-            with self._deadlines.waiting(self, deadline, idle):
-                await trio.lowlevel.wait_readable(self._socket)
+            deadlines = self._deadlines
+            deadlines.start(self, deadline, idle)
+            try:
+                await self._readiness.wait_readable(self._socket.fileno())
+            finally:
+                deadlines.stop(self)
 
     async def discard_some(self) -> bool:
-        """Wait for input and throw it away (a subscriber's client sends
-        nothing that matters while its stream is open); False once the peer
-        has ended its input.
+        """Throw input away (a subscriber's client sends nothing that
+        matters while its stream is open), waiting for some if none is
+        there; False once the peer has ended its input. A checkpoint.
 
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
         """
-        await trio.lowlevel.wait_readable(self._socket)
-        try:
-            return bool(os.read(self._socket.fileno(), DISCARD_BYTES))
-        except BlockingIOError:
-            return True
-        except OSError as error:
-            raise _stream_error(error) from None
+        waited = False
+        while True:
+            try:
+                data = os.read(self._socket.fileno(), DISCARD_BYTES)
+            except BlockingIOError:
+                waited = True
+                await self._readiness.wait_readable(self._socket.fileno())
+                continue
+            except OSError as error:
+                raise _stream_error(error) from None
+            if not waited:
+                await trio.lowlevel.checkpoint()  # a client that never stops sending
+            return bool(data)
 
     async def peek(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the peer's first bytes, left unread (``b""``
@@ -230,7 +254,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 data = os.read(self._socket.fileno(), max_bytes or RECEIVE_BYTES)
             except BlockingIOError:
                 waited = True
-                await trio.lowlevel.wait_readable(self._socket)
+                await self._readiness.wait_readable(self._socket.fileno())
                 continue
             except OSError as error:
                 raise _stream_error(error) from None
@@ -315,7 +339,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     data = os.read(self._socket.fileno(), RECEIVE_BYTES)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self._socket)
+                    await self._readiness.wait_readable(self._socket.fileno())
                     continue
                 except OSError:
                     return
@@ -328,4 +352,5 @@ class Connection(trio.abc.HalfCloseableStream):
         task blocked on it, even a shielded one: trio's ``notify_closing``).
         Idempotent."""
         self.detach()
+        self._readiness.forget(self._socket.fileno())
         self._socket.close()

@@ -39,6 +39,7 @@ from .bridge import Hypercorn, PlainStream
 from .connection import LINGER_SECONDS, Connection
 from .fast import FastForms
 from .lifetime import Deadlines, Registry
+from .readiness import Readiness
 from .tls import TLS, ChooseContext
 
 log = logging.getLogger("trio_esper")
@@ -79,6 +80,7 @@ class Edge:
         self._hypercorn = Hypercorn(config, app, on_dropped=hub.count_dropped)
         self._fast = FastForms(config, hub, metrics)
         self._deadlines = Deadlines()
+        self._readiness = Readiness()
         self._connections: Registry[Connection] = Registry()
 
     @property
@@ -99,6 +101,7 @@ class Edge:
         closed. Returns once every connection is gone."""
         config = self._config
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._readiness.run)
             nursery.start_soon(
                 self._deadlines.run,
                 config.keep_alive_seconds,
@@ -119,8 +122,9 @@ class Edge:
         reaper does this every second; see :class:`.lifetime.Deadlines`)."""
         self._deadlines.reap_expired(now)
 
-    async def handle(self, sock: trio.socket.SocketType) -> None:
-        """Serve one connection until it ends, and close it.
+    async def handle(self, sock: trio.socket.SocketType, address: str | None = None) -> None:
+        """Serve one connection until it ends, and close it. ``address``:
+        its peer's, if ``accept`` told it.
 
         Never raises but for cancellation: a failure ends this connection
         only, and is logged once.
@@ -128,7 +132,11 @@ class Edge:
         config = self._config
         rate = config.publish_rate_per_connection
         connection = Connection(
-            sock, endpoints.PublishBudget(rate) if rate else None, self._deadlines
+            sock,
+            endpoints.PublishBudget(rate) if rate else None,
+            self._deadlines,
+            self._readiness,
+            address,
         )
         address = connection.address
         try:

@@ -17,8 +17,6 @@ and the body (a stall, and a minimum average rate).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -48,14 +46,15 @@ class Deadlines:
         #: request read yet).
         self._waiting: dict[Waiter, tuple[float, bool]] = {}
 
-    @contextmanager
-    def waiting(self, waiter: Waiter, deadline: float, idle: bool) -> Iterator[None]:
-        """``waiter`` waits for bytes until ``deadline`` for the block."""
+    def start(self, waiter: Waiter, deadline: float, idle: bool) -> None:
+        """``waiter`` waits for bytes until ``deadline``, until :meth:`stop`
+        (two calls rather than a context manager: a read waits once per
+        request, and a generator's context manager costs more than the wait)."""
         self._waiting[waiter] = (deadline, idle)
-        try:
-            yield
-        finally:
-            self._waiting.pop(waiter, None)
+
+    def stop(self, waiter: Waiter) -> None:
+        """``waiter`` no longer waits."""
+        self._waiting.pop(waiter, None)
 
     async def run(self, *timeouts_seconds: float) -> None:
         """The reaper: wake the waiters whose deadline passed, until cancelled.

@@ -139,6 +139,12 @@ class History(Protocol):
 
     def statistics(self) -> HistoryStatistics: ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the store cannot do its job now, as last seen (no I/O: read
+        once per subscribe); ``None`` while it can. :attr:`HistoryStatistics.problem`."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -335,5 +335,9 @@ class MemoryHistory:
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics("memory", len(self._rings), self._events, self._bytes)
 
+    @property
+    def problem(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -502,7 +502,11 @@ class RedisHistory:
         )
 
     def statistics(self) -> HistoryStatistics:
-        return dataclasses.replace(self._statistics, problem=self.down_reason)
+        return dataclasses.replace(self._statistics, problem=self.problem)
+
+    @property
+    def problem(self) -> str | None:
+        return self.down_reason
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

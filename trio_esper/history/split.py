@@ -48,6 +48,10 @@ class SplitHistory:
     async def check(self) -> str | None:
         return await self.durable.check()
 
+    @property
+    def problem(self) -> str | None:
+        return self.durable.problem
+
     def statistics(self) -> HistoryStatistics:
         durable, memory = self.durable.statistics(), self.memory.statistics()
         return HistoryStatistics(

@@ -662,6 +662,10 @@ class SqliteHistory:
             size = 0
         return HistoryStatistics("sqlite", len(self._counts), self._counts.total(), size)
 
+    @property
+    def problem(self) -> str | None:
+        return None  # a failing file is an error of the publish or read that meets it
+
     async def aclose(self) -> None:
         self._send.close()
 
