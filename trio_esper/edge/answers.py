@@ -25,11 +25,18 @@ def closes(answer: endpoints.Answer) -> bool:
     return ("connection", "close") in answer.headers
 
 
+#: Answer heads kept for the current second at most (see :meth:`Answers.head`).
+MAX_CACHED_HEADS = 256
+
+
 class Answers:
     """Response heads for one edge."""
 
     def __init__(self, config: Config) -> None:
         self._date = (0, b"")
+        #: Answer heads made this second (see :meth:`head`), and that second's Date.
+        self._heads: dict[tuple[object, ...], bytes] = {}
+        self._heads_date = b""
         #: Stream heads made this second (see :meth:`stream_head`), and that second's Date.
         self._stream_heads: dict[tuple[object, ...], bytes] = {}
         self._stream_heads_date = b""
@@ -38,11 +45,24 @@ class Answers:
         self._opening_chunk = h1.chunk(endpoints.opening_frame(config))
 
     def head(self, answer: endpoints.Answer, *, close: bool) -> bytes:
-        """``answer``'s response head (its body follows, with its length)."""
-        headers = [*answer.headers, ("content-length", str(len(answer.body)))]
-        return h1.response_head(
-            answer.status, encode_headers(headers), date=self.http_date(), close=close
-        )
+        """``answer``'s response head (its body follows, with its length).
+        Publishers get the same few heads over and over (the same fields and
+        a body of much the same length): each is made once a second, at
+        most :data:`MAX_CACHED_HEADS` of them."""
+        date = self.http_date()
+        if date is not self._heads_date:
+            self._heads = {}
+            self._heads_date = date
+        key = (answer.status, close, len(answer.body), *answer.headers)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= MAX_CACHED_HEADS:
+                self._heads.clear()
+            headers = [*answer.headers, ("content-length", str(len(answer.body)))]
+            head = self._heads[key] = h1.response_head(
+                answer.status, encode_headers(headers), date=date, close=close
+            )
+        return head
 
     def stream_head(self, cors: endpoints.Headers, close: bool) -> bytes:
         """A stream's response head and opening chunk. Every subscriber with

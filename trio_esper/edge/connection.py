@@ -77,6 +77,7 @@ class Connection(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_attached",
         "_deadlines",
+        "_drained",
         "_readiness",
         "_socket",
         "address",
@@ -96,6 +97,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self._socket = sock
         self._deadlines = deadlines
         self._readiness = readiness
+        #: The last :meth:`receive` emptied the socket (see there).
+        self._drained = False
         self._attached: Subscription | None = None
         #: The client's address (IP), what per-address limits count.
         self.address = _address_of(sock) if address is None else address
@@ -143,22 +146,30 @@ class Connection(trio.abc.HalfCloseableStream):
             trio.ClosedResourceError: the socket is closed.
         """
         waited = False
+        # After a read that emptied the socket, what arrives is new input,
+        # which the edge-triggered set reports: the task waits without a
+        # read first (a publisher sends its next request once answered).
+        read = not self._drained
         while True:
-            try:
-                data = os.read(self._socket.fileno(), RECEIVE_BYTES)
-            except BlockingIOError:
-                pass
-            except OSError as error:
-                raise _stream_error(error) from None
-            else:
-                if not data and self.expired:
-                    raise Expired
-                if not waited and not checkpointed:
-                    # Under load the next request is often there already; the
-                    # checkpoint keeps one busy publisher from starving the
-                    # rest (after a wait, the task has yielded already).
-                    await trio.lowlevel.checkpoint()
-                return data
+            if read:
+                try:
+                    data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+                except BlockingIOError:
+                    pass
+                except OSError as error:
+                    raise _stream_error(error) from None
+                else:
+                    # Fewer bytes than asked for: none were left.
+                    self._drained = 0 < len(data) < RECEIVE_BYTES
+                    if not data and self.expired:
+                        raise Expired
+                    if not waited and not checkpointed:
+                        # Under load the next request is often there already; the
+                        # checkpoint keeps one busy publisher from starving the
+                        # rest (after a wait, the task has yielded already).
+                        await trio.lowlevel.checkpoint()
+                    return data
+            read = True
             waited = True
             deadlines = self._deadlines
             deadlines.start(self, deadline, idle)
