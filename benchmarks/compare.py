@@ -108,9 +108,7 @@ SCENARIOS = {
     ),
     # Mixed load: 32 topics x 32 subscribers, 4 publisher connections, 1 KiB
     # events, 200 per topic.
-    "mixed": Scenario(
-        "mixed", ("-s", "1024", "-t", "32", "-c", "4", "-n", "6400", "-z", "1024")
-    ),
+    "mixed": Scenario("mixed", ("-s", "1024", "-t", "32", "-c", "4", "-n", "6400", "-z", "1024")),
     # Reconnect storm: 150 events on each of 50 topics, then 5000 subscribers
     # connect at once, each with Last-Event-ID 100 events back (reconnect.py).
     "reconnect": Scenario(
@@ -220,10 +218,10 @@ def ensure_nchan() -> bool:
 
 
 @contextmanager
-def nchan(buffer_length: int | None = None) -> Iterator[list[int]]:
+def nchan(buffer_length: int | None = None, workers: int = 1) -> Iterator[list[int]]:
     """Nchan with ../shared/bench/nchan.conf, or with a copy of it that keeps
     ``buffer_length`` messages per channel (instead of 16) for an hour (for
-    replaying history)."""
+    replaying history); ``workers`` nginx worker processes."""
     (NGINX_PREFIX / "logs").mkdir(parents=True, exist_ok=True)
     (NGINX_PREFIX / "tmp").mkdir(parents=True, exist_ok=True)
     config = SHARED_BENCH / "nchan.conf"
@@ -251,7 +249,7 @@ def nchan(buffer_length: int | None = None) -> Iterator[list[int]]:
             "-p",
             str(NGINX_PREFIX),
             "-g",
-            "worker_processes 1;",
+            f"worker_processes {workers};",
         ],
         start_new_session=True,
     )
