@@ -121,6 +121,9 @@ async def test_a_request_that_arrived_is_served_not_cut() -> None:
         ours = [trio.socket.from_stdlib_socket(a) for a, _ in pairs]
         (_, idle_peer), (_, busy_peer) = pairs
         async with trio.open_nursery() as nursery:
+            # Serving no listener: the edge's own tasks run (deadlines, and
+            # the readiness its connections wait on), and it takes these two.
+            await nursery.start(edge.serve, [], trio.Event())
             for sock in ours:
                 nursery.start_soon(edge.handle, sock)
             await trio.testing.wait_all_tasks_blocked()
