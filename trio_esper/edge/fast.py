@@ -295,7 +295,10 @@ class FastForms:
             connection,
             hub.subscribe(plan.topic, frame=h1.chunk, client=connection.address),
             lambda: self._answers.stream_head(opened.cors, opened.close),
-            lambda subscription: endpoints.replay_pages(hub, subscription, plan),
+            # Most subscribers do not resume: no generator to make and close for them.
+            (lambda subscription: endpoints.replay_pages(hub, subscription, plan))
+            if plan.resume
+            else None,
             error_cors=opened.cors,
             topic=plan.topic,
             deadline=endpoints.expiry_deadline(plan.expires_at),
@@ -346,7 +349,7 @@ class FastForms:
         connection: Connection,
         subscribing: Subscribing,
         head: Callable[[], bytes],
-        replay: Callable[[Subscription], AsyncGenerator[bytes, None]],
+        replay: Callable[[Subscription], AsyncGenerator[bytes, None]] | None,
         *,
         error_cors: endpoints.Headers,
         topic: str,
@@ -357,7 +360,7 @@ class FastForms:
         """Serve a subscriber's stream until it ends, the peer leaves, or
         ``deadline`` (its token's expiry) passes, then end the body (the
         connection then closes). ``head()`` is the stream's response head,
-        ``replay`` what it resumes from, ``expired`` its last frame at
+        ``replay`` what it resumes from (``None``: nothing), ``expired`` its last frame at
         ``deadline``; ``admitted()`` raises if the subscription must be
         refused before it opens.
 
@@ -373,9 +376,10 @@ class FastForms:
             async with subscribing as subscription:
                 await connection.write_all(head())
                 started = True
-                async with aclosing(replay(subscription)) as pages:
-                    async for page in pages:
-                        await connection.write_all(h1.chunk(page))
+                if replay is not None:
+                    async with aclosing(replay(subscription)) as pages:
+                        async for page in pages:
+                            await connection.write_all(h1.chunk(page))
                 connection.attach(subscription)
                 try:
                     while True:
