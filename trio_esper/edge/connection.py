@@ -186,19 +186,7 @@ class Connection(trio.abc.HalfCloseableStream):
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`receive`.
         """
-        waited = False
-        while True:
-            try:
-                data = os.read(self._socket.fileno(), DISCARD_BYTES)
-            except BlockingIOError:
-                waited = True
-                await self._readiness.wait_readable(self._socket.fileno())
-                continue
-            except OSError as error:
-                raise _stream_error(error) from None
-            if not waited:
-                await trio.lowlevel.checkpoint()  # a client that never stops sending
-            return bool(data)
+        return bool(await self.receive_some(DISCARD_BYTES))
 
     async def peek(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the peer's first bytes, left unread (``b""``
