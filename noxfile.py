@@ -348,7 +348,7 @@ def serve(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The four scenarios against trio_esper (a subprocess), one table and JSON.
+    """The seven scenarios against trio_esper (a subprocess), one table and JSON.
 
     ``python3 -m nox -s bench -- --repeat 3 --scenarios fanout,latency``
     """

@@ -12,18 +12,18 @@ Interleaving the brokers within one run keeps machine noise from favouring
 either. Loopback only; every run is bounded by the generator's
 ``--count``/``--duration``/``--drain-max``.
 
-Scenarios of our own run only when named: ``admission`` and
-``admission6k`` (10,000 and 6,000 subscribers, 512 handshakes in flight:
-subscriptions admitted per second, ssebench's connect_per_s), ``mixed``
-(32 topics x 32 subscribers, 4 publisher connections, 1 KiB events) and
-``reconnect`` (a reconnect storm driven by
-benchmarks/reconnect.py: 5000 subscribers resume 100 events back at once;
-time until all have caught up, the broker's peak RSS).
+Scenarios of our own: ``admission`` and ``admission6k`` (10,000 and 6,000
+subscribers, 512 handshakes in flight: subscriptions admitted per second,
+ssebench's connect_per_s), ``mixed`` (32 topics x 32 subscribers, 4
+publisher connections, 1 KiB events), and, only when named, ``reconnect``
+(a reconnect storm driven by benchmarks/reconnect.py: 5000 subscribers
+resume 100 events back at once; time until all have caught up, the
+broker's peak RSS).
 
 Also measures two latencies of trio_esper directly: subscribe-to-first-byte
 and disconnect-cleanup (client closes -> gone from /stats).
 
-    python3 -m nox -s bench                   # trio_esper alone, four scenarios
+    python3 -m nox -s bench                   # trio_esper alone, seven scenarios
     python3 -m nox -s bench_compare -- --repeat 3 --scenarios fanout
     python3 -m nox -s bench_compare -- --scenarios admission,reconnect --no-probes
 """
@@ -117,8 +117,12 @@ SCENARIOS = {
         driver="reconnect",
     ),
 }
-#: What runs when --scenarios is not given: run_nchan.sh's matrix.
-DEFAULT_SCENARIOS = ("fanout", "idle10k", "topics", "latency")
+#: What runs when --scenarios is not given: run_nchan.sh's matrix, then the
+#: cost of one request (issue 24): admission at 6,000 and 10,000, mixed load.
+DEFAULT_SCENARIOS = (
+    *("fanout", "idle10k", "topics", "latency"),
+    *("admission6k", "admission", "mixed"),
+)
 
 
 def build_ssebench() -> Path:
