@@ -31,8 +31,16 @@ import select
 import outcome
 import trio
 
-#: Input, and the peer's end of it (a half-close wakes the reader too).
-_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+#: Input, the peer's end of it (a half-close wakes the reader too), and TCP
+#: urgent data.
+_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI | select.EPOLLET
+#: What stays true once reported, and can sit behind input that one read
+#: returns whole (fewer bytes than asked for): the end of input or a reset
+#: (read after the bytes before it), and urgent data (a read stops short at
+#: its mark). Reported with that input in one wake-up, such a condition is
+#: remembered as well, so that the next wait returns at once and the
+#: caller's read finds it: the set reports nothing new for it.
+_LASTING = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLPRI
 #: How many ready connections one look takes at most (the rest at the next).
 MAX_EVENTS = 1024
 
@@ -64,11 +72,11 @@ class Readiness:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll)
-                for fd, _ in epoll.poll(0, MAX_EVENTS):
+                for fd, events in epoll.poll(0, MAX_EVENTS):
                     task = waiting.pop(fd, None)
-                    if task is None:
+                    if task is None or events & _LASTING:
                         ready.add(fd)
-                    else:
+                    if task is not None:
                         reschedule(task)
         finally:
             for fd in list(self._waiting):
