@@ -4,13 +4,15 @@ broker on 127.0.0.1 and a raw client."""
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 
 import pytest
 import trio
 
 from .conftest import STEP_SECONDS, TOPIC, Broker, start_broker
-from .rawhttp import Raw, accepted_socket_fds, request
+from .rawhttp import Raw, request
 
 pytestmark = pytest.mark.fast_lane_only("the fast forms' reads wait on the edge's epoll set")
 
@@ -27,14 +29,40 @@ def _connect(broker: Broker) -> tuple[socket.socket, Raw]:
     return plain, Raw(trio.SocketStream(trio.socket.from_stdlib_socket(plain)))
 
 
+def _accepted_sockets(port: int) -> list[int]:
+    """This process's sockets accepted on ``port`` (the broker runs in this
+    process), reset ones too (they have no peer address any more)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+        except OSError:
+            continue
+        sock = socket.socket(fileno=fd)
+        try:
+            if (
+                sock.family == socket.AF_INET
+                and sock.getsockname()[1] == port
+                and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
+                found.append(fd)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return found
+
+
 async def _wait_closed(broker: Broker) -> None:
-    """Until the broker holds no accepted socket (it runs in this process)."""
+    """Until the broker holds no accepted socket."""
     port = broker.host_port[1]
     with trio.move_on_after(STEP_SECONDS):
-        while accepted_socket_fds(port):
+        while _accepted_sockets(port):
             await trio.sleep(0.05)
         return
-    pytest.fail(f"the broker still holds its connections: {accepted_socket_fds(port)}")
+    pytest.fail(f"the broker still holds connections: descriptors {_accepted_sockets(port)}")
 
 
 async def test_a_publish_and_the_end_of_input_together_end_a_kept_alive_connection(
@@ -84,3 +112,18 @@ async def test_a_head_with_urgent_data_in_it_is_served(nursery: trio.Nursery) ->
         plain.send(publish[:20] + b"!", socket.MSG_OOB)  # "!" is urgent, out of band
         plain.send(publish[20:])
         assert (await raw.read_response()).status == 200
+
+
+async def test_half_a_head_and_a_reset_together_close_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    broker = await start_broker(nursery, request_head_timeout_seconds=1.0)
+    plain = socket.create_connection(broker.host_port)
+    with plain:
+        plain.setblocking(False)
+        await trio.sleep(SETTLE_SECONDS)  # read, found nothing, waits
+        assert _accepted_sockets(broker.host_port[1])  # the helper sees it
+        plain.send(b"POST /publish/x HTTP/1.1\r\nHost: x\r\n")
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # Closed: a reset right behind the bytes.
+    await _wait_closed(broker)
