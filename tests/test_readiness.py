@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from trio_esper.edge.lifetime import Deadlines
 from trio_esper.edge.readiness import Readiness
 
 from .conftest import STEP_SECONDS
@@ -143,3 +144,58 @@ async def test_a_reused_number_starts_afresh() -> None:
                     await trio.sleep(0.05)
                     peer.send(b"c")
             assert newcomer.recv(16) == b"c"
+
+
+async def test_nudge_wakes_the_waiter_or_the_next_wait() -> None:
+    ours, theirs = _pair()
+    with ours, theirs:
+        async with _running() as readiness:
+            async with trio.open_nursery() as nursery:
+                woke = trio.Event()
+
+                async def wait() -> None:
+                    await readiness.wait_readable(ours.fileno())
+                    woke.set()
+
+                nursery.start_soon(wait)
+                await trio.sleep(0.05)
+                readiness.nudge(ours.fileno())  # nothing arrived: woken all the same
+                with trio.fail_after(STEP_SECONDS):
+                    await woke.wait()
+            readiness.nudge(ours.fileno())  # nobody waits: the next wait returns
+            with trio.fail_after(STEP_SECONDS):
+                await readiness.wait_readable(ours.fileno())
+
+
+class _Arrived:
+    """A waiter whose input has arrived (as the reaper sees it)."""
+
+    def __init__(self, arrived: bool) -> None:
+        self.arrived = arrived
+        self.calls: list[str] = []
+
+    def has_arrived(self) -> bool:
+        return self.arrived
+
+    def expire(self) -> None:
+        self.calls.append("expire")
+
+    def nudge(self) -> None:
+        self.calls.append("nudge")
+
+    def stop_reading(self) -> None:
+        self.calls.append("stop_reading")
+
+
+def test_the_reaper_wakes_a_waiter_whose_input_arrived() -> None:
+    """Past its deadline, a waiter with input is woken to read it (a missed
+    wake-up costs a reaper's pass), one without is expired."""
+    deadlines = Deadlines()
+    arrived, idle = _Arrived(True), _Arrived(False)
+    deadlines.start(arrived, 1.0, False)
+    deadlines.start(idle, 1.0, True)
+    deadlines.reap_expired(0.5)
+    assert arrived.calls == idle.calls == []  # not yet
+    deadlines.reap_expired(1.0)
+    assert arrived.calls == ["nudge"]
+    assert idle.calls == ["expire"]

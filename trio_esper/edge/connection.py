@@ -323,6 +323,11 @@ class Connection(trio.abc.HalfCloseableStream):
         self.expired = True
         self.stop_reading()
 
+    def nudge(self) -> None:
+        """The reaper's second look: input has arrived past the deadline;
+        wake the task to read it."""
+        self._readiness.nudge(self._socket.fileno())
+
     async def linger(self) -> None:
         """Before closing a connection that has unread input: end output and
         read what the client still sends, for a moment. Closing with unread

@@ -34,6 +34,9 @@ class Waiter(Protocol):
     def expire(self) -> None:
         """Its wait timed out: wake it."""
 
+    def nudge(self) -> None:
+        """Wake it to read what has arrived (it finds it, or waits again)."""
+
     def stop_reading(self) -> None:
         """Wake it from a read (it sees end of input)."""
 
@@ -64,12 +67,17 @@ class Deadlines:
             self.reap_expired(trio.current_time())
 
     def reap_expired(self, now: float) -> None:
-        """Wake the waiters whose deadline is ``now`` or earlier, unless what
-        they wait for has arrived (their task has yet to run, on a busy
-        broker): that request is served."""
+        """Wake the waiters whose deadline is ``now`` or earlier; those whose
+        input has arrived are not expired (their task has yet to run, on a
+        busy broker: that request is served) but woken to read it, so that a
+        wake-up the edge's epoll set missed costs a reaper's pass, never a
+        connection held open."""
         for waiter, (deadline, _) in list(self._waiting.items()):
-            if deadline <= now and not waiter.has_arrived():
-                waiter.expire()
+            if deadline <= now:
+                if waiter.has_arrived():
+                    waiter.nudge()
+                else:
+                    waiter.expire()
 
     def wake_idle(self) -> None:
         """Shutdown: wake the waiters idle between requests (they close)."""

@@ -118,6 +118,17 @@ class Readiness:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
+    def nudge(self, fd: int) -> None:
+        """Wake ``fd``'s waiter as if input had arrived (or let its next wait
+        return at once): for input the set may not report again, which the
+        caller's read then finds. A wake-up with nothing to read is harmless."""
+        task = self._waiting.pop(fd, None)
+        if task is None:
+            if fd in self._registered:
+                self._ready.add(fd)
+        else:
+            trio.lowlevel.reschedule(task)
+
     def forget(self, fd: int) -> None:
         """``fd`` is about to close: wake its waiter with ClosedResourceError
         and drop what is known of it (closing it takes it out of the set)."""
