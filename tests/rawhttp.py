@@ -10,6 +10,8 @@ import json
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -231,10 +233,9 @@ async def assert_still_serves(broker: Broker) -> None:
             await subscriber.read_until(b"data: still serving\n\n")
 
 
-def accepted_socket_fds(port: int) -> dict[tuple[str, int], int]:
-    """This process's sockets accepted on ``port``: peer address -> fd (the
-    broker runs in-process, so its sockets are ours)."""
-    found: dict[tuple[str, int], int] = {}
+def _port_sockets(port: int) -> Iterator[socket.socket]:
+    """This process's IPv4 sockets on local ``port`` (the broker runs
+    in-process, so its sockets are ours), each borrowed for the step."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -245,9 +246,27 @@ def accepted_socket_fds(port: int) -> dict[tuple[str, int], int]:
         sock = socket.socket(fileno=fd)
         try:
             if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
-                found[sock.getpeername()[:2]] = fd
-        except OSError:  # the listener: no peer
+                yield sock
+        except OSError:
             pass
         finally:
             sock.detach()
+
+
+def accepted_socket_fds(port: int) -> dict[tuple[str, int], int]:
+    """This process's sockets accepted on ``port``: peer address -> fd."""
+    found: dict[tuple[str, int], int] = {}
+    for sock in _port_sockets(port):
+        with suppress(OSError):  # the listener, or reset: no peer
+            found[sock.getpeername()[:2]] = sock.fileno()
     return found
+
+
+def accepted_sockets(port: int) -> list[int]:
+    """The descriptors of this process's sockets accepted on ``port``,
+    reset ones too (they have no peer address any more)."""
+    return [
+        sock.fileno()
+        for sock in _port_sockets(port)
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ]

@@ -4,7 +4,7 @@ on real loopback sockets."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -31,23 +31,29 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
+async def _woken_by(readiness: Readiness, fd: int, wake: Callable[[], object]) -> None:
+    """A task waits on ``fd``; it still waits a moment later (nothing
+    arrived); ``wake()`` wakes it."""
+    async with trio.open_nursery() as nursery:
+        woke = trio.Event()
+
+        async def wait() -> None:
+            await readiness.wait_readable(fd)
+            woke.set()
+
+        nursery.start_soon(wait)
+        await trio.sleep(0.05)
+        assert not woke.is_set()  # nothing arrived: it waits
+        wake()
+        with trio.fail_after(STEP_SECONDS):
+            await woke.wait()
+
+
 async def test_wakes_on_input_and_on_the_peers_end() -> None:
     ours, theirs = _pair()
     with ours, theirs:
         async with _running() as readiness:
-            async with trio.open_nursery() as nursery:
-                woke = trio.Event()
-
-                async def wait() -> None:
-                    await readiness.wait_readable(ours.fileno())
-                    woke.set()
-
-                nursery.start_soon(wait)
-                await trio.sleep(0.05)
-                assert not woke.is_set()  # nothing arrived: it waits
-                theirs.send(b"x")
-                with trio.fail_after(STEP_SECONDS):
-                    await woke.wait()
+            await _woken_by(readiness, ours.fileno(), lambda: theirs.send(b"x"))
             assert ours.recv(16) == b"x"
             # Edge-triggered: the next wait is for the next input, here the end.
             async with trio.open_nursery() as nursery:
@@ -150,18 +156,8 @@ async def test_nudge_wakes_the_waiter_or_the_next_wait() -> None:
     ours, theirs = _pair()
     with ours, theirs:
         async with _running() as readiness:
-            async with trio.open_nursery() as nursery:
-                woke = trio.Event()
-
-                async def wait() -> None:
-                    await readiness.wait_readable(ours.fileno())
-                    woke.set()
-
-                nursery.start_soon(wait)
-                await trio.sleep(0.05)
-                readiness.nudge(ours.fileno())  # nothing arrived: woken all the same
-                with trio.fail_after(STEP_SECONDS):
-                    await woke.wait()
+            # Nothing arrived: woken all the same.
+            await _woken_by(readiness, ours.fileno(), lambda: readiness.nudge(ours.fileno()))
             readiness.nudge(ours.fileno())  # nobody waits: the next wait returns
             with trio.fail_after(STEP_SECONDS):
                 await readiness.wait_readable(ours.fileno())
