@@ -36,7 +36,7 @@ import pytest
 import trio
 
 from trio_esper.config import Config
-from trio_esper.hub import Hub
+from trio_esper.hub import Hub, Subscription
 from trio_esper.server import Listening, serve
 
 TOPIC = "testtopic01"
@@ -324,6 +324,17 @@ async def subscribe(
             await stream.aclose()
         for ctx in reversed(contexts):
             await ctx.__aexit__(None, None, None)
+
+
+async def hold_subscription(
+    hub: Hub, topic: str, into: list[Subscription], task_status: trio.TaskStatus[None]
+) -> None:
+    """Subscribe to ``topic`` in process and never read (for
+    ``nursery.start``): the subscription goes into ``into`` once open."""
+    async with hub.subscribe(topic) as subscription:
+        into.append(subscription)
+        task_status.started()
+        await trio.sleep_forever()
 
 
 def make_token(

@@ -20,10 +20,10 @@ import trio
 from trio_esper.catalog import BUDGET_SHARE, BUSY_RECHECKS, Catalog
 from trio_esper.history import Record
 from trio_esper.history.memory import MemoryHistory
-from trio_esper.hub import Hub, Subscription, open_hub
+from trio_esper.hub import Subscription, open_hub
 from trio_esper.sse import Event
 
-from .conftest import STEP_SECONDS, start_broker
+from .conftest import STEP_SECONDS, hold_subscription, start_broker
 from .rawhttp import publish, stats
 
 KIB = 1024
@@ -145,15 +145,6 @@ def test_topics_no_longer_in_use_go_without_being_released() -> None:
     assert catalog.get("newcomer") is not None
 
 
-async def _hold(
-    hub: Hub, topic: str, into: list[Subscription], task_status: trio.TaskStatus[None]
-) -> None:
-    async with hub.subscribe(topic) as subscription:
-        into.append(subscription)
-        task_status.started()
-        await trio.sleep_forever()
-
-
 async def test_the_hub_keeps_subscribed_topics_listed_then_lets_them_go() -> None:
     limit = 16 * KIB
     catalog = Catalog(100_000, durable=False, max_bytes=limit)
@@ -161,7 +152,7 @@ async def test_the_hub_keeps_subscribed_topics_listed_then_lets_them_go() -> Non
         held: list[Subscription] = []
         async with trio.open_nursery() as nursery:
             for n in range(300):
-                await nursery.start(_hold, hub, f"held{n:07d}", held)
+                await nursery.start(hold_subscription, hub, f"held{n:07d}", held)
             assert catalog.bytes > limit
             assert all(catalog.get(f"held{n:07d}") is not None for n in range(300))
             nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ import gc
 import json
 import sys
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -73,6 +73,23 @@ async def nowhere(topic: str, records: Sequence[Record]) -> None:
     pass
 
 
+async def _traced_and_accounted(
+    events_per_topic: int, fill: Callable[[MemoryHistory], Awaitable[None]]
+) -> tuple[int, int]:
+    """What tracemalloc sees a fresh memory history (no byte budget to speak
+    of) allocate while ``fill`` fills it, and what the history accounts."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        history = MemoryHistory(max_events_per_topic=events_per_topic, max_bytes=1 << 40)
+        await fill(history)
+        gc.collect()
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return traced, history.statistics().bytes
+
+
 @pytest.mark.parametrize(
     ("topics", "events", "size"),
     [
@@ -107,19 +124,14 @@ async def test_accounted_bytes_cover_what_the_history_holds(
     """What ``statistics().bytes`` says is at least what tracemalloc sees the
     history allocate (tracemalloc counts requested sizes; the accounting
     also counts the allocator's rounding), and not much more."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        history = MemoryHistory(max_events_per_topic=events, max_bytes=1 << 40)
+
+    async def fill(history: MemoryHistory) -> None:
         for n in range(events):
             for t in range(topics):
                 data = f"{n:10d} " + "x" * (size - 11)
                 await history.append(f"topic{t:07d}", [Event(data, event="note")], nowhere)
-        gc.collect()
-        traced, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    accounted = history.statistics().bytes
+
+    traced, accounted = await _traced_and_accounted(events, fill)
     assert traced <= accounted <= 1.2 * traced
 
 
@@ -127,20 +139,15 @@ async def test_accounted_bytes_cover_what_the_history_holds(
 async def test_routed_records_count_their_routes(topic_size: int) -> None:
     """A Mercure update's topics (IRIs, as long as a body allows) are held by
     its record's route: counted as tracemalloc sees them allocated."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        history = MemoryHistory(max_events_per_topic=50, max_bytes=1 << 40)
+
+    async def fill(history: MemoryHistory) -> None:
         for n in range(50):
             topics = tuple(f"https://example.com/{n}/{k}/" + "t" * topic_size for k in range(2))
             route = Route(topics, private=bool(n % 2))
             await history.append(ROUTED_LOG, [Event(f"update {n}")], nowhere, route=route)
             del topics, route
-        gc.collect()
-        traced, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    accounted = history.statistics().bytes
+
+    traced, accounted = await _traced_and_accounted(50, fill)
     assert traced <= accounted <= 1.2 * traced
 
 

@@ -22,10 +22,10 @@ import trio
 import trio.testing
 
 from trio_esper import hub as hub_module
-from trio_esper.hub import Hub, Subscription, open_hub
+from trio_esper.hub import Subscription, open_hub
 from trio_esper.sse import Event, encode
 
-from .conftest import STEP_SECONDS, Broker, start_broker
+from .conftest import STEP_SECONDS, Broker, hold_subscription, start_broker
 from .rawhttp import Raw, exchange, open_subscriber, publish, stats, wait_for_clients
 
 #: An event's data: large enough that bytes, not events, fill a queue.
@@ -199,15 +199,6 @@ class _Counting:
         return heapq.nlargest(*args, **kwargs)
 
 
-async def _stall(
-    hub: Hub, topic: str, into: list[Subscription], task_status: trio.TaskStatus[None]
-) -> None:
-    async with hub.subscribe(topic) as subscription:
-        into.append(subscription)
-        task_status.started()
-        await trio.sleep_forever()  # never reads
-
-
 @pytest.mark.parametrize("shared_first", [True, False], ids=["shared-first", "alone-first"])
 async def test_the_total_bound_drops_whom_it_frees_bytes_by_dropping(
     shared_first: bool, monkeypatch: pytest.MonkeyPatch
@@ -225,8 +216,8 @@ async def test_the_total_bound_drops_whom_it_frees_bytes_by_dropping(
         sharers: list[Subscription] = []
         lone: list[Subscription] = []
         for _ in range(SHARING):
-            await nursery.start(_stall, hub, "sharedtopic", sharers)
-        await nursery.start(_stall, hub, "alonetopic", lone)
+            await nursery.start(hold_subscription, hub, "sharedtopic", sharers)
+        await nursery.start(hold_subscription, hub, "alonetopic", lone)
         publishes = [("sharedtopic", shared), ("alonetopic", alone)]
         for topic, event in publishes if shared_first else publishes[::-1]:
             await hub.publish(topic, [event])
@@ -255,7 +246,7 @@ async def test_a_broadcast_past_the_total_on_its_own_reaches_nobody(
     ):
         sharers: list[Subscription] = []
         for _ in range(SHARING):
-            await nursery.start(_stall, hub, "sharedtopic", sharers)
+            await nursery.start(hold_subscription, hub, "sharedtopic", sharers)
         await hub.publish("sharedtopic", [small])
         assert hub.statistics().dropped == 0
         await hub.publish("sharedtopic", [large])
