@@ -59,6 +59,7 @@ class SplitHistory:
             durable.topics + memory.topics,
             durable.events + memory.events,
             durable.bytes + memory.bytes,
+            self.problem,
         )
 
     async def aclose(self) -> None:
