@@ -17,6 +17,7 @@ narrow it for a test or a module:
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -365,11 +366,31 @@ async def wait_for_stats(
 __all__ = ["STEP_SECONDS", "TOPIC", "Broker", "SSEStream", "make_token", "partial", "start_broker"]
 
 
+#: Where free_port looks: below Linux's ephemeral range (32768-60999), which
+#: outgoing connections take their ports from (a broker that binds a chosen
+#: port later must not find a client's connection on it), and above the
+#: well-known ports.
+FREE_PORTS = range(10_000, 32_768)
+#: Ports free_port has handed out in this run: each goes to one caller only.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        return int(free.getsockname()[1])
+    """A loopback port nothing listens on now, for a server to bind later:
+    outside the range outgoing connections take ports from, and never one
+    handed out before in this run (two chosen for one test stay apart)."""
+    for _ in range(1000):
+        port = random.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as free:
+            try:
+                free.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {FREE_PORTS}")
 
 
 @dataclass
