@@ -26,9 +26,10 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -453,6 +454,37 @@ class RedisServer:
 
 
 REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture
+def redis_dir(tmp_path: Path) -> Path:
+    if REDIS_SERVER is None:
+        pytest.fail("redis-server is needed (Debian: apt-get install redis-server)")
+    return tmp_path
+
+
+@contextmanager
+def running_redis(directory: Path, *options: str) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with ``options``; SIGCONT and SIGKILL at the end."""
+    server = RedisServer(free_port(), str(directory), options=options)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.kill()
+
+
+@contextmanager
+def stalled(server: RedisServer) -> Iterator[None]:
+    """Redis stops (SIGSTOP) for the block: connections stay open, nothing is answered."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -105,8 +106,12 @@ from .redis_entries import (
     trim_batch,
     valid_entry_id,
 )
+from .resp import NotSentError, RespConnection, RespError
 
 log = logging.getLogger("trio_esper")
+
+#: What ``EVALSHA`` names :data:`PUBLISH_SCRIPT` by.
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 #: Most entries one XRANGE reads of a stream (more: read again).
 READ_COUNT = 1000
@@ -143,7 +148,7 @@ ENTRY_OVERHEAD_BYTES = 64
 #: Errors that mean Redis (or the way to it) failed, not our request.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.RedisError,
-    OSError,
+    OSError,  # the lean connection's failures (resp.py) too
     trio.TooSlowError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
@@ -181,13 +186,17 @@ class RedisHistory:
         *,
         max_events_per_topic: int,
         eviction: str = "warn",
-        publisher: Any = None,
+        publisher: RespConnection | None = None,
     ) -> None:
         self._client = client
-        #: The publishes' own client: coredis drops a connection when a command
-        #: on it is cancelled, with every command waiting on it (a read's
-        #: timeout would otherwise take the answers of the publishes beside it).
-        self._publisher = client if publisher is None else publisher
+        #: The writer's own connection (resp.py): one script per batch, its
+        #: failures told apart by whether Redis can have run it. Opened on
+        #: first use; whoever passes it in closes it.
+        self._publisher = (
+            RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
+            if publisher is None
+            else publisher
+        )
         self.url = url
         self.max_events_per_topic = max_events_per_topic
         #: Watched topics: the id the reader reads after, per stream key.
@@ -199,7 +208,6 @@ class RedisHistory:
         self._quiet_until: dict[str, float] = {}
         self.down_reason: str | None = None
         self._statistics = HistoryStatistics("redis", 0, 0, 0)
-        self._publish = self._publisher.register_script(PUBLISH_SCRIPT)
         #: Publishes waiting for the writer, in the order taken.
         self._queue: collections.deque[_Publish] = collections.deque()
         self._queued = trio.Event()
@@ -317,18 +325,18 @@ class RedisHistory:
         # Each publish is answered by its own deadline + OUTCOME_SECONDS.
         with trio.move_on_at(batch[0].deadline + OUTCOME_SECONDS):
             try:
-                answer = await self._publish(keys=keys, args=args)
-            except coredis.exceptions.ResponseError as exc:
+                answer = await self._run_publish_script(keys, args)
+            except RespError as exc:
                 # Redis answered with an error before running it (a busy
-                # script; out of memory): nothing was stored.
-                reason = _reason(exc)
+                # script; out of memory; still loading): nothing was stored.
+                reason = exc.message.splitlines()[0][:200]
                 self._complain("publish", reason)
                 self._answer(batch, lambda: _refused(reason))
                 return
             except REDIS_ERRORS as exc:
                 self._down("publish", exc)
                 reason = _reason(exc)
-                if _never_sent(exc):
+                if isinstance(exc, NotSentError):
                     self._answer(batch, lambda: _not_sent(reason))
                 else:
                     self._answer(batch, lambda: _unknown(reason))
@@ -348,6 +356,16 @@ class RedisHistory:
                 # Before the next is decided: a watch or unwatch meanwhile
                 # (only if this waits) applies to the next.
                 await deliver(item.topic, item.records)
+
+    async def _run_publish_script(self, keys: list[str], args: list[str]) -> Any:
+        """:data:`PUBLISH_SCRIPT` by its digest; by its text if Redis does
+        not know it (a restarted Redis: ``NOSCRIPT`` runs nothing)."""
+        try:
+            return await self._publisher.call("EVALSHA", PUBLISH_SHA, str(len(keys)), *keys, *args)
+        except RespError as exc:
+            if not exc.message.startswith("NOSCRIPT"):
+                raise
+        return await self._publisher.call("EVAL", PUBLISH_SCRIPT, str(len(keys)), *keys, *args)
 
     def _answer_one(self, item: _Publish, outcome: list[str]) -> Deliver | None:
         """Answer ``item`` by Redis' ``outcome``; return where to hand its
@@ -695,24 +713,6 @@ class RedisHistory:
             )
 
 
-#: How coredis begins the messages of :func:`_never_sent`'s errors.
-NEVER_SENT_MESSAGES = ("Unable to establish a connection", "Connection not usable")
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a command, means Redis never ran it: no
-    connection could be made, or the one taken was already broken, or Redis
-    answered that it is still loading its data. Anything else (a timeout, a
-    connection lost while waiting) may come after Redis ran it. (coredis says
-    which by the message alone; tests/test_redis_faults.py checks that the
-    installed coredis still raises these, and a refused connection.)"""
-    if isinstance(exc, coredis.exceptions.BusyLoadingError):  # Redis' answer: LOADING
-        return True
-    return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(
-        NEVER_SENT_MESSAGES
-    )
-
-
 def _waited() -> HistoryError:
     return HistoryError(
         "the backplane is unavailable (it did not take the publishes before this one within "
@@ -793,15 +793,13 @@ async def open_redis_history(
     lines = CoredisLines()
     coredis_log.addFilter(lines)
     try:
-        client, publisher = (
-            coredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                connect_timeout=COMMAND_TIMEOUT_SECONDS,
-                retry_policy=coredis.retry.NoRetryPolicy(),
-            )
-            for _ in range(2)
+        client = coredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            connect_timeout=COMMAND_TIMEOUT_SECONDS,
+            retry_policy=coredis.retry.NoRetryPolicy(),
         )
+        publisher = RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
         history = RedisHistory(
             client,
             url,

@@ -1,0 +1,286 @@
+"""A lean RESP2 connection for the backplane's hot path: the writer's one
+script per batch of publishes (:meth:`.redis.RedisHistory._write`) and the
+listener's notices (:meth:`.redis.RedisHistory._listen`).
+
+Why not coredis here: coredis (the client for everything else) runs a writer
+and a reader task per connection with anyio streams between them and a
+pool, and that was a third of the broker's busy time with the backplane
+(BENCHMARKS.md, "A lean connection for the backplane's hot path"). The writer sends one
+command and waits for its reply, and the listener only reads: neither needs
+a pool, pipelining or a task of its own, so each owns one socket here, writes
+its command and reads its replies itself.
+
+Where Redis is, and how to log in, comes from coredis' reading of the URL
+(its pool's ``location`` and ``connection_kwargs``), so the ``--backplane``
+URL forms stay one source of truth.
+
+What a failure means, for the publish's answer:
+
+- :class:`NotSentError`: the command never reached Redis. No connection
+  could be made (or logging in failed), the connection held was found
+  closed before sending (:meth:`RespConnection._usable`), or sending
+  failed: Redis runs a command only once all of it has arrived.
+- :class:`RespError`: Redis answered with an error; the connection stays.
+- Anything else (a lost connection while waiting for the reply, a reply
+  that is not RESP, a cancellation): Redis may have run it. The connection
+  is closed, since its next reply could be this one's.
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+from typing import Any
+
+import trio
+
+#: Most bytes one receive reads.
+RECEIVE_BYTES = 65536
+
+
+class RespError(Exception):
+    """Redis answered the command with an error (``-ERR ...``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotSentError(ConnectionError):
+    """The command never reached Redis: it was not run."""
+
+
+class ConnectionLostError(ConnectionError):
+    """Redis closed the connection, or answered what is not RESP."""
+
+
+class _Incomplete(Exception):
+    """The buffer holds only part of a reply."""
+
+
+def encode(args: tuple[str | bytes, ...]) -> bytes:
+    """One command as a RESP array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def parse(buffer: bytearray, start: int) -> tuple[Any, int]:
+    """The reply that begins at ``start`` and where the next begins. Bulk
+    strings are bytes, simple strings str, errors :class:`RespError`
+    instances (raised by the caller at the top level only), nulls None.
+
+    Raises:
+        _Incomplete: the buffer ends within the reply.
+        ConnectionLostError: it is not RESP2.
+    """
+    end = buffer.find(b"\r\n", start)
+    if end < 0:
+        raise _Incomplete
+    kind = buffer[start]
+    line = bytes(buffer[start + 1 : end])
+    try:
+        if kind == 0x24:  # $: bulk string
+            size = int(line)
+            if size < 0:
+                return None, end + 2
+            stop = end + 2 + size
+            if len(buffer) < stop + 2:
+                raise _Incomplete
+            return bytes(buffer[end + 2 : stop]), stop + 2
+        if kind == 0x2A:  # *: array
+            count = int(line)
+            if count < 0:
+                return None, end + 2
+            items = []
+            position = end + 2
+            for _ in range(count):
+                item, position = parse(buffer, position)
+                items.append(item)
+            return items, position
+        if kind == 0x3A:  # :: integer
+            return int(line), end + 2
+    except ValueError:
+        raise ConnectionLostError(f"Redis sent a malformed reply ({line[:40]!r})") from None
+    if kind == 0x2B:  # +: simple string
+        return line.decode(errors="replace"), end + 2
+    if kind == 0x2D:  # -: error
+        return RespError(line.decode(errors="replace")), end + 2
+    raise ConnectionLostError(f"Redis sent what is not RESP2 ({bytes(buffer[start:end])[:40]!r})")
+
+
+class RespConnection:
+    """One connection to Redis, opened on first use and again after a
+    failure, owned by the one task that uses it (the async context closes
+    it). See the module docstring for what each failure means."""
+
+    def __init__(
+        self,
+        location: Any,
+        options: dict[str, Any],
+        *,
+        connect_timeout: float,
+    ) -> None:
+        #: coredis' ``TCPLocation`` (``host``, ``port``) or
+        #: ``UnixDomainSocketLocation`` (``path``).
+        self._location = location
+        self._username: str | None = options.get("username")
+        self._password: str | None = options.get("password")
+        self._db = int(options.get("db") or 0)
+        self._ssl_context: ssl.SSLContext | None = options.get("ssl_context")
+        self._connect_timeout = connect_timeout
+        self._stream: trio.abc.Stream | None = None
+        self._poll: Any = None
+        self._buffer = bytearray()
+
+    @classmethod
+    def like(cls, client: Any, *, connect_timeout: float) -> RespConnection:
+        """A connection to where the coredis ``client`` connects, as it logs in."""
+        pool = client.connection_pool
+        return cls(pool.location, pool.connection_kwargs, connect_timeout=connect_timeout)
+
+    async def __aenter__(self) -> RespConnection:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        self._poll = None
+        self._buffer.clear()
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def call(self, *args: str | bytes) -> Any:
+        """Send one command and return Redis' reply to it.
+
+        Raises:
+            NotSentError: it never reached Redis.
+            RespError: Redis answered with an error.
+            ConnectionLostError: Redis may have run it (the connection is closed).
+        """
+        await self.send(*args)
+        return await self.receive()
+
+    async def send(self, *args: str | bytes) -> None:
+        """Send one command (connecting first if needed).
+
+        Raises:
+            NotSentError: it never reached Redis.
+        """
+        stream = await self._ready()
+        try:
+            await stream.send_all(encode(args))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self.aclose()
+            raise NotSentError(f"sending failed ({_describe(exc)})") from exc
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def receive(self) -> Any:
+        """The next reply (for ``SUBSCRIBE``: the next message).
+
+        Raises:
+            RespError: the reply is an error (the connection stays).
+            ConnectionLostError: the connection is gone (and closed).
+        """
+        stream = self._stream
+        if stream is None:
+            raise ConnectionLostError("not connected")
+        try:
+            reply = await self._read(stream)
+        except BaseException:
+            await self.aclose()
+            raise
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    async def _read(self, stream: trio.abc.Stream) -> Any:
+        buffer = self._buffer
+        while True:
+            if buffer:
+                try:
+                    reply, end = parse(buffer, 0)
+                except _Incomplete:
+                    pass
+                else:
+                    del buffer[:end]
+                    return reply
+            try:
+                chunk = await stream.receive_some(RECEIVE_BYTES)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise ConnectionLostError(
+                    f"the connection to Redis broke ({_describe(exc)})"
+                ) from exc
+            if not chunk:
+                raise ConnectionLostError("Redis closed the connection")
+            buffer += chunk
+
+    def _usable(self) -> bool:
+        """Whether the idle connection held is still open: with no reply
+        due, anything to read (the peer's end, a reset) means it is not."""
+        return not self._poll.poll(0)
+
+    async def _ready(self) -> trio.abc.Stream:
+        if self._stream is not None and not self._buffer and self._usable():
+            return self._stream
+        await self.aclose()
+        try:
+            with trio.fail_after(self._connect_timeout):
+                self._stream = await self._connect()
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, RespError) as exc:
+            await self.aclose()
+            raise NotSentError(f"cannot connect to Redis ({_describe(exc)})") from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        return self._stream
+
+    async def _connect(self) -> trio.abc.Stream:
+        """Open, log in, select the database and ``PING`` (which also reads
+        what a TLS server sends after its handshake, so that an idle
+        connection has nothing to read while it is open)."""
+        location = self._location
+        socket_stream: trio.SocketStream
+        if hasattr(location, "path"):
+            socket_stream = await trio.open_unix_socket(location.path)
+        else:
+            socket_stream = await trio.open_tcp_stream(location.host, location.port)
+        stream: trio.abc.Stream = socket_stream
+        self._stream = stream
+        if self._ssl_context is not None:
+            stream = self._stream = trio.SSLStream(
+                socket_stream, self._ssl_context, server_hostname=location.host
+            )
+        self._poll = select.poll()
+        self._poll.register(socket_stream.socket.fileno(), select.POLLIN)
+        hello: list[tuple[str | bytes, ...]] = []
+        if self._password is not None:
+            if self._username is not None:
+                hello.append(("AUTH", self._username, self._password))
+            else:
+                hello.append(("AUTH", self._password))
+        if self._db:
+            hello.append(("SELECT", str(self._db)))
+        hello.append(("PING",))
+        await stream.send_all(b"".join(encode(command) for command in hello))
+        for _ in hello:
+            await self.receive()
+        return stream
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
