@@ -580,23 +580,24 @@ class RedisHistory:
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
-                # Its own retries would hide an outage: this loop retries.
-                async with self._client.pubsub(
-                    channels=[NOTIFY_CHANNEL], retry_policy=coredis.retry.NoRetryPolicy()
+                async with RespConnection.like(
+                    self._client, connect_timeout=COMMAND_TIMEOUT_SECONDS
                 ) as notices:
-                    async for message in notices:
+                    await notices.send("SUBSCRIBE", NOTIFY_CHANNEL)
+                    while True:
+                        kind, _, data = await notices.receive()
                         delay = RETRY_FIRST_SECONDS
-                        if message["type"] == "subscribe":
+                        if kind == b"subscribe":
                             self._up()
                             self._mark(list(self._positions))
-                        elif message["type"] == "message":
-                            head, *topics = str(message["data"]).split("\n")
+                        elif kind == b"message":
+                            head, *topics = data.decode(errors="replace").split("\n")
                             if head != self._token:  # this node's: the writer saw to them
                                 self._mark([KEY_PREFIX + topic for topic in topics])
             except Exception as exc:
-                # Whatever ends the subscription (a lost connection, in the
-                # pub/sub task group), it is logged and taken again.
-                self._down("notices", _first_leaf(exc))
+                # Whatever ends the subscription (a lost connection, a reply
+                # not shaped as one), it is logged and taken again.
+                self._down("notices", exc)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
