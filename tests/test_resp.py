@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from trio_esper.history import Record
+from trio_esper.history import redis as redis_history
 from trio_esper.history.redis import KEY_PREFIX, open_redis_history
 from trio_esper.history.resp import (
     ConnectionLostError,
@@ -248,3 +249,35 @@ async def test_bytes_that_come_unasked_make_the_connection_unusable() -> None:
 def test_encode_is_resp_arrays_of_bulk_strings() -> None:
     assert encode(("SET", "k", b"\r\n")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\r\n\r\n"
     assert encode(("É",)) == b"*1\r\n$2\r\n\xc3\x89\r\n"
+
+
+async def test_another_node_s_publishes_are_read_whole_in_order_in_pipelines(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Few entries per XRANGE, so one notice takes several reads; large events,
+    # so one reply takes several receives.
+    monkeypatch.setattr(redis_history, "READ_COUNT", 3)
+    monkeypatch.setattr(redis_history, "READ_COUNT_TEXT", "3")
+    received: list[Record] = []
+    all_read = trio.Event()
+    sent = [f"{n}:" + chr(0x41 + n % 26) * (n * 10_000) for n in range(20)]
+
+    async def collect(topic: str, records: Sequence[Record]) -> None:
+        received.extend(records)
+        if len(received) >= len(sent):
+            all_read.set()
+        await trio.lowlevel.checkpoint()
+
+    with running_redis(redis_dir) as redis:
+        async with (
+            open_redis_history(redis.url) as reader,
+            open_redis_history(redis.url) as writer,
+        ):
+            await reader.watch("readtopic1", collect)
+            for data in sent:
+                await writer.append("readtopic1", [Event(data)], deliver)
+            with trio.fail_after(STEP_SECONDS):
+                await all_read.wait()
+            await trio.sleep(0.2)  # nothing more comes
+    assert [r.event.data for r in received] == sent
+    assert [r.seq for r in received] == sorted(r.seq for r in received)

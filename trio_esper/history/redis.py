@@ -100,6 +100,7 @@ from .redis_entries import (
     NOTIFY_CHANNEL,
     PUBLISH_SCRIPT,
     entry_fields,
+    entry_of,
     publish_entry,
     record_of,
     seq_of,
@@ -115,6 +116,7 @@ PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode(), usedforsecurity=False).hexdi
 
 #: Most entries one XRANGE reads of a stream (more: read again).
 READ_COUNT = 1000
+READ_COUNT_TEXT = str(READ_COUNT)
 #: Every watched stream is read this often even without a notice (a notice
 #: lost with a connection is caught up at once on reconnecting; this is the
 #: belt to those braces).
@@ -149,6 +151,7 @@ ENTRY_OVERHEAD_BYTES = 64
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.RedisError,
     OSError,  # the lean connection's failures (resp.py) too
+    RespError,
     trio.TooSlowError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
@@ -186,17 +189,14 @@ class RedisHistory:
         *,
         max_events_per_topic: int,
         eviction: str = "warn",
-        publisher: RespConnection | None = None,
     ) -> None:
         self._client = client
-        #: The writer's own connection (resp.py): one script per batch, its
-        #: failures told apart by whether Redis can have run it. Opened on
-        #: first use; whoever passes it in closes it.
-        self._publisher = (
-            RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
-            if publisher is None
-            else publisher
-        )
+        #: The writer's and the reader's own connections (resp.py), each
+        #: opened on its first command and closed by its task: one script per
+        #: batch, its failures told apart by whether Redis can have run it;
+        #: one pipeline of reads.
+        self._publisher = RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
+        self._reader = RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
         self.url = url
         self.max_events_per_topic = max_events_per_topic
         #: Watched topics: the id the reader reads after, per stream key.
@@ -281,27 +281,28 @@ class RedisHistory:
         trip per batch, and publishes that come meanwhile form the next."""
         batch: list[_Publish] = []
         try:
-            while True:
-                await self._queued.wait()
-                self._queued = trio.Event()
-                while self._queue:
-                    batch = [self._queue.popleft()]
-                    size = batch[0].size
-                    while (
-                        self._queue
-                        and len(batch) < MAX_BATCH_PUBLISHES
-                        and size + self._queue[0].size <= MAX_BATCH_BYTES
-                    ):
-                        batch.append(self._queue.popleft())
-                        size += batch[-1].size
-                    now = trio.current_time()
-                    if batch[0].deadline <= now:  # queued behind a batch Redis did not answer
-                        expired = [item for item in batch if item.deadline <= now]
-                        self._answer(expired, _waited)
-                        batch = [item for item in batch if item.deadline > now]
-                    if batch:
-                        await self._send(batch)
-                    batch = []
+            async with self._publisher:
+                while True:
+                    await self._queued.wait()
+                    self._queued = trio.Event()
+                    while self._queue:
+                        batch = [self._queue.popleft()]
+                        size = batch[0].size
+                        while (
+                            self._queue
+                            and len(batch) < MAX_BATCH_PUBLISHES
+                            and size + self._queue[0].size <= MAX_BATCH_BYTES
+                        ):
+                            batch.append(self._queue.popleft())
+                            size += batch[-1].size
+                        now = trio.current_time()
+                        if batch[0].deadline <= now:  # queued behind a batch Redis did not answer
+                            expired = [item for item in batch if item.deadline <= now]
+                            self._answer(expired, _waited)
+                            batch = [item for item in batch if item.deadline > now]
+                        if batch:
+                            await self._send(batch)
+                        batch = []
         finally:
             self._answer(
                 [item for item in (*batch, *self._queue) if not item.done.is_set()],
@@ -609,6 +610,10 @@ class RedisHistory:
     async def _read(self) -> None:
         """Read the marked streams after each one's position, in one
         pipeline; on a failure, mark them again and retry with backoff."""
+        async with self._reader:
+            await self._read_marked()
+
+    async def _read_marked(self) -> None:
         delay = RETRY_FIRST_SECONDS
         while True:
             await self._changed.wait()
@@ -620,12 +625,12 @@ class RedisHistory:
             positions = {key: self._positions[key] for key in keys}
             try:
                 with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        pending = [
-                            pipe.xrange(key, "(" + position, "+", count=READ_COUNT)
+                    read = await self._reader.call_many(
+                        [
+                            ("XRANGE", key, "(" + position, "+", "COUNT", READ_COUNT_TEXT)
                             for key, position in positions.items()
                         ]
-                    read = [await request for request in pending]
+                    )
             except REDIS_ERRORS as exc:
                 self._down("read", exc)
                 self._mark(keys)
@@ -644,12 +649,11 @@ class RedisHistory:
                     self._mark([key])
                     continue
                 topic = key.removeprefix(KEY_PREFIX)
-                self._positions[key] = entries[-1].identifier
+                decoded = [entry_of(entry) for entry in entries]
+                self._positions[key] = decoded[-1][0]
                 if len(entries) == READ_COUNT:
                     self._mark([key])  # more to read
-                await deliver(
-                    topic, [record_of(topic, e.identifier, e.field_values) for e in entries]
-                )
+                await deliver(topic, [record_of(topic, *entry) for entry in decoded])
 
     async def _keep_statistics(self) -> None:
         """Refresh what ``/stats`` shows every :data:`STATISTICS_INTERVAL_SECONDS`:
@@ -800,15 +804,13 @@ async def open_redis_history(
             connect_timeout=COMMAND_TIMEOUT_SECONDS,
             retry_policy=coredis.retry.NoRetryPolicy(),
         )
-        publisher = RespConnection.like(client, connect_timeout=COMMAND_TIMEOUT_SECONDS)
         history = RedisHistory(
             client,
             url,
             max_events_per_topic=max_events_per_topic,
             eviction=eviction,
-            publisher=publisher,
         )
-        async with client, publisher:
+        async with client:
             problem = await history.check()
             if problem is None:
                 try:

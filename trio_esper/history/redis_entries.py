@@ -141,6 +141,14 @@ def record_of(topic: str, entry_id: str, fields: Any) -> Record:
     )
 
 
+def entry_of(entry: Any) -> tuple[str, dict[str, str]]:
+    """A stream entry as RESP2 sends it (its id, then its fields and values
+    one after the other, all bulk strings) as :func:`record_of` takes it."""
+    entry_id, flat = entry
+    values = [value.decode() for value in flat]
+    return entry_id.decode(), dict(zip(values[::2], values[1::2], strict=True))
+
+
 def publish_entry(
     deadline_ms: int,
     unique: bool,

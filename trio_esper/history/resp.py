@@ -1,14 +1,15 @@
 """A lean RESP2 connection for the backplane's hot path: the writer's one
-script per batch of publishes (:meth:`.redis.RedisHistory._write`) and the
-listener's notices (:meth:`.redis.RedisHistory._listen`).
+script per batch of publishes (:meth:`.redis.RedisHistory._write`), the
+listener's notices (:meth:`.redis.RedisHistory._listen`) and the reader's
+pipelined ``XRANGE`` of the streams they name (:meth:`.redis.RedisHistory._read`).
 
 Why not coredis here: coredis (the client for everything else) runs a writer
 and a reader task per connection with anyio streams between them and a
 pool, and that was a third of the broker's busy time with the backplane
 (BENCHMARKS.md, "A lean connection for the backplane's hot path"). The writer sends one
-command and waits for its reply, and the listener only reads: neither needs
-a pool, pipelining or a task of its own, so each owns one socket here, writes
-its command and reads its replies itself.
+command and waits for its reply, the reader one pipeline, and the listener
+only reads: none needs a pool or a task of its own, so each owns one socket
+here, writes its commands and reads their replies itself.
 
 Where Redis is, and how to log in, comes from coredis' reading of the URL
 (its pool's ``location`` and ``connection_kwargs``), so the ``--backplane``
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import select
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -170,15 +172,34 @@ class RespConnection:
         await self.send(*args)
         return await self.receive()
 
+    async def call_many(self, commands: Sequence[tuple[str | bytes, ...]]) -> list[Any]:
+        """Send ``commands`` in one write (a pipeline) and return their
+        replies in order.
+
+        Raises:
+            NotSentError: none reached Redis.
+            RespError: the first error reply, once all replies are read.
+            ConnectionLostError: Redis may have run some (the connection is closed).
+        """
+        await self._send(b"".join(encode(command) for command in commands))
+        replies = [await self._receive() for _ in commands]
+        for reply in replies:
+            if isinstance(reply, RespError):
+                raise reply
+        return replies
+
     async def send(self, *args: str | bytes) -> None:
         """Send one command (connecting first if needed).
 
         Raises:
             NotSentError: it never reached Redis.
         """
+        await self._send(encode(args))
+
+    async def _send(self, data: bytes) -> None:
         stream = await self._ready()
         try:
-            await stream.send_all(encode(args))
+            await stream.send_all(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.aclose()
             raise NotSentError(f"sending failed ({_describe(exc)})") from exc
@@ -193,17 +214,21 @@ class RespConnection:
             RespError: the reply is an error (the connection stays).
             ConnectionLostError: the connection is gone (and closed).
         """
+        reply = await self._receive()
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    async def _receive(self) -> Any:
+        """The next reply, an error reply returned."""
         stream = self._stream
         if stream is None:
             raise ConnectionLostError("not connected")
         try:
-            reply = await self._read(stream)
+            return await self._read(stream)
         except BaseException:
             await self.aclose()
             raise
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
 
     async def _read(self, stream: trio.abc.Stream) -> Any:
         buffer = self._buffer
