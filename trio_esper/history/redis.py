@@ -64,10 +64,15 @@ log (Mercure) takes an id again, and resumes after its newest entry.
 Eviction: the broker's keys have no TTL, so only an ``allkeys-*``
 ``maxmemory-policy`` can evict them; it is checked at start and on every
 reconnect (``CONFIG GET``), and warned about, or refused with
-``--backplane-eviction refuse``. ``coredis`` is the client: it runs
-on anyio, so natively under Trio (docs/scaling.md, "Client: coredis"); its
-own log lines (a lost connection comes with a traceback group) become one
-line per kind, rate-limited (:class:`CoredisLines`).
+``--backplane-eviction refuse``.
+
+Clients (docs/scaling.md, "Clients"): what every event takes, the writer's
+script, the listener's notices and the reader's pipeline, goes over a lean
+connection each (:mod:`.resp`), which tells a publish Redis never got
+(503) from one it may have run (504) by where it failed. The rest (resume,
+watch, statistics, checks) uses ``coredis``: it runs on anyio, so natively
+under Trio; its own log lines (a lost connection comes with a traceback
+group) become one line per kind, rate-limited (:class:`CoredisLines`).
 """
 
 from __future__ import annotations
