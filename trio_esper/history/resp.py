@@ -56,10 +56,6 @@ class ConnectionLostError(ConnectionError):
     """Redis closed the connection, or answered what is not RESP."""
 
 
-class _Incomplete(Exception):
-    """The buffer holds only part of a reply."""
-
-
 def encode(args: tuple[str | bytes, ...]) -> bytes:
     """One command as a RESP array of bulk strings."""
     parts = [b"*%d\r\n" % len(args)]
@@ -71,48 +67,100 @@ def encode(args: tuple[str | bytes, ...]) -> bytes:
     return b"".join(parts)
 
 
-def parse(buffer: bytearray, start: int) -> tuple[Any, int]:
-    """The reply that begins at ``start`` and where the next begins. Bulk
-    strings are bytes, simple strings str, errors :class:`RespError`
-    instances (raised by the caller at the top level only), nulls None.
+#: What :meth:`ReplyParser.parse` returns while the buffer ends within a reply.
+NEED_DATA: Any = object()
 
-    Raises:
-        _Incomplete: the buffer ends within the reply.
-        ConnectionLostError: it is not RESP2.
-    """
-    end = buffer.find(b"\r\n", start)
-    if end < 0:
-        raise _Incomplete
-    kind = buffer[start]
-    line = bytes(buffer[start + 1 : end])
-    try:
-        if kind == 0x24:  # $: bulk string
-            size = int(line)
-            if size < 0:
-                return None, end + 2
-            stop = end + 2 + size
-            if len(buffer) < stop + 2:
-                raise _Incomplete
-            return bytes(buffer[end + 2 : stop]), stop + 2
-        if kind == 0x2A:  # *: array
-            count = int(line)
-            if count < 0:
-                return None, end + 2
-            items = []
-            position = end + 2
-            for _ in range(count):
-                item, position = parse(buffer, position)
-                items.append(item)
-            return items, position
-        if kind == 0x3A:  # :: integer
-            return int(line), end + 2
-    except ValueError:
-        raise ConnectionLostError(f"Redis sent a malformed reply ({line[:40]!r})") from None
-    if kind == 0x2B:  # +: simple string
-        return line.decode(errors="replace"), end + 2
-    if kind == 0x2D:  # -: error
-        return RespError(line.decode(errors="replace")), end + 2
-    raise ConnectionLostError(f"Redis sent what is not RESP2 ({bytes(buffer[start:end])[:40]!r})")
+#: Deepest nesting of arrays in a reply: those read here nest three deep
+#: (``XRANGE``'s entries); deeper is a broken server, not a reply.
+MAX_DEPTH = 16
+
+
+class ReplyParser:
+    """Takes RESP2 replies from the start of a buffer, one at a time, and
+    keeps its place within a reply between receives: a reply that comes in
+    many pieces (a long ``XRANGE`` comes in one per TCP segment) is parsed
+    once, not again from its start at each piece. Bulk strings are bytes,
+    simple strings str, errors :class:`RespError` instances (raised by the
+    caller at the top level only), nulls None."""
+
+    def __init__(self) -> None:
+        #: Where the next element begins, and the arrays begun before it
+        #: (their items so far and their count), for a reply not yet whole.
+        self._position = 0
+        self._arrays: list[tuple[list[Any], int]] = []
+
+    def reset(self) -> None:
+        """Forget the reply begun (its buffer is cleared)."""
+        self._position = 0
+        self._arrays = []
+
+    def parse(self, buffer: bytearray) -> Any:
+        """The reply at the start of ``buffer``, deleted from it; or
+        :data:`NEED_DATA` if ``buffer`` ends within it (append to it, and
+        call again).
+
+        Raises:
+            ConnectionLostError: it is not RESP2.
+        """
+        position = self._position
+        arrays = self._arrays
+        while True:
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                self._position = position
+                return NEED_DATA
+            kind = buffer[position]
+            line = bytes(buffer[position + 1 : end])
+            after = end + 2
+            try:
+                if kind == 0x24:  # $: bulk string
+                    size = int(line)
+                    value: Any = None
+                    if size >= 0:
+                        if len(buffer) < after + size + 2:
+                            self._position = position
+                            return NEED_DATA
+                        if buffer[after + size : after + size + 2] != b"\r\n":
+                            raise ConnectionLostError(
+                                f"Redis sent a bulk string longer than it said ({line[:40]!r})"
+                            )
+                        value = bytes(buffer[after : after + size])
+                        after += size + 2
+                elif kind == 0x2A:  # *: array
+                    count = int(line)
+                    if count > 0:
+                        if len(arrays) >= MAX_DEPTH:
+                            raise ConnectionLostError("Redis sent arrays nested too deep")
+                        arrays.append(([], count))
+                        position = after
+                        continue
+                    value = None if count < 0 else []
+                elif kind == 0x3A:  # :: integer
+                    value = int(line)
+                elif kind == 0x2B:  # +: simple string
+                    value = line.decode(errors="replace")
+                elif kind == 0x2D:  # -: error
+                    value = RespError(line.decode(errors="replace"))
+                else:
+                    raise ConnectionLostError(
+                        f"Redis sent what is not RESP2 ({bytes(buffer[position:end])[:40]!r})"
+                    )
+            except ValueError:
+                raise ConnectionLostError(
+                    f"Redis sent a malformed reply ({line[:40]!r})"
+                ) from None
+            position = after
+            while arrays:
+                items, count = arrays[-1]
+                items.append(value)
+                if len(items) < count:
+                    break
+                arrays.pop()
+                value = items
+            else:
+                del buffer[:position]
+                self._position = 0
+                return value
 
 
 class RespConnection:
@@ -138,6 +186,7 @@ class RespConnection:
         self._stream: trio.abc.Stream | None = None
         self._poll: Any = None
         self._buffer = bytearray()
+        self._parser = ReplyParser()
 
     @classmethod
     def like(cls, client: Any, *, connect_timeout: float) -> RespConnection:
@@ -156,6 +205,7 @@ class RespConnection:
         stream, self._stream = self._stream, None
         self._poll = None
         self._buffer.clear()
+        self._parser.reset()
         if stream is not None:
             await trio.aclose_forcefully(stream)
         else:
@@ -233,14 +283,9 @@ class RespConnection:
     async def _read(self, stream: trio.abc.Stream) -> Any:
         buffer = self._buffer
         while True:
-            if buffer:
-                try:
-                    reply, end = parse(buffer, 0)
-                except _Incomplete:
-                    pass
-                else:
-                    del buffer[:end]
-                    return reply
+            reply = self._parser.parse(buffer)
+            if reply is not NEED_DATA:
+                return reply
             try:
                 chunk = await stream.receive_some(RECEIVE_BYTES)
             except (OSError, trio.BrokenResourceError) as exc:
