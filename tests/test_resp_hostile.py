@@ -4,16 +4,22 @@ server could, and the cost of a long reply that arrives in many pieces."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 import trio
 
-from trio_esper.history import resp
+from trio_esper.errors import HistoryError, OutcomeUnknown
+from trio_esper.history import Record, resp
+from trio_esper.history import redis as redis_history
+from trio_esper.history.redis import open_redis_history
+from trio_esper.sse import Event
 
-from .conftest import STEP_SECONDS
-from .test_resp import connection_to, fake_redis
+from .conftest import STEP_SECONDS, running_redis, stalled
+from .test_resp import connection_to, deliver, fake_redis
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +87,85 @@ async def test_a_long_reply_in_many_pieces_is_parsed_once(
     in_pieces = await cpu_seconds_to_read(512)
     # In pieces it costs the receives more, not a parse per piece.
     assert in_pieces < 20 * whole + 0.0002 * pieces, (in_pieces, whole, pieces)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_redis_gone_and_back_again_and_again_leaves_no_socket_behind(
+    redis_dir: Path,
+) -> None:
+    received: list[str] = []
+
+    async def collect(topic: str, records: Sequence[Record]) -> None:
+        received.extend(record.event.data for record in records)
+        await trio.lowlevel.checkpoint()
+
+    with running_redis(redis_dir) as redis:
+        async with open_redis_history(redis.url) as history:
+            await history.watch("cycletopic1", collect)
+            await history.append("cycletopic1", [Event("warm")], deliver)
+            await trio.sleep(0.3)  # the reader, listener and writer are connected
+            before = open_fds()
+            for n in range(4):
+                redis.kill()
+                with pytest.raises(HistoryError, match="not stored"):  # 503: never sent
+                    await history.append("cycletopic1", [Event(f"lost-{n}")], deliver)
+                await trio.sleep(0.3)  # the listener and the reader retry meanwhile
+                redis.start()
+                with trio.fail_after(STEP_SECONDS):
+                    while True:  # the writer reconnects
+                        try:
+                            await history.append("cycletopic1", [Event(f"kept-{n}")], deliver)
+                            break
+                        except HistoryError:
+                            await trio.sleep(0.1)
+            with trio.fail_after(STEP_SECONDS):
+                while received[-1:] != ["kept-3"]:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)
+            # One connection each again (the writer, the reader, the listener, coredis' own).
+            assert open_fds() <= before
+        assert received == ["warm", *(f"kept-{n}" for n in range(4))]
+
+
+async def test_the_backplane_closes_at_once_while_redis_is_stalled(redis_dir: Path) -> None:
+    before = open_fds()
+    with running_redis(redis_dir) as redis:
+        with trio.fail_after(STEP_SECONDS):
+            async with open_redis_history(redis.url) as history:
+                await history.watch("closetopic1", deliver)
+                await history.append("closetopic1", [Event("warm")], deliver)
+                with stalled(redis):
+                    async with trio.open_nursery() as nursery:
+                        # A publish waiting for Redis' answer, a read, the notices.
+                        nursery.start_soon(history.append, "closetopic1", [Event("x")], deliver)
+                        await trio.sleep(0.3)
+                        nursery.cancel_scope.cancel()
+                    stall_closed = trio.current_time()
+                # (leaving the block closes every connection, Redis still stopped)
+        assert trio.current_time() - stall_closed < STEP_SECONDS
+    assert open_fds() <= before
+
+
+async def test_a_publish_whose_sending_redis_never_took_whole_is_503(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait after the window, shortened so that the stall outlasts it.
+    monkeypatch.setattr(redis_history, "OUTCOME_SECONDS", 0.5)
+    # More than the sockets' buffers take while Redis is stopped: the send
+    # itself waits, and is cancelled at the publish's deadline with part of
+    # the command unsent. Redis cannot run a command it never had whole (and
+    # the connection is closed), so the answer is sure: not stored.
+    large = "x" * (24 << 20)
+    with running_redis(redis_dir) as redis:
+        async with open_redis_history(redis.url) as history:
+            await history.append("bigtopic1", [Event("before")], deliver)
+            with stalled(redis), pytest.raises(HistoryError) as refused:
+                await history.append("bigtopic1", [Event(large)], deliver)
+            assert not isinstance(refused.value, OutcomeUnknown), refused.value.reason
+            assert "not stored" in refused.value.reason
+            await history.append("bigtopic1", [Event("after")], deliver)
+            replay = await history.after("bigtopic1", None, 10)
+            assert [r.event.data for r in replay.records] == ["before", "after"]

@@ -352,6 +352,11 @@ class RedisHistory:
             reason = f"no answer within {PUBLISH_WINDOW_SECONDS + OUTCOME_SECONDS:g} s"
             self.down_reason = f"backplane {self.url_for_logs} is unavailable: {reason}"
             self._complain("publish", reason)
+            if self._publisher.unsent:
+                # Its sending waited (Redis took no more) and was cut short:
+                # Redis never had it whole, so it never runs it.
+                self._answer(batch, lambda: _not_sent(reason))
+                return
             self._answer(batch, lambda: _unknown(reason))
             self._mark(keys[::2])
             return

@@ -187,6 +187,12 @@ class RespConnection:
         self._poll: Any = None
         self._buffer = bytearray()
         self._parser = ReplyParser()
+        #: Whether the last command sent never wholly reached the socket: its
+        #: sending (or connecting first) was cancelled. Redis runs a command
+        #: only once all of it has arrived, and a cancelled send closes the
+        #: connection, so Redis never runs it. (trio's ``send_all`` is
+        #: cancelled only before it has handed over its last byte.)
+        self.unsent = False
 
     @classmethod
     def like(cls, client: Any, *, connect_timeout: float) -> RespConnection:
@@ -247,6 +253,7 @@ class RespConnection:
         await self._send(encode(args))
 
     async def _send(self, data: bytes) -> None:
+        self.unsent = True
         stream = await self._ready()
         try:
             await stream.send_all(data)
@@ -256,6 +263,7 @@ class RespConnection:
         except BaseException:
             await self.aclose()
             raise
+        self.unsent = False
 
     async def receive(self) -> Any:
         """The next reply (for ``SUBSCRIBE``: the next message).
