@@ -5,12 +5,16 @@ server could, and the cost of a long reply that arrives in many pieces."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from trio_esper.errors import HistoryError, OutcomeUnknown
 from trio_esper.history import Record, resp
@@ -18,7 +22,7 @@ from trio_esper.history import redis as redis_history
 from trio_esper.history.redis import open_redis_history
 from trio_esper.sse import Event
 
-from .conftest import STEP_SECONDS, running_redis, stalled
+from .conftest import REDIS_SERVER, STEP_SECONDS, free_port, running_redis, stalled
 from .test_resp import connection_to, deliver, fake_redis
 
 pytestmark = pytest.mark.slow
@@ -169,3 +173,67 @@ async def test_a_publish_whose_sending_redis_never_took_whole_is_503(
             await history.append("bigtopic1", [Event("after")], deliver)
             replay = await history.after("bigtopic1", None, 10)
             assert [r.event.data for r in replay.records] == ["before", "after"]
+
+
+@contextmanager
+def running_tls_redis(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server speaking TLS only, with a certificate for 127.0.0.1
+    from a CA of the test's own; yields its ``rediss://`` URL (which
+    verifies the certificate and the host name)."""
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(directory / "ca.pem"))
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    certificate.private_key_pem.write_to_path(str(directory / "key.pem"))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER or "redis-server",
+            *("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--tls-cert-file", str(directory / "cert.pem")),
+            *("--tls-key-file", str(directory / "key.pem")),
+            *("--tls-ca-cert-file", str(directory / "ca.pem"), "--tls-auth-clients", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + STEP_SECONDS
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "redis-server did not start with TLS"
+            time.sleep(0.05)
+        yield (
+            f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={directory / 'ca.pem'}"
+            "&ssl_cert_reqs=required&ssl_check_hostname=true",
+            process,
+        )
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_over_tls_a_connection_is_kept_and_one_found_closed_is_never_sent(
+    redis_dir: Path,
+) -> None:
+    with running_tls_redis(redis_dir) as (url, process):
+        async with connection_to(url) as connection:
+            assert await connection.call("SET", "over-tls", "yes") == "OK"
+            first = await connection.call("CLIENT", "ID")
+            await trio.sleep(0.2)  # what TLS sends after its handshake has come
+            assert await connection.call("GET", "over-tls") == b"yes"
+            assert await connection.call("CLIENT", "ID") == first  # the same connection
+        async with open_redis_history(url) as history:
+            await history.append("tlstopic1", [Event("over tls")], deliver)
+            replay = await history.after("tlstopic1", None, 10)
+            assert [r.event.data for r in replay.records] == ["over tls"]
+            process.kill()
+            process.wait()
+            await trio.sleep(0.1)
+            # The connection held is found closed, and no new one is made:
+            # the publish never reached Redis.
+            with pytest.raises(HistoryError, match="not stored") as refused:
+                await history.append("tlstopic1", [Event("gone")], deliver)
+            assert not isinstance(refused.value, OutcomeUnknown)
