@@ -19,7 +19,7 @@ import trustme
 from trio_esper.errors import HistoryError, OutcomeUnknown
 from trio_esper.history import Record, resp
 from trio_esper.history import redis as redis_history
-from trio_esper.history.redis import open_redis_history
+from trio_esper.history.redis import KEY_PREFIX, open_redis_history
 from trio_esper.sse import Event
 
 from .conftest import REDIS_SERVER, STEP_SECONDS, free_port, running_redis, stalled
@@ -237,3 +237,39 @@ async def test_over_tls_a_connection_is_kept_and_one_found_closed_is_never_sent(
             with pytest.raises(HistoryError, match="not stored") as refused:
                 await history.append("tlstopic1", [Event("gone")], deliver)
             assert not isinstance(refused.value, OutcomeUnknown)
+
+
+async def test_a_user_s_password_database_unix_socket_and_a_login_refused_on_reconnect(
+    redis_dir: Path,
+) -> None:
+    path = redis_dir / "redis.sock"
+    acl = ("--user", "alice", "on", ">alicepw", "~*", "&*", "+@all")
+    unix = ("--unixsocket", str(path), "--unixsocketperm", "700")
+    with running_redis(redis_dir, *acl, *unix) as redis:
+        for url in (
+            f"redis://alice:alicepw@127.0.0.1:{redis.port}/2",
+            f"unix://alice:alicepw@{path}?db=2",
+        ):
+            async with connection_to(url) as connection:
+                assert await connection.call("ACL", "WHOAMI") == b"alice"
+                assert await connection.call("INCR", "in-two") >= 1
+        async with connection_to(f"redis://127.0.0.1:{redis.port}/2") as default:
+            assert await default.call("GET", "in-two") == b"2"  # both in database 2
+        async with connection_to(f"redis://alice:wrong@127.0.0.1:{redis.port}/2") as wrong:
+            with pytest.raises(resp.NotSentError, match="WRONGPASS"):
+                await wrong.call("PING")
+
+        url = f"redis://alice:alicepw@127.0.0.1:{redis.port}/2"
+        async with open_redis_history(url) as history, connection_to(redis.url) as admin:
+            await history.append("acltopic1", [Event("before")], deliver)
+            # Alice's password changes and her connections are dropped: the
+            # writer's next login is refused, so the publish never reached Redis.
+            await admin.call("ACL", "SETUSER", "alice", "resetpass", ">newpw")
+            assert await admin.call("CLIENT", "KILL", "USER", "alice") >= 1
+            await trio.sleep(0.1)
+            with pytest.raises(HistoryError, match="not stored") as refused:
+                await history.append("acltopic1", [Event("refused")], deliver)
+            assert not isinstance(refused.value, OutcomeUnknown)
+            assert "WRONGPASS" in refused.value.reason
+            assert await admin.call("SELECT", "2") == "OK"
+            assert await admin.call("XLEN", KEY_PREFIX + "acltopic1") == 1  # "before" only
