@@ -5,13 +5,15 @@ server could, and the cost of a long reply that arrives in many pieces."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trustme
@@ -22,7 +24,16 @@ from trio_esper.history import redis as redis_history
 from trio_esper.history.redis import KEY_PREFIX, open_redis_history
 from trio_esper.sse import Event
 
-from .conftest import REDIS_SERVER, STEP_SECONDS, free_port, running_redis, stalled
+from .conftest import (
+    REDIS_SERVER,
+    STEP_SECONDS,
+    BrokerProcess,
+    broker_process,
+    free_port,
+    running_redis,
+    stalled,
+)
+from .test_redis_faults import stream_of
 from .test_resp import connection_to, deliver, fake_redis
 
 pytestmark = pytest.mark.slow
@@ -273,3 +284,64 @@ async def test_a_user_s_password_database_unix_socket_and_a_login_refused_on_rec
             assert "WRONGPASS" in refused.value.reason
             assert await admin.call("SELECT", "2") == "OK"
             assert await admin.call("XLEN", KEY_PREFIX + "acltopic1") == 1  # "before" only
+
+
+def fds_of(node: BrokerProcess) -> int:
+    return len(os.listdir(f"/proc/{node.process.pid}/fd"))
+
+
+async def test_a_broker_keeps_no_socket_of_redis_restarts_and_stops_while_redis_is_stopped(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    topic = "brokertopic1"
+
+    async def publish(data: str) -> httpx.Response:
+        return await client.post(f"{node.url}/publish/{topic}", content=f"data: {data}\n".encode())
+
+    async def until_published(data: str) -> None:
+        with trio.fail_after(STEP_SECONDS):
+            while (await publish(data)).status_code != 200:
+                await trio.sleep(0.1)
+
+    with running_redis(redis_dir) as redis:
+        async with (
+            broker_process("--backplane", redis.url, "--heartbeat", "0.5") as node,
+            stream_of(client, f"{node.url}/subscribe/{topic}") as stream,
+        ):
+            await until_published("warm")
+            await stream.next_event()
+            await trio.sleep(0.3)
+            before = fds_of(node)
+            for n in range(3):
+                redis.kill()
+                with trio.fail_after(STEP_SECONDS):
+                    while (refused := await publish(f"lost-{n}")).status_code == 200:
+                        await trio.sleep(0.05)  # the kill has not reached the node yet
+                assert refused.status_code == 503, refused.text
+                await trio.sleep(0.5)  # the listener and the reader retry meanwhile
+                redis.start()
+                await until_published(f"kept-{n}")
+                with trio.fail_after(STEP_SECONDS):
+                    while f"kept-{n}" not in (await stream.next_event()).decode():
+                        pass
+            await trio.sleep(0.5)
+            assert fds_of(node) <= before + 1  # (a subscriber's or a stats connection)
+            # Redis stops with a publish waiting for its answer: SIGTERM still ends it.
+            with stalled(redis):
+                async with trio.open_nursery() as nursery:
+
+                    async def waiting() -> None:
+                        with suppress(httpx.HTTPError):  # the broker goes first
+                            await publish("stalled")
+
+                    nursery.start_soon(waiting)
+                    await trio.sleep(0.3)
+                    assert await node.stop() == 0
+                    nursery.cancel_scope.cancel()
+
+        async with broker_process("--backplane", redis.url) as node:
+            redis.kill()  # and SIGINT with Redis gone
+            await trio.sleep(0.3)
+            node.process.send_signal(signal.SIGINT)
+            with trio.fail_after(STEP_SECONDS):
+                assert await node.process.wait() in (0, -signal.SIGINT, 128 + signal.SIGINT)
