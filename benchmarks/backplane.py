@@ -17,7 +17,9 @@ cpu 0 with ``taskset``, and ssebench (``../shared/bench``) runs pinned to cpu
   read its CPU share, ``gen cpu%``); the server CPU counts the supervisor,
   both workers and Redis;
 - ``nchan2``: Nchan with two nginx workers, likewise unpinned (the
-  reference ``threads2`` is held to).
+  reference ``threads2`` is held to);
+- ``nchan``: Nchan with one worker, pinned as ``memory`` is (the reference
+  the one-process figures are held to, in the same run).
 
 Scenarios: ``topics`` (1,000 topics x 1 subscriber, 16 publisher connections,
 20,000 publishes back to back), ``latency`` (100 subscribers of one topic,
@@ -130,9 +132,17 @@ def _children(pid: int) -> list[int]:
 
 
 def run(binary: Path, variant: str, scenario: str, label: str) -> dict[str, object]:
-    if variant == "nchan2":
-        with nchan(workers=2) as pids:
+    if variant in ("nchan", "nchan2"):
+        with nchan(workers=1 if variant == "nchan" else 2) as pids:
             cmd = [str(binary), "--port", str(NCHAN_PORT), "--body", "raw"]
+            if variant == "nchan":  # pinned as the one-process broker is
+                for pid in pids:
+                    subprocess.run(
+                        ["taskset", "-a", "-p", "-c", BROKER_CPU, str(pid)],
+                        check=True,
+                        capture_output=True,
+                    )
+                cmd = ["taskset", "-c", LOAD_CPU, *cmd]
             return _ssebench(cmd, pids, variant, scenario, label)
     port = free_port()
     with broker(variant, port) as pids:
@@ -203,7 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="memory,redis",
-        help="comma list of memory, redis, redis@REV, memory@REV",
+        help="comma list of memory, redis, redis@REV, memory@REV, threads2, nchan, nchan2",
     )
     parser.add_argument(
         "--redis-cpu", default=BROKER_CPU, help="the cpu redis-server is pinned to (default: 0)"
