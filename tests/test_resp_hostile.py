@@ -9,8 +9,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -345,3 +346,73 @@ async def test_a_broker_keeps_no_socket_of_redis_restarts_and_stops_while_redis_
             node.process.send_signal(signal.SIGINT)
             with trio.fail_after(STEP_SECONDS):
                 assert await node.process.wait() in (0, -signal.SIGINT, 128 + signal.SIGINT)
+
+
+@asynccontextmanager
+async def cuttable_proxy(port: int) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+    """A TCP proxy on loopback to ``port``; yields its URL and ``cut``, after
+    which the connections open go silent both ways without closing (as when
+    a firewall or NAT drops an idle connection), while new ones still work."""
+    generation = 0
+
+    async def forward(source: trio.SocketStream, to: trio.SocketStream, born: int) -> None:
+        while data := await source.receive_some():
+            if born == generation:
+                await to.send_all(data)
+
+    async def serve(client: trio.SocketStream) -> None:
+        born = generation
+        async with client, await trio.open_tcp_stream("127.0.0.1", port) as server:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(forward, client, server, born)
+                    nursery.start_soon(forward, server, client, born)
+
+    def cut() -> None:
+        nonlocal generation
+        generation += 1
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        yield f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}/0", cut
+        nursery.cancel_scope.cancel()
+
+
+async def test_notices_come_again_soon_after_a_silent_drop_of_their_connection(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shortened: how long the notices' connection may be silent before a PING.
+    monkeypatch.setattr(redis_history, "NOTICES_IDLE_SECONDS", 0.5, raising=False)
+    received: list[str] = []
+
+    async def collect(topic: str, records: Sequence[Record]) -> None:
+        received.extend(record.event.data for record in records)
+        await trio.lowlevel.checkpoint()
+
+    async def delivered(data: str) -> None:
+        with trio.fail_after(STEP_SECONDS):
+            while data not in received:
+                await trio.sleep(0.05)
+
+    with running_redis(redis_dir) as redis:
+        async with (
+            cuttable_proxy(redis.port) as (url, cut),
+            open_redis_history(url) as reader,
+            open_redis_history(redis.url) as writer,
+        ):
+            await reader.watch("droptopic1", collect)
+            await writer.append("droptopic1", [Event("one")], deliver)
+            await delivered("one")
+            # Idle, each node's listener PINGs and keeps its one subscription.
+            async with connection_to(redis.url) as admin:
+                await trio.sleep(1.5)
+                clients = (await admin.call("CLIENT", "LIST")).decode().splitlines()
+            subscribed = [line for line in clients if " sub=1 " in line]
+            assert len(subscribed) == 2, clients  # one per node
+            assert all(" cmd=ping " in line for line in subscribed), subscribed
+            assert reader.problem is None
+            cut()
+            await writer.append("droptopic1", [Event("two")], deliver)
+            # Not at the next sweep (SWEEP_SECONDS, 30 s): the listener's PING
+            # went unanswered, it subscribed again, and the reader read.
+            await delivered("two")

@@ -112,7 +112,7 @@ from .redis_entries import (
     trim_batch,
     valid_entry_id,
 )
-from .resp import NotSentError, RespConnection, RespError
+from .resp import ConnectionLostError, NotSentError, RespConnection, RespError
 
 log = logging.getLogger("trio_esper")
 
@@ -128,6 +128,10 @@ READ_COUNT_TEXT = str(READ_COUNT)
 SWEEP_SECONDS = 30.0
 #: A command Redis has not answered in this long fails (reads: 503).
 COMMAND_TIMEOUT_SECONDS = 2.0
+#: The notices' connection, silent this long, is sent a ``PING``: a firewall
+#: or NAT drops an idle connection without a word (and traffic keeps it), so
+#: no answer within :data:`COMMAND_TIMEOUT_SECONDS` means subscribe again.
+NOTICES_IDLE_SECONDS = 15.0
 #: Redis stores a publish only if it runs it within this long of its sending
 #: (by Redis' clock); later, it refuses it, and the publisher gets 503.
 PUBLISH_WINDOW_SECONDS = COMMAND_TIMEOUT_SECONDS
@@ -595,22 +599,47 @@ class RedisHistory:
                     self._client, connect_timeout=COMMAND_TIMEOUT_SECONDS
                 ) as notices:
                     await notices.send("SUBSCRIBE", NOTIFY_CHANNEL)
-                    while True:
-                        kind, _, data = await notices.receive()
-                        delay = RETRY_FIRST_SECONDS
-                        if kind == b"subscribe":
-                            self._up()
-                            self._mark(list(self._positions))
-                        elif kind == b"message":
-                            head, *topics = data.decode(errors="replace").split("\n")
-                            if head != self._token:  # this node's: the writer saw to them
-                                self._mark([KEY_PREFIX + topic for topic in topics])
+                    heard = [trio.current_time()]
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._keep_alive, notices, heard)
+                        while True:
+                            kind, *rest = await notices.receive()
+                            heard[0] = trio.current_time()
+                            delay = RETRY_FIRST_SECONDS
+                            if kind == b"subscribe":
+                                self._up()
+                                self._mark(list(self._positions))
+                            elif kind == b"message":
+                                head, *topics = rest[1].decode(errors="replace").split("\n")
+                                if head != self._token:  # this node's: the writer saw to them
+                                    self._mark([KEY_PREFIX + topic for topic in topics])
             except Exception as exc:
-                # Whatever ends the subscription (a lost connection, a reply
-                # not shaped as one), it is logged and taken again.
-                self._down("notices", exc)
+                # Whatever ends the subscription (a lost connection, a PING
+                # not answered, a reply not shaped as one), it is logged and
+                # taken again.
+                self._down("notices", _first_leaf(exc))
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    @staticmethod
+    async def _keep_alive(notices: RespConnection, heard: list[float]) -> None:
+        """``PING`` the notices' connection once it has been silent for
+        :data:`NOTICES_IDLE_SECONDS` (``heard[0]``: when it last spoke).
+
+        Raises:
+            ConnectionLostError: no answer within :data:`COMMAND_TIMEOUT_SECONDS`.
+        """
+        while True:
+            await trio.sleep_until(heard[0] + NOTICES_IDLE_SECONDS)
+            if trio.current_time() < heard[0] + NOTICES_IDLE_SECONDS:
+                continue  # it spoke meanwhile
+            pinged = trio.current_time()
+            await notices.send_more("PING")
+            await trio.sleep(COMMAND_TIMEOUT_SECONDS)
+            if heard[0] < pinged:
+                raise ConnectionLostError(
+                    f"no answer to PING within {COMMAND_TIMEOUT_SECONDS:g} s"
+                )
 
     async def _sweep(self) -> None:
         while True:

@@ -252,6 +252,22 @@ class RespConnection:
         """
         await self._send(encode(args))
 
+    async def send_more(self, *args: str | bytes) -> None:
+        """Send one command on the connection open now, even while a reply
+        is awaited (``PING`` to a subscribed connection, from another task).
+
+        Raises:
+            ConnectionLostError: none is open, or sending failed (the task
+                that receives sees the connection end).
+        """
+        stream = self._stream
+        if stream is None:
+            raise ConnectionLostError("not connected")
+        try:
+            await stream.send_all(encode(args))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLostError(f"sending failed ({_describe(exc)})") from exc
+
     async def _send(self, data: bytes) -> None:
         self.unsent = True
         stream = await self._ready()
