@@ -416,3 +416,32 @@ async def test_notices_come_again_soon_after_a_silent_drop_of_their_connection(
             # Not at the next sweep (SWEEP_SECONDS, 30 s): the listener's PING
             # went unanswered, it subscribed again, and the reader read.
             await delivered("two")
+
+
+async def test_a_publish_redis_has_when_the_backplane_closes_is_not_called_not_stored(
+    redis_dir: Path,
+) -> None:
+    outcome: list[object] = []
+
+    async def publish(history: redis_history.RedisHistory) -> None:
+        try:
+            outcome.append(await history.append("closingtopic1", [Event("x")], deliver))
+        except HistoryError as exc:
+            outcome.append(exc)
+
+    with running_redis(redis_dir) as redis:
+        assert redis.process is not None
+        # The backplane closes (the broker stops) with the publish unanswered;
+        # then the nursery waits for its answer.
+        async with trio.open_nursery() as nursery, open_redis_history(redis.url) as history:
+            await history.append("closingtopic1", [Event("warm")], deliver)
+            redis.process.send_signal(signal.SIGSTOP)
+            nursery.start_soon(publish, history)
+            await trio.sleep(0.3)  # sent: Redis has it, unread
+        redis.process.send_signal(signal.SIGCONT)
+        async with connection_to(redis.url) as connection:
+            await trio.sleep(0.2)
+            # Redis ran it, within its window: it is stored.
+            assert await connection.call("XLEN", KEY_PREFIX + "closingtopic1") == 2
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OutcomeUnknown), outcome

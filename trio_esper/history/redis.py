@@ -313,8 +313,16 @@ class RedisHistory:
                             await self._send(batch)
                         batch = []
         finally:
+            unsent = [*batch, *self._queue]
+            if not self._publisher.unsent:
+                # The batch in flight: its script was sent, Redis may run it.
+                unsent = list(self._queue)
+                self._answer(
+                    [item for item in batch if not item.done.is_set()],
+                    lambda: _unknown("the backplane closed before Redis answered"),
+                )
             self._answer(
-                [item for item in (*batch, *self._queue) if not item.done.is_set()],
+                [item for item in unsent if not item.done.is_set()],
                 lambda: HistoryError("the backplane is closing: not stored"),
             )
             self._queue.clear()
