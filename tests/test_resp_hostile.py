@@ -59,6 +59,10 @@ def sending(reply: bytes) -> Callable[[trio.SocketStream], Awaitable[None]]:
         pytest.param(b"*1\r\n" * 5000 + b":1\r\n", id="nested-too-deep"),
         # A bulk string not ended by CRLF: what follows is out of step.
         pytest.param(b"$3\r\nabcXY+OK\r\n", id="bulk-without-its-crlf"),
+        # A bulk longer than any Redis string: it was waited for (and buffered).
+        pytest.param(b"$99999999999\r\nabc", id="bulk-too-long"),
+        pytest.param(b"$-2\r\n", id="negative-bulk-length"),
+        pytest.param(b"*-2\r\n", id="negative-array-length"),
     ],
 )
 async def test_a_malformed_reply_ends_the_connection_not_the_caller(sent: bytes) -> None:

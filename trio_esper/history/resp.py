@@ -70,6 +70,11 @@ def encode(args: tuple[str | bytes, ...]) -> bytes:
 #: What :meth:`ReplyParser.parse` returns while the buffer ends within a reply.
 NEED_DATA: Any = object()
 
+#: Longest bulk string a reply may hold: Redis' own default limit
+#: (``proto-max-bulk-len``); the replies read here are far shorter, so a
+#: longer one is a broken server, not one to buffer.
+MAX_BULK_BYTES = 512 << 20
+
 #: Deepest nesting of arrays in a reply: those read here nest three deep
 #: (``XRANGE``'s entries); deeper is a broken server, not a reply.
 MAX_DEPTH = 16
@@ -115,6 +120,8 @@ class ReplyParser:
             try:
                 if kind == 0x24:  # $: bulk string
                     size = int(line)
+                    if not -1 <= size <= MAX_BULK_BYTES:
+                        raise ConnectionLostError(f"Redis sent a bulk length of {size}")
                     value: Any = None
                     if size >= 0:
                         if len(buffer) < after + size + 2:
@@ -128,6 +135,8 @@ class ReplyParser:
                         after += size + 2
                 elif kind == 0x2A:  # *: array
                     count = int(line)
+                    if count < -1:
+                        raise ConnectionLostError(f"Redis sent an array length of {count}")
                     if count > 0:
                         if len(arrays) >= MAX_DEPTH:
                             raise ConnectionLostError("Redis sent arrays nested too deep")
