@@ -23,8 +23,9 @@ What a failure means, for the publish's answer:
   failed: Redis runs a command only once all of it has arrived.
 - :class:`RespError`: Redis answered with an error; the connection stays.
 - Anything else (a lost connection while waiting for the reply, a reply
-  that is not RESP, a cancellation): Redis may have run it. The connection
-  is closed, since its next reply could be this one's.
+  that is not RESP, a cancellation): Redis may have run it, unless
+  :attr:`RespConnection.unsent` says the cancellation came before all of it
+  was sent. The connection is closed, since its next reply could be this one's.
 """
 
 from __future__ import annotations
@@ -242,7 +243,8 @@ class RespConnection:
         replies in order.
 
         Raises:
-            NotSentError: none reached Redis.
+            NotSentError: not all of them reached Redis (the first may
+                have: a failed send can be cut anywhere in the pipeline).
             RespError: the first error reply, once all replies are read.
             ConnectionLostError: Redis may have run some (the connection is closed).
         """
