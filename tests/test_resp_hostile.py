@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -449,3 +450,73 @@ async def test_a_publish_redis_has_when_the_backplane_closes_is_not_called_not_s
             assert await connection.call("XLEN", KEY_PREFIX + "closingtopic1") == 2
     assert len(outcome) == 1
     assert isinstance(outcome[0], OutcomeUnknown), outcome
+
+
+class HeldStream(trio.abc.Stream):
+    """A fake server's transport that, while :attr:`held` is not None, holds
+    what it is given, so that two TLS records go out in one write."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.held: bytes | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.held is None:
+            await self.stream.send_all(data)
+        else:
+            self.held += bytes(data)
+            await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_over_tls_bytes_that_come_unasked_make_the_connection_unusable(
+    tmp_path: Path,
+) -> None:
+    # Two replies to one command in one segment: TLS reads the first record,
+    # and the second waits inside TLS, where polling the socket sees nothing.
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    connections = 0
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        held = HeldStream(stream)
+        tls = trio.SSLStream(held, server_context, server_side=True)
+        received = b""
+        while b"PING\r\n" not in received:
+            received += await tls.receive_some()
+        await tls.send_all(b"+PONG\r\n")
+        await tls.receive_some()
+        if connections == 1:
+            held.held = b""
+            await tls.send_all(b"+ONE\r\n")
+            await tls.send_all(b"+UNASKED\r\n")
+            both, held.held = held.held, None
+            await stream.send_all(both)
+        else:
+            await tls.send_all(b"+FRESH\r\n")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+        async with connection_to(url) as connection:
+            with trio.fail_after(STEP_SECONDS):
+                assert await connection.call("ANY") == "ONE"
+                await trio.sleep(0.1)
+                # What came unasked is never taken for a later command's reply.
+                assert await connection.call("ANY") == "FRESH"
+        assert connections == 2
+        nursery.cancel_scope.cancel()

@@ -334,6 +334,8 @@ class RespConnection:
     def _usable(self) -> bool:
         """Whether the idle connection held is still open: with no reply
         due, anything to read (the peer's end, a reset) means it is not."""
+        if isinstance(self._stream, trio.SSLStream) and _tls_holds_bytes(self._stream):
+            return False
         return not self._poll.poll(0)
 
     async def _ready(self) -> trio.abc.Stream:
@@ -382,6 +384,14 @@ class RespConnection:
         for _ in hello:
             await self.receive()
         return stream
+
+
+def _tls_holds_bytes(stream: trio.SSLStream[Any]) -> bool:
+    """Whether ``stream`` holds bytes received and not yet read, which
+    polling the socket cannot see: TLS hands over one record per read, and
+    keeps the others in its buffers (trio's private ``_ssl_object``, decrypted,
+    and ``_incoming``, not yet; tests/test_resp_hostile.py reads through them)."""
+    return bool(stream._ssl_object.pending() or stream._incoming.pending)
 
 
 def _describe(exc: BaseException) -> str:
