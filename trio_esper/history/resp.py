@@ -8,7 +8,7 @@ and a reader task per connection with anyio streams between them and a
 pool, and that was a third of the broker's busy time with the backplane
 (BENCHMARKS.md, "A lean connection for the backplane's hot path"). The writer sends one
 command and waits for its reply, the reader one pipeline, and the listener
-only reads: none needs a pool or a task of its own, so each owns one socket
+only reads (and PINGs when silent): none needs a pool, so each owns one socket
 here, writes its commands and reads their replies itself.
 
 Where Redis is, and how to log in, comes from coredis' reading of the URL
