@@ -885,3 +885,31 @@ async def test_the_http_port_closes_a_half_sent_head_after_the_head_timeout(
         started = trio.current_time()
         assert await closed_within(stream, STEP_SECONDS)
         assert trio.current_time() - started >= 0.4
+
+
+async def test_a_silent_client_is_closed_after_one_head_timeout_while_a_challenge_waits(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """With a TLS-ALPN-01 challenge pending, the TLS port peeks at each new
+    connection's ClientHello before its handshake: a client that sends
+    nothing is still closed after one request-head timeout in all (the wait
+    for plain HTTP and the peek share it), as without a challenge."""
+    storage = tmp_path / "acme"
+    pending = storage / "challenges" / "tls-alpn-01"
+    pending.mkdir(parents=True)
+    (pending / f"{NAMES[0]}.pem").write_text("a challenge waiting for its validation\n")
+    port = free_port()
+    await start_acme_broker(
+        nursery,
+        port,
+        acme_domains=NAMES,
+        acme_directory=f"https://127.0.0.1:{free_port()}/dir",
+        acme_storage=str(storage),
+        acme_http_port=0,
+        request_head_timeout_seconds=1.0,
+    )
+    silent = await trio.open_tcp_stream("127.0.0.1", port)
+    async with silent:
+        started = trio.current_time()
+        assert await closed_within(silent, STEP_SECONDS)
+        assert 0.9 <= trio.current_time() - started < 1.6

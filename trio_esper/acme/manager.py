@@ -165,17 +165,13 @@ class Certificates:
     async def context_for(self, connection: Connection) -> ssl.SSLContext | None:
         """The context for a new connection's handshake: the TLS-ALPN-01
         challenge's if the client asks for it, else the certificate's (the
-        placeholder's until there is one); ``None``: the client sent no
-        ClientHello within the request-head timeout, or left."""
+        placeholder's until there is one). The edge bounds the wait for the
+        ClientHello by the connection's request-head deadline (edge/tls.py)."""
         served = self._placeholder if self._held is None else self._held.context
         pending = self._pending_alpn()
         if not pending:
             return served
-        offered = None
-        with trio.move_on_after(self._config.request_head_timeout_seconds) as waited:
-            offered = await _peek_hello(connection)
-        if waited.cancelled_caught:
-            return None  # nothing came within the handshake's own time
+        offered = await _peek_hello(connection)
         if offered is None or hello.ACME_TLS_ALPN not in offered.protocols:
             return served
         name = offered.server_name

@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -158,7 +158,11 @@ class TLS:
             return
         context = self._context
         if not isinstance(context, ssl.SSLContext):
-            chosen = await context(connection)
+            # Its peek at the ClientHello shares the deadline: a silent
+            # client is closed after one request-head timeout in all.
+            chosen = None
+            with self._until(deadline):
+                chosen = await context(connection)
             if chosen is None:
                 return
             context = chosen
@@ -176,6 +180,19 @@ class TLS:
         for handshake in self._handshakes:
             handshake.cancel()
 
+    @contextmanager
+    def _until(self, deadline: float) -> Iterator[trio.CancelScope]:
+        """A scope that ends at ``deadline``, or at once when the edge shuts
+        down (:meth:`shut_down`): each wait before Hypercorn's own runs in one."""
+        with trio.move_on_at(deadline) as scope:
+            if self._closing:
+                scope.cancel()
+            self._handshakes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._handshakes.discard(scope)
+
     async def _answered_plain_http(self, connection: Connection, deadline: float) -> bool:
         """Whether the client spoke plain HTTP to this TLS-only port, which is
         then answered: 400 with nginx's reason, and the close (its request
@@ -184,14 +201,11 @@ class TLS:
         anything else are the handshake's to judge."""
         if self._closing:
             return False
-        with trio.move_on_at(deadline) as scope:
-            self._handshakes.add(scope)
+        with self._until(deadline) as scope:
             try:
                 first = await connection.peek(1)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
-            finally:
-                self._handshakes.discard(scope)
         if scope.cancelled_caught or not is_plain_http(first):
             return False
         log.debug(
@@ -219,8 +233,7 @@ class TLS:
         reset, no shared protocol version or cipher): logged at debug level."""
         if self._closing:
             return False
-        with trio.move_on_at(deadline) as scope:
-            self._handshakes.add(scope)
+        with self._until(deadline) as scope:
             try:
                 await tls.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
@@ -228,8 +241,6 @@ class TLS:
                 outcome = f"failed: {reason}"
             else:
                 return True
-            finally:
-                self._handshakes.discard(scope)
         if scope.cancelled_caught:
             reason = outcome = "cut short by shutdown" if self._closing else "timed out"
         log.debug(
