@@ -30,12 +30,11 @@ from .conftest import (
     STEP_SECONDS,
     BrokerProcess,
     RedisServer,
-    SSEStream,
     broker_process,
-    open_sse,
     running_redis,
     stalled,
 )
+from .redisclient import stream_of
 
 pytestmark = pytest.mark.slow
 
@@ -89,20 +88,6 @@ async def nodes(redis: RedisServer, count: int, *args: str) -> AsyncIterator[lis
             )
             for _ in range(count)
         ]
-
-
-@asynccontextmanager
-async def stream_of(
-    client: httpx.AsyncClient, url: str, **headers: str
-) -> AsyncIterator[SSEStream]:
-    stream, ctx = await open_sse(client, url, headers=headers)
-    try:
-        assert stream.response.status_code == 200, stream.response.status_code
-        assert await stream.next_frame() == b": subscribed\n\n"
-        yield stream
-    finally:
-        with trio.CancelScope(shield=True):
-            await ctx.__aexit__(None, None, None)
 
 
 def fields_of(frame: bytes) -> dict[str, str]:

@@ -6,9 +6,7 @@ a Redis that forgot the script, and replies cut anywhere."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 
 import coredis
@@ -21,23 +19,15 @@ from trio_esper.history.redis import KEY_PREFIX, open_redis_history
 from trio_esper.history.resp import (
     ConnectionLostError,
     NotSentError,
-    RespConnection,
     RespError,
     encode,
 )
 from trio_esper.sse import Event
 
 from .conftest import STEP_SECONDS, RedisServer, free_port, running_redis, stalled
+from .redisclient import connection_to, deliver, fake_redis
 
 pytestmark = pytest.mark.slow
-
-
-def connection_to(url: str) -> RespConnection:
-    return RespConnection.like(coredis.Redis.from_url(url), connect_timeout=STEP_SECONDS)
-
-
-async def deliver(topic: str, records: Sequence[Record]) -> None:
-    await trio.lowlevel.checkpoint()
 
 
 async def test_commands_and_replies_of_every_kind(redis_dir: Path) -> None:
@@ -160,28 +150,6 @@ async def test_publishes_go_on_after_redis_forgets_the_script(redis_dir: Path) -
             assert [r.event.data for r in replay.records] == ["before", "after"]
             async with connection_to(redis.url) as connection:
                 assert await connection.call("XLEN", KEY_PREFIX + "scripttopic1") == 2
-
-
-@asynccontextmanager
-async def fake_redis(
-    answer: Callable[[trio.SocketStream], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A server on loopback that reads the connection's hello (``PING``),
-    says ``+PONG`` and then does ``answer``; yields its URL."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            received = b""
-            while b"PING\r\n" not in received:
-                received += await stream.receive_some()
-            await stream.send_all(b"+PONG\r\n")
-            await answer(stream)
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        yield f"redis://127.0.0.1:{port}/0"
-        nursery.cancel_scope.cancel()
 
 
 async def test_replies_cut_anywhere_are_read_whole() -> None:

@@ -35,8 +35,7 @@ from .conftest import (
     running_redis,
     stalled,
 )
-from .test_redis_faults import stream_of
-from .test_resp import connection_to, deliver, fake_redis
+from .redisclient import connection_to, deliver, fake_redis, stream_of
 
 pytestmark = pytest.mark.slow
 
