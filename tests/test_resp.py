@@ -225,7 +225,6 @@ async def test_another_node_s_publishes_are_read_whole_in_order_in_pipelines(
     # Few entries per XRANGE, so one notice takes several reads; large events,
     # so one reply takes several receives.
     monkeypatch.setattr(redis_history, "READ_COUNT", 3)
-    monkeypatch.setattr(redis_history, "READ_COUNT_TEXT", "3")
     received: list[Record] = []
     all_read = trio.Event()
     sent = [f"{n}:" + chr(0x41 + n % 26) * (n * 10_000) for n in range(20)]

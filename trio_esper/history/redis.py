@@ -112,7 +112,7 @@ from .redis_entries import (
     trim_batch,
     valid_entry_id,
 )
-from .resp import ConnectionLostError, NotSentError, RespConnection, RespError
+from .resp import ConnectionLostError, NotSentError, RespConnection, RespError, describe
 
 log = logging.getLogger("trio_esper")
 
@@ -121,7 +121,6 @@ PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode(), usedforsecurity=False).hexdi
 
 #: Most entries one XRANGE reads of a stream (more: read again).
 READ_COUNT = 1000
-READ_COUNT_TEXT = str(READ_COUNT)
 #: Every watched stream is read this often even without a notice (a notice
 #: lost with a connection is caught up at once on reconnecting; this is the
 #: belt to those braces).
@@ -313,16 +312,14 @@ class RedisHistory:
                             await self._send(batch)
                         batch = []
         finally:
-            unsent = [*batch, *self._queue]
             if not self._publisher.unsent:
                 # The batch in flight: its script was sent, Redis may run it.
-                unsent = list(self._queue)
                 self._answer(
                     [item for item in batch if not item.done.is_set()],
                     lambda: _unknown("the backplane closed before Redis answered"),
                 )
             self._answer(
-                [item for item in unsent if not item.done.is_set()],
+                [item for item in (*batch, *self._queue) if not item.done.is_set()],
                 lambda: HistoryError("the backplane is closing: not stored"),
             )
             self._queue.clear()
@@ -674,7 +671,7 @@ class RedisHistory:
                 with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
                     read = await self._reader.call_many(
                         [
-                            ("XRANGE", key, "(" + position, "+", "COUNT", READ_COUNT_TEXT)
+                            ("XRANGE", key, "(" + position, "+", "COUNT", str(READ_COUNT))
                             for key, position in positions.items()
                         ]
                     )
@@ -822,8 +819,7 @@ def _first_leaf(error: BaseException) -> BaseException:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError | trio.Cancelled):
         return f"no answer within {COMMAND_TIMEOUT_SECONDS:g} s"
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe(exc)
 
 
 @asynccontextmanager

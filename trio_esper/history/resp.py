@@ -277,7 +277,7 @@ class RespConnection:
         try:
             await stream.send_all(encode(args))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLostError(f"sending failed ({_describe(exc)})") from exc
+            raise ConnectionLostError(f"sending failed ({describe(exc)})") from exc
 
     async def _send(self, data: bytes) -> None:
         self.unsent = True
@@ -286,7 +286,7 @@ class RespConnection:
             await stream.send_all(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.aclose()
-            raise NotSentError(f"sending failed ({_describe(exc)})") from exc
+            raise NotSentError(f"sending failed ({describe(exc)})") from exc
         except BaseException:
             await self.aclose()
             raise
@@ -325,7 +325,7 @@ class RespConnection:
                 chunk = await stream.receive_some(RECEIVE_BYTES)
             except (OSError, trio.BrokenResourceError) as exc:
                 raise ConnectionLostError(
-                    f"the connection to Redis broke ({_describe(exc)})"
+                    f"the connection to Redis broke ({describe(exc)})"
                 ) from exc
             if not chunk:
                 raise ConnectionLostError("Redis closed the connection")
@@ -347,7 +347,7 @@ class RespConnection:
                 self._stream = await self._connect()
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, RespError) as exc:
             await self.aclose()
-            raise NotSentError(f"cannot connect to Redis ({_describe(exc)})") from exc
+            raise NotSentError(f"cannot connect to Redis ({describe(exc)})") from exc
         except BaseException:
             await self.aclose()
             raise
@@ -394,7 +394,9 @@ def _tls_holds_bytes(stream: trio.SSLStream[Any]) -> bool:
     return bool(stream._ssl_object.pending() or stream._incoming.pending)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line for a log or an answer: its type and the first
+    line of its message."""
     if isinstance(exc, trio.TooSlowError):
         return "no answer in time"
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
