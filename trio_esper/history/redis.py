@@ -105,9 +105,9 @@ from .redis_entries import (
     NOTIFY_CHANNEL,
     PUBLISH_SCRIPT,
     entry_fields,
-    entry_of,
+    pairs_of,
     publish_entry,
-    record_of,
+    records_of,
     seq_of,
     trim_batch,
     valid_entry_id,
@@ -155,6 +155,9 @@ MAX_BATCH_PUBLISHES = 256
 MAX_BATCH_BYTES = 1 << 20
 #: What an entry adds to its data in a batch, about (fields, ids, JSON).
 ENTRY_OVERHEAD_BYTES = 64
+#: How an error reply about a key of another type starts: another client's
+#: key under the broker's prefix, that key's failure only.
+WRONG_TYPE = "WRONGTYPE"
 #: Errors that mean Redis (or the way to it) failed, not our request.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.RedisError,
@@ -454,11 +457,19 @@ class RedisHistory:
                     found = entry_id is not None
                     if entry_id is not None:
                         start = "(" + str(entry_id)
-                entries = await self._client.xrange(key, start, "+", count=limit)
+                with self._client.decoding(False):  # undecodable entries are skipped
+                    entries = await self._client.xrange(key, start, "+", count=limit)
+        except coredis.exceptions.WrongTypeError as exc:
+            raise self._not_a_stream(topic, str(exc)) from None
         except REDIS_ERRORS as exc:
             raise self._unavailable("read", exc) from None
         self._up()
-        return Replay([record_of(topic, e.identifier, e.field_values) for e in entries], found)
+        records, skipped = records_of(
+            topic, [(e.identifier, e.field_values.items()) for e in entries]
+        )
+        if skipped:
+            self._skipped(topic, skipped)
+        return Replay(records, found)
 
     async def delete(self, topic: str) -> None:
         try:
@@ -563,6 +574,8 @@ class RedisHistory:
         try:
             with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
                 last = await self._client.xrevrange(key, "+", "-", count=1)
+        except coredis.exceptions.WrongTypeError as exc:
+            raise self._not_a_stream(topic, str(exc)) from None
         except REDIS_ERRORS as exc:
             raise self._unavailable("subscribe", exc) from None
         self._positions[key] = last[0].identifier if last else "0-0"
@@ -675,6 +688,9 @@ class RedisHistory:
                             for key, position in positions.items()
                         ]
                     )
+                for reply in read:
+                    if isinstance(reply, RespError) and not reply.message.startswith(WRONG_TYPE):
+                        raise reply  # Redis' own trouble (loading, a busy script): retried
             except REDIS_ERRORS as exc:
                 self._down("read", exc)
                 self._mark(keys)
@@ -685,6 +701,13 @@ class RedisHistory:
             self._up()
             for key, entries in zip(positions, read, strict=True):
                 deliver = self._deliver.get(key)
+                topic = key.removeprefix(KEY_PREFIX)
+                if isinstance(entries, RespError):
+                    # This key's own failure (another client made it a key of
+                    # another type): said, and read again at the next notice
+                    # or sweep; the other keys go on.
+                    self._not_a_stream(topic, entries.message)
+                    continue
                 if not entries or deliver is None:
                     continue  # nothing new, or unwatched meanwhile
                 if self._positions.get(key) != positions[key]:
@@ -692,12 +715,16 @@ class RedisHistory:
                     # publish over meanwhile: read again from where it is now.
                     self._mark([key])
                     continue
-                topic = key.removeprefix(KEY_PREFIX)
-                decoded = [entry_of(entry) for entry in entries]
-                self._positions[key] = decoded[-1][0]
+                self._positions[key] = entries[-1][0].decode()
                 if len(entries) == READ_COUNT:
                     self._mark([key])  # more to read
-                await deliver(topic, [record_of(topic, *entry) for entry in decoded])
+                records, skipped = records_of(
+                    topic, [(entry_id, pairs_of(flat)) for entry_id, flat in entries]
+                )
+                if skipped:
+                    self._skipped(topic, skipped)
+                if records:
+                    await deliver(topic, records)
 
     async def _keep_statistics(self) -> None:
         """Refresh what ``/stats`` shows every :data:`STATISTICS_INTERVAL_SECONDS`:
@@ -750,6 +777,23 @@ class RedisHistory:
                 reason,
                 extra={"event": "backplane_error", "operation": what, "reason": reason},
             )
+
+    def _not_a_stream(self, topic: str, message: str) -> HistoryError:
+        """Say that ``topic``'s key is not a stream (another client wrote
+        it): that topic's failure only, not the backplane's; the error to
+        answer with."""
+        reason = f"{topic}: {message.splitlines()[0][:200]}"
+        self._complain("read", reason)
+        return HistoryError(
+            f"the backplane holds another client's key where this topic's stream goes ({reason})"
+        )
+
+    def _skipped(self, topic: str, count: int) -> None:
+        self._complain(
+            "decode",
+            f"skipped {count} entries of {topic} it cannot decode (not the broker's events: "
+            "another client wrote them)",
+        )
 
     def _up(self) -> None:
         if self.down_reason is not None:

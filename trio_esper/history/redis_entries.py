@@ -12,8 +12,8 @@ time, ``w`` route (the routed log's), ``i`` the publisher's id. Its entry id
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from ..errors import BadRequest
 from ..routing import Route, decode_route, encode_route
 from ..sse import Event
 from . import Record
@@ -127,7 +127,18 @@ def valid_entry_id(text: str) -> bool:
     )
 
 
-def record_of(topic: str, entry_id: str, fields: Any) -> Record:
+#: What decoding an entry that is not the broker's raises: one another client
+#: wrote under the broker's keys (not UTF-8, a number or a route that does
+#: not parse, a field that would change the stream's meaning).
+UNDECODABLE = (ValueError, KeyError, TypeError, BadRequest)
+
+#: A stream entry as it comes from Redis: its id, then its fields and values
+#: in pairs.
+RawEntry = tuple[bytes, Iterable[tuple[bytes, bytes]]]
+
+
+def record_of(topic: str, entry_id: str, fields: dict[str, str]) -> Record:
+    """Raises: one of :data:`UNDECODABLE` if the entry is not the broker's."""
     retry = fields.get("r")
     event_id = fields.get("i") or entry_id
     event = Event(fields.get("d", ""), fields.get("e"), event_id, int(retry) if retry else None)
@@ -141,12 +152,26 @@ def record_of(topic: str, entry_id: str, fields: Any) -> Record:
     )
 
 
-def entry_of(entry: Any) -> tuple[str, dict[str, str]]:
-    """A stream entry as RESP2 sends it (its id, then its fields and values
-    one after the other, all bulk strings) as :func:`record_of` takes it."""
-    entry_id, flat = entry
-    values = [value.decode() for value in flat]
-    return entry_id.decode(), dict(zip(values[::2], values[1::2], strict=True))
+def records_of(topic: str, entries: Iterable[RawEntry]) -> tuple[list[Record], int]:
+    """``topic``'s records in ``entries``, in order, and how many entries
+    were skipped because they do not decode (:data:`UNDECODABLE`): what
+    another client writes under the broker's keys is not the broker's to
+    deliver, and must not stop the rest."""
+    records: list[Record] = []
+    skipped = 0
+    for entry_id, pairs in entries:
+        try:
+            fields = {field.decode(): value.decode() for field, value in pairs}
+            records.append(record_of(topic, entry_id.decode(), fields))
+        except UNDECODABLE:
+            skipped += 1
+    return records, skipped
+
+
+def pairs_of(flat: Sequence[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """An entry's fields and values as RESP2 sends them, one after the
+    other, in pairs (an odd count raises ``ValueError`` as they are taken)."""
+    return zip(flat[::2], flat[1::2], strict=True)
 
 
 def publish_entry(

@@ -240,20 +240,16 @@ class RespConnection:
 
     async def call_many(self, commands: Sequence[tuple[str | bytes, ...]]) -> list[Any]:
         """Send ``commands`` in one write (a pipeline) and return their
-        replies in order.
+        replies in order. An error reply is its own command's: it is
+        returned in its place, a :class:`RespError`, not raised.
 
         Raises:
             NotSentError: not all of them reached Redis (the first may
                 have: a failed send can be cut anywhere in the pipeline).
-            RespError: the first error reply, once all replies are read.
             ConnectionLostError: Redis may have run some (the connection is closed).
         """
         await self._send(b"".join(encode(command) for command in commands))
-        replies = [await self._receive() for _ in commands]
-        for reply in replies:
-            if isinstance(reply, RespError):
-                raise reply
-        return replies
+        return [await self._receive() for _ in commands]
 
     async def send(self, *args: str | bytes) -> None:
         """Send one command (connecting first if needed).

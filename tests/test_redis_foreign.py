@@ -1,0 +1,124 @@
+"""What other clients of the same Redis may leave under the backplane's keys:
+stream entries the broker cannot decode, and a key of another type where a
+topic's stream should be. Each is skipped and said in the log, for that
+topic only; the reader goes on with every other topic, and the process stays
+up (real redis-servers and broker processes, no mocks)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from trio_esper.history.redis_entries import KEY_PREFIX, NOTIFY_CHANNEL
+
+from .conftest import STEP_SECONDS, BrokerProcess, RedisServer, broker_process, running_redis
+from .redisclient import connection_to, stream_of
+
+pytestmark = pytest.mark.slow
+
+#: Entries another client wrote to a topic's stream that are no event of
+#: the broker's: each field the broker reads, in a shape it cannot take.
+FOREIGN_ENTRIES: list[tuple[bytes, ...]] = [
+    (b"d", b"\xff\xfe not UTF-8"),
+    (b"d", b"retry?", b"r", b"soon"),
+    (b"d", b"when?", b"t", b"yesterday"),
+    (b"d", b"routed?", b"w", b"\x00 not a route"),
+    (b"d", b"routed?", b"w", b"[1, 2]"),
+    (b"d", b"typed?", b"e", b"x\ndata: injected"),
+    (b"d", b"named?", b"i", b"x\rretry: 1"),
+]
+
+
+@asynccontextmanager
+async def two_nodes(redis: RedisServer) -> AsyncIterator[tuple[BrokerProcess, BrokerProcess]]:
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                broker_process("--backplane", redis.url, "--heartbeat", "0.5")
+            )
+            for _ in range(2)
+        ]
+        yield a, b
+
+
+async def test_entries_the_broker_cannot_decode_are_skipped_and_said_once(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    topic = "foreigntopic1"
+    with running_redis(redis_dir) as redis:
+        async with (
+            two_nodes(redis) as (a, b),
+            stream_of(client, f"{b.url}/subscribe/{topic}") as on_b,
+        ):
+            async with connection_to(redis.url) as foreign:
+                for fields in FOREIGN_ENTRIES:
+                    await foreign.call("XADD", KEY_PREFIX + topic, "*", *fields)
+            reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: after\n")
+            assert reply.status_code == 200, reply.text
+            event = await on_b.next_event()
+            assert b"data: after\n" in event, event
+            # The reader is still there for the next one, and so is the process.
+            reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: next\n")
+            assert reply.status_code == 200, reply.text
+            assert b"data: next\n" in await on_b.next_event()
+            assert b.process.returncode is None
+            skipped = b.log_lines("cannot decode")
+            assert len(skipped) == 1, b.stderr.decode(errors="replace")
+            # (One read or two, by when the subscribe's first read ran: one line.)
+            assert f"entries of {topic} it cannot decode" in skipped[0], skipped
+            # A resume from the start and /history skip them as well, on any node.
+            for node in (a, b):
+                history = await client.get(f"{node.url}/history/{topic}")
+                assert history.status_code == 200, history.text
+                events = [json.loads(line) for line in history.text.splitlines()]
+                assert [event["data"] for event in events] == ["after", "next"], events
+
+
+async def test_a_key_of_another_type_stops_only_its_own_topic(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    spoiled, healthy = "foreigntopic2", "foreigntopic3"
+    with running_redis(redis_dir) as redis:
+        async with (
+            two_nodes(redis) as (a, b),
+            stream_of(client, f"{b.url}/subscribe/{spoiled}") as on_spoiled,
+            stream_of(client, f"{b.url}/subscribe/{healthy}") as on_healthy,
+        ):
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("DEL", KEY_PREFIX + spoiled)
+                await foreign.call("SET", KEY_PREFIX + spoiled, "not a stream")
+                # A notice naming both topics: b reads both streams at once.
+                await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{spoiled}\n{healthy}")
+            refused = await client.post(f"{a.url}/publish/{spoiled}", content=b"data: x\n")
+            assert refused.status_code == 503, refused.text
+            assert "WRONGTYPE" in refused.text, refused.text
+            for n in range(3):
+                reply = await client.post(f"{a.url}/publish/{healthy}", content=f"data: {n}\n")
+                assert reply.status_code == 200, reply.text
+                assert f"data: {n}\n".encode() in await on_healthy.next_event()
+            with trio.fail_after(STEP_SECONDS):
+                while not b.log_lines(f"read failed: {spoiled}: WRONGTYPE"):
+                    await trio.sleep(0.05)
+            assert b.process.returncode is None
+            assert a.process.returncode is None
+            # A node with no subscriber to the spoiled topic refuses a new one, with the reason.
+            async with client.stream("GET", f"{a.url}/subscribe/{spoiled}") as refused:
+                body = (await refused.aread()).decode()
+                assert refused.status_code == 503, body
+                assert "wrong kind of value" in body, body
+            # Neither node takes the backplane for down.
+            for node in (a, b):
+                ready = await client.get(f"{node.url}/ready")
+                assert ready.status_code == 200, ready.text
+            # Deleting the key gives the topic back, to its open streams too.
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("DEL", KEY_PREFIX + spoiled)
+            reply = await client.post(f"{a.url}/publish/{spoiled}", content=b"data: back\n")
+            assert reply.status_code == 200, reply.text
+            assert b"data: back\n" in await on_spoiled.next_event()
