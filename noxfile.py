@@ -86,6 +86,8 @@ CONSTRAINED = ("-c", CONSTRAINTS)
 #: The tools of the lint and typing sessions (constraints.txt pins their dependencies).
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+#: A C HTTP parser, measured against the edge's own reader (bench_cost only).
+HTTPTOOLS = "httptools==0.9.0"
 #: Debian packages the browser tests drive (real headless Chromium).
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 #: Debian packages other tests drive: curl (the documentation's commands, TLS),
@@ -371,7 +373,7 @@ def bench_compare(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench_cost(session: nox.Session) -> None:
     """Server CPU per publish request, layer by layer (h11, Hypercorn, Quart-Trio, fast lane)."""
-    session.install("-e", ".", *CONSTRAINED)
+    session.install("-e", ".", HTTPTOOLS, *CONSTRAINED)
     session.run("python", "benchmarks/request_cost.py", *session.posargs)
 
 

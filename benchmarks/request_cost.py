@@ -8,6 +8,10 @@ for
 - ``h11``: h11 alone parsing the request and framing a 200 answer, in-process;
 - ``lane-parse``: the edge's request reader (``h1.read_request``) and answer
   framing (``h1.response_head``), in-process;
+- ``httptools-parse``: httptools (llhttp, the C parser uvloop uses) reading
+  the same head into a dict of fields, in-process: the part of
+  ``lane-parse`` a C parser could take over (the route, the declines and the
+  answer would still be Python's). Issue 24 named it as a candidate;
 - ``bare-trio``: a trio server that parses by hand and answers ``{}`` (the
   floor for Python on trio);
 - ``hypercorn-asgi``: a trivial raw ASGI app on ``hypercorn.trio``;
@@ -87,6 +91,34 @@ def lane_parse_cost(n: int = 5000) -> float:
             date=b"Sun, 29 Nov 2026 08:00:00 GMT",
             close=False,
         )
+
+    return timeit.timeit(one, number=n) / n * 1e6
+
+
+def httptools_parse_cost(n: int = 5000) -> float:
+    """Microseconds for httptools to read REQUEST's head: the method, the
+    target and the fields (lower-cased names), with the callbacks that collects them."""
+    import httptools
+
+    class Head:
+        __slots__ = ("fields", "target")
+
+        def __init__(self) -> None:
+            self.target = b""
+            self.fields: dict[bytes, bytes] = {}
+
+        def on_url(self, url: bytes) -> None:
+            self.target += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.fields[name.lower()] = value
+
+    def one() -> None:
+        head = Head()
+        parser = httptools.HttpRequestParser(head)
+        parser.feed_data(REQUEST)
+        assert parser.get_method() == b"POST"
+        assert head.fields[b"content-type"] == b"text/event-stream"
 
     return timeit.timeit(one, number=n) / n * 1e6
 
@@ -263,6 +295,7 @@ def main() -> None:
     rows = [
         {"server": "h11 (in-process)", "cpu_us_per_request": h11_cost()},
         {"server": "lane-parse (in-process)", "cpu_us_per_request": lane_parse_cost()},
+        {"server": "httptools-parse (in-process)", "cpu_us_per_request": httptools_parse_cost()},
     ]
     for name in args.servers.split(","):
         request = JSON_REQUEST if name == "trio_esper-json-api" else REQUEST
