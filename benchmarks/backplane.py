@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from compare import NCHAN_PORT, OUT, ROOT, build_ssebench, nchan, source_at, stop, wait_listening
+from compare import (
+    NCHAN_PORT,
+    OUT,
+    ROOT,
+    build_ssebench,
+    free_port,
+    nchan,
+    source_at,
+    stop,
+    wait_listening,
+)
 
 SCENARIOS = {
     "topics": ("-s", "1000", "-t", "1000", "-c", "16", "-n", "20000", "-z", "100"),
@@ -64,12 +73,6 @@ BROKER_CPU = "0"
 LOAD_CPU = "1"
 #: Where redis-server runs (--redis-cpu): with the broker by default.
 REDIS_CPU = [BROKER_CPU]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -134,6 +134,14 @@ def build_ssebench() -> Path:
     return binary
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server to bind next."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def wait_listening(port: int, deadline_s: float = 15.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:

@@ -20,7 +20,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,9 @@ from pathlib import Path
 
 import httpx
 import trio
+from compare import free_port
 
 LISTENING = re.compile(rb"listening on (http://[\d.]+:\d+) with")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def children(pid: int) -> list[int]:
