@@ -8,9 +8,10 @@ for
 - ``h11``: h11 alone parsing the request and framing a 200 answer, in-process;
 - ``lane-parse``: the edge's request reader (``h1.read_request``) and answer
   framing (``h1.response_head``), in-process;
+- ``lane-read``: ``h1.read_request`` alone, the head read;
 - ``httptools-parse``: httptools (llhttp, the C parser uvloop uses) reading
   the same head into a dict of fields, in-process: the part of
-  ``lane-parse`` a C parser could take over (the route, the declines and the
+  ``lane-read`` a C parser could take over (the route, the declines and the
   answer would still be Python's). Issue 24 named it as a candidate;
 - ``bare-trio``: a trio server that parses by hand and answers ``{}`` (the
   floor for Python on trio);
@@ -91,6 +92,18 @@ def lane_parse_cost(n: int = 5000) -> float:
             date=b"Sun, 29 Nov 2026 08:00:00 GMT",
             close=False,
         )
+
+    return timeit.timeit(one, number=n) / n * 1e6
+
+
+def lane_read_cost(n: int = 5000) -> float:
+    """Microseconds for the edge to read REQUEST's head (``lane-parse``
+    without the answer): what ``httptools-parse`` compares with."""
+    from trio_esper import h1
+
+    def one() -> None:
+        request = h1.read_request(REQUEST, 65536)
+        assert isinstance(request, h1.Request)
 
     return timeit.timeit(one, number=n) / n * 1e6
 
@@ -295,6 +308,7 @@ def main() -> None:
     rows = [
         {"server": "h11 (in-process)", "cpu_us_per_request": h11_cost()},
         {"server": "lane-parse (in-process)", "cpu_us_per_request": lane_parse_cost()},
+        {"server": "lane-read (in-process)", "cpu_us_per_request": lane_read_cost()},
         {"server": "httptools-parse (in-process)", "cpu_us_per_request": httptools_parse_cost()},
     ]
     for name in args.servers.split(","):
