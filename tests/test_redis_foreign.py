@@ -122,3 +122,34 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
             reply = await client.post(f"{a.url}/publish/{spoiled}", content=b"data: back\n")
             assert reply.status_code == 200, reply.text
             assert b"data: back\n" in await on_spoiled.next_event()
+
+
+@asynccontextmanager
+async def one_node(redis: RedisServer, *args: str) -> AsyncIterator[BrokerProcess]:
+    async with broker_process("--backplane", redis.url, "--heartbeat", "0.5", *args) as node:
+        yield node
+
+
+async def test_a_route_nested_past_the_parsers_depth_is_skipped_too(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # json.loads raises RecursionError (a RuntimeError) on deep nesting, not
+    # ValueError: the reader must skip the entry as any other it cannot take.
+    topic = "foreigntopic4"
+    with running_redis(redis_dir) as redis:
+        async with (
+            one_node(redis) as node,
+            stream_of(client, f"{node.url}/subscribe/{topic}") as on,
+        ):
+            async with connection_to(redis.url) as foreign:
+                await foreign.call(
+                    "XADD", KEY_PREFIX + topic, "*", "d", "deep", "w", "[" * 100_000
+                )
+                await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{topic}")
+            reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: after\n")
+            assert reply.status_code == 200, reply.text
+            assert b"data: after\n" in await on.next_event()
+            assert node.process.returncode is None, node.stderr.decode(errors="replace")
+            history = await client.get(f"{node.url}/history/{topic}")
+            assert history.status_code == 200, history.text
+            assert [json.loads(line)["data"] for line in history.text.splitlines()] == ["after"]

@@ -129,8 +129,9 @@ def valid_entry_id(text: str) -> bool:
 
 #: What decoding an entry that is not the broker's raises: one another client
 #: wrote under the broker's keys (not UTF-8, a number or a route that does
-#: not parse, a field that would change the stream's meaning).
-UNDECODABLE = (ValueError, KeyError, TypeError, BadRequest)
+#: not parse, a field that would change the stream's meaning; a route nested
+#: deeper than the JSON parser goes raises RecursionError, not ValueError).
+UNDECODABLE = (ValueError, KeyError, TypeError, RecursionError, BadRequest)
 
 #: A stream entry as it comes from Redis: its id, then its fields and values
 #: in pairs.
