@@ -15,9 +15,16 @@ import httpx
 import pytest
 import trio
 
-from trio_esper.history.redis_entries import KEY_PREFIX, NOTIFY_CHANNEL
+from trio_esper.history.redis_entries import IDS_PREFIX, KEY_PREFIX, NOTIFY_CHANNEL
 
-from .conftest import STEP_SECONDS, BrokerProcess, RedisServer, broker_process, running_redis
+from .conftest import (
+    STEP_SECONDS,
+    BrokerProcess,
+    RedisServer,
+    SSEStream,
+    broker_process,
+    running_redis,
+)
 from .redisclient import connection_to, stream_of
 
 pytestmark = pytest.mark.slow
@@ -33,6 +40,13 @@ FOREIGN_ENTRIES: list[tuple[bytes, ...]] = [
     (b"d", b"typed?", b"e", b"x\ndata: injected"),
     (b"d", b"named?", b"i", b"x\rretry: 1"),
 ]
+
+
+async def next_event(stream: SSEStream) -> bytes:
+    """``stream``'s next event within :data:`STEP_SECONDS` (its own timeout
+    is per frame, and the heartbeats come every 0.5 s: a test would hang)."""
+    with trio.fail_after(STEP_SECONDS):
+        return await stream.next_event()
 
 
 @asynccontextmanager
@@ -61,12 +75,12 @@ async def test_entries_the_broker_cannot_decode_are_skipped_and_said_once(
                     await foreign.call("XADD", KEY_PREFIX + topic, "*", *fields)
             reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: after\n")
             assert reply.status_code == 200, reply.text
-            event = await on_b.next_event()
+            event = await next_event(on_b)
             assert b"data: after\n" in event, event
             # The reader is still there for the next one, and so is the process.
             reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: next\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: next\n" in await on_b.next_event()
+            assert b"data: next\n" in await next_event(on_b)
             assert b.process.returncode is None
             skipped = b.log_lines("cannot decode")
             assert len(skipped) == 1, b.stderr.decode(errors="replace")
@@ -101,7 +115,7 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
             for n in range(3):
                 reply = await client.post(f"{a.url}/publish/{healthy}", content=f"data: {n}\n")
                 assert reply.status_code == 200, reply.text
-                assert f"data: {n}\n".encode() in await on_healthy.next_event()
+                assert f"data: {n}\n".encode() in await next_event(on_healthy)
             with trio.fail_after(STEP_SECONDS):
                 while not b.log_lines(f"read failed: {spoiled}: WRONGTYPE"):
                     await trio.sleep(0.05)
@@ -121,7 +135,7 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
                 await foreign.call("DEL", KEY_PREFIX + spoiled)
             reply = await client.post(f"{a.url}/publish/{spoiled}", content=b"data: back\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: back\n" in await on_spoiled.next_event()
+            assert b"data: back\n" in await next_event(on_spoiled)
 
 
 @asynccontextmanager
@@ -148,8 +162,72 @@ async def test_a_route_nested_past_the_parsers_depth_is_skipped_too(
                 await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{topic}")
             reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: after\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: after\n" in await on.next_event()
+            assert b"data: after\n" in await next_event(on)
             assert node.process.returncode is None, node.stderr.decode(errors="replace")
             history = await client.get(f"{node.url}/history/{topic}")
             assert history.status_code == 200, history.text
             assert [json.loads(line)["data"] for line in history.text.splitlines()] == ["after"]
+
+
+#: The last entry id a stream can hold: Redis adds nothing after it, and
+#: refuses to read after it ("invalid start ID").
+LAST_ENTRY_ID = f"{(1 << 64) - 1}-{(1 << 64) - 1}"
+
+
+async def test_an_entry_at_the_last_possible_id_stalls_no_other_topic(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    ended, healthy = "foreigntopic5", "foreigntopic6"
+    with running_redis(redis_dir) as redis:
+        async with (
+            one_node(redis) as node,
+            stream_of(client, f"{node.url}/subscribe/{ended}") as on_ended,
+            stream_of(client, f"{node.url}/subscribe/{healthy}") as on_healthy,
+            connection_to(redis.url) as foreign,
+        ):
+            await foreign.call("XADD", KEY_PREFIX + ended, LAST_ENTRY_ID, "d", "last")
+            await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{ended}")
+            assert b"data: last\n" in await next_event(on_ended)
+            # Written as another node would (not by this node's writer, which
+            # hands its own publishes over unread): the reader must read it.
+            for n in range(2):
+                await foreign.call("XADD", KEY_PREFIX + healthy, "*", "d", f"n{n}", "t", "0")
+                await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{ended}\n{healthy}")
+                assert f"data: n{n}\n".encode() in await next_event(on_healthy)
+            ready = await client.get(f"{node.url}/ready")
+            assert ready.status_code == 200, ready.text
+            assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
+            # Resuming after it finds nothing more, and says so in one piece.
+            history = await client.get(
+                f"{node.url}/history/{ended}", params={"after": LAST_ENTRY_ID}
+            )
+            assert history.status_code == 200, history.text
+            assert history.text == "", history.text
+
+
+async def test_a_resume_from_an_id_redis_cannot_take_is_that_resume_s_only(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # What the id hash maps a publisher id to is another client's if it is no
+    # entry id (or not UTF-8); a Last-Event-ID shaped like an entry id may be
+    # past Redis' bounds. Each is an id not retained (404 on /history; a
+    # stream resets), where Redis' refusal marked the backplane down.
+    topic = "foreigntopic7"
+    with running_redis(redis_dir) as redis:
+        async with one_node(redis) as node:
+            reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: kept\n")
+            assert reply.status_code == 200, reply.text
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("HSET", IDS_PREFIX + topic, "garbled", "not an entry id")
+                await foreign.call("HSET", IDS_PREFIX + topic, "undecodable", b"\xff")
+            for after in ("garbled", "undecodable", f"{1 << 64}-0", f"0-{1 << 64}"):
+                page = await client.get(f"{node.url}/history/{topic}", params={"after": after})
+                assert page.status_code == 404, page.text
+                async with stream_of(
+                    client, f"{node.url}/subscribe/{topic}", **{"last-event-id": after}
+                ) as resumed:
+                    assert b"event: reset\n" in await next_event(resumed)
+                    assert b"data: kept\n" in await next_event(resumed)
+            ready = await client.get(f"{node.url}/ready")
+            assert ready.status_code == 200, ready.text
+            assert not node.log_lines("failed"), node.stderr.decode(errors="replace")

@@ -102,6 +102,7 @@ from .redis_entries import (
     CLOCK_SCRIPT,
     IDS_PREFIX,
     KEY_PREFIX,
+    LAST_ENTRY_ID,
     NOTIFY_CHANNEL,
     PUBLISH_SCRIPT,
     entry_fields,
@@ -109,6 +110,7 @@ from .redis_entries import (
     publish_entry,
     records_of,
     seq_of,
+    stream_id,
     trim_batch,
     valid_entry_id,
 )
@@ -447,18 +449,25 @@ class RedisHistory:
         try:
             with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
                 found = last_id is None
-                start = "-"
+                after: str | None = None
                 if last_id is not None and valid_entry_id(last_id):
-                    found = bool(await self._client.xrange(key, last_id, last_id, count=1))
-                    if found:
-                        start = "(" + last_id
+                    # One out of Redis' bounds is no entry's (Redis refuses it).
+                    found = stream_id(last_id) is not None and bool(
+                        await self._client.xrange(key, last_id, last_id, count=1)
+                    )
+                    after = last_id if found else None
                 elif last_id is not None:  # a publisher's id: where it was stored
-                    entry_id = await self._client.hget(IDS_PREFIX + topic, last_id)
-                    found = entry_id is not None
-                    if entry_id is not None:
-                        start = "(" + str(entry_id)
-                with self._client.decoding(False):  # undecodable entries are skipped
-                    entries = await self._client.xrange(key, start, "+", count=limit)
+                    with self._client.decoding(False):
+                        stored = await self._client.hget(IDS_PREFIX + topic, last_id)
+                    # A value that is no entry id is another client's: not found.
+                    after = None if stored is None else stored.decode(errors="replace")
+                    found = after is not None and stream_id(after) is not None
+                    after = after if found else None
+                entries = []
+                if after is None or stream_id(after) != stream_id(LAST_ENTRY_ID):
+                    start = "-" if after is None else "(" + after
+                    with self._client.decoding(False):  # undecodable entries are skipped
+                        entries = await self._client.xrange(key, start, "+", count=limit)
         except coredis.exceptions.WrongTypeError as exc:
             raise self._not_a_stream(topic, str(exc)) from None
         except REDIS_ERRORS as exc:
@@ -675,7 +684,12 @@ class RedisHistory:
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
-            keys = [key for key in self._dirty if key in self._positions]
+            keys = [
+                key
+                for key in self._dirty
+                # Nothing can follow the last id (another client's entry).
+                if self._positions.get(key, LAST_ENTRY_ID) != LAST_ENTRY_ID
+            ]
             self._dirty.clear()
             if not keys:
                 continue

@@ -127,6 +127,26 @@ def valid_entry_id(text: str) -> bool:
     )
 
 
+#: Each part of an entry id is an unsigned 64-bit number, and Redis takes
+#: no longer id than this (else: ``Invalid stream ID``).
+MAX_ID_PART = (1 << 64) - 1
+MAX_ID_CHARS = 127
+#: The last id a stream can hold: Redis adds nothing after it, and refuses
+#: to read after it (``invalid start ID``). Only another client puts it there.
+LAST_ENTRY_ID = f"{MAX_ID_PART}-{MAX_ID_PART}"
+
+
+def stream_id(text: str) -> tuple[int, int] | None:
+    """``text`` as the entry id Redis reads it (milliseconds, sequence), or
+    ``None`` if Redis takes it for none: not :func:`valid_entry_id`, or out
+    of Redis' bounds (a client's ``Last-Event-ID``, another client's value)."""
+    if not valid_entry_id(text) or len(text) > MAX_ID_CHARS:
+        return None
+    millis, _, sequence = text.partition("-")
+    parts = int(millis), int(sequence)
+    return parts if max(parts) <= MAX_ID_PART else None
+
+
 #: What decoding an entry that is not the broker's raises: one another client
 #: wrote under the broker's keys (not UTF-8, a number or a route that does
 #: not parse, a field that would change the stream's meaning; a route nested
