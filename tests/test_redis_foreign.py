@@ -231,3 +231,25 @@ async def test_a_resume_from_an_id_redis_cannot_take_is_that_resume_s_only(
             ready = await client.get(f"{node.url}/ready")
             assert ready.status_code == 200, ready.text
             assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
+
+
+async def test_an_id_hash_of_another_type_does_not_make_a_stored_publish_a_refused_one(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # The script trims a stream past --history-events, and forgets the
+    # trimmed entries' publisher ids in the id hash: after its XADD. Another
+    # client's key there failed the publish after it was stored, and 503
+    # says "not stored" (a publisher retries: a duplicate).
+    topic = "foreigntopic8"
+    with running_redis(redis_dir) as redis:
+        async with one_node(redis, "--history-events", "2") as node:
+            reply = await client.post(f"{node.url}/publish/{topic}", content=b"id: p1\ndata: 1\n")
+            assert reply.status_code == 200, reply.text
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("DEL", IDS_PREFIX + topic)
+                await foreign.call("SET", IDS_PREFIX + topic, "not a hash")
+            for n in (2, 3, 4):
+                reply = await client.post(f"{node.url}/publish/{topic}", content=f"data: {n}\n")
+                assert reply.status_code == 200, reply.text
+            history = await client.get(f"{node.url}/history/{topic}")
+            assert [json.loads(line)["data"] for line in history.text.splitlines()] == ["3", "4"]

@@ -66,7 +66,7 @@ local function publish(stream, ids, p)
   end
   local excess = redis.call('XLEN', stream) - keep
   if excess >= trim then
-    if redis.call('EXISTS', ids) == 1 then
+    if redis.call('TYPE', ids).ok == 'hash' then  -- another type: another client's
       for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
         local fields = entry[2]
         for j = 1, #fields, 2 do
