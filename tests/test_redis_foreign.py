@@ -253,3 +253,21 @@ async def test_an_id_hash_of_another_type_does_not_make_a_stored_publish_a_refus
                 assert reply.status_code == 200, reply.text
             history = await client.get(f"{node.url}/history/{topic}")
             assert [json.loads(line)["data"] for line in history.text.splitlines()] == ["3", "4"]
+
+
+async def test_a_routed_publish_refused_for_another_client_s_key_is_not_stored(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # The routed log (Mercure) takes an id again: the script did not look at
+    # the id hash before its XADD, and failed on it after (stored, yet 503).
+    routed = "~routed"
+    with running_redis(redis_dir) as redis:
+        async with one_node(redis) as node, connection_to(redis.url) as foreign:
+            await foreign.call("SET", IDS_PREFIX + routed, "not a hash")
+            reply = await client.post(
+                f"{node.url}/.well-known/mercure",
+                data={"topic": "https://example.com/books/1", "data": "x", "id": "m1"},
+            )
+            assert reply.status_code == 503, reply.text
+            assert "WRONGTYPE" in reply.text, reply.text
+            assert await foreign.call("XLEN", KEY_PREFIX + routed) == 0

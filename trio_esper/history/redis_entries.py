@@ -48,7 +48,9 @@ local function publish(stream, ids, p)
   for e = 1, #events do
     local given = events[e][1]
     if given ~= '' then
-      if p[2] and (seen[given] or redis.call('HEXISTS', ids, given) == 1) then
+      -- The routed log's too: a key of another type fails here, before any write.
+      local retained = redis.call('HEXISTS', ids, given) == 1
+      if p[2] and (seen[given] or retained) then
         return {'conflict', given}
       end
       seen[given] = true
