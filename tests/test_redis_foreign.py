@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from trio_esper.history import redis as redis_history
 from trio_esper.history.redis_entries import IDS_PREFIX, KEY_PREFIX, NOTIFY_CHANNEL
 
 from .conftest import (
@@ -25,7 +26,7 @@ from .conftest import (
     broker_process,
     running_redis,
 )
-from .redisclient import connection_to, stream_of
+from .redisclient import connection_to, deliver, stream_of
 
 pytestmark = pytest.mark.slow
 
@@ -271,3 +272,25 @@ async def test_a_routed_publish_refused_for_another_client_s_key_is_not_stored(
             assert reply.status_code == 503, reply.text
             assert "WRONGTYPE" in reply.text, reply.text
             assert await foreign.call("XLEN", KEY_PREFIX + routed) == 0
+
+
+async def test_a_key_of_another_type_stops_not_the_eviction_check(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The statistics' pipeline reads every watched stream's length, then
+    # Redis' clock and eviction policy: a watched topic's key of another type
+    # failed the pipeline, and the checks after it never ran again.
+    monkeypatch.setattr(redis_history, "STATISTICS_INTERVAL_SECONDS", 0.05)
+    spoiled = "foreigntopic9"
+    with running_redis(redis_dir) as redis:
+        async with (
+            redis_history.open_redis_history(redis.url) as history,
+            connection_to(redis.url) as foreign,
+        ):
+            await history.watch(spoiled, deliver)
+            await foreign.call("SET", KEY_PREFIX + spoiled, "not a stream")
+            await trio.sleep(0.2)  # a few rounds of statistics
+            await foreign.call("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+            with trio.fail_after(STEP_SECONDS):
+                while "can evict" not in caplog.text:
+                    await trio.sleep(0.05)

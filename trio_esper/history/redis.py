@@ -754,12 +754,15 @@ class RedisHistory:
                         memory = pipe.info("memory")
                     events = sum([await length for length in lengths])
                     used = int((await memory).get("used_memory", 0))
+            except REDIS_ERRORS:
+                pass  # the reader reports it (another client's key: that topic's failure)
+            else:
+                self._statistics = HistoryStatistics("redis", len(keys), events, used)
+            try:
                 await self.measure_clock()
                 await self.check_eviction()
             except REDIS_ERRORS:
                 pass  # the reader and the publishes report the failure
-            else:
-                self._statistics = HistoryStatistics("redis", len(keys), events, used)
             await trio.sleep(STATISTICS_INTERVAL_SECONDS)
 
     # -- failures -------------------------------------------------------------
