@@ -294,3 +294,39 @@ async def test_a_key_of_another_type_stops_not_the_eviction_check(
             with trio.fail_after(STEP_SECONDS):
                 while "can evict" not in caplog.text:
                     await trio.sleep(0.05)
+
+
+async def test_an_entry_id_ahead_of_the_clock_costs_no_later_event(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # Another client may give an entry an id of its own choosing; the
+    # broker's next entries then follow it, in the same millisecond.
+    topic = "foreigntopic10"
+    ahead = f"{1 << 41}-{(1 << 24) + 5}"  # ms: in 2039
+    with running_redis(redis_dir) as redis:
+        async with (
+            one_node(redis) as node,
+            stream_of(client, f"{node.url}/subscribe/{topic}") as on,
+        ):
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("XADD", KEY_PREFIX + topic, ahead, "d", "ahead")
+                await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{topic}")
+            assert b"data: ahead\n" in await next_event(on)
+            ids = []
+            for n in range(3):
+                reply = await client.post(f"{node.url}/publish/{topic}", content=f"data: {n}\n")
+                assert reply.status_code == 200, reply.text
+                ids.append(reply.json()["id"])
+                assert f"data: {n}\n".encode() in await next_event(on)
+            # A stream that resumes replays what follows, then goes on live.
+            async with stream_of(
+                client, f"{node.url}/subscribe/{topic}", **{"last-event-id": ids[0]}
+            ) as resumed:
+                assert b"data: 1\n" in await next_event(resumed)
+                assert b"data: 2\n" in await next_event(resumed)
+                reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: 3\n")
+                assert reply.status_code == 200, reply.text
+                assert b"data: 3\n" in await next_event(resumed)
+            history = await client.get(f"{node.url}/history/{topic}")
+            events = [json.loads(line)["data"] for line in history.text.splitlines()]
+            assert events == ["ahead", "0", "1", "2", "3"], events

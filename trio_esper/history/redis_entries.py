@@ -117,9 +117,13 @@ def trim_batch(max_events_per_topic: int) -> int:
 
 def seq_of(entry_id: str) -> int:
     """A stream entry id as an integer in the same order (milliseconds, then
-    the sequence within the millisecond)."""
+    the sequence within the millisecond), one to one: each part is 64 bits
+    (another client may give an id ahead of the clock with a sequence past
+    any smaller bound, and the broker's entries then follow it in that
+    millisecond: a cap would give them one seq, and a resumed stream would
+    take the later ones for replayed)."""
     millis, _, sequence = entry_id.partition("-")
-    return (int(millis) << 24) | min(int(sequence or 0), (1 << 24) - 1)
+    return (int(millis) << 64) | int(sequence or 0)
 
 
 def valid_entry_id(text: str) -> bool:
