@@ -330,3 +330,23 @@ async def test_an_entry_id_ahead_of_the_clock_costs_no_later_event(
             history = await client.get(f"{node.url}/history/{topic}")
             events = [json.loads(line)["data"] for line in history.text.splitlines()]
             assert events == ["ahead", "0", "1", "2", "3"], events
+
+
+async def test_garbage_on_the_notices_channel_stops_nothing(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    topic = "foreigntopic11"
+    with running_redis(redis_dir) as redis:
+        async with (
+            one_node(redis) as node,
+            stream_of(client, f"{node.url}/subscribe/{topic}") as on,
+        ):
+            async with connection_to(redis.url) as foreign:
+                for notice in (b"", b"\xff\xfe\x00", b"\n" * 100_000, b"x" * (8 << 20)):
+                    await foreign.call("PUBLISH", NOTIFY_CHANNEL, notice)
+                await foreign.call("XADD", KEY_PREFIX + topic, "*", "d", "read", "t", "0")
+                await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"\xff\n{topic}\n\n{topic}")
+            assert b"data: read\n" in await next_event(on)
+            ready = await client.get(f"{node.url}/ready")
+            assert ready.status_code == 200, ready.text
+            assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
