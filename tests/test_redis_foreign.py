@@ -350,3 +350,31 @@ async def test_garbage_on_the_notices_channel_stops_nothing(
             ready = await client.get(f"{node.url}/ready")
             assert ready.status_code == 200, ready.text
             assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
+
+
+def strict_json(line: str) -> object:
+    """``line`` as JSON, as a browser's JSON.parse takes it (no NaN, no Infinity)."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+async def test_a_time_that_is_no_finite_number_is_skipped(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    # float() takes "nan" and "inf": /history then wrote NaN into its JSON
+    # lines, which no strict parser takes.
+    topic = "foreigntopic12"
+    with running_redis(redis_dir) as redis:
+        async with one_node(redis) as node:
+            async with connection_to(redis.url) as foreign:
+                for when in ("nan", "inf", "-1e999"):
+                    await foreign.call("XADD", KEY_PREFIX + topic, "*", "d", when, "t", when)
+            reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: kept\n")
+            assert reply.status_code == 200, reply.text
+            history = await client.get(f"{node.url}/history/{topic}")
+            assert history.status_code == 200, history.text
+            events = [strict_json(line) for line in history.text.splitlines()]
+            assert [event["data"] for event in events] == ["kept"], events  # type: ignore[index]

@@ -11,6 +11,7 @@ time, ``w`` route (the routed log's), ``i`` the publisher's id. Its entry id
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from ..errors import BadRequest
@@ -170,11 +171,14 @@ def record_of(topic: str, entry_id: str, fields: dict[str, str]) -> Record:
     event_id = fields.get("i") or entry_id
     event = Event(fields.get("d", ""), fields.get("e"), event_id, int(retry) if retry else None)
     route = fields.get("w")
+    when = float(fields.get("t", 0.0))
+    if not math.isfinite(when):  # float() takes "nan" and "inf"; JSON does not
+        raise ValueError(f"not a publish time: {when}")
     return Record.create(
         seq_of(entry_id),
         topic,
         event,
-        float(fields.get("t", 0.0)),
+        when,
         None if route is None else decode_route(route),
     )
 
