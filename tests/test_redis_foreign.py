@@ -378,3 +378,26 @@ async def test_a_time_that_is_no_finite_number_is_skipped(
             assert history.status_code == 200, history.text
             events = [strict_json(line) for line in history.text.splitlines()]
             assert [event["data"] for event in events] == ["kept"], events  # type: ignore[index]
+
+
+async def test_a_key_of_another_type_fails_no_other_publish_of_its_batch(
+    redis_dir: Path, client: httpx.AsyncClient
+) -> None:
+    spoiled, healthy = "foreigntopic13", "foreigntopic14"
+    with running_redis(redis_dir) as redis:
+        async with one_node(redis) as node:
+            async with connection_to(redis.url) as foreign:
+                await foreign.call("SET", KEY_PREFIX + spoiled, "not a stream")
+            answers: dict[str, list[int]] = {spoiled: [], healthy: []}
+
+            async def publish(topic: str, n: int) -> None:
+                reply = await client.post(f"{node.url}/publish/{topic}", content=f"data: {n}\n")
+                answers[topic].append(reply.status_code)
+
+            # Sent together: the writer takes those waiting in one script.
+            async with trio.open_nursery() as nursery:
+                for n in range(20):
+                    nursery.start_soon(publish, spoiled if n % 2 else healthy, n)
+            assert answers == {spoiled: [503] * 10, healthy: [200] * 10}, answers
+            history = await client.get(f"{node.url}/history/{healthy}")
+            assert len(history.text.splitlines()) == 10, history.text
