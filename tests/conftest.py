@@ -276,11 +276,13 @@ class SSEStream:
         return frame + b"\n\n"
 
     async def next_event(self, timeout: float = STEP_SECONDS) -> bytes:
-        """The next frame that is not a comment."""
-        while True:
-            frame = await self.next_frame(timeout)
-            if not frame.startswith(b":"):
-                return frame
+        """The next frame that is not a comment, within ``timeout`` in all
+        (heartbeats, which are comments, do not restart it)."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.next_frame(timeout)
+                if not frame.startswith(b":"):
+                    return frame
 
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]

@@ -1,12 +1,13 @@
 """Support for the Redis backplane's tests (test_resp, test_resp_hostile,
-test_redis_faults): a lean connection to a URL, a fake Redis on loopback, a
-``deliver`` that takes records and does nothing, and a subscription's stream
-that has said ``: subscribed``."""
+test_redis_faults, test_redis_foreign): a lean connection to a URL, a fake
+Redis on loopback, a ``deliver`` that takes records and does nothing, a
+subscription's stream that has said ``: subscribed``, and broker processes
+sharing one redis-server."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 import coredis
@@ -16,7 +17,14 @@ import trio
 from trio_esper.history import Record
 from trio_esper.history.resp import RespConnection
 
-from .conftest import STEP_SECONDS, SSEStream, open_sse
+from .conftest import (
+    STEP_SECONDS,
+    BrokerProcess,
+    RedisServer,
+    SSEStream,
+    broker_process,
+    open_sse,
+)
 
 
 def connection_to(url: str) -> RespConnection:
@@ -61,3 +69,15 @@ async def stream_of(
     finally:
         with trio.CancelScope(shield=True):
             await ctx.__aexit__(None, None, None)
+
+
+@asynccontextmanager
+async def nodes(redis: RedisServer, count: int, *args: str) -> AsyncIterator[list[BrokerProcess]]:
+    """``count`` broker processes sharing ``redis`` (heartbeats every 0.5 s), with ``args``."""
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                broker_process("--backplane", redis.url, "--heartbeat", "0.5", *args)
+            )
+            for _ in range(count)
+        ]

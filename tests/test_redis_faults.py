@@ -9,8 +9,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,10 @@ from .conftest import (
     STEP_SECONDS,
     BrokerProcess,
     RedisServer,
-    broker_process,
     running_redis,
     stalled,
 )
-from .redisclient import stream_of
+from .redisclient import nodes, stream_of
 
 pytestmark = pytest.mark.slow
 
@@ -76,18 +74,6 @@ async def redis_command(server: RedisServer, *args: str) -> Any:
 
         with trio.fail_after(STEP_SECONDS):
             return await reply()
-
-
-@asynccontextmanager
-async def nodes(redis: RedisServer, count: int, *args: str) -> AsyncIterator[list[BrokerProcess]]:
-    """``count`` broker processes sharing ``redis``."""
-    async with AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                broker_process("--backplane", redis.url, "--heartbeat", "0.5", *args)
-            )
-            for _ in range(count)
-        ]
 
 
 def fields_of(frame: bytes) -> dict[str, str]:

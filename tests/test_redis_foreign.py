@@ -7,8 +7,6 @@ up (real redis-servers and broker processes, no mocks)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,13 +18,9 @@ from trio_esper.history.redis_entries import IDS_PREFIX, KEY_PREFIX, NOTIFY_CHAN
 
 from .conftest import (
     STEP_SECONDS,
-    BrokerProcess,
-    RedisServer,
-    SSEStream,
-    broker_process,
     running_redis,
 )
-from .redisclient import connection_to, deliver, stream_of
+from .redisclient import connection_to, deliver, nodes, stream_of
 
 pytestmark = pytest.mark.slow
 
@@ -43,32 +37,13 @@ FOREIGN_ENTRIES: list[tuple[bytes, ...]] = [
 ]
 
 
-async def next_event(stream: SSEStream) -> bytes:
-    """``stream``'s next event within :data:`STEP_SECONDS` (its own timeout
-    is per frame, and the heartbeats come every 0.5 s: a test would hang)."""
-    with trio.fail_after(STEP_SECONDS):
-        return await stream.next_event()
-
-
-@asynccontextmanager
-async def two_nodes(redis: RedisServer) -> AsyncIterator[tuple[BrokerProcess, BrokerProcess]]:
-    async with AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                broker_process("--backplane", redis.url, "--heartbeat", "0.5")
-            )
-            for _ in range(2)
-        ]
-        yield a, b
-
-
 async def test_entries_the_broker_cannot_decode_are_skipped_and_said_once(
     redis_dir: Path, client: httpx.AsyncClient
 ) -> None:
     topic = "foreigntopic1"
     with running_redis(redis_dir) as redis:
         async with (
-            two_nodes(redis) as (a, b),
+            nodes(redis, 2) as (a, b),
             stream_of(client, f"{b.url}/subscribe/{topic}") as on_b,
         ):
             async with connection_to(redis.url) as foreign:
@@ -76,12 +51,12 @@ async def test_entries_the_broker_cannot_decode_are_skipped_and_said_once(
                     await foreign.call("XADD", KEY_PREFIX + topic, "*", *fields)
             reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: after\n")
             assert reply.status_code == 200, reply.text
-            event = await next_event(on_b)
+            event = await on_b.next_event()
             assert b"data: after\n" in event, event
             # The reader is still there for the next one, and so is the process.
             reply = await client.post(f"{a.url}/publish/{topic}", content=b"data: next\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: next\n" in await next_event(on_b)
+            assert b"data: next\n" in await on_b.next_event()
             assert b.process.returncode is None
             skipped = b.log_lines("cannot decode")
             assert len(skipped) == 1, b.stderr.decode(errors="replace")
@@ -101,7 +76,7 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
     spoiled, healthy = "foreigntopic2", "foreigntopic3"
     with running_redis(redis_dir) as redis:
         async with (
-            two_nodes(redis) as (a, b),
+            nodes(redis, 2) as (a, b),
             stream_of(client, f"{b.url}/subscribe/{spoiled}") as on_spoiled,
             stream_of(client, f"{b.url}/subscribe/{healthy}") as on_healthy,
         ):
@@ -116,7 +91,7 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
             for n in range(3):
                 reply = await client.post(f"{a.url}/publish/{healthy}", content=f"data: {n}\n")
                 assert reply.status_code == 200, reply.text
-                assert f"data: {n}\n".encode() in await next_event(on_healthy)
+                assert f"data: {n}\n".encode() in await on_healthy.next_event()
             with trio.fail_after(STEP_SECONDS):
                 while not b.log_lines(f"read failed: {spoiled}: WRONGTYPE"):
                     await trio.sleep(0.05)
@@ -136,13 +111,7 @@ async def test_a_key_of_another_type_stops_only_its_own_topic(
                 await foreign.call("DEL", KEY_PREFIX + spoiled)
             reply = await client.post(f"{a.url}/publish/{spoiled}", content=b"data: back\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: back\n" in await next_event(on_spoiled)
-
-
-@asynccontextmanager
-async def one_node(redis: RedisServer, *args: str) -> AsyncIterator[BrokerProcess]:
-    async with broker_process("--backplane", redis.url, "--heartbeat", "0.5", *args) as node:
-        yield node
+            assert b"data: back\n" in await on_spoiled.next_event()
 
 
 async def test_a_route_nested_past_the_parsers_depth_is_skipped_too(
@@ -153,7 +122,7 @@ async def test_a_route_nested_past_the_parsers_depth_is_skipped_too(
     topic = "foreigntopic4"
     with running_redis(redis_dir) as redis:
         async with (
-            one_node(redis) as node,
+            nodes(redis, 1) as (node,),
             stream_of(client, f"{node.url}/subscribe/{topic}") as on,
         ):
             async with connection_to(redis.url) as foreign:
@@ -163,7 +132,7 @@ async def test_a_route_nested_past_the_parsers_depth_is_skipped_too(
                 await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{topic}")
             reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: after\n")
             assert reply.status_code == 200, reply.text
-            assert b"data: after\n" in await next_event(on)
+            assert b"data: after\n" in await on.next_event()
             assert node.process.returncode is None, node.stderr.decode(errors="replace")
             history = await client.get(f"{node.url}/history/{topic}")
             assert history.status_code == 200, history.text
@@ -181,20 +150,20 @@ async def test_an_entry_at_the_last_possible_id_stalls_no_other_topic(
     ended, healthy = "foreigntopic5", "foreigntopic6"
     with running_redis(redis_dir) as redis:
         async with (
-            one_node(redis) as node,
+            nodes(redis, 1) as (node,),
             stream_of(client, f"{node.url}/subscribe/{ended}") as on_ended,
             stream_of(client, f"{node.url}/subscribe/{healthy}") as on_healthy,
             connection_to(redis.url) as foreign,
         ):
             await foreign.call("XADD", KEY_PREFIX + ended, LAST_ENTRY_ID, "d", "last")
             await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{ended}")
-            assert b"data: last\n" in await next_event(on_ended)
+            assert b"data: last\n" in await on_ended.next_event()
             # Written as another node would (not by this node's writer, which
             # hands its own publishes over unread): the reader must read it.
             for n in range(2):
                 await foreign.call("XADD", KEY_PREFIX + healthy, "*", "d", f"n{n}", "t", "0")
                 await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{ended}\n{healthy}")
-                assert f"data: n{n}\n".encode() in await next_event(on_healthy)
+                assert f"data: n{n}\n".encode() in await on_healthy.next_event()
             ready = await client.get(f"{node.url}/ready")
             assert ready.status_code == 200, ready.text
             assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
@@ -215,7 +184,7 @@ async def test_a_resume_from_an_id_redis_cannot_take_is_that_resume_s_only(
     # stream resets), where Redis' refusal marked the backplane down.
     topic = "foreigntopic7"
     with running_redis(redis_dir) as redis:
-        async with one_node(redis) as node:
+        async with nodes(redis, 1) as (node,):
             reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: kept\n")
             assert reply.status_code == 200, reply.text
             async with connection_to(redis.url) as foreign:
@@ -227,8 +196,8 @@ async def test_a_resume_from_an_id_redis_cannot_take_is_that_resume_s_only(
                 async with stream_of(
                     client, f"{node.url}/subscribe/{topic}", **{"last-event-id": after}
                 ) as resumed:
-                    assert b"event: reset\n" in await next_event(resumed)
-                    assert b"data: kept\n" in await next_event(resumed)
+                    assert b"event: reset\n" in await resumed.next_event()
+                    assert b"data: kept\n" in await resumed.next_event()
             ready = await client.get(f"{node.url}/ready")
             assert ready.status_code == 200, ready.text
             assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
@@ -243,7 +212,7 @@ async def test_an_id_hash_of_another_type_does_not_make_a_stored_publish_a_refus
     # says "not stored" (a publisher retries: a duplicate).
     topic = "foreigntopic8"
     with running_redis(redis_dir) as redis:
-        async with one_node(redis, "--history-events", "2") as node:
+        async with nodes(redis, 1, "--history-events", "2") as (node,):
             reply = await client.post(f"{node.url}/publish/{topic}", content=b"id: p1\ndata: 1\n")
             assert reply.status_code == 200, reply.text
             async with connection_to(redis.url) as foreign:
@@ -263,7 +232,7 @@ async def test_a_routed_publish_refused_for_another_client_s_key_is_not_stored(
     # the id hash before its XADD, and failed on it after (stored, yet 503).
     routed = "~routed"
     with running_redis(redis_dir) as redis:
-        async with one_node(redis) as node, connection_to(redis.url) as foreign:
+        async with nodes(redis, 1) as (node,), connection_to(redis.url) as foreign:
             await foreign.call("SET", IDS_PREFIX + routed, "not a hash")
             reply = await client.post(
                 f"{node.url}/.well-known/mercure",
@@ -305,28 +274,28 @@ async def test_an_entry_id_ahead_of_the_clock_costs_no_later_event(
     ahead = f"{1 << 41}-{(1 << 24) + 5}"  # ms: in 2039
     with running_redis(redis_dir) as redis:
         async with (
-            one_node(redis) as node,
+            nodes(redis, 1) as (node,),
             stream_of(client, f"{node.url}/subscribe/{topic}") as on,
         ):
             async with connection_to(redis.url) as foreign:
                 await foreign.call("XADD", KEY_PREFIX + topic, ahead, "d", "ahead")
                 await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"another\n{topic}")
-            assert b"data: ahead\n" in await next_event(on)
+            assert b"data: ahead\n" in await on.next_event()
             ids = []
             for n in range(3):
                 reply = await client.post(f"{node.url}/publish/{topic}", content=f"data: {n}\n")
                 assert reply.status_code == 200, reply.text
                 ids.append(reply.json()["id"])
-                assert f"data: {n}\n".encode() in await next_event(on)
+                assert f"data: {n}\n".encode() in await on.next_event()
             # A stream that resumes replays what follows, then goes on live.
             async with stream_of(
                 client, f"{node.url}/subscribe/{topic}", **{"last-event-id": ids[0]}
             ) as resumed:
-                assert b"data: 1\n" in await next_event(resumed)
-                assert b"data: 2\n" in await next_event(resumed)
+                assert b"data: 1\n" in await resumed.next_event()
+                assert b"data: 2\n" in await resumed.next_event()
                 reply = await client.post(f"{node.url}/publish/{topic}", content=b"data: 3\n")
                 assert reply.status_code == 200, reply.text
-                assert b"data: 3\n" in await next_event(resumed)
+                assert b"data: 3\n" in await resumed.next_event()
             history = await client.get(f"{node.url}/history/{topic}")
             events = [json.loads(line)["data"] for line in history.text.splitlines()]
             assert events == ["ahead", "0", "1", "2", "3"], events
@@ -338,7 +307,7 @@ async def test_garbage_on_the_notices_channel_stops_nothing(
     topic = "foreigntopic11"
     with running_redis(redis_dir) as redis:
         async with (
-            one_node(redis) as node,
+            nodes(redis, 1) as (node,),
             stream_of(client, f"{node.url}/subscribe/{topic}") as on,
         ):
             async with connection_to(redis.url) as foreign:
@@ -346,7 +315,7 @@ async def test_garbage_on_the_notices_channel_stops_nothing(
                     await foreign.call("PUBLISH", NOTIFY_CHANNEL, notice)
                 await foreign.call("XADD", KEY_PREFIX + topic, "*", "d", "read", "t", "0")
                 await foreign.call("PUBLISH", NOTIFY_CHANNEL, f"\xff\n{topic}\n\n{topic}")
-            assert b"data: read\n" in await next_event(on)
+            assert b"data: read\n" in await on.next_event()
             ready = await client.get(f"{node.url}/ready")
             assert ready.status_code == 200, ready.text
             assert not node.log_lines("failed"), node.stderr.decode(errors="replace")
@@ -368,7 +337,7 @@ async def test_a_time_that_is_no_finite_number_is_skipped(
     # lines, which no strict parser takes.
     topic = "foreigntopic12"
     with running_redis(redis_dir) as redis:
-        async with one_node(redis) as node:
+        async with nodes(redis, 1) as (node,):
             async with connection_to(redis.url) as foreign:
                 for when in ("nan", "inf", "-1e999"):
                     await foreign.call("XADD", KEY_PREFIX + topic, "*", "d", when, "t", when)
@@ -385,7 +354,7 @@ async def test_a_key_of_another_type_fails_no_other_publish_of_its_batch(
 ) -> None:
     spoiled, healthy = "foreigntopic13", "foreigntopic14"
     with running_redis(redis_dir) as redis:
-        async with one_node(redis) as node:
+        async with nodes(redis, 1) as (node,):
             async with connection_to(redis.url) as foreign:
                 await foreign.call("SET", KEY_PREFIX + spoiled, "not a stream")
             answers: dict[str, list[int]] = {spoiled: [], healthy: []}
