@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_esper.errors import InvalidEvent
-from trio_esper.sse import MAX_ID_BYTES, Event, check_resumable_id, encode, parse_body
+from trio_esper.sse import MAX_ID_BYTES, MAX_RETRY, Event, check_resumable_id, encode, parse_body
 
 # (event, canonical bytes): encode(event) == bytes and parse_body(bytes) == [event].
 SIMPLE_CASES = [
@@ -157,7 +157,7 @@ EVENTS = st.builds(
     data=st.text(st.characters(codec="utf-8", exclude_characters="\r")),
     event=st.none() | _SINGLE_LINE,
     id=st.none() | _SINGLE_LINE,
-    retry=st.none() | st.integers(min_value=0),
+    retry=st.none() | st.integers(min_value=0, max_value=MAX_RETRY),
 )
 
 

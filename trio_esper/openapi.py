@@ -32,7 +32,7 @@ from . import api, endpoints
 from .history import HistoryStatistics
 from .hub import HubStatistics
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .sse import MAX_ID_BYTES
+from .sse import MAX_ID_BYTES, MAX_RETRY
 from .topics import MAX_TOPIC_CHARS, MIN_TOPIC_CHARS
 from .version import __version__
 
@@ -53,6 +53,23 @@ EVENT_ID_PATTERN = r"^[^\u0000-\u0020\u007f]([^\u0000-\u001f\u007f]*[^\u0000-\u0
 #: sse.Event: CR, LF or NUL in an event type would end its line.
 EVENT_TYPE_PATTERN = r"^[^\r\n\u0000]*$"
 EXAMPLE_TOPIC = "myTopic123"
+
+
+def _decimal_at_most(largest: int) -> str:
+    """A pattern (unanchored) for the decimal numbers from 0 to ``largest``,
+    leading zeros allowed (Go's ``strconv.ParseUint``, which Mercure's
+    ``retry`` follows): any with fewer digits, or as many, digit by digit no greater."""
+    digits = str(largest)
+    shorter = f"[0-9]{{1,{len(digits) - 1}}}" if len(digits) > 1 else ""
+    same = [digits]
+    for place, digit in enumerate(digits):
+        if digit != "0":
+            rest = len(digits) - place - 1
+            lower = "0" if digit == "1" else f"[0-{int(digit) - 1}]"
+            same.append(digits[:place] + lower + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "0*(" + "|".join([p for p in (shorter, *same) if p]) + ")"
+
+
 #: Tags, in the order the operations come.
 TAGS = {
     "esper": "esper's routes: subscribe, publish, history.",
@@ -319,7 +336,7 @@ def _sse_event(description: str, data: Json | None = None, event: Json | None = 
             "event": event or {"type": "string"},
             "data": data or {"type": "string"},
             "id": {"type": "string"},
-            "retry": {"type": "integer", "minimum": 0},
+            "retry": {"type": "integer", "minimum": 0, "maximum": MAX_RETRY},
         },
         "required": ["event", "data"],
     }
@@ -836,7 +853,11 @@ def _mercure_publish() -> Json:
                         "id": _EVENT_ID
                         | {"minLength": 0, "pattern": f"^({EVENT_ID_PATTERN[1:-1]})?$"},
                         "type": {"type": "string", "pattern": EVENT_TYPE_PATTERN},
-                        "retry": {"type": "string", "pattern": "^[0-9]+$"},
+                        # Empty: none, as 0 is.
+                        "retry": {
+                            "type": "string",
+                            "pattern": f"^({_decimal_at_most(MAX_RETRY)})?$",
+                        },
                         "private": {"type": "string"},
                     },
                     "required": ["topic"],

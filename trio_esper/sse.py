@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from .errors import InvalidEvent
 
@@ -62,9 +63,13 @@ class Event:
                     raise InvalidEvent(f"{name} must not contain CR, LF or NUL")
         if "\r" in self.data:
             raise InvalidEvent("data must not contain CR (lines are separated by LF)")
-        if self.retry is not None and self.retry < 0:
-            raise InvalidEvent("retry must be a non-negative integer")
+        if self.retry is not None and not 0 <= self.retry <= MAX_RETRY:
+            raise InvalidEvent(f"retry must be an integer from 0 to {MAX_RETRY}")
 
+
+#: Largest ``retry`` a publisher may give, in milliseconds: what a signed
+#: 64-bit integer holds (SQLite's INTEGER, and most clients' integers).
+MAX_RETRY: Final = 2**63 - 1
 
 #: Longest id a publisher may give, in UTF-8 bytes: it comes back in every
 #: reconnect's Last-Event-ID header (and query string).

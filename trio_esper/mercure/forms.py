@@ -44,7 +44,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from ..errors import BadRequest, Forbidden
-from ..sse import Event
+from ..sse import MAX_RETRY, Event
 
 #: The one media type whose body ``ParseForm`` reads into the form.
 FORM_MEDIA_TYPE: Final = "application/x-www-form-urlencoded"
@@ -54,8 +54,6 @@ MAX_TOPICS: Final = 1000
 MAX_FORM_PAIRS: Final = 10_000
 #: Topics the hub itself publishes on; publishers must not forge them (publish.go:20-23).
 RESERVED_TOPIC_PART: Final = "/.well-known/mercure"
-#: strconv.ParseUint(s, 10, 64): decimal digits, up to 2**64 - 1.
-_UINT64_MAX: Final = 2**64 - 1
 
 _DIGITS = re.compile(r"[0-9]+")
 #: A '%' not followed by two hex digits: Go's url.unescape returns an EscapeError.
@@ -197,12 +195,13 @@ def _text(value: bytes, key: str) -> str:
 
 
 def _retry(value: str) -> int | None:
-    # strconv.ParseUint(value, 10, 64): ASCII digits only, no sign, at most 2**64 - 1.
+    # As strconv.ParseUint(value, 10, 64): ASCII digits only, no sign; at most
+    # MAX_RETRY, what the broker stores (Mercure takes up to 2**64 - 1).
     digits = value.lstrip("0")
-    if not _DIGITS.fullmatch(value) or len(digits) > len(str(_UINT64_MAX)):
+    if not _DIGITS.fullmatch(value) or len(digits) > len(str(MAX_RETRY)):
         raise BadRequest('Invalid "retry" parameter')
     retry = int(digits or "0")
-    if retry > _UINT64_MAX:
+    if retry > MAX_RETRY:
         raise BadRequest('Invalid "retry" parameter')
     return retry or None
 
