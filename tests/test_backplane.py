@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -22,20 +21,9 @@ from .conftest import (
     free_port,
     open_sse,
 )
+from .redisclient import nodes
 
 pytestmark = pytest.mark.slow
-
-
-@asynccontextmanager
-async def nodes(redis: RedisServer, count: int, *args: str) -> AsyncIterator[list[BrokerProcess]]:
-    """``count`` broker processes sharing ``redis``."""
-    async with AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(
-                broker_process("--backplane", redis.url, "--heartbeat", "0.5", *args)
-            )
-            for _ in range(count)
-        ]
 
 
 class Streams:
