@@ -7,6 +7,7 @@ writer could not store it). Through real broker processes, one per history."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,6 @@ import pytest
 from trio_esper.sse import MAX_RETRY
 
 from .conftest import broker_process
-from .redisclient import stream_of
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.mark.parametrize("history", ["memory", "sqlite"])
 async def test_a_retry_past_64_bits_is_refused_and_the_largest_is_kept(
-    history: str, tmp_path: Path, client: httpx.AsyncClient
+    history: str, tmp_path: Path, client: httpx.AsyncClient, subscribe: Any
 ) -> None:
     spec = "memory" if history == "memory" else f"sqlite:{tmp_path / 'history.db'}"
     async with broker_process("--history", spec) as broker:
@@ -52,11 +52,11 @@ async def test_a_retry_past_64_bits_is_refused_and_the_largest_is_kept(
         )
         assert routed.status_code == 200, routed.text
         # Stored and read back: a resume from an id not retained replays both.
-        async with stream_of(
-            client, f"{broker.url}/subscribe/{TOPIC}", **{"Last-Event-ID": "unknown"}
-        ) as resumed:
-            assert b"event: reset\n" in await resumed.next_event()
-            replayed = await resumed.next_event()
-            assert f"retry: {MAX_RETRY}\ndata: kept\n".encode() in replayed, replayed
+        resumed = await subscribe(
+            f"{broker.url}/subscribe/{TOPIC}", headers={"Last-Event-ID": "unknown"}
+        )
+        assert b"event: reset\n" in await resumed.next_event()
+        replayed = await resumed.next_event()
+        assert f"retry: {MAX_RETRY}\ndata: kept\n".encode() in replayed, replayed
         assert broker.process.returncode is None
         assert not broker.log_lines("Traceback|Error"), broker.stderr.decode(errors="replace")
