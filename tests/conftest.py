@@ -37,7 +37,7 @@ import jwt
 import pytest
 import trio
 
-from trio_esper.config import Config
+from trio_esper.config import DEFAULT_KEEP_ALIVE_SECONDS, Config
 from trio_esper.hub import Hub, Subscription
 from trio_esper.server import Listening, serve
 
@@ -252,7 +252,12 @@ async def broker(nursery: trio.Nursery, fast_lane: bool) -> AsyncIterator[Broker
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=STEP_SECONDS) as c:
+    """A pooled client that drops an idle connection well before the broker's
+    keep-alive closes it. At httpx's default (5 s, the broker's too) a request
+    after 5 s of quiet could go out on a connection the broker was closing that
+    instant, and fail unanswered: a race of the test's client, not the broker's."""
+    limits = httpx.Limits(keepalive_expiry=DEFAULT_KEEP_ALIVE_SECONDS / 2)
+    async with httpx.AsyncClient(timeout=STEP_SECONDS, limits=limits) as c:
         yield c
 
 
