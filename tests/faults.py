@@ -42,3 +42,39 @@ def broker_command(fsize_limit: int = 0, obey_file_modes: bool = False) -> list[
     ``obey_file_modes``, without root's bypass of file modes."""
     modes = "obey" if obey_file_modes else "as-is"
     return [sys.executable, "-c", BOOTSTRAP, str(fsize_limit), modes]
+
+
+#: The topic whose rows and purge fail in :func:`faulty_store_command`'s broker.
+FAULTY_TOPIC = "faultytopic1"
+
+#: Runs ``python -m trio_esper`` with faults of a kind the SQLite writer does not expect (a
+#: ``RuntimeError``: a bug, or a value SQLite cannot take, as a ``retry`` past 2^63-1 once was):
+#: building a row for an event of the topic argv[1], purging that topic, and every retention
+#: pass, run here after each batch.
+UNEXPECTED_STORE_FAULTS = """
+import runpy, sys
+from trio_esper.history import sqlite
+topic = sys.argv.pop(1)
+row, maintain = sqlite._row, sqlite.SqliteHistory._maintain_sync
+def faulty_row(record):
+    if record.topic == topic:
+        raise RuntimeError("injected fault in a row")
+    return row(record)
+def faulty_maintain(self, item):
+    if item.topic == topic:
+        raise RuntimeError("injected fault in a purge")
+    return maintain(self, item)
+def faulty_prune(self):
+    raise RuntimeError("injected fault in retention")
+sqlite._row = faulty_row
+sqlite.SqliteHistory._maintain_sync = faulty_maintain
+sqlite.SqliteHistory._prune = faulty_prune
+sqlite.PRUNE_INTERVAL_SECONDS = 0.0
+sys.argv[0] = "trio_esper"
+runpy.run_module("trio_esper", run_name="__main__", alter_sys=True)
+"""
+
+
+def faulty_store_command() -> list[str]:
+    """The broker's command through UNEXPECTED_STORE_FAULTS, for FAULTY_TOPIC."""
+    return [sys.executable, "-c", UNEXPECTED_STORE_FAULTS, FAULTY_TOPIC]

@@ -37,7 +37,7 @@ from .conftest import (
     free_port,
     start_broker,
 )
-from .faults import WRITE_FAILED, broker_command
+from .faults import FAULTY_TOPIC, WRITE_FAILED, broker_command, faulty_store_command
 
 TOPIC = "storetopic1"
 OTHER = "storetopic2"
@@ -138,6 +138,44 @@ async def test_commit_write_error_is_503_logged_once_and_the_broker_keeps_runnin
         stored = await client.get(f"{running.url}/history/{TOPIC}")
         assert stored.status_code == 200
         assert len(stored.text.splitlines()) == failed + (small.status_code == 200)
+
+
+async def test_a_fault_the_writer_does_not_expect_fails_its_own_work_only(
+    tmp_path: Path,
+) -> None:
+    # A RuntimeError in a row, a purge and retention (tests/faults.py): each
+    # fails what it touched, answered 503 with the reason and logged once, and
+    # the writer goes on with the next batch.
+    history = ("--history", f"sqlite:{tmp_path / 'history.db'}")
+    async with (
+        broker_process(*history, command=faulty_store_command()) as running,
+        httpx.AsyncClient(timeout=STEP_SECONDS) as client,
+    ):
+        created = await client.post(
+            f"{running.url}/api/v1/pubsubs", json={"pubsub": {"id": FAULTY_TOPIC}}
+        )
+        assert created.status_code == 201, created.text
+        for n in range(3):
+            refused = await client.post(
+                f"{running.url}/publish/{FAULTY_TOPIC}", content=f"data: {n}\n".encode()
+            )
+            assert refused.status_code == 503, refused.text
+            assert "RuntimeError: injected fault in a row" in refused.text
+            stored = await client.post(
+                f"{running.url}/publish/{TOPIC}", content=f"data: {n}\n".encode()
+            )
+            assert stored.status_code == 200, stored.text
+        purge = await client.delete(f"{running.url}/api/v1/pubsubs/{FAULTY_TOPIC}")
+        assert purge.status_code == 503, purge.text
+        assert "RuntimeError: injected fault in a purge" in purge.text
+        await _assert_alive(client, running)
+        kept = await client.get(f"{running.url}/history/{TOPIC}")
+        assert [json.loads(line)["data"] for line in kept.text.splitlines()] == ["0", "1", "2"]
+        assert (await client.get(f"{running.url}/history/{FAULTY_TOPIC}")).text == ""
+        # One line per kind (rate-limited), each with the fault.
+        for kind in ("commit failed", "purge failed", "retention failed"):
+            [line] = running.log_lines(kind)
+            assert "RuntimeError: injected fault" in line, line
 
 
 # --- point 4: failures are logged, at most one line per kind per interval -------

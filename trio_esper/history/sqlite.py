@@ -244,6 +244,14 @@ def _file_id(stat: os.stat_result) -> FileId:
     return stat.st_dev, stat.st_ino
 
 
+def _reason(exc: Exception) -> str:
+    """``exc`` as the reason a write failed: the store's own message, or, for
+    a fault the store does not expect, its type too."""
+    if isinstance(exc, (sqlite3.Error, OSError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class _FileMoved(Exception):
     """The history file or its WAL at the store's path is not the one it has
     open: removed, or replaced by another file."""
@@ -439,9 +447,11 @@ class SqliteHistory:
             )
             for item in batch:
                 item.error = error
-        except (sqlite3.Error, OSError) as exc:
-            self._failures.failed("commit", f"commit failed, publishes refused (503): {exc}")
-            error = HistoryError(f"history write failed: {exc}")
+        except Exception as exc:
+            # Whatever a batch raises fails that batch only: the writer goes on.
+            reason = _reason(exc)
+            self._failures.failed("commit", f"commit failed, publishes refused (503): {reason}")
+            error = HistoryError(f"history write failed: {reason}")
             for item in batch:
                 item.error = error
         else:
@@ -460,8 +470,13 @@ class SqliteHistory:
             await trio.to_thread.run_sync(self._maintain_sync, item)
         except _FileMoved:
             item.error = HistoryError("history file was removed or replaced while the broker runs")
-        except (sqlite3.Error, OSError) as exc:
-            item.error = HistoryError(f"history write failed: {exc}")
+        except Exception as exc:
+            reason = _reason(exc)
+            if item.kind == PURGE:  # a failed probe is the check's answer, not a log line
+                self._failures.failed(
+                    "purge", f"purge failed, topic {item.topic!r}'s history kept: {reason}"
+                )
+            item.error = HistoryError(f"history write failed: {reason}")
         else:
             item.records = []
             if item.kind == PURGE:
@@ -487,11 +502,11 @@ class SqliteHistory:
     async def _enforce_retention(self) -> None:
         try:
             await trio.to_thread.run_sync(self._prune)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._failures.failed(
                 "retention",
                 f"retention failed, old events kept until it succeeds"
-                f" (retried every {PRUNE_INTERVAL_SECONDS:g} s): {exc}",
+                f" (retried every {PRUNE_INTERVAL_SECONDS:g} s): {_reason(exc)}",
             )
         else:
             self._failures.succeeded("retention", "retention succeeds again")
