@@ -15,6 +15,7 @@ import trio
 
 from trio_esper.history import redis as redis_history
 from trio_esper.history.redis_entries import IDS_PREFIX, KEY_PREFIX, NOTIFY_CHANNEL
+from trio_esper.sse import Event
 
 from .conftest import (
     STEP_SECONDS,
@@ -263,6 +264,28 @@ async def test_a_key_of_another_type_stops_not_the_eviction_check(
             with trio.fail_after(STEP_SECONDS):
                 while "can evict" not in caplog.text:
                     await trio.sleep(0.05)
+
+
+async def test_a_key_of_another_type_leaves_the_statistics_of_the_rest_current(
+    redis_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The statistics read every watched stream's length in one pipeline: a
+    # key of another type failed it whole, and /stats kept its last figures.
+    monkeypatch.setattr(redis_history, "STATISTICS_INTERVAL_SECONDS", 0.05)
+    spoiled, healthy, empty = "foreigntopic10", "foreigntopic11", "foreigntopic12"
+    with running_redis(redis_dir) as redis:
+        async with (
+            redis_history.open_redis_history(redis.url) as history,
+            connection_to(redis.url) as foreign,
+        ):
+            for topic in (spoiled, healthy, empty):
+                await history.watch(topic, deliver)
+            await foreign.call("SET", KEY_PREFIX + spoiled, "not a stream")
+            await history.append(healthy, [Event(data="one"), Event(data="two")], deliver)
+            with trio.fail_after(STEP_SECONDS):
+                while (history.statistics().topics, history.statistics().events) != (1, 2):
+                    await trio.sleep(0.05)
+            assert history.statistics().bytes > 0
 
 
 async def test_an_entry_id_ahead_of_the_clock_costs_no_later_event(

@@ -85,7 +85,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -190,6 +190,14 @@ class _Publish:
     records: list[Record] | None = None
     #: What to raise instead of returning ``records``.
     failure: Callable[[], Exception] | None = None
+
+
+async def _length(reply: Awaitable[int]) -> int:
+    """A stream's length from a pipeline's ``XLEN``; 0 for a key of another type."""
+    try:
+        return await reply
+    except coredis.exceptions.WrongTypeError:
+        return 0
 
 
 class RedisHistory:
@@ -749,15 +757,20 @@ class RedisHistory:
             keys = list(self._positions)
             try:
                 with trio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        lengths = [pipe.xlen(key) for key in keys]
+                    # Each reply on its own: another client's key of another
+                    # type fails its length only (the reader reports it).
+                    async with self._client.pipeline(
+                        transaction=False, raise_on_error=False
+                    ) as pipe:
+                        replies = [pipe.xlen(key) for key in keys]
                         memory = pipe.info("memory")
-                    events = sum([await length for length in lengths])
+                    lengths = [await _length(reply) for reply in replies]
                     used = int((await memory).get("used_memory", 0))
             except REDIS_ERRORS:
-                pass  # the reader reports it (another client's key: that topic's failure)
+                pass  # the reader and the publishes report the failure
             else:
-                self._statistics = HistoryStatistics("redis", len(keys), events, used)
+                topics = sum(1 for length in lengths if length)
+                self._statistics = HistoryStatistics("redis", topics, sum(lengths), used)
             try:
                 await self.measure_clock()
                 await self.check_eviction()
