@@ -443,7 +443,10 @@ def expiry_deadline(expires_at: float | None) -> float:
     which its stream ends; ``math.inf`` for a stream without one."""
     if expires_at is None:
         return math.inf
-    return trio.current_time() + (expires_at - time.time())
+    try:
+        return trio.current_time() + (expires_at - time.time())
+    except OverflowError:  # an integer exp past any float (10**400): never in this run
+        return math.inf
 
 
 async def check_store(hub: Hub) -> None:

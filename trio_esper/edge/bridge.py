@@ -20,7 +20,8 @@ changes behaviour; the versions are pinned in pyproject.toml):
   input, and ``TCPServer.idle_task`` (``stop()``), the keep-alive wait:
   :class:`_TCPServer` stops the wait then; ``TCPServer.protocol_send(event)``,
   where an ``Updated`` event with ``idle`` restarts that wait: it does not
-  once the input has ended.
+  once the input has ended; ``TCPServer._idle_timeout()``, the wait
+  ``run`` starts first: it does not when the edge has read a request.
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
@@ -98,6 +99,11 @@ def h2_advertised_streams(config: Config) -> int:
     return config.h2_max_streams + min(config.h2_max_streams, H2_REFUSAL_HEADROOM_STREAMS)
 
 
+#: How an HTTP/2 connection with prior knowledge starts: the first line of
+#: its preface (RFC 9113, section 3.4), all the edge waits for (a "head").
+H2_PREFACE_LINE = b"PRI * HTTP/2.0\r\n"
+
+
 class HypercornStream:
     """The connection's stream as Hypercorn uses it.
 
@@ -132,6 +138,12 @@ class HypercornStream:
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    @property
+    def holds_request(self) -> bool:
+        """Whether the bytes the edge read, still to be read here, are an
+        HTTP/1 request head (not HTTP/2's connection preface)."""
+        return bool(self._unread) and not self._unread.startswith(H2_PREFACE_LINE)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -359,6 +371,18 @@ class _TCPServer(TCPServer):
             return  # nothing more can come: the task group ends, and the connection closes
         await super().protocol_send(event)
 
+    async def _idle_timeout(self) -> None:
+        # A connection handed over with an HTTP/1 request the edge read is
+        # not idle. Hypercorn starts this wait before reading, and once
+        # shutdown has begun it closes at once: a request read during the
+        # grace period went unanswered. h11 answers or refuses what the edge
+        # read (a whole head, or all the peer sent), then stops or restarts
+        # the wait. (An HTTP/2 connection may open no stream: it waits.)
+        stream: object = self.stream  # (Hypercorn types it as trio's streams)
+        if isinstance(stream, HypercornStream) and stream.holds_request:
+            return
+        await super()._idle_timeout()
+
 
 class Hypercorn:
     """Hypercorn, serving the connections the edge hands it, for one edge."""
@@ -510,7 +534,9 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
     "TCPServer is awaitable": lambda: hasattr(TCPServer, "__await__"),
     "TCPServer._read_data() reads to the end; .idle_task.stop()": lambda: (
         _parameters(TCPServer._read_data) == ["self"]
-        and "self.idle_task.restart(" in _source(TCPServer.run)
+        and "self.idle_task.restart(self._task_group, self._idle_timeout)"
+        in _source(TCPServer.run)
+        and _parameters(TCPServer._idle_timeout) == ["self"]
         and _parameters(TCPServer.protocol_send) == ["self", "event"]
         and "isinstance(event, Updated)" in _source(TCPServer.protocol_send)
         and "event.idle" in _source(TCPServer.protocol_send)

@@ -1,0 +1,174 @@
+"""What one hostile client could do to the client-facing edge, found by a
+black-box review (2026-12-07) and kept as tests: each request here once got
+a broker to close a connection without the answer it deserved, or showed a
+documented bound that does not hold (those are ``xfail(strict=True)`` with
+the reason, until fixed). Through real brokers on 127.0.0.1:0, on both lanes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+import jwt
+import pytest
+import trio
+
+from .conftest import STEP_SECONDS, BrokerProcess, broker_process, start_broker
+from .rawhttp import Raw, request
+
+TOPIC = "hostileedge1"
+SECRET = "hostile-edge-secret-0123456789abcdef"
+#: A stalled body must be answered within this of the stall timeout (the
+#: reaper looks every second; the machine is loaded).
+STALL_ANSWER_SECONDS = 3.0
+
+pytestmark = pytest.mark.slow
+
+
+# -- a token whose exp no float holds -------------------------------------------------------
+
+
+async def test_a_token_whose_exp_is_past_any_float_subscribes(
+    nursery: trio.Nursery, fast_lane: bool
+) -> None:
+    """An integer ``exp`` of 10**400 (valid JSON, a valid NumericDate, far in
+    the future) made the stream's deadline overflow: the fast lane closed
+    the connection without an answer, the Quart route answered 500."""
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, subscriber_secret=SECRET, publisher_secret=SECRET
+    )
+    token = jwt.encode({"sub": TOPIC, "exp": 10**400}, SECRET, algorithm="HS256")
+    async with await Raw.connect(broker) as raw:
+        await raw.send(
+            request("GET", f"/subscribe/{TOPIC}", None, f"Authorization: Bearer {token}")
+        )
+        head = await raw.read_response(body=False)
+        assert head.status == 200, head
+        await raw.read_until(b": subscribed\n\n")
+    await broker.stop()
+
+
+# -- a request read while the broker shuts down ---------------------------------------------
+
+
+async def _connect(broker: BrokerProcess) -> Raw:
+    host, _, port = broker.url.removeprefix("http://").rpartition(":")
+    return Raw(await trio.open_tcp_stream(host, int(port)))
+
+
+async def _wait_for_log(broker: BrokerProcess, pattern: str) -> None:
+    with trio.fail_after(STEP_SECONDS):
+        while not broker.log_lines(pattern):
+            await trio.sleep(0.02)
+
+
+BODY = b"data: sent during shutdown\n"
+#: A publish Hypercorn serves on either lane (the fast forms decline chunked).
+CHUNKED_PUBLISH = (
+    f"POST /publish/{TOPIC} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
+)
+#: The same as the fast lane serves it (Hypercorn serves it with --no-fast-lane).
+PUBLISH = request("POST", f"/publish/{TOPIC}", BODY)
+
+
+@pytest.mark.parametrize(
+    ("lane", "sent"),
+    [
+        pytest.param([], CHUNKED_PUBLISH, id="fast-chunked"),
+        pytest.param(["--no-fast-lane"], CHUNKED_PUBLISH, id="quart-chunked"),
+        pytest.param(["--no-fast-lane"], PUBLISH, id="quart-content-length"),
+    ],
+)
+async def test_a_request_whose_head_arrives_during_shutdown_is_answered(
+    lane: list[str], sent: bytes
+) -> None:
+    """A publisher that had sent part of its request head when SIGTERM came,
+    and the rest within the grace period, got its connection closed without
+    an answer when Hypercorn served the request: Hypercorn starts its
+    keep-alive wait before reading the bytes the edge hands it, and once
+    shutdown has begun that wait closes the connection at once. (The fast
+    forms answered it.)"""
+    async with broker_process("--shutdown-grace", "5", *lane) as broker:
+        raw = await _connect(broker)
+        async with raw:
+            await raw.send(sent[:20])  # part of the request line
+            await trio.sleep(0.2)  # read by the edge, which waits for the rest
+            broker.process.send_signal(signal.SIGTERM)
+            await _wait_for_log(broker, r"shutting down: \d+ connections open")
+            await trio.sleep(0.2)  # shutdown has told Hypercorn to stop
+            await raw.send(sent[20:])
+            answer = await raw.read_response()
+            assert answer.status == 200, answer
+            assert json.loads(answer.body)["events"] == 1, answer
+            assert await raw.read_to_eof() == b""
+        with trio.fail_after(STEP_SECONDS):
+            assert await broker.process.wait() == 0
+            await broker.stderr_closed.wait()
+        assert not broker.log_lines(r"Traceback|ERROR"), broker.stderr.decode()
+
+
+# -- a request body that stalls -------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: where Hypercorn reads the body (chunked on either lane, every body "
+    "with --no-fast-lane) there is no stall timeout, only the whole body's deadline, "
+    "--request-body-timeout plus the length (a chunked body: --max-body) at "
+    "--request-body-min-rate: 74 s with the defaults, where the docs promise 408 after "
+    "--request-body-timeout (10 s) without a byte",
+)
+@pytest.mark.parametrize(
+    ("fast_lane", "head"),
+    [
+        pytest.param(True, "Transfer-Encoding: chunked", id="fast-chunked"),
+        pytest.param(False, "Transfer-Encoding: chunked", id="quart-chunked"),
+        pytest.param(False, "Content-Length: 60000", id="quart-content-length"),
+    ],
+)
+async def test_a_body_that_stalls_is_408_after_the_stall_timeout(
+    nursery: trio.Nursery, fast_lane: bool, head: str
+) -> None:
+    broker = await start_broker(nursery, fast_lane=fast_lane, request_body_timeout_seconds=0.5)
+    async with await Raw.connect(broker) as raw:
+        await raw.send(request("POST", f"/publish/{TOPIC}", None, head))
+        await raw.send(b"6\r\ndata: \r\n" if "chunked" in head else b"data: ")
+        # then nothing: a stall
+        answer = await raw.read_response(timeout=0.5 + STALL_ANSWER_SECONDS)
+        assert answer.status == 408, answer
+        assert answer.one_line_reason()
+    await broker.stop()
+
+
+# -- h11's own refusals ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: requests h11 refuses (Hypercorn's H11Protocol._send_error_response) "
+    "are answered with the status and an empty body, where docs/api.md promises a one-line "
+    "text/plain reason",
+)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(("Content-Length: 8", "Content-Length: 9"), id="two-content-lengths-400"),
+        pytest.param(("Content-Length: +8",), id="signed-content-length-400"),
+        pytest.param(("Transfer-Encoding: gzip, chunked",), id="unknown-coding-501"),
+        pytest.param(("X-Long: " + "a" * 70_000, "Content-Length: 8"), id="huge-head-431"),
+    ],
+)
+async def test_a_request_h11_refuses_gets_a_reason(
+    nursery: trio.Nursery, fast_lane: bool, extra: tuple[str, ...]
+) -> None:
+    broker = await start_broker(nursery, fast_lane=fast_lane)
+    async with await Raw.connect(broker) as raw:
+        head = "\r\n".join([f"POST /publish/{TOPIC} HTTP/1.1", "Host: x", *extra])
+        await raw.send(head.encode() + b"\r\n\r\ndata: x\n")
+        answer = await raw.read_response()
+        assert re.fullmatch(r"4\d\d|501", str(answer.status)), answer
+        assert answer.one_line_reason()
+    await broker.stop()
