@@ -11,6 +11,9 @@ import json
 import re
 import signal
 
+import h2.config
+import h2.connection
+import h2.events
 import jwt
 import pytest
 import trio
@@ -171,4 +174,44 @@ async def test_a_request_h11_refuses_gets_a_reason(
         answer = await raw.read_response()
         assert re.fullmatch(r"4\d\d|501", str(answer.status)), answer
         assert answer.one_line_reason()
+    await broker.stop()
+
+
+# -- an HTTP/2 connection that opens no stream ----------------------------------------------
+
+
+async def test_an_h2c_connection_that_opens_no_stream_is_closed_after_the_keep_alive(
+    nursery: trio.Nursery, fast_lane: bool
+) -> None:
+    """HTTP/2 with prior knowledge, the preface and SETTINGS, then nothing:
+    Hypercorn's h11 took the preface's ``PRI *`` line for a request, which
+    stopped the keep-alive wait, and its HTTP/2 protocol restarts the wait
+    only when a stream closes: the socket was held until the client left."""
+    broker = await start_broker(nursery, fast_lane=fast_lane, keep_alive_seconds=0.5)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    async with await Raw.connect(broker) as raw:
+        await raw.send(client.data_to_send())
+        with trio.fail_after(0.5 + STALL_ANSWER_SECONDS):
+            while await raw.read_for(0.1) or not raw.eof:
+                pass  # the server's SETTINGS and its ACK, then the end
+    # A stream after the preface keeps the connection (till the keep-alive after it).
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    async with await Raw.connect(broker) as raw:
+        await raw.send(client.data_to_send())
+        await trio.sleep(0.3)
+        client.send_headers(
+            1,
+            [(":method", "GET"), (":path", "/ready"), (":scheme", "http"), (":authority", "x")],
+            end_stream=True,
+        )
+        await raw.send(client.data_to_send())
+        ended = False
+        with trio.fail_after(STEP_SECONDS):
+            while not ended:
+                data = await raw.read_for(0.1)
+                events = client.receive_data(data)
+                ended = any(isinstance(e, h2.events.StreamEnded) for e in events)
+                assert not raw.eof, "closed before the stream's answer"
     await broker.stop()

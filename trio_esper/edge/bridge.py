@@ -20,8 +20,11 @@ changes behaviour; the versions are pinned in pyproject.toml):
   input, and ``TCPServer.idle_task`` (``stop()``), the keep-alive wait:
   :class:`_TCPServer` stops the wait then; ``TCPServer.protocol_send(event)``,
   where an ``Updated`` event with ``idle`` restarts that wait: it does not
-  once the input has ended; ``TCPServer._idle_timeout()``, the wait
-  ``run`` starts first: it does not when the edge has read a request.
+  once the input has ended, nor does the first event without ``idle`` stop
+  it over HTTP/2 with prior knowledge (h11's, for the preface's ``PRI *``
+  line, as ``H11Protocol._handle_events`` sends it before switching);
+  ``TCPServer._idle_timeout()``, the wait ``run`` starts first: it does not
+  when the edge has read an HTTP/1 request.
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
@@ -59,6 +62,7 @@ from hypercorn.events import Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
@@ -120,6 +124,8 @@ class HypercornStream:
     def __init__(self, stream: trio.abc.Stream, unread: bytes) -> None:
         self._stream = stream
         self._unread = unread
+        #: HTTP/2 with prior knowledge: the edge read the preface's first line.
+        self.h2_preface = unread.startswith(H2_PREFACE_LINE)
         self._closed = False
         self._receiving: trio.CancelScope | None = None
 
@@ -143,7 +149,7 @@ class HypercornStream:
     def holds_request(self) -> bool:
         """Whether the bytes the edge read, still to be read here, are an
         HTTP/1 request head (not HTTP/2's connection preface)."""
-        return bool(self._unread) and not self._unread.startswith(H2_PREFACE_LINE)
+        return bool(self._unread) and not self.h2_preface
 
     async def aclose(self) -> None:
         self._closed = True
@@ -366,9 +372,19 @@ class _TCPServer(TCPServer):
         self._input_ended = True
         await self.idle_task.stop()
 
+    _preface_read = False
+
     async def protocol_send(self, event: Event) -> None:
         if self._input_ended and isinstance(event, Updated) and event.idle:
             return  # nothing more can come: the task group ends, and the connection closes
+        if isinstance(event, Updated) and not event.idle and not self._preface_read:
+            self._preface_read = True
+            stream: object = self.stream  # (Hypercorn types it as trio's streams)
+            if isinstance(stream, HypercornStream) and stream.h2_preface:
+                # h11 took the preface's "PRI *" line for a request; HTTP/2
+                # restarts the wait only when a stream closes, so a connection
+                # that opened none was held until its client left.
+                return
         await super().protocol_send(event)
 
     async def _idle_timeout(self) -> None:
@@ -537,6 +553,12 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
         and "self.idle_task.restart(self._task_group, self._idle_timeout)"
         in _source(TCPServer.run)
         and _parameters(TCPServer._idle_timeout) == ["self"]
+        and re.search(
+            r"h11\.Request\):\s*await self\.send\(Updated\(idle=False\)\)\s*"
+            r"await self\._check_protocol\(event\)",
+            _source(H11Protocol._handle_events),
+        )
+        is not None
         and _parameters(TCPServer.protocol_send) == ["self", "event"]
         and "isinstance(event, Updated)" in _source(TCPServer.protocol_send)
         and "event.idle" in _source(TCPServer.protocol_send)
