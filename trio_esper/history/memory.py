@@ -211,9 +211,13 @@ class MemoryHistory:
         the SQLite backend's cache of recent events."""
         ring = self._touch(topic)
         for record in records:
-            # Cannot happen while the file enforces uniqueness (the routed log's repeat).
-            if record.route is None and record.id in ring.by_id:
-                continue
+            stale = ring.by_id.get(record.id) if record.route is None else None
+            if stale is not None:
+                # The store dropped ``stale`` (its age) and took its id again:
+                # drop it and everything older, so what is kept stays a
+                # contiguous tail of the store's log.
+                while ring.by_id.get(record.id) is stale:
+                    self._pop_oldest(ring)
             self._store(ring, record)
         self._evict(ring)
 

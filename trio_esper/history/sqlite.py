@@ -641,15 +641,30 @@ class SqliteHistory:
         self._failures.succeeded("read", "reads succeed again")
         return replay
 
+    def _retained_from(self, conn: sqlite3.Connection, topic: str) -> int:
+        """Thread: the lowest seq of ``topic`` that retention keeps. Rows
+        below it are past ``max_events_per_topic`` or ``max_age_seconds``
+        but not yet pruned (the writer prunes after a commit): they are not
+        served, so what is read does not depend on when the broker was busy."""
+        newest_kept = conn.execute(
+            "SELECT seq FROM events WHERE topic = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (topic, self.max_events_per_topic - 1),
+        ).fetchone()
+        floor = 0 if newest_kept is None else newest_kept[0]
+        if self.max_age_seconds < math.inf:
+            # seq is at least the publish time in microseconds (SeqClock), as in _prune.
+            floor = max(floor, int((time.time() - self.max_age_seconds) * 1_000_000))
+        return int(floor)
+
     def _after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         conn = self._reader
         found = last_id is None
-        start = 0
+        start = self._retained_from(conn, topic) - 1
         if last_id is not None:
             row = conn.execute(
                 "SELECT max(seq) FROM events WHERE topic = ? AND id = ?", (topic, last_id)
             ).fetchone()
-            if row[0] is not None:
+            if row[0] is not None and row[0] > start:
                 found, start = True, row[0]
         rows = conn.execute(
             "SELECT seq, id, event, data, retry, time, route FROM events"
