@@ -215,3 +215,38 @@ async def test_an_h2c_connection_that_opens_no_stream_is_closed_after_the_keep_a
                 ended = any(isinstance(e, h2.events.StreamEnded) for e in events)
                 assert not raw.eof, "closed before the stream's answer"
     await broker.stop()
+
+
+# -- a WebSocket handshake ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lane", [[], ["--no-fast-lane"]], ids=["fast", "quart"])
+async def test_a_websocket_handshake_is_refused_with_a_reason_and_no_traceback(
+    lane: list[str],
+) -> None:
+    """No route takes a WebSocket; Hypercorn hands Quart a handshake as a
+    websocket, without a request context, and the error handler read the
+    request's Origin: 500 with an empty body, and a traceback at ERROR in
+    the log for every handshake (a client could fill the log at will)."""
+    async with broker_process("--cors-origin", "https://page.example", *lane) as broker:
+        for target in (f"/subscribe/{TOPIC}", "/stats", "/nothere"):
+            raw = await _connect(broker)
+            async with raw:
+                await raw.send(
+                    request(
+                        "GET",
+                        target,
+                        None,
+                        "Origin: https://page.example",
+                        "Connection: Upgrade",
+                        "Upgrade: websocket",
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Version: 13",
+                    )
+                )
+                answer = await raw.read_response()
+                assert 400 <= answer.status < 500, answer
+                assert answer.one_line_reason(), answer
+                assert answer.headers["access-control-allow-origin"] == "https://page.example"
+        assert await broker.stop() == 0
+    assert not broker.log_lines(r"Traceback|ERROR"), broker.stderr.decode()

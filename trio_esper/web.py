@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, aclosing
 from typing import Any, TypedDict, cast
 
 import trio
-from quart import Response, request
+from quart import Response, has_request_context, request, websocket
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -43,7 +43,9 @@ def json_response(config: Config, payload: dict[str, Any], status: int = 200) ->
 
 
 def cors_headers(config: Config) -> endpoints.Headers:
-    return endpoints.cors_headers(config, request.headers.get("Origin"))
+    # A WebSocket handshake, which no route takes, is refused in a websocket context.
+    headers = (request if has_request_context() else websocket).headers
+    return endpoints.cors_headers(config, headers.get("Origin"))
 
 
 def query() -> dict[str, str]:
