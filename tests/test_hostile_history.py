@@ -5,13 +5,18 @@ what a production client relies on after a 200, through a real broker on
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from .conftest import STEP_SECONDS, start_broker
+from .conftest import STEP_SECONDS, broker_process, start_broker
 
 RESET = b'event: reset\ndata: {"reason": "unknown-last-event-id"}\n\n'
 
@@ -90,4 +95,281 @@ async def test_events_past_history_events_are_not_served_while_the_broker_is_idl
     ids = [await publish(client, broker.url, topic, f"data: {n}\n") for n in range(8)]
     assert await history_ids(client, broker.url, topic) == ids[-3:]
     assert await history_ids(client, broker.url, topic, after=ids[-3]) == ids[-2:]
+    await broker.stop()
+
+
+#: ``/history`` query strings a client may send, and the status each gets.
+HISTORY_QUERIES = [
+    ("limit=0", 400),
+    ("limit=-1", 400),
+    ("limit=10001", 400),
+    ("limit=" + "9" * 5000, 400),
+    ("limit=abc", 400),
+    ("limit=", 400),
+    ("limit=1.5", 400),
+    ("limit=%201", 400),
+    ("limit=%2B1", 400),
+    ("limit=%EF%BC%91", 400),  # a fullwidth digit one
+    ("limit=%FF", 400),
+    ("after=", 404),
+    ("after=" + "x" * 6000, 404),
+    ("after=%FF%FE", 400),
+    ("after=%00", 404),
+    ("after=%ZZ", 404),
+]
+
+
+@pytest.mark.parametrize(("query", "status"), HISTORY_QUERIES)
+async def test_history_parameters_at_and_past_their_bounds(
+    nursery: trio.Nursery,
+    fast_lane: bool,
+    tmp_path: Path,
+    client: httpx.AsyncClient,
+    query: str,
+    status: int,
+) -> None:
+    broker = await start_broker(
+        nursery, fast_lane=fast_lane, history=f"sqlite:{tmp_path / 'h.db'}"
+    )
+    topic = "boundstopic"
+    await publish(client, broker.url, topic, "id: e1\ndata: x\n")
+    reply = await client.get(f"{broker.url}/history/{topic}?{query}")
+    assert reply.status_code == status, reply.text
+    assert reply.text.endswith("\n")
+    assert reply.text.count("\n") == 1, reply.text
+    assert await history_ids(client, broker.url, topic) == ["e1"]
+    await broker.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def history_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory" if request.param == "memory" else f"sqlite:{tmp_path / 'h.db'}"
+
+
+async def test_a_topic_deleted_and_created_again_replays_nothing_of_the_old_one(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    broker = await start_broker(nursery, history=history_spec)
+    old_assigned = await publish(client, broker.url, "DelTopic01", "data: old\n")
+    await publish(client, broker.url, "deltopic01", "id: mine-1\ndata: old mine\n")
+    # Deleted by another spelling of its id, created again by a third.
+    deleted = await client.delete(f"{broker.url}/api/v1/pubsubs/DELTOPIC01")
+    assert deleted.status_code == 200, deleted.text
+    created = await client.post(
+        f"{broker.url}/api/v1/pubsubs", json={"pubsub": {"id": "delTopic01"}}
+    )
+    assert created.status_code == 201, created.text
+    assert await history_ids(client, broker.url, "deltopic01") == []
+    for url, headers in (
+        ("/subscribe/deltopic01", {"Last-Event-ID": old_assigned}),
+        ("/subscribe/DELTOPIC01", {"Last-Event-ID": "mine-1"}),
+        (f"/subscribe/deltopic01?lastEventId={old_assigned}", {}),
+    ):
+        stream = await subscribe(broker.url + url, headers=headers)
+        assert await stream.next_event() == RESET, url
+    earliest = await subscribe(f"{broker.url}/subscribe/deltopic01?since=earliest")
+    # The old id is free again: the new topic has no such event.
+    again = await publish(client, broker.url, "deltopic01", "id: mine-1\ndata: new\n")
+    assert again == "mine-1"
+    assert await earliest.next_event() == b"id: mine-1\ndata: new\n\n"
+    assert await history_ids(client, broker.url, "DELTOPIC01") == ["mine-1"]
+    await broker.stop()
+
+
+async def test_one_topic_s_history_whatever_the_case_of_its_id(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    broker = await start_broker(nursery, history=history_spec)
+    spellings = ["CaseTopic01", "casetopic01", "CASETOPIC01", "cAsEtOpIc01"]
+    ids = [await publish(client, broker.url, s, f"data: {s}\n") for s in spellings]
+    assert ids == sorted(ids)
+    for spelling in spellings:
+        assert await history_ids(client, broker.url, spelling) == ids
+        assert await history_ids(client, broker.url, spelling, after=ids[1]) == ids[2:]
+    await publish(client, broker.url, "CASETOPIC01", "id: k\ndata: k\n")
+    conflict = await client.post(f"{broker.url}/publish/casetopic01", content=b"id: k\ndata: x\n")
+    assert conflict.status_code == 409, conflict.text
+    stream = await subscribe(
+        f"{broker.url}/subscribe/CaseTOPIC01", headers={"Last-Event-ID": ids[2]}
+    )
+    assert await stream.next_event() == f"id: {ids[3]}\ndata: cAsEtOpIc01\n\n".encode()
+    assert await stream.next_event() == b"id: k\ndata: k\n\n"
+    await broker.stop()
+
+
+async def test_a_restart_with_fewer_history_events_serves_no_more_than_those(
+    tmp_path: Path, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """The file of a broker restarted with a lower --history-events holds the
+    old events of topics not published to since: they are not served."""
+    spec = f"sqlite:{tmp_path / 'h.db'}"
+    topic = "shrunktopic"
+    async with broker_process("--history", spec, "--history-events", "10") as running:
+        ids = [await publish(client, running.url, topic, f"data: {n}\n") for n in range(10)]
+        assert await running.stop() == 0
+    async with broker_process("--history", spec, "--history-events", "3") as running:
+        assert await history_ids(client, running.url, topic) == ids[-3:]
+        gone = await client.get(f"{running.url}/history/{topic}", params={"after": ids[4]})
+        assert gone.status_code == 404, gone.text
+        stream = await subscribe(
+            f"{running.url}/subscribe/{topic}", headers={"Last-Event-ID": ids[4]}
+        )
+        assert await stream.next_event() == RESET
+        for event_id in ids[-3:]:
+            assert (await stream.next_event()).startswith(f"id: {event_id}\n".encode())
+
+
+async def test_a_publisher_id_the_broker_assigns_next_after_a_restart(
+    tmp_path: Path, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """A file whose newest seq is ahead of the clock (written while the clock
+    was wrong): restarted on it, the broker assigns seqs one by one from
+    there, so a publisher's id can be the very id it assigns next. That one
+    is stepped past: every publish is stored once, in order, and a resume
+    from any id gets exactly what followed."""
+    path = tmp_path / "h.db"
+    spec = f"sqlite:{path}"
+    topic = "aheadtopic1"
+    async with broker_process("--history", spec) as running:
+        first = await publish(client, running.url, topic, "data: before\n")
+        assert await running.stop() == 0
+    future = time.time_ns() // 1000 + 3_600_000_000  # an hour ahead
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute(
+                "INSERT INTO events (seq, topic, id, data, time) VALUES (?, ?, ?, ?, ?)",
+                (future, "othertopic1", "far", "x", time.time()),
+            )
+    finally:
+        db.close()
+    async with broker_process("--history", spec) as running:
+        # Stored at seq future+1; the broker's next own id would be future+2.
+        chosen = str(future + 2)
+        ids = [first, await publish(client, running.url, topic, f"id: {chosen}\ndata: 1\n")]
+        ids += [await publish(client, running.url, topic, f"data: {n}\n") for n in (2, 3, 4)]
+        assert ids[1] == chosen
+        assert len(set(ids)) == len(ids), ids
+        assert await history_ids(client, running.url, topic) == ids
+        for k in range(len(ids) - 1):
+            assert await history_ids(client, running.url, topic, after=ids[k]) == ids[k + 1 :]
+        stream = await subscribe(
+            f"{running.url}/subscribe/{topic}", headers={"Last-Event-ID": chosen}
+        )
+        assert await stream.next_event() == f"id: {ids[2]}\ndata: 2\n\n".encode()
+
+
+async def test_a_kill_9_under_load_loses_nothing_a_subscriber_saw(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """SIGKILL while four publishers publish and a subscriber reads: after the
+    restart, each event the subscriber saw and each acknowledged one is in
+    the history, and the subscriber resuming from the last id it saw gets the
+    rest in order, then new events with new ids, no duplicate."""
+    spec = f"sqlite:{tmp_path / 'h.db'}"
+    topic = "killedtopic"
+    acked: list[str] = []
+    seen: list[str] = []
+    async with broker_process("--history", spec, "--history-events", "100000") as running:
+        url = running.url
+        killed = trio.Event()
+
+        async def publisher(p: int) -> None:
+            async with httpx.AsyncClient(timeout=STEP_SECONDS) as own:
+                for n in range(100_000):
+                    try:
+                        reply = await own.post(
+                            f"{url}/publish/{topic}", content=f"data: {p}.{n}\n"
+                        )
+                    except httpx.TransportError:
+                        return
+                    if killed.is_set():
+                        return
+                    assert reply.status_code == 200, reply.text
+                    acked.append(reply.json()["id"])
+
+        async def reader(task_status: trio.TaskStatus[None]) -> None:
+            async with httpx.AsyncClient(timeout=STEP_SECONDS) as own:
+                try:
+                    async with own.stream("GET", f"{url}/subscribe/{topic}") as response:
+                        task_status.started()
+                        async for line in response.aiter_lines():
+                            if line.startswith("id: "):
+                                seen.append(line[4:])
+                except httpx.HTTPError:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reader)
+            for p in range(4):
+                nursery.start_soon(publisher, p)
+            with trio.fail_after(STEP_SECONDS):
+                while len(acked) < 300:
+                    await trio.sleep(0.01)
+            killed.set()
+            os.killpg(running.process.pid, signal.SIGKILL)
+    assert len(seen) > 0
+    async with broker_process("--history", spec, "--history-events", "100000") as running:
+        stored = await history_ids(client, running.url, topic, limit="10000")
+        assert len(stored) == len(set(stored))
+        assert set(acked) <= set(stored)
+        assert seen == stored[: len(seen)]
+        resumed = await history_ids(client, running.url, topic, after=seen[-1], limit="10000")
+        assert resumed == stored[len(seen) :]
+        new = await publish(client, running.url, topic, "data: after\n")
+        assert new not in stored
+        assert int(new) > max(int(i) for i in stored)
+        assert await history_ids(client, running.url, topic, after=stored[-1]) == [new]
+
+
+async def test_an_id_no_longer_retained_may_be_published_again(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """409 means the id is among the topic's retained events: once
+    --history-events has let ``a`` go (it is no longer served), ``a`` is
+    stored again, not refused (a publisher that reads 409 as "already
+    stored" would drop the event)."""
+    broker = await start_broker(nursery, history=history_spec, history_events=2)
+    topic = "reuseagain1"
+    for event_id in ("a", "b", "c"):
+        await publish(client, broker.url, topic, f"id: {event_id}\ndata: {event_id}\n")
+    assert await history_ids(client, broker.url, topic) == ["b", "c"]
+    stream = await subscribe(f"{broker.url}/subscribe/{topic}", headers={"Last-Event-ID": "c"})
+    assert await publish(client, broker.url, topic, "id: a\ndata: again\n") == "a"
+    assert await stream.next_event() == b"id: a\ndata: again\n\n"
+    assert await history_ids(client, broker.url, topic) == ["c", "a"]
+    assert await history_ids(client, broker.url, topic, after="c") == ["a"]
+    await broker.stop()
+
+
+async def test_an_id_past_max_age_may_be_published_again(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    broker = await start_broker(
+        nursery, history=f"sqlite:{tmp_path / 'h.db'}", history_max_age_seconds=1.0
+    )
+    topic = "reuseaged01"
+    await publish(client, broker.url, topic, "id: a\ndata: old\n")
+    await trio.sleep(1.3)
+    assert await history_ids(client, broker.url, topic) == []
+    assert await publish(client, broker.url, topic, "id: a\ndata: new\n") == "a"
+    reply = await client.get(f"{broker.url}/history/{topic}")
+    assert [json.loads(line)["data"] for line in reply.text.splitlines()] == ["new"]
+    await broker.stop()
+
+
+async def test_an_id_twice_in_one_body_stays_a_conflict_past_retention(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient
+) -> None:
+    """--history-events 1 lets the body's first ``a`` go at once: the body is
+    refused all the same, and nothing of it stored."""
+    broker = await start_broker(nursery, history=history_spec, history_events=1)
+    topic = "twicebody01"
+    await publish(client, broker.url, topic, "id: z\ndata: z\n")
+    body = b"id: a\ndata: 1\n\nid: b\ndata: 2\n\nid: a\ndata: 3\n\n"
+    reply = await client.post(f"{broker.url}/publish/{topic}", content=body)
+    assert reply.status_code == 409, reply.text
+    assert await history_ids(client, broker.url, topic) == ["z"]
+    stats = (await client.get(f"{broker.url}/stats")).json()["history"]
+    assert (stats["topics"], stats["events"]) == (1, 1)
     await broker.stop()

@@ -341,6 +341,8 @@ class SqliteHistory:
         self._send, self._receive = trio.open_memory_channel[_Append](WRITER_QUEUE)
         self._read_lock = trio.Lock()
         self._touched: set[str] = set()
+        #: Topics of rows the commit in progress deleted (:meth:`_drop_unretained`).
+        self._unretained_dropped: list[str] = []
         self._last_prune = -math.inf
         #: Recent records, so reconnecting subscribers resume without reading
         #: the file: it holds a contiguous tail of each topic's log.
@@ -522,6 +524,7 @@ class SqliteHistory:
         conn = self._writer
         now = time.time()
         last_seq = self._seqs.last
+        self._unretained_dropped = []
         try:
             _begin(conn)
             try:
@@ -537,7 +540,7 @@ class SqliteHistory:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 for item in batch:
-                    self._insert_alone(conn, item, now)
+                    self._insert_alone(conn, item, now, last_seq)
             # Last before COMMIT, so nothing is acknowledged that went into a
             # file a restart will not open; one stat per file per batch.
             self._check_files()
@@ -552,6 +555,7 @@ class SqliteHistory:
             if item.records is not None:
                 self._touched.add(item.topic)
                 self._counts[item.topic] += len(item.records)
+        self._counts.subtract(self._unretained_dropped)
 
     def _check_files(self) -> None:
         """Thread: raise _FileMoved if a path no longer names the file we have open."""
@@ -563,11 +567,15 @@ class SqliteHistory:
             if _file_id(stat) != file_id:
                 raise _FileMoved(name)
 
-    def _insert_alone(self, conn: sqlite3.Connection, item: _Append, now: float) -> None:
+    def _insert_alone(
+        self, conn: sqlite3.Connection, item: _Append, now: float, committed: int
+    ) -> None:
         """Insert one append in a savepoint; on a publisher id conflict leave
-        nothing and set ``item.error``."""
+        nothing and set ``item.error``. ``committed``: the last seq committed
+        before this transaction."""
         conn.execute("SAVEPOINT item")
         item.records = []
+        dropped = len(self._unretained_dropped)
         try:
             for event in item.events:
                 while True:
@@ -576,15 +584,36 @@ class SqliteHistory:
                         conn.execute(INSERT, _row(record))
                         break
                     except sqlite3.IntegrityError:
-                        if event.id is not None:
+                        if event.id is not None and not self._drop_unretained(
+                            conn, item.topic, event.id, committed
+                        ):
                             raise
-                        # An id we assigned equals one a publisher chose: next seq.
+                        # An id we assigned equals one a publisher chose, or a
+                        # publisher's id was held by a row retention no longer
+                        # keeps (now deleted): next seq.
                 item.records.append(record)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO item")
+            del self._unretained_dropped[dropped:]
             item.records = None
             item.error = Conflict("event id is already in this topic's history")
         conn.execute("RELEASE item")
+
+    def _drop_unretained(
+        self, conn: sqlite3.Connection, topic: str, event_id: str, committed: int
+    ) -> bool:
+        """Thread, in the writer's transaction: delete ``topic``'s row with id
+        ``event_id`` if retention no longer keeps it (not yet pruned: see
+        :meth:`_retained_from`), so its id is free as it is in what is
+        served; never a row of this transaction (seq past ``committed``: an
+        id twice in one body stays a conflict). Whether one was deleted."""
+        deleted = conn.execute(
+            "DELETE FROM events WHERE topic = ? AND id = ? AND route IS NULL AND seq < ?"
+            " AND seq <= ? RETURNING topic",
+            (topic, event_id, self._retained_from(conn, topic), committed),
+        ).fetchall()
+        self._unretained_dropped += [row[0] for row in deleted]
+        return bool(deleted)
 
     def _prune(self) -> None:
         """Thread: enforce retention on recently written topics, boundedly, in
