@@ -259,13 +259,15 @@ async def test_a_publisher_id_the_broker_assigns_next_after_a_restart(
         assert await stream.next_event() == f"id: {ids[2]}\ndata: 2\n\n".encode()
 
 
-async def test_a_kill_9_under_load_loses_nothing_a_subscriber_saw(
-    tmp_path: Path, client: httpx.AsyncClient
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+async def test_a_stop_under_load_loses_nothing_acknowledged_or_seen(
+    tmp_path: Path, client: httpx.AsyncClient, stop: signal.Signals
 ) -> None:
-    """SIGKILL while four publishers publish and a subscriber reads: after the
-    restart, each event the subscriber saw and each acknowledged one is in
-    the history, and the subscriber resuming from the last id it saw gets the
-    rest in order, then new events with new ids, no duplicate."""
+    """SIGKILL or SIGTERM while four publishers publish and a subscriber
+    reads: after the restart, each event the subscriber saw and each
+    acknowledged one (every 200, even one answered after the signal) is in
+    the history, and the subscriber resuming from the last id it saw gets
+    the rest in order, then new events with new ids, no duplicate."""
     spec = f"sqlite:{tmp_path / 'h.db'}"
     topic = "killedtopic"
     acked: list[str] = []
@@ -283,10 +285,11 @@ async def test_a_kill_9_under_load_loses_nothing_a_subscriber_saw(
                         )
                     except httpx.TransportError:
                         return
-                    if killed.is_set():
+                    if reply.status_code == 200:
+                        acked.append(reply.json()["id"])
+                    else:
+                        assert killed.is_set(), reply.text
                         return
-                    assert reply.status_code == 200, reply.text
-                    acked.append(reply.json()["id"])
 
         async def reader(task_status: trio.TaskStatus[None]) -> None:
             async with httpx.AsyncClient(timeout=STEP_SECONDS) as own:
@@ -307,7 +310,10 @@ async def test_a_kill_9_under_load_loses_nothing_a_subscriber_saw(
                 while len(acked) < 300:
                     await trio.sleep(0.01)
             killed.set()
-            os.killpg(running.process.pid, signal.SIGKILL)
+            os.killpg(running.process.pid, stop)
+            with trio.fail_after(STEP_SECONDS):
+                await running.process.wait()
+    assert running.process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 0)
     assert len(seen) > 0
     async with broker_process("--history", spec, "--history-events", "100000") as running:
         stored = await history_ids(client, running.url, topic, limit="10000")
@@ -372,4 +378,69 @@ async def test_an_id_twice_in_one_body_stays_a_conflict_past_retention(
     assert await history_ids(client, broker.url, topic) == ["z"]
     stats = (await client.get(f"{broker.url}/stats")).json()["history"]
     assert (stats["topics"], stats["events"]) == (1, 1)
+    await broker.stop()
+
+
+async def test_a_resume_past_several_replay_pages_misses_and_repeats_nothing(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """2,500 retained events (replayed 1,000 a page) while a publisher goes
+    on publishing: a resume from the first gets every later one once, in
+    order, then the live ones."""
+    broker = await start_broker(nursery, history=history_spec, history_events=5000)
+    topic = "pagedtopic1"
+    body = "".join(f"data: {n}\n\n" for n in range(2500))
+    reply = await client.post(f"{broker.url}/publish/{topic}", content=body.encode())
+    assert reply.status_code == 200, reply.text
+    ids = await history_ids(client, broker.url, topic, limit="10000")
+    assert len(ids) == 2500
+
+    async def keep_publishing() -> None:
+        async with httpx.AsyncClient(timeout=STEP_SECONDS) as own:
+            for _ in range(100):
+                ids.append(await publish(own, broker.url, topic, f"data: {len(ids)}\n"))
+
+    for headers, url in (
+        ({"Last-Event-ID": ids[0]}, f"/subscribe/{topic}"),
+        ({}, f"/subscribe/{topic}?since=earliest"),
+    ):
+        stream = await subscribe(broker.url + url, headers=headers)
+        first, last = (1 if headers else 0), len(ids) + 100
+        async with trio.open_nursery() as publishing:
+            publishing.start_soon(keep_publishing)
+            got = [await stream.next_event() for _ in range(first, last)]
+        assert got == [f"id: {ids[n]}\ndata: {n}\n\n".encode() for n in range(first, last)]
+    await broker.stop()
+
+
+async def test_the_memory_budget_takes_from_the_least_recently_published_topic(
+    nursery: trio.Nursery, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    budget = 128 * 1024
+    broker = await start_broker(nursery, history_max_bytes=budget)
+    quiet, busy = "quiettopic1", "busytopic01"
+    payload = "x" * 500
+    quiet_ids = [await publish(client, broker.url, quiet, f"data: {payload}\n") for _ in range(40)]
+    busy_ids: list[str] = []
+    for _ in range(15):
+        busy_ids += [
+            await publish(client, broker.url, busy, f"data: {payload}\n") for _ in range(10)
+        ]
+        kept_quiet = await history_ids(client, broker.url, quiet)
+        kept_busy = await history_ids(client, broker.url, busy)
+        # Each keeps a newest tail; the busy topic loses nothing while the quiet one has events.
+        assert kept_quiet == quiet_ids[len(quiet_ids) - len(kept_quiet) :]
+        assert kept_busy == busy_ids[len(busy_ids) - len(kept_busy) :]
+        assert not kept_quiet or kept_busy == busy_ids
+    assert kept_quiet == []  # 40 quiet events then 150 busy ones overflow the budget
+    assert len(kept_busy) > 50
+    stats = (await client.get(f"{broker.url}/stats")).json()["history"]
+    assert stats["bytes"] <= budget
+    assert stats["events"] == len(kept_quiet) + len(kept_busy)
+    if kept_busy != busy_ids:
+        stream = await subscribe(
+            f"{broker.url}/subscribe/{busy}", headers={"Last-Event-ID": busy_ids[0]}
+        )
+        assert await stream.next_event() == RESET
+        assert (await stream.next_event()).startswith(f"id: {kept_busy[0]}\n".encode())
     await broker.stop()
