@@ -444,3 +444,81 @@ async def test_the_memory_budget_takes_from_the_least_recently_published_topic(
         assert await stream.next_event() == RESET
         assert (await stream.next_event()).startswith(f"id: {kept_busy[0]}\n".encode())
     await broker.stop()
+
+
+async def test_resume_forms_a_client_may_garble(
+    nursery: trio.Nursery, fast_lane: bool, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """A resume id that cannot be read is a 400 with its reason; one that is
+    merely unknown (whatever its bytes or length) is ``event: reset`` and
+    everything retained; an empty one is no resume."""
+    broker = await start_broker(nursery, fast_lane=fast_lane)
+    topic = "garbledtopic"
+    first = await publish(client, broker.url, topic, "data: 1\n")
+    for query in ("lastEventId=%FF", "since=latest", "since="):
+        reply = await client.get(f"{broker.url}/subscribe/{topic}?{query}")
+        assert reply.status_code == 400, (query, reply.text)
+        assert reply.text.count("\n") == 1, reply.text
+    for headers, query in (
+        ({"Last-Event-ID": b"\xff\xfe"}, ""),  # not UTF-8: taken as it is, and unknown
+        ({"Last-Event-ID": "x" * 4000}, ""),
+        ({}, "lastEventId=" + "y" * 4000),
+        ({}, "lastEventId=%00"),
+    ):
+        stream = await subscribe(f"{broker.url}/subscribe/{topic}?{query}", headers=headers)
+        assert await stream.next_event() == RESET
+        assert (await stream.next_event()).startswith(f"id: {first}\n".encode())
+    live_only = await subscribe(f"{broker.url}/subscribe/{topic}?lastEventId=")
+    second = await publish(client, broker.url, topic, "data: 2\n")
+    assert await live_only.next_event() == f"id: {second}\ndata: 2\n\n".encode()
+    await broker.stop()
+
+
+def _rows(path: Path, topic: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        count: int = db.execute(
+            "SELECT count(*) FROM events WHERE topic = ?", (topic,)
+        ).fetchone()[0]
+    finally:
+        db.close()
+    return count
+
+
+async def test_an_idle_broker_still_drops_what_retention_no_longer_keeps_from_its_file(
+    nursery: trio.Nursery, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """The file itself (not only what is served) loses events past
+    --history-max-age and --history-events, with no publish to follow."""
+    path = tmp_path / "h.db"
+    broker = await start_broker(
+        nursery, history=f"sqlite:{path}", history_max_age_seconds=1.5, history_events=2
+    )
+    aged, counted = "agedtopic01", "countedtopic"
+    await publish(client, broker.url, aged, "data: a\n")
+    for n in range(5):
+        await publish(client, broker.url, counted, f"data: {n}\n")
+    with trio.fail_after(STEP_SECONDS):
+        while _rows(path, counted) > 2:
+            await trio.sleep(0.1)
+        while _rows(path, aged) > 0:
+            await trio.sleep(0.1)
+    await broker.stop()
+
+
+async def test_a_restart_with_fewer_history_events_drops_the_rest_from_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.db"
+    topic = "shrunkfile1"
+    async with (
+        broker_process("--history", f"sqlite:{path}") as running,
+        httpx.AsyncClient(timeout=STEP_SECONDS) as client,
+    ):
+        for n in range(6):
+            await publish(client, running.url, topic, f"data: {n}\n")
+        assert await running.stop() == 0
+    async with broker_process("--history", f"sqlite:{path}", "--history-events", "2"):
+        with trio.fail_after(STEP_SECONDS):
+            while _rows(path, topic) > 2:
+                await trio.sleep(0.1)

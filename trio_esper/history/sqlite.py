@@ -340,6 +340,8 @@ class SqliteHistory:
         self.max_age_seconds = max_age_seconds
         self._send, self._receive = trio.open_memory_channel[_Append](WRITER_QUEUE)
         self._read_lock = trio.Lock()
+        #: Topics retention is to look at: written since its last pass, and,
+        #: at start, those holding more than the count kept.
         self._touched: set[str] = set()
         #: Topics of rows the commit in progress deleted (:meth:`_drop_unretained`).
         self._unretained_dropped: list[str] = []
@@ -355,6 +357,7 @@ class SqliteHistory:
             if counts is None
             else counts
         )
+        self._touched.update(t for t, n in self._counts.items() if n > max_events_per_topic)
 
     async def append(
         self, topic: str, events: Sequence[Event], deliver: Deliver, route: Route | None = None
@@ -404,24 +407,13 @@ class SqliteHistory:
         """
         with self._receive:
             try:
-                async for first in self._receive:
-                    batch = [first]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(self._receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                while True:
                     try:
-                        # Appends in a row commit together; a purge or a
-                        # probe waits for what was queued before it.
-                        for kind, run in itertools.groupby(batch, key=lambda item: item.kind):
-                            if kind == APPEND:
-                                await self._store(list(run))
-                            else:
-                                for item in run:
-                                    await self._maintain(item)
-                    finally:
-                        _answer(batch, HistoryError("history writer stopped"))
+                        first = await self._next()
+                    except trio.EndOfChannel:
+                        return
+                    if first is not None:
+                        await self._run_batch(first)
                     if trio.current_time() - self._last_prune >= PRUNE_INTERVAL_SECONDS:
                         self._last_prune = trio.current_time()
                         await self._enforce_retention()
@@ -431,6 +423,49 @@ class SqliteHistory:
                     while True:
                         queued.append(self._receive.receive_nowait())
                 _answer(queued, HistoryError("history is closed"))
+
+    async def _run_batch(self, first: _Append) -> None:
+        """Do ``first`` and what is queued behind it, up to MAX_BATCH, and answer them."""
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        try:
+            # Appends in a row commit together; a purge or a
+            # probe waits for what was queued before it.
+            for kind, run in itertools.groupby(batch, key=lambda item: item.kind):
+                if kind == APPEND:
+                    await self._store(list(run))
+                else:
+                    for item in run:
+                        await self._maintain(item)
+        finally:
+            _answer(batch, HistoryError("history writer stopped"))
+
+    async def _next(self) -> _Append | None:
+        """The next queued item; ``None`` if retention falls due first (idle,
+        the writer still wakes for it: events age out of the file whether or
+        not anything is published).
+
+        Raises:
+            trio.EndOfChannel: the history is closed and nothing is queued.
+        """
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        with trio.move_on_after(self._retention_wait()):
+            return await self._receive.receive()
+        return None
+
+    def _retention_wait(self) -> float:
+        """Seconds until retention is due, if it has work (a topic written
+        since its last pass, or events that age out); else forever."""
+        if not self._touched and not (self.max_age_seconds < math.inf and self._counts):
+            return math.inf
+        return max(0.0, self._last_prune + PRUNE_INTERVAL_SECONDS - trio.current_time())
 
     async def _store(self, batch: list[_Append]) -> None:
         """Commit ``batch``, then deliver what was stored in seq order."""
