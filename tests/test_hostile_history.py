@@ -155,6 +155,12 @@ async def test_a_topic_deleted_and_created_again_replays_nothing_of_the_old_one(
     # Deleted by another spelling of its id, created again by a third.
     deleted = await client.delete(f"{broker.url}/api/v1/pubsubs/DELTOPIC01")
     assert deleted.status_code == 200, deleted.text
+    # Read as subscribing is: 404 until created again (not 200 and no events).
+    for spelling in ("deltopic01", "DelTopic01"):
+        gone = await client.get(f"{broker.url}/history/{spelling}")
+        assert gone.status_code == 404, gone.text
+        assert "deleted" in gone.text
+        assert gone.text.count("\n") == 1
     created = await client.post(
         f"{broker.url}/api/v1/pubsubs", json={"pubsub": {"id": "delTopic01"}}
     )

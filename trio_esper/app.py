@@ -146,6 +146,7 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
     async def history(topic: str) -> Response:
         topic = normalise_topic(topic)
         authorise(config.subscriber_key, topic)
+        hub.check_readable(topic)
         query = web.query()
         limit = endpoints.int_arg(
             query, "limit", endpoints.HISTORY_LIMIT_DEFAULT, 1, endpoints.HISTORY_LIMIT_MAX

@@ -1171,6 +1171,14 @@ class Hub:
         if self.catalog.is_deleted(topic):
             raise NotFound("topic was deleted; create it again with POST /api/v1/pubsubs")
 
+    def check_readable(self, topic: str) -> None:
+        """Refuse to read ``topic``'s history (normalised) as subscribing is refused.
+
+        Raises:
+            NotFound: the topic was deleted and not created again.
+        """
+        self._check_not_deleted(topic)
+
     def _in_use(self, topic: str) -> bool:
         return topic in self._topics
 
