@@ -528,3 +528,32 @@ async def test_a_restart_with_fewer_history_events_drops_the_rest_from_the_file(
         with trio.fail_after(STEP_SECONDS):
             while _rows(path, topic) > 2:
                 await trio.sleep(0.1)
+
+
+async def test_one_id_from_twenty_concurrent_publishers_is_stored_once(
+    nursery: trio.Nursery, history_spec: str, client: httpx.AsyncClient, subscribe: Any
+) -> None:
+    """Twenty publishers send the same id at once (SQLite commits them in
+    one batch): one 200, nineteen 409, and the one event stored and seen."""
+    broker = await start_broker(nursery, history=history_spec, history_events=1)
+    topic = "racingids01"
+    stream = await subscribe(f"{broker.url}/subscribe/{topic}")
+    statuses: list[int] = []
+
+    async def publisher(n: int) -> None:
+        async with httpx.AsyncClient(timeout=STEP_SECONDS) as own:
+            reply = await own.post(
+                f"{broker.url}/publish/{topic}", content=f"id: dup\ndata: {n}\n"
+            )
+            statuses.append(reply.status_code)
+
+    async with trio.open_nursery() as publishers:
+        for n in range(20):
+            publishers.start_soon(publisher, n)
+    assert sorted(statuses) == [200] + [409] * 19
+    frame = await stream.next_event()
+    assert frame.startswith(b"id: dup\ndata: ")
+    reply = await client.get(f"{broker.url}/history/{topic}")
+    assert [json.loads(line)["id"] for line in reply.text.splitlines()] == ["dup"]
+    assert f"data: {json.loads(reply.text)['data']}\n".encode() in frame
+    await broker.stop()
