@@ -172,7 +172,15 @@ async def test_a_fault_the_writer_does_not_expect_fails_its_own_work_only(
         await _assert_alive(client, running)
         kept = await client.get(f"{running.url}/history/{TOPIC}")
         assert [json.loads(line)["data"] for line in kept.text.splitlines()] == ["0", "1", "2"]
-        assert (await client.get(f"{running.url}/history/{FAULTY_TOPIC}")).text == ""
+        # Deleted from the catalog all the same: read as subscribing, 404;
+        # and none of its refused events is in the file.
+        assert (await client.get(f"{running.url}/history/{FAULTY_TOPIC}")).status_code == 404
+        db = sqlite3.connect(tmp_path / "history.db")
+        try:
+            rows = db.execute("SELECT count(*) FROM events WHERE topic = ?", (FAULTY_TOPIC,))
+            assert rows.fetchone() == (0,)
+        finally:
+            db.close()
         # One line per kind (rate-limited), each with the fault.
         for kind in ("commit failed", "purge failed", "retention failed"):
             [line] = running.log_lines(kind)
