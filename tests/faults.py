@@ -50,7 +50,7 @@ FAULTY_TOPIC = "faultytopic1"
 #: Runs ``python -m trio_esper`` with faults of a kind the SQLite writer does not expect (a
 #: ``RuntimeError``: a bug, or a value SQLite cannot take, as a ``retry`` past 2^63-1 once was):
 #: building a row for an event of the topic argv[1], purging that topic, and every retention
-#: pass, run here after each batch.
+#: pass, run here every 0.05 s.
 UNEXPECTED_STORE_FAULTS = """
 import runpy, sys
 from trio_esper.history import sqlite
@@ -69,7 +69,7 @@ def faulty_prune(self):
 sqlite._row = faulty_row
 sqlite.SqliteHistory._maintain_sync = faulty_maintain
 sqlite.SqliteHistory._prune = faulty_prune
-sqlite.PRUNE_INTERVAL_SECONDS = 0.0
+sqlite.PRUNE_INTERVAL_SECONDS = 0.05
 sys.argv[0] = "trio_esper"
 runpy.run_module("trio_esper", run_name="__main__", alter_sys=True)
 """
