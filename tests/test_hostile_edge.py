@@ -255,14 +255,6 @@ async def test_a_websocket_handshake_is_refused_with_a_reason_and_no_traceback(
 # -- a slow head after the first request ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the edge times the head of a connection's first request only; "
-    "where Hypercorn reads the next (every connection with --no-fast-lane, and on the fast "
-    "lane after a request the fast forms decline) a head that trickles in gets no 408: "
-    "the connection is closed unanswered at --keep-alive after the last answer (a "
-    "--keep-alive over --request-head-timeout lets it hold the connection that long)",
-)
 @pytest.mark.parametrize(
     ("fast_lane", "first"),
     [
@@ -273,6 +265,12 @@ async def test_a_websocket_handshake_is_refused_with_a_reason_and_no_traceback(
 async def test_a_second_head_that_trickles_is_408_after_the_head_timeout(
     nursery: trio.Nursery, fast_lane: bool, first: bytes
 ) -> None:
+    """The edge timed the head of a connection's first request only; where
+    Hypercorn read the next (every connection with --no-fast-lane, and on the
+    fast lane after a request the fast forms decline) a head that trickled in
+    got no 408: the connection was closed unanswered at --keep-alive after the
+    last answer (a --keep-alive over --request-head-timeout let it hold the
+    connection that long)."""
     broker = await start_broker(
         nursery, fast_lane=fast_lane, keep_alive_seconds=3, request_head_timeout_seconds=0.5
     )

@@ -23,8 +23,12 @@ changes behaviour; the versions are pinned in pyproject.toml):
   once the input has ended, nor does the first event without ``idle`` stop
   it over HTTP/2 with prior knowledge (h11's, for the preface's ``PRI *``
   line, as ``H11Protocol._handle_events`` sends it before switching);
-  ``TCPServer._idle_timeout()``, the wait ``run`` starts first: it does not
-  when the edge has read an HTTP/1 request.
+  ``TCPServer._idle_timeout()``, the wait ``run`` starts first and each
+  ``Updated`` with ``idle`` restarts: it does not when the edge has read an
+  HTTP/1 request; between HTTP/1 requests it ends at the keep-alive (its
+  ``config.keep_alive_timeout``), at shutdown (``context.terminated``) or,
+  once a byte of the next request has come, at the head timeout, and closes
+  as Hypercorn's does (``_initiate_server_close()``).
 * ``TCPServer.protocol``, set while it runs: a ``ProtocolWrapper`` whose
   ``protocol`` is an ``H2Protocol`` (``streams``, ``stream_buffers`` of
   ``StreamBuffer`` with ``buffer`` and ``complete``, ``closed``) over HTTP/2.
@@ -51,7 +55,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import h2.errors
@@ -74,6 +78,8 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 from .. import endpoints, web
 from ..config import Config, ConfigError
+from ..errors import RequestTimeout
+from .answers import Answers
 from .connection import Connection
 
 log = logging.getLogger("trio_esper")
@@ -126,6 +132,8 @@ class HypercornStream:
         self._unread = unread
         #: HTTP/2 with prior knowledge: the edge read the preface's first line.
         self.h2_preface = unread.startswith(H2_PREFACE_LINE)
+        #: Set when bytes arrive (:meth:`_TCPServer._idle_timeout` replaces it).
+        self.arrived = trio.Event()
         self._closed = False
         self._receiving: trio.CancelScope | None = None
 
@@ -136,7 +144,9 @@ class HypercornStream:
             return data
         with trio.CancelScope() as self._receiving:
             if not self._closed:
-                return await self._stream.receive_some(max_bytes)
+                received = await self._stream.receive_some(max_bytes)
+                self.arrived.set()
+                return received
         raise trio.ClosedResourceError
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -356,6 +366,11 @@ class _BoundedSend:
 
 
 class _TCPServer(TCPServer):
+    #: Set by :meth:`Hypercorn.serve`: the edge's ``--request-head-timeout``
+    #: and its 408 answer's bytes (their Date is the moment's).
+    head_timeout_seconds: float
+    head_refusal: Callable[[], bytes]
+
     """Hypercorn's server for one connection, closing it when the peer ends
     its input. Hypercorn's closes only once its keep-alive wait is over: a
     client that closed between requests left the socket in CLOSE-WAIT for
@@ -395,9 +410,36 @@ class _TCPServer(TCPServer):
         # read (a whole head, or all the peer sent), then stops or restarts
         # the wait. (An HTTP/2 connection may open no stream: it waits.)
         stream: object = self.stream  # (Hypercorn types it as trio's streams)
-        if isinstance(stream, HypercornStream) and stream.holds_request:
+        if not isinstance(stream, HypercornStream):
+            await super()._idle_timeout()
             return
-        await super()._idle_timeout()
+        if stream.holds_request:
+            return
+        if stream.h2_preface or isinstance(self.protocol.protocol, H2Protocol):
+            await super()._idle_timeout()
+            return
+        # HTTP/1 between requests: idle until the next request's first byte
+        # (or shutdown), then the head timeout, as the edge times a first
+        # request's head; h11 stops this wait once the head is whole.
+        stream.arrived = trio.Event()
+        with trio.move_on_after(self.config.keep_alive_timeout):
+            async with trio.open_nursery() as waiting:
+                for wait in (self.context.terminated.wait, stream.arrived.wait):
+                    waiting.start_soon(_cancel_after, wait, waiting.cancel_scope)
+        if stream.arrived.is_set() and not self.context.terminated.is_set():
+            await trio.sleep(self.head_timeout_seconds)
+            with (
+                trio.CancelScope(shield=True),
+                suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await stream.send_all(self.head_refusal())
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+async def _cancel_after(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
 
 
 class Hypercorn:
@@ -417,6 +459,10 @@ class Hypercorn:
         self._config.include_server_header = False
         self._config.errorlog = _hypercorn_logger()
         self._context = WorkerContext(None)
+        self._head_timeout_seconds = config.request_head_timeout_seconds
+        answers = Answers(config)
+        refusal = endpoints.error_answer(RequestTimeout("request head too slow"), [])
+        self._head_refusal = lambda: answers.head(refusal, close=True) + refusal.body
         #: The servers of the connections Hypercorn serves now.
         self._servers: set[TCPServer] = set()
 
@@ -426,6 +472,8 @@ class Hypercorn:
         # route charges the connection's budget, as the fast forms do.
         state = ConnectionState({endpoints.BUDGET_KEY: budget})
         server = _TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
+        server.head_timeout_seconds = self._head_timeout_seconds
+        server.head_refusal = self._head_refusal
         self._servers.add(server)
         try:
             await server
@@ -553,6 +601,9 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
         and "self.idle_task.restart(self._task_group, self._idle_timeout)"
         in _source(TCPServer.run)
         and _parameters(TCPServer._idle_timeout) == ["self"]
+        and "self.context.terminated.wait()" in _source(TCPServer._idle_timeout)
+        and "self.config.keep_alive_timeout" in _source(TCPServer._idle_timeout)
+        and _parameters(TCPServer._initiate_server_close) == ["self"]
         and re.search(
             r"h11\.Request\):\s*await self\.send\(Updated\(idle=False\)\)\s*"
             r"await self\._check_protocol\(event\)",
