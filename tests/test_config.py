@@ -195,6 +195,20 @@ BAD_CONFIG = [
         id="backplane-and-sqlite",
     ),
     pytest.param(
+        {"ESPER_HISTORY_MAX_AGE_SECONDS": "3600"},
+        {},
+        r"^ESPER_HISTORY_MAX_AGE_SECONDS applies to SQLite history only \(sqlite:FILE\): "
+        r"memory history would keep events past it$",
+        id="max-age-memory",
+    ),
+    pytest.param(
+        {"ESPER_BACKPLANE": "redis://r:6379", "ESPER_HISTORY_MAX_AGE_SECONDS": "60"},
+        {},
+        r"^ESPER_HISTORY_MAX_AGE_SECONDS applies to SQLite history only \(sqlite:FILE\): "
+        r"the Redis backplane would keep events past it$",
+        id="max-age-backplane",
+    ),
+    pytest.param(
         {"ESPER_LOG_LEVEL": "verbose"}, {}, r"^ESPER_LOG_LEVEL must be one of debug, ", id="log"
     ),
     pytest.param({"ESPER_JWT_ALGORITHMS": "none"}, {}, r"'none'", id="alg-none"),
@@ -324,6 +338,7 @@ _CONTEXT = {
     "subscriber_keys": {"ESPER_JWT_ALGORITHMS": "ES256"},
     "publisher_keys": {"ESPER_JWT_ALGORITHMS": "ES256"},
     "no_auth": {"ESPER_SUBSCRIBER_SECRET": "a-subscriber-secret-of-40-characters-xxx"},
+    "history_max_age_seconds": {"ESPER_HISTORY": "sqlite:history.db"},
 }
 
 

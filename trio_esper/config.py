@@ -522,7 +522,7 @@ class Config:
         0.0,
         "--history-max-age",
         metavar="SECONDS",
-        help="sqlite: drop older events; `0`: none",
+        help="sqlite: drop older events; `0`: none (refused with memory history or a backplane)",
     )
     history_max_bytes: int = setting(
         DEFAULT_HISTORY_MAX_BYTES,
@@ -736,9 +736,19 @@ class Config:
             if getattr(self, name) not in words:
                 raise ConfigError.about(name, f"must be one of {', '.join(words)}")
         try:
-            parse_history_spec(self.history)
+            history_kind = parse_history_spec(self.history)[0]
         except ValueError as exc:
             raise ConfigError.about("history", str(exc)) from None
+        if self.history_max_age_seconds and (
+            self.backplane is not None or history_kind != "sqlite"
+        ):
+            # Refused, not ignored: an age limit is often a promise to delete.
+            keeper = "the Redis backplane" if self.backplane is not None else "memory history"
+            raise ConfigError.about(
+                "history_max_age_seconds",
+                "applies to SQLite history only (sqlite:FILE): "
+                f"{keeper} would keep events past it",
+            )
         if not self.jwt_algorithms or "none" in (a.lower() for a in self.jwt_algorithms):
             raise ConfigError.about("jwt_algorithms", "must be a non-empty list without 'none'")
         known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
