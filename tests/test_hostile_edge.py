@@ -1,8 +1,10 @@
 """What one hostile client could do to the client-facing edge, found by a
 black-box review (2026-12-07) and kept as tests: each request here once got
-a broker to close a connection without the answer it deserved, or showed a
-documented bound that does not hold (those are ``xfail(strict=True)`` with
-the reason, until fixed). Through real brokers on 127.0.0.1:0, on both lanes.
+a broker to close a connection without the answer it deserved, answer 500
+with a traceback in the log, or hold a connection past its documented
+bound; or still shows a documented bound that does not hold (those are
+``xfail(strict=True)`` with the reason, until fixed). Through real brokers
+on 127.0.0.1:0, on both lanes.
 """
 
 from __future__ import annotations
