@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -557,3 +558,40 @@ async def test_one_id_from_twenty_concurrent_publishers_is_stored_once(
     assert [json.loads(line)["id"] for line in reply.text.splitlines()] == ["dup"]
     assert f"data: {json.loads(reply.text)['data']}\n".encode() in frame
     await broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("accept", "character", "growth"),
+    [("application/x-ndjson", "\x01", 6), ("text/tab-separated-values", "\\", 2)],
+    ids=["ndjson", "tsv"],
+)
+async def test_a_history_answer_is_never_whole_in_memory(
+    nursery: trio.Nursery, client: httpx.AsyncClient, accept: str, character: str, growth: int
+) -> None:
+    """JSON writes a control character in six bytes, TSV a backslash in two:
+    /history of 60 events of 60,000 such characters is 21.6 MB of JSON, all of
+    it held twice (the text, then its bytes) when the answer was built whole.
+    It is written a piece at a time: the broker's peak while it answers
+    (tracemalloc, in this process) stays a small multiple of one event."""
+    broker = await start_broker(nursery)
+    topic = "bigtopic123"
+    data = character * 60_000
+    for _ in range(60):
+        await publish(client, broker.url, topic, f"data: {data}\n")
+    tracemalloc.start()
+    try:
+        received = 0
+        async with client.stream(
+            "GET",
+            f"{broker.url}/history/{topic}",
+            params={"limit": "1000"},
+            headers={"Accept": accept},
+        ) as answer:
+            assert answer.status_code == 200
+            async for chunk in answer.aiter_raw():
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received > 60 * 60_000 * growth
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes for an answer of {received}"

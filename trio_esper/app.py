@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -35,6 +35,8 @@ log = logging.getLogger("trio_esper")
 CORS_MAX_AGE_SECONDS = 600
 NDJSON = "application/x-ndjson"
 TSV = "text/tab-separated-values"
+#: About how much of the events' data one piece of a /history answer holds.
+HISTORY_PIECE_BYTES = 64 * 1024
 
 
 class _App(QuartTrio):
@@ -160,12 +162,9 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
         page = await hub.history.after(topic, after, limit)
         if not page.found:
             raise NotFound(f"event id {after!r} is not in this topic's retained history")
-        body = (ndjson_lines if mimetype == NDJSON else tsv_lines)(page.records)
-        return web.response(
-            endpoints.Answer(
-                200, [("content-type", mimetype), *web.cors_headers(config)], body.encode()
-            )
-        )
+        lines = ndjson_lines if mimetype == NDJSON else tsv_lines
+        headers = Headers([("content-type", mimetype), *web.cors_headers(config)])
+        return Response(_in_pieces(lines, page.records), status=200, headers=headers)
 
     api.register(app, config, hub, route, opening)
     mercure_routes.register(app, config, hub, route, opening)
@@ -173,7 +172,23 @@ def create_app(config: Config, hub: Hub, metrics: Metrics | None = None) -> Quar
     return app
 
 
-def ndjson_lines(records: list[Record]) -> str:
+async def _in_pieces(
+    lines: Callable[[Sequence[Record]], str], records: Sequence[Record]
+) -> AsyncIterator[bytes]:
+    """``lines(records)`` a piece of about :data:`HISTORY_PIECE_BYTES` at a
+    time: the answer is never whole in memory (JSON writes a control
+    character in six bytes, so a topic's history can grow six times over)."""
+    start = 0
+    while start < len(records):
+        size, end = 0, start
+        while end < len(records) and size < HISTORY_PIECE_BYTES:
+            size += len(records[end].event.data)
+            end += 1
+        yield lines(records[start:end]).encode()
+        start = end
+
+
+def ndjson_lines(records: Sequence[Record]) -> str:
     return "".join(
         json.dumps(
             {"id": r.id, "event": r.event.event, "data": r.event.data, "time": r.time},
@@ -187,7 +202,7 @@ def ndjson_lines(records: list[Record]) -> str:
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
 
 
-def tsv_lines(records: list[Record]) -> str:
+def tsv_lines(records: Sequence[Record]) -> str:
     r"""A header line, then ``id, event, time, data`` per event; backslash,
     tab and newline inside fields are escaped as ``\\``, ``\t``, ``\n``."""
     rows = ["id\tevent\ttime\tdata\n"]
