@@ -53,6 +53,7 @@ import functools
 import inspect
 import logging
 import re
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
@@ -60,6 +61,7 @@ from typing import Any
 
 import h2.errors
 import h2.exceptions
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Event, RawData, Updated
@@ -442,6 +444,38 @@ async def _cancel_after(wait: Callable[[], Awaitable[object]], scope: trio.Cance
     scope.cancel()
 
 
+async def _send_refusal(self: H11Protocol, status_code: int) -> None:
+    """``H11Protocol._send_error_response``, with a one-line ``text/plain``
+    reason as every other refusal has (Hypercorn's has an empty body). Its
+    one caller awaits it while handling h11's ``RemoteProtocolError``: the
+    reason is that error's message."""
+    error = sys.exception()
+    detail = str(error).splitlines()[0] if isinstance(error, h11.RemoteProtocolError) else ""
+    # h11 quotes an illegal field line whole, as a bytearray's repr: left out.
+    detail = detail.partition(": bytearray(")[0][:200]
+    if status_code == 431:  # h11's "Receive buffer too long"
+        detail = f"request head larger than {self.config.h11_max_incomplete_size} bytes"
+    elif not detail:
+        detail = "the request is not valid HTTP/1.1"
+    body = f"{detail}\n".encode()
+    head = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *self.config.response_headers("h11"),
+    ]
+    events = (h11.Response(status_code=status_code, headers=head), h11.Data(data=body))
+    try:
+        # One write: the connection ends right after it (a stream's task
+        # can end it between two writes, and the body was lost).
+        data = b"".join(self.connection.send(e) or b"" for e in (*events, h11.EndOfMessage()))
+    except h11.LocalProtocolError:  # as Hypercorn's _send_h11_event
+        if self.connection.their_state != h11.ERROR:
+            raise
+        return
+    await self.send(RawData(data=data))
+
+
 class Hypercorn:
     """Hypercorn, serving the connections the edge hands it, for one edge."""
 
@@ -459,6 +493,8 @@ class Hypercorn:
         self._config.include_server_header = False
         self._config.errorlog = _hypercorn_logger()
         self._context = WorkerContext(None)
+        # Idempotent, the same for every edge: h11's refusals say why.
+        H11Protocol._send_error_response = _send_refusal  # type: ignore[method-assign]
         self._head_timeout_seconds = config.request_head_timeout_seconds
         answers = Answers(config)
         refusal = endpoints.error_answer(RequestTimeout("request head too slow"), [])
@@ -615,6 +651,20 @@ PRIVATE_SHAPES: dict[str, Callable[[], bool]] = {
         and "event.idle" in _source(TCPServer.protocol_send)
         and _assigns(TCPServer.__init__, "idle_task")
         and _parameters(TrioSingleTask.stop) == ["self"]
+    ),
+    "H11Protocol._send_error_response(status_code), awaited in h11's error's handler only": (
+        lambda: (
+            _parameters(H11Protocol._send_error_response)
+            in (["self", "status_code"], ["status_code"])
+            and re.search(
+                r"except h11\.RemoteProtocolError as error:\s*if [^\n]*:\s*"
+                r"await self\._send_error_response\(error\.error_status_hint\)",
+                _source(H11Protocol._handle_events),
+            )
+            is not None
+            and _source(H11Protocol).count("self._send_error_response(") == 1
+            and _assigns(H11Protocol.__init__, "connection", "send")
+        )
     ),
     "TCPServer.run tells TLS by stream.do_handshake, else reads stream.socket": lambda: all(
         part in _source(TCPServer.run)
