@@ -630,6 +630,10 @@ async def test_without_a_configured_audience_a_token_naming_one_is_refused(
 ) -> None:
     named = await attempt(side, client, mixed_broker, _mixed_token(side, keys, aud=AUDIENCE))
     assert_refused(named, "token names an audience (aud) and none is accepted here")
+    # An empty aud is an aud (RFC 7519, section 4.1.3): PyJWT took it for none.
+    for empty in ([], ""):
+        emptied = await attempt(side, client, mixed_broker, _mixed_token(side, keys, aud=empty))
+        assert_refused(emptied, "token names an audience (aud) and none is accepted here")
     plain = await attempt(side, client, mixed_broker, _mixed_token(side, keys))
     assert plain.status == 200, plain.body
 

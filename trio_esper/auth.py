@@ -415,7 +415,7 @@ def _decode(
         return claims
 
     try:
-        return decode_with_key(token, key, algorithms, decode)
+        claims = decode_with_key(token, key, algorithms, decode)
     except jwt.ExpiredSignatureError:
         raise Forbidden("token has expired") from None
     except jwt.ImmatureSignatureError as exc:
@@ -433,6 +433,11 @@ def _decode(
         raise Forbidden("token signature does not verify") from None
     except jwt.PyJWTError as exc:
         raise Forbidden(f"token is invalid: {_first_line(str(exc))}") from None
+    if audience is None and "aud" in claims:
+        # An empty aud ([] or ""), which PyJWT takes for none, is an aud all
+        # the same (RFC 7519, section 4.1.3: one this broker is not in).
+        raise Forbidden("token names an audience (aud) and none is accepted here")
+    return claims
 
 
 def hmac_secret_problem(secret: str) -> str | None:
