@@ -368,11 +368,6 @@ class _BoundedSend:
 
 
 class _TCPServer(TCPServer):
-    #: Set by :meth:`Hypercorn.serve`: the edge's ``--request-head-timeout``
-    #: and its 408 answer's bytes (their Date is the moment's).
-    head_timeout_seconds: float
-    head_refusal: Callable[[], bytes]
-
     """Hypercorn's server for one connection, closing it when the peer ends
     its input. Hypercorn's closes only once its keep-alive wait is over: a
     client that closed between requests left the socket in CLOSE-WAIT for
@@ -382,6 +377,10 @@ class _TCPServer(TCPServer):
     (``Updated(idle=True)``), which would start the wait again: once the
     input has ended it does not."""
 
+    #: Set by :meth:`Hypercorn.serve`: the edge's ``--request-head-timeout``
+    #: and its 408 answer's bytes (their Date is the moment's).
+    head_timeout_seconds: float
+    head_refusal: Callable[[], bytes]
     _input_ended = False
 
     async def _read_data(self) -> None:
