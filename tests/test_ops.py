@@ -224,7 +224,8 @@ LONG_KEEP_ALIVE_SECONDS = 60.0
 
 
 async def read_answer(stream: trio.SocketStream) -> bytes:
-    """One answer with a ``content-length``: its head and its whole body."""
+    """One answer, with a ``content-length`` or chunked (``/history``): its
+    head and its whole body."""
     received = b""
     with trio.fail_after(STEP_SECONDS):
         while b"\r\n\r\n" not in received:
@@ -233,8 +234,9 @@ async def read_answer(stream: trio.SocketStream) -> bytes:
             received += chunk
         head, _, body = received.partition(b"\r\n\r\n")
         match = re.search(rb"\r\ncontent-length: (\d+)", head, re.IGNORECASE)
-        assert match, head
-        while len(body) < int(match.group(1)):
+        chunked = re.search(rb"\r\ntransfer-encoding: chunked", head, re.IGNORECASE)
+        assert match or chunked, head
+        while len(body) < int(match.group(1)) if match else not body.endswith(b"0\r\n\r\n"):
             chunk = await stream.receive_some()
             assert chunk, head
             body += chunk
