@@ -1,9 +1,8 @@
 """What one hostile client could do to the client-facing edge, found by a
 black-box review (2026-12-07) and kept as tests: each request here once got
 a broker to close a connection without the answer it deserved, answer 500
-with a traceback in the log, or hold a connection past its documented
-bound; or still shows a documented bound that does not hold (those are
-``xfail(strict=True)`` with the reason, until fixed). Through real brokers
+with a traceback in the log, hold a connection past its documented
+bound, or answer a refusal without its one-line reason. Through real brokers
 on 127.0.0.1:0, on both lanes.
 """
 
@@ -117,14 +116,6 @@ async def test_a_request_whose_head_arrives_during_shutdown_is_answered(
 # -- a request body that stalls -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: where Hypercorn reads the body (chunked on either lane, every body "
-    "with --no-fast-lane) there is no stall timeout, only the whole body's deadline, "
-    "--request-body-timeout plus the length (a chunked body: --max-body) at "
-    "--request-body-min-rate: 74 s with the defaults, where the docs promise 408 after "
-    "--request-body-timeout (10 s) without a byte",
-)
 @pytest.mark.parametrize(
     ("fast_lane", "head"),
     [

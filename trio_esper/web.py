@@ -19,7 +19,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import endpoints
 from .config import Config
-from .errors import BadRequest, EsperError, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    EsperError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from .hub import Hub, Subscription
 
 log = logging.getLogger("trio_esper")
@@ -71,15 +77,31 @@ def credentials(config: Config, *, subscribing: bool = False) -> Credentials:
 
 
 async def body(config: Config) -> bytes:
-    """The whole request body, within ``config.max_body_bytes`` (413 past it)."""
-    try:
-        data = await request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"body is larger than the {config.max_body_bytes}-byte limit"
-        ) from None
-    assert isinstance(data, bytes)
-    return data
+    """The whole request body, within ``config.max_body_bytes`` (413 past
+    it), as the fast forms read one: 408 if it stalls for
+    ``config.request_body_timeout_seconds`` or is not whole by the request's
+    ``body_timeout`` (set before the request: the slowest rate accepted).
+
+    Raises:
+        PayloadTooLarge: the body is over the limit.
+        RequestTimeout: the body stalled, or came too slowly.
+    """
+    data = bytearray()
+    parts = aiter(request.body)  # Quart's: each part as it arrives
+    with trio.move_on_after(request.body_timeout or math.inf):
+        while True:
+            with trio.move_on_after(config.request_body_timeout_seconds) as stall:
+                try:
+                    data += await anext(parts)
+                except StopAsyncIteration:
+                    return bytes(data)
+                except RequestEntityTooLarge:
+                    raise PayloadTooLarge(
+                        f"body is larger than the {config.max_body_bytes}-byte limit"
+                    ) from None
+            if stall.cancelled_caught:
+                break
+    raise RequestTimeout("request body too slow")
 
 
 async def json_body(config: Config) -> Any:
