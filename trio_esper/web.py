@@ -86,8 +86,11 @@ async def body(config: Config) -> bytes:
         PayloadTooLarge: the body is over the limit.
         RequestTimeout: the body stalled, or came too slowly.
     """
+    too_large = PayloadTooLarge(f"body is larger than the {config.max_body_bytes}-byte limit")
     data = bytearray()
-    parts = aiter(request.body)  # Quart's: each part as it arrives
+    # Quart's body, each part as it arrives. (Its own limit counts the bytes
+    # not yet taken: read this way, the sum is this function's to bound.)
+    parts = aiter(request.body)
     with trio.move_on_after(request.body_timeout or math.inf):
         while True:
             with trio.move_on_after(config.request_body_timeout_seconds) as stall:
@@ -95,10 +98,10 @@ async def body(config: Config) -> bytes:
                     data += await anext(parts)
                 except StopAsyncIteration:
                     return bytes(data)
-                except RequestEntityTooLarge:
-                    raise PayloadTooLarge(
-                        f"body is larger than the {config.max_body_bytes}-byte limit"
-                    ) from None
+                except RequestEntityTooLarge:  # a Content-Length past the limit
+                    raise too_large from None
+                if len(data) > config.max_body_bytes:
+                    raise too_large
             if stall.cancelled_caught:
                 break
     raise RequestTimeout("request body too slow")
