@@ -659,8 +659,7 @@ class SqliteHistory:
         try:
             _begin(conn)
             if self.max_age_seconds < math.inf:
-                # seq is at least the publish time in microseconds (SeqClock).
-                cutoff_seq = int((time.time() - self.max_age_seconds) * 1_000_000)
+                cutoff_seq = self._oldest_seq_kept()
                 deleted += self._delete(
                     "DELETE FROM events WHERE seq IN"
                     " (SELECT seq FROM events WHERE seq < ? ORDER BY seq LIMIT ?) RETURNING topic",
@@ -716,9 +715,13 @@ class SqliteHistory:
         ).fetchone()
         floor = 0 if newest_kept is None else newest_kept[0]
         if self.max_age_seconds < math.inf:
-            # seq is at least the publish time in microseconds (SeqClock), as in _prune.
-            floor = max(floor, int((time.time() - self.max_age_seconds) * 1_000_000))
+            floor = max(floor, self._oldest_seq_kept())
         return int(floor)
+
+    def _oldest_seq_kept(self) -> int:
+        """The lowest seq ``max_age_seconds`` keeps now: seq is at least the
+        publish time in microseconds (SeqClock)."""
+        return int((time.time() - self.max_age_seconds) * 1_000_000)
 
     def _after(self, topic: str, last_id: str | None, limit: int) -> Replay:
         conn = self._reader
