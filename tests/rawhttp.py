@@ -91,6 +91,16 @@ class Raw:
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
+    async def trickle(self, data: bytes, seconds_per_byte: float) -> None:
+        """Send ``data`` a byte at a time, ``seconds_per_byte`` apart, until
+        all is sent or the broker has closed the connection."""
+        try:
+            for byte in range(len(data)):
+                await self.send(data[byte : byte + 1])
+                await trio.sleep(seconds_per_byte)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async def _receive(self) -> bool:
         """Read more into the buffer; ``False`` at the end of the connection
         (EOF, or a reset: a broker closing with unread input sends RST)."""

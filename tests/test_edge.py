@@ -219,19 +219,11 @@ async def test_publish_body_trickled_too_slowly_is_408(
     body = b"data: " + b"x" * 993 + b"\n"
     assert len(body) == 1000
 
-    async def trickle(raw: Raw) -> None:
-        try:
-            for byte in range(len(body)):
-                await raw.send(body[byte : byte + 1])
-                await trio.sleep(0.05)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
     async with await Raw.connect(broker) as raw:
         with trio.fail_after(4):
             await raw.send(request("POST", "/publish/trickled01", None, "Content-Length: 1000"))
             async with trio.open_nursery() as sending:
-                sending.start_soon(trickle, raw)
+                sending.start_soon(raw.trickle, body, 0.05)
                 answer = await raw.read_response(timeout=math.inf)
                 assert answer.status == 408, answer
                 await raw.read_to_eof(timeout=math.inf)

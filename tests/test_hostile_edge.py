@@ -278,20 +278,11 @@ async def test_a_second_head_that_trickles_is_408_after_the_head_timeout(
         nursery, fast_lane=fast_lane, keep_alive_seconds=3, request_head_timeout_seconds=0.5
     )
     second = request("GET", "/stats", None, "X-Slow: " + "a" * 100)
-
-    async def trickle(raw: Raw) -> None:
-        try:
-            for byte in range(len(second)):
-                await raw.send(second[byte : byte + 1])
-                await trio.sleep(0.1)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
     async with await Raw.connect(broker) as raw:
         await raw.send(first)
         assert (await raw.read_response()).status == 200
         async with trio.open_nursery() as sending:
-            sending.start_soon(trickle, raw)
+            sending.start_soon(raw.trickle, second, 0.1)
             answer = await raw.read_response(timeout=0.5 + 2.0)
             sending.cancel_scope.cancel()
         assert answer.status == 408, answer
