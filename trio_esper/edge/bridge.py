@@ -382,13 +382,12 @@ class _TCPServer(TCPServer):
     head_timeout_seconds: float
     head_refusal: Callable[[], bytes]
     _input_ended = False
+    _preface_read = False
 
     async def _read_data(self) -> None:
         await super()._read_data()
         self._input_ended = True
         await self.idle_task.stop()
-
-    _preface_read = False
 
     async def protocol_send(self, event: Event) -> None:
         if self._input_ended and isinstance(event, Updated) and event.idle:
